@@ -1,1 +1,89 @@
-"""cli"""
+"""The `meshgate` command line: wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from .. import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="meshgate", description="APISIX-compatible API gateway and mesh data plane.")
+    ap.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                    help="log level (INFO also prints the access log)")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    run = sub.add_parser("run", help="start the gateway")
+    run.add_argument("-c", "--config", help="node config (default conf/config.yaml, else an embedded standalone default)")
+    val = sub.add_parser("validate", help="check a node config and/or an apisix.yaml")
+    val.add_argument("-c", "--config", help="node config file to check")
+    val.add_argument("routes_file", nargs="?", help="apisix.yaml to check (default: the one next to the node config)")
+    demo = sub.add_parser("demo", help="gateway + Bookinfo-like demo services on loopback")
+    demo.add_argument("--port", type=int, default=9080, help="gateway port (default 9080)")
+    demo.add_argument("--services-port", type=int, default=19080, help="first port of the demo services (default 19080)")
+    demo.add_argument("--dir", default=None, help="where to write the demo config (default: a temporary directory)")
+    sub.add_parser("version", help="print the version")
+    return ap
+
+
+class _ArgParser(argparse.ArgumentParser):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd is None:
+        ap.print_help()
+        return 2
+    if args.cmd == "version":
+        print(f"meshgate {__version__}")
+        return 0
+    if args.cmd == "validate":
+        from .validate import validate
+
+        return validate(args.config, args.routes_file)
+    from ..config import NodeConfigErrors
+    from .gateway import GatewayError, resolve_node_config, run_gateway
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        if args.cmd == "run":
+            node = resolve_node_config(args.config)
+            return asyncio.run(run_gateway(node, log_level=args.log_level))
+        if args.cmd == "demo":
+            from .demo import run_demo
+
+            return asyncio.run(run_demo(port=args.port, services_port=args.services_port, workdir=args.dir,
+                                        log_level=args.log_level))
+    except NodeConfigErrors as e:
+        print(f"meshgate: {e}", file=sys.stderr)
+        return 1
+    except GatewayError as e:
+        print(f"meshgate: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"meshgate: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

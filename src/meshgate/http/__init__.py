@@ -1,1 +1,5 @@
-"""http"""
+"""Sans-IO HTTP/1.1 pieces: the parsed request, path normalisation, variables."""
+
+from .request import HOP_BY_HOP, Request
+
+__all__ = ["Request", "HOP_BY_HOP"]

@@ -1,0 +1,173 @@
+"""The one parsed view of a client request (hardening.md rule 1: one parse, one path).
+
+Routing, plugins, logging and the request sent upstream all read this object.  It is
+filled by the downstream protocol from llhttp callbacks and never re-parsed.  ``var``
+implements APISIX/nginx request variables (apisix-semantics.md section 2) lazily: the
+header index, query args and cookies are only built when a variable asks for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import parse_qsl
+
+__all__ = ["Request", "HOP_BY_HOP"]
+
+# Hop-by-hop headers (RFC 9110 7.6.1) plus legacy ones that must never cross the proxy.
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+     b"proxy-authenticate", b"http2-settings"}
+)
+
+
+def _decode(v: bytes) -> str:
+    # latin-1 keeps every byte as one code point: the value stays byte-exact (hardening case 19).
+    return v.decode("latin-1")
+
+
+class Request:
+    __slots__ = (
+        "method", "target", "path", "upstream_path", "query", "version", "headers",
+        "host", "http_host", "remote_addr", "remote_port", "server_addr", "server_port", "scheme",
+        "keep_alive", "content_length", "chunked", "expect_continue", "upgrade", "params",
+        "ctx", "_hindex", "_args", "_cookies", "start_time",
+    )
+
+    def __init__(self) -> None:
+        self.method = "GET"
+        self.target = b"/"
+        self.path = "/"
+        self.upstream_path = "/"
+        self.query: str | None = None
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host = ""
+        self.http_host = ""
+        self.remote_addr = ""
+        self.remote_port = 0
+        self.server_addr = ""
+        self.server_port = 0
+        self.scheme = "http"
+        self.keep_alive = True
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade: bytes | None = None
+        self.params: dict[str, str] | None = None
+        # Per-request variables set by the gateway and plugins (route_id, consumer_name, ...).
+        self.ctx: dict[str, Any] = {}
+        self._hindex: dict[str, str] | None = None
+        self._args: dict[str, str] | None = None
+        self._cookies: dict[str, str] | None = None
+        self.start_time = 0.0
+
+    # -- headers -----------------------------------------------------------------------
+    def header_index(self) -> dict[str, str]:
+        """Lower-case name -> value; repeated headers joined with ', ' (RFC 9110 5.3)."""
+        idx = self._hindex
+        if idx is None:
+            idx = {}
+            for name, value in self.headers:
+                k = _decode(name).lower()
+                v = _decode(value)
+                if k in idx:
+                    idx[k] = idx[k] + (", " if k != "cookie" else "; ") + v
+                else:
+                    idx[k] = v
+            self._hindex = idx
+        return idx
+
+    def header(self, name: str) -> str | None:
+        return self.header_index().get(name.lower())
+
+    def set_header(self, name: str, value: str | None) -> None:
+        """Replace (or remove, with None) a request header before it is sent upstream."""
+        lname = name.lower().encode("latin-1")
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != lname]
+        if value is not None:
+            self.headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        self._hindex = None
+        self._cookies = None
+
+    # -- args / cookies ----------------------------------------------------------------
+    def args(self) -> dict[str, str]:
+        a = self._args
+        if a is None:
+            a = {}
+            if self.query:
+                for k, v in parse_qsl(self.query, keep_blank_values=True):
+                    a.setdefault(k, v)   # nginx $arg_x is the first occurrence
+            self._args = a
+        return a
+
+    def cookies(self) -> dict[str, str]:
+        c = self._cookies
+        if c is None:
+            c = {}
+            raw = self.header_index().get("cookie")
+            if raw:
+                for part in raw.split(";"):
+                    k, sep, v = part.strip(" \t").partition("=")
+                    if sep and k and k not in c:
+                        c[k] = v.strip(" \t")
+            self._cookies = c
+        return c
+
+    @property
+    def request_uri(self) -> str:
+        return _decode(self.target)
+
+    # -- variables ---------------------------------------------------------------------
+    def var(self, name: str) -> Any:
+        """nginx/APISIX variable lookup; None when absent."""
+        f = _FIXED.get(name)
+        if f is not None:
+            return f(self)
+        v = self.ctx.get(name)
+        if v is not None:
+            return v
+        if name.startswith("http_"):
+            return self.header_index().get(name[5:].replace("_", "-"))
+        if name.startswith("arg_"):
+            return self.args().get(name[4:])
+        if name.startswith("cookie_"):
+            return self.cookies().get(name[7:])
+        if name.startswith("uri_param_"):
+            return (self.params or {}).get(name[10:])
+        return None
+
+
+def _query_string(r: Request) -> str | None:
+    return r.query
+
+
+_FIXED: dict[str, Callable[[Request], Any]] = {
+    "uri": lambda r: r.path,
+    "host": lambda r: r.host,
+    "http_host": lambda r: r.http_host or None,
+    "request_method": lambda r: r.method,
+    "remote_addr": lambda r: r.remote_addr,
+    "remote_port": lambda r: str(r.remote_port),
+    "server_addr": lambda r: r.server_addr,
+    "server_port": lambda r: str(r.server_port),
+    "scheme": lambda r: r.scheme,
+    "request_uri": lambda r: r.request_uri,
+    "query_string": _query_string,
+    "args": _query_string,
+    "is_args": lambda r: "?" if r.query is not None else "",
+    "server_protocol": lambda r: "HTTP/" + r.version,
+    "content_length": lambda r: None if r.content_length is None else str(r.content_length),
+    "content_type": lambda r: r.header_index().get("content-type"),
+    "request_line": lambda r: f"{r.method} {r.request_uri} HTTP/{r.version}",
+    "hostname": lambda r: _hostname(),
+}
+
+_HOSTNAME: list[str] = []
+
+
+def _hostname() -> str:
+    if not _HOSTNAME:
+        import socket
+
+        _HOSTNAME.append(socket.gethostname())
+    return _HOSTNAME[0]

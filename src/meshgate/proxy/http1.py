@@ -1,0 +1,1453 @@
+"""HTTP/1.1 reverse proxy on asyncio.Protocol + llhttp (httptools).
+
+Theory of operation
+-------------------
+``ClientConnection`` parses the downstream byte stream with llhttp (strict mode) and
+adds the checks llhttp leaves to us (hardening.md section 5): exactly one Host on
+HTTP/1.1, Transfer-Encoding exactly ``chunked`` (else 501) and never on HTTP/1.0,
+header count/size limits (431), request-line limit (414), body limit (413), path
+normalisation (one parse, one path).  Any framing error answers 400/501 with
+``Connection: close`` and closes: we never resynchronise a broken stream.
+
+Each request becomes an ``Exchange``.  Requests are answered in order: while one is
+in flight, later pipelined requests are queued (their bodies buffered, reading paused).
+An exchange routes, runs the plugin phases, picks a node, takes a pooled keep-alive
+``UpstreamConnection`` (or connects), sends a re-serialised head with exactly one
+framing, and streams the body both ways with back-pressure: a full write buffer on
+one side pauses reading on the other (``pause_writing`` -> ``pause_reading``).
+
+Retries (APISIX/nginx ``proxy_next_upstream error timeout``) go to another node while
+nothing has been sent to the client, the request body can be replayed, and either
+nothing was sent upstream or the method is idempotent.  A pooled connection that the
+server closed under us is retried transparently.
+
+Timeouts are enforced by one sweeper per worker (``ProxyServer._sweep``) instead of a
+timer per request: client header/body/keep-alive/send deadlines every 250 ms, upstream
+connect/send/read deadlines every 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import httptools
+
+from ..errors import ProtocolError
+from ..http import HOP_BY_HOP, Request
+from ..http.path import parse_target
+from ..upstream import Node
+
+if TYPE_CHECKING:
+    from .runtime import RouteRuntime, Runtime, UpstreamRuntime
+
+__all__ = ["ProxySettings", "ProxyServer", "ClientConnection", "Exchange", "UpstreamConnection"]
+
+log = logging.getLogger("meshgate.proxy")
+access_log = logging.getLogger("meshgate.access")
+
+SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
+
+# Limits (hardening.md section 2 / Envoy and nginx defaults).
+MAX_URL = 8 * 1024
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 60 * 1024
+REPLAY_LIMIT = 1 << 20          # request bodies up to 1 MiB are kept for retries
+HIGH_WATER = 64 * 1024          # buffered request body before reading is paused
+
+# client read-pause reasons (bitmask)
+P_QUEUE, P_UPSTREAM, P_BUFFER = 1, 2, 4
+
+# connection states (for the timeout sweeper)
+S_IDLE, S_HEAD, S_BODY, S_WAIT, S_TUNNEL, S_CLOSED = range(6)
+
+_REASONS = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Not Allowed", 408: "Request Time-out",
+    413: "Request Entity Too Large", 414: "Request-URI Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out", 505: "HTTP Version Not Supported",
+}
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+# Request headers never copied upstream: hop-by-hop, framing we re-create, and the
+# forwarding headers the gateway sets itself (hardening case 31/37).
+_DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
+                          b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+# Headers a client must not be able to strip by naming them in Connection (hardening case 38).
+_PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
+_DROP_RESP = HOP_BY_HOP | {b"server"}
+
+
+def error_body(status: int) -> bytes:
+    reason = _REASONS.get(status, "Error")
+    return (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>meshgate</center>\r\n"
+            "</body>\r\n</html>\r\n").encode()
+
+
+_date_cache = [0, b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def _nets(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for it in items:
+        if it.startswith("unix:"):
+            continue
+        out.append(ipaddress.ip_network(it, strict=False))
+    return tuple(out)
+
+
+def _ip_in(addr: str, nets: tuple[Any, ...], cache: dict[str, bool]) -> bool:
+    r = cache.get(addr)
+    if r is None:
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+            r = any(ip in n for n in nets)
+        except ValueError:
+            r = False
+        if len(cache) > 4096:
+            cache.clear()
+        cache[addr] = r
+    return r
+
+
+@dataclass(slots=True)
+class ProxySettings:
+    """Worker knobs taken from the node config (nginx_config.http and apisix.*)."""
+
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    keepalive_requests: int = 1000
+    client_max_body_size: int = 0
+    real_ip_header: str = "x-real-ip"
+    real_ip_from: tuple[str, ...] = ("127.0.0.1", "unix:")
+    trusted_addresses: tuple[str, ...] = ()
+    show_upstream_status: bool = False
+    drain_grace: float = 240.0
+    _real_nets: tuple[Any, ...] = field(default=(), repr=False)
+    _trusted_nets: tuple[Any, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._real_nets = _nets(self.real_ip_from)
+        self._trusted_nets = _nets(self.trusted_addresses)
+
+
+class Pool:
+    """Idle keep-alive connections per (scheme, host, port, sni)."""
+
+    __slots__ = ("idle",)
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[Any, ...], deque[UpstreamConnection]] = {}
+
+    def get(self, key: tuple[Any, ...], now: float, idle_timeout: float) -> UpstreamConnection | None:
+        q = self.idle.get(key)
+        while q:
+            conn = q.pop()
+            if conn.closed:
+                continue
+            if now - conn.idle_since > idle_timeout:
+                conn.transport.close()
+                continue
+            return conn
+        return None
+
+    def put(self, conn: UpstreamConnection, size: int) -> None:
+        q = self.idle.get(conn.key)
+        if q is None:
+            q = self.idle[conn.key] = deque()
+        if len(q) >= size:
+            conn.transport.close()
+            return
+        conn.idle_since = time.monotonic()
+        q.append(conn)
+
+    def sweep(self, now: float, idle_timeout_for: Callable[[tuple[Any, ...]], float]) -> None:
+        for key, q in list(self.idle.items()):
+            limit = idle_timeout_for(key)
+            keep = deque(c for c in q if not c.closed and now - c.idle_since <= limit)
+            for c in q:
+                if c not in keep and not c.closed:
+                    c.transport.close()
+            if keep:
+                self.idle[key] = keep
+            else:
+                del self.idle[key]
+
+    def close_all(self) -> None:
+        for q in self.idle.values():
+            for c in q:
+                if not c.closed:
+                    c.transport.close()
+        self.idle.clear()
+
+
+class ProxyServer:
+    """One worker's data plane: listeners, connections, pools, the current Runtime."""
+
+    def __init__(self, settings: ProxySettings, runtime: Runtime, *,
+                 passive_report: Callable[[str, str, str, int], None] | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.loop = asyncio.get_event_loop()
+        self.connections: set[ClientConnection] = set()
+        self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
+        self.pool = Pool()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.draining = False
+        self.passive_report = passive_report
+        self._real_cache: dict[str, bool] = {}
+        self._trusted_cache: dict[str, bool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.requests_total = 0
+
+    def set_runtime(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def listen(self, host: str, port: int, *, ssl_ctx: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+        srv = await self.loop.create_server(lambda: ClientConnection(self), host=host, port=port,
+                                            reuse_port=True, backlog=4096, ssl=ssl_ctx)
+        self.servers.append(srv)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+        return srv
+
+    def is_real_ip_source(self, addr: str) -> bool:
+        return _ip_in(addr, self.settings._real_nets, self._real_cache)
+
+    def is_trusted(self, addr: str) -> bool:
+        return bool(self.settings._trusted_nets) and _ip_in(addr, self.settings._trusted_nets, self._trusted_cache)
+
+    async def _sweep(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.loop.time()
+            for ex in list(self.waiting):
+                ex.check_upstream_deadline(now)
+            tick += 1
+            if tick % 3 == 0:
+                s = self.settings
+                for conn in list(self.connections):
+                    conn.check_deadline(now, s)
+            if tick % 10 == 0:
+                rt = self.runtime
+                self.pool.sweep(time.monotonic(), lambda key: _pool_idle_timeout(rt, key))
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, finish in-flight requests within ``grace``, then close the rest."""
+        self.draining = True
+        for srv in self.servers:
+            srv.close()
+        for conn in list(self.connections):
+            if conn.state == S_IDLE:
+                conn.close()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.pool.close_all()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def _pool_idle_timeout(rt: Runtime, key: tuple[Any, ...]) -> float:
+    up = rt.upstreams.get(key[0])
+    return up.pool_idle_timeout if up is not None else 60.0
+
+
+# ---------------------------------------------------------------------------------------
+# downstream
+# ---------------------------------------------------------------------------------------
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
+                 "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
+                 "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
+                 "tunnel_to", "body_bytes", "new_message")
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = S_IDLE
+        self.since = 0.0
+        self.req: Request | None = None
+        self.url: list[bytes] = []
+        self.hcount = 0
+        self.hbytes = 0
+        self.host_count = 0
+        self.te: list[bytes] | None = None
+        self.cl_count = 0
+        self.conn_tokens: list[bytes] | None = None
+        self.active: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.read_pause = 0
+        self.write_paused = False
+        self.write_paused_since = 0.0
+        self.peer_ip = ""
+        self.peer_port = 0
+        self.local_ip = ""
+        self.local_port = 0
+        self.scheme = "http"
+        self.requests = 0
+        self.closing = False
+        self.manual_body = 0
+        self.tunnel_to: UpstreamConnection | None = None
+        self.body_bytes = 0
+        self.new_message = True
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+        local = transport.get_extra_info("sockname")
+        if local:
+            self.local_ip, self.local_port = local[0], local[1]
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        self.since = self.server.loop.time()
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = S_CLOSED
+        self.closing = True
+        self.server.connections.discard(self)
+        ex = self.active
+        if ex is not None:
+            ex.on_client_lost()
+        if self.tunnel_to is not None and not self.tunnel_to.closed:
+            self.tunnel_to.transport.close()
+        for q in self.queue:
+            q.on_client_lost()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_paused_since = self.server.loop.time()
+        ex = self.active
+        up = ex.upstream if ex is not None else self.tunnel_to
+        if up is not None and not up.closed:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        up = ex.upstream if ex is not None else self.tunnel_to
+        if up is not None and not up.closed:
+            up.transport.resume_reading()
+
+    def pause_read(self, reason: int) -> None:
+        if not self.read_pause and not self.closing:
+            self.transport.pause_reading()
+        self.read_pause |= reason
+
+    def resume_read(self, reason: int) -> None:
+        if self.read_pause & reason:
+            self.read_pause &= ~reason
+            if not self.read_pause and not self.closing:
+                self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel_to is not None:
+            self.tunnel_to.transport.write(data)
+            return
+        if self.closing:
+            return
+        if self.manual_body:
+            data = self._feed_manual_body(data)
+            if not data:
+                return
+        if self.new_message and self.state == S_IDLE:
+            # llhttp tolerates repeated SP in the request line; RFC 9112 3 allows exactly one.
+            eol = data.find(b"\r\n", 0, MAX_URL + 64)
+            if eol > 0 and (b"  " in data[:eol]):
+                self.protocol_error(400, "http1.codec_error: bad request line")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._on_parser_upgrade(data, e.args[0])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, ProtocolError):
+                self.protocol_error(cause.status, cause.reason)
+            else:
+                log.exception("request handling failed", exc_info=cause)
+                self.protocol_error(500, "internal error")
+        except httptools.HttpParserError as e:
+            msg = str(e)
+            status = 400
+            if "Transfer-Encoding" in msg and "invalid" in msg:
+                status = 501
+            self.protocol_error(status, f"http1.codec_error: {msg}")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # -- llhttp callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.new_message = False
+        self.req = Request()
+        self.url = []
+        self.hcount = 0
+        self.hbytes = 0
+        self.host_count = 0
+        self.te = None
+        self.cl_count = 0
+        self.conn_tokens = None
+        self.state = S_HEAD
+        self.since = self.server.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url.append(url)
+        self.hbytes += len(url)
+        if self.hbytes > MAX_URL:
+            raise ProtocolError(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.hcount += 1
+        self.hbytes += len(name) + len(value) + 4
+        if self.hcount > MAX_HEADERS:
+            raise ProtocolError(431, "too many headers")
+        if self.hbytes > MAX_HEADER_BYTES:
+            raise ProtocolError(431, "headers too large")
+        req = self.req
+        assert req is not None
+        ln = name.lower()
+        if ln == b"host":
+            self.host_count += 1
+            req.http_host = value.decode("latin-1")
+        elif ln == b"transfer-encoding":
+            if self.te is None:
+                self.te = []
+            self.te.append(value)
+        elif ln == b"content-length":
+            self.cl_count += 1
+        elif ln == b"connection":
+            toks = [t.strip(b" \t").lower() for t in value.split(b",")]
+            self.conn_tokens = (self.conn_tokens or []) + toks
+        elif ln == b"upgrade":
+            req.upgrade = value
+        elif ln == b"expect":
+            if value.lower() == b"100-continue":
+                req.expect_continue = True
+        req.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        parser = self.parser
+        ver = parser.get_http_version()
+        if ver not in ("1.1", "1.0"):
+            raise ProtocolError(505, "unsupported HTTP version")
+        req.version = ver
+        req.method = parser.get_method().decode("ascii")
+        if self.te is not None:
+            if ver == "1.0":
+                raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
+            joined = b",".join(self.te).strip(b" \t").lower()
+            if joined != b"chunked":
+                raise ProtocolError(501, "http1.invalid_transfer_encoding")
+            req.chunked = True
+        if self.cl_count:
+            # llhttp already refused duplicates, signs and non-digits; this is the decimal value.
+            cl = parser.get_content_length() if hasattr(parser, "get_content_length") else None
+            if cl is None:
+                for n, v in req.headers:
+                    if n.lower() == b"content-length":
+                        cl = int(v)
+                        break
+            req.content_length = cl
+        limit = self.server.settings.client_max_body_size
+        if limit and req.content_length is not None and req.content_length > limit:
+            raise ProtocolError(413, "request body too large")
+        if self.host_count > 1:
+            raise ProtocolError(400, "duplicate Host header")
+        if self.host_count == 0 and ver == "1.1":
+            raise ProtocolError(400, "missing Host header")
+        target = b"".join(self.url)
+        req.target = target
+        t = parse_target(target)
+        req.path = t.path
+        req.upstream_path = t.upstream_path
+        req.query = t.query
+        host = t.authority if t.authority is not None else req.http_host
+        if t.authority is not None:
+            req.http_host = t.authority
+        req.host = _parse_host(host)
+        if req.method == "CONNECT":
+            raise ProtocolError(405, "CONNECT is not allowed")
+        ka = parser.should_keep_alive()
+        req.keep_alive = bool(ka)
+        req.remote_addr = self.peer_ip
+        req.remote_port = self.peer_port
+        req.server_addr = self.local_ip
+        req.server_port = self.local_port
+        req.scheme = self.scheme
+        server = self.server
+        if server.is_real_ip_source(self.peer_ip):
+            real = req.header(server.settings.real_ip_header)
+            if real:
+                real = real.strip()
+                try:
+                    ipaddress.ip_address(real)
+                    req.remote_addr = real
+                except ValueError:
+                    pass
+        req.start_time = server.loop.time()
+        self.requests += 1
+        server.requests_total += 1
+        ex = Exchange(self, req, self.conn_tokens)
+        has_body = req.chunked or (req.content_length or 0) > 0
+        self.body_bytes = 0
+        self.state = S_BODY if has_body else S_WAIT
+        self.since = req.start_time
+        if not has_body:
+            ex.req_done = True
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.pause_read(P_QUEUE)
+
+    def on_body(self, body: bytes) -> None:
+        self.since = self.server.loop.time()
+        self.body_bytes += len(body)
+        limit = self.server.settings.client_max_body_size
+        if limit and self.body_bytes > limit:
+            raise ProtocolError(413, "request body too large")
+        ex = self.queue[-1] if self.queue else self.active
+        if ex is not None:
+            ex.on_req_body(body)
+
+    def on_message_complete(self) -> None:
+        self.new_message = True
+        ex = self.queue[-1] if self.queue else self.active
+        if self.state in (S_BODY, S_HEAD):
+            self.state = S_WAIT
+        if ex is not None and not ex.req_done:
+            ex.on_req_complete()
+
+    # -- upgrades ----------------------------------------------------------------------------
+    def _on_parser_upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stopped after a request carrying Upgrade (or CONNECT)."""
+        rest = data[offset:]
+        ex = self.queue[-1] if self.queue else self.active
+        if ex is not None and ex.wants_tunnel:
+            # Bytes after the head belong to the tunnel; hold them until the 101 arrives.
+            if rest:
+                ex.tunnel_early.append(rest)
+            self.pause_read(P_BUFFER)
+            return
+        # Not a tunnel (h2c, or websocket not enabled): serve as plain HTTP/1.1 on a fresh
+        # parser.  llhttp handed us the body as "upgrade data", so consume it by length.
+        self.parser = httptools.HttpRequestParser(self)
+        req = ex.req if ex is not None else None
+        if req is not None and req.chunked:
+            self.protocol_error(400, "chunked body on an upgrade request")
+            return
+        if req is not None and (req.content_length or 0) > 0 and ex is not None:
+            ex.req_done = False
+            self.state = S_BODY
+            self.manual_body = req.content_length or 0
+        if rest:
+            self.data_received(rest)
+
+    def _feed_manual_body(self, data: bytes) -> bytes:
+        n = self.manual_body
+        chunk, rest = data[:n], data[n:]
+        self.manual_body -= len(chunk)
+        self.since = self.server.loop.time()
+        ex = self.queue[-1] if self.queue else self.active
+        if ex is not None and chunk:
+            ex.on_req_body(chunk)
+        if self.manual_body == 0:
+            self.new_message = True
+            self.state = S_WAIT
+            if ex is not None:
+                ex.on_req_complete()
+        return rest
+
+    # -- responses --------------------------------------------------------------------------
+    def protocol_error(self, status: int, reason: str) -> None:
+        """Answer a framing/limit error and close: never resync a broken stream."""
+        log.info("client %s: %s %s", self.peer_ip, status, reason)
+        ex = self.active
+        if ex is not None and ex.resp_started:
+            self.close()
+            return
+        if ex is not None:
+            ex.abort_upstream()
+        self.closing = True
+        self.write_simple(status, error_body(status), close=True, content_type=b"text/html; charset=utf-8")
+        self.transport.close()
+
+    def write_simple(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
+                     extra: bytes = b"", head_only: bool = False) -> None:
+        reason = _REASONS.get(status, "Unknown")
+        head = (b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s%s\r\n"
+                % (status, reason.encode(), http_date(), content_type, len(body), SERVER_HEADER, extra,
+                   b"Connection: close\r\n" if close else b""))
+        self.transport.write(head if head_only else head + body)
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        if self.active is not ex:
+            return
+        self.active = None
+        if self.closing:
+            return
+        if not keep_alive or self.server.draining:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if not self.queue:
+                self.resume_read(P_QUEUE)
+            self.active = nxt
+            self.state = S_WAIT if nxt.req_done else S_BODY
+            nxt.start()
+            return
+        self.state = S_IDLE
+        self.since = self.server.loop.time()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+        self.transport.close()
+
+    def check_deadline(self, now: float, s: ProxySettings) -> None:
+        st = self.state
+        if st == S_IDLE:
+            if now - self.since > s.keepalive_timeout:
+                self.close()
+        elif st == S_HEAD:
+            if now - self.since > s.client_header_timeout:
+                self.protocol_error(408, "client header timeout")
+        elif st == S_BODY:
+            if now - self.since > s.client_body_timeout:
+                self.protocol_error(408, "client body timeout")
+        if self.write_paused and now - self.write_paused_since > s.send_timeout:
+            log.info("client %s: send timeout", self.peer_ip)
+            self.transport.abort()
+
+
+_HOST_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]")
+
+
+def _parse_host(host: str) -> str:
+    """nginx $host: lower-cased, port stripped; invalid characters or '..' -> 400."""
+    if not host:
+        return ""
+    b = host.encode("latin-1")
+    if not all(c in _HOST_OK for c in b) or ".." in host:
+        raise ProtocolError(400, "invalid Host header")
+    h = host.lower()
+    if h.startswith("["):
+        end = h.find("]")
+        if end < 0:
+            raise ProtocolError(400, "invalid Host header")
+        return h[: end + 1]
+    colon = h.rfind(":")
+    if colon >= 0:
+        port = h[colon + 1:]
+        if port and not port.isdigit():
+            raise ProtocolError(400, "invalid Host header")
+        h = h[:colon]
+    return h.rstrip(".") if h != "." else h
+
+
+# ---------------------------------------------------------------------------------------
+# one request / response
+# ---------------------------------------------------------------------------------------
+
+class Exchange:
+    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx."""
+
+    __slots__ = ("conn", "server", "req", "conn_tokens", "runtime", "route", "up", "node", "tried", "upstream",
+                 "req_done", "body_buf", "body_size", "replayable", "sent_upstream", "resp_started", "resp_status",
+                 "resp_headers", "resp_chunked", "resp_close", "out", "finished", "deadline", "up_phase",
+                 "first_try_at", "client_keep", "wants_tunnel", "tunnel_early", "consumer", "vars", "t_connect",
+                 "last_error", "resp_body_allowed", "upstream_status", "head_bytes", "continue_sent", "conf_override")
+
+    def __init__(self, conn: ClientConnection, req: Request, conn_tokens: list[bytes] | None) -> None:
+        self.conn = conn
+        self.server = conn.server
+        self.req = req
+        self.conn_tokens = conn_tokens
+        self.runtime: Runtime = conn.server.runtime
+        self.route: RouteRuntime | None = None
+        self.up: UpstreamRuntime | None = None
+        self.node: Node | None = None
+        self.tried: list[Node] = []
+        self.upstream: UpstreamConnection | None = None
+        self.req_done = False
+        self.body_buf: list[bytes] = []       # framed chunks not yet sent upstream
+        self.body_size = 0
+        self.replayable: list[bytes] | None = []  # framed body kept for retries (None: too big)
+        self.sent_upstream = False
+        self.resp_started = False
+        self.resp_status = 0
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_chunked = False
+        self.resp_close = False
+        self.out: list[bytes] = []
+        self.finished = False
+        self.deadline = 0.0
+        self.up_phase = 0
+        self.first_try_at = 0.0
+        self.client_keep = req.keep_alive
+        self.wants_tunnel = req.upgrade is not None and req.upgrade.lower() == b"websocket"
+        self.tunnel_early: list[bytes] = []
+        self.consumer: Any = None
+        self.vars: dict[str, Any] | None = None
+        self.t_connect = 0.0
+        self.last_error = 502
+        self.resp_body_allowed = True
+        self.upstream_status = 0
+        self.head_bytes = b""
+        self.continue_sent = False
+        self.conf_override: Any = None
+
+    # -- plugin ctx API ------------------------------------------------------------------------
+    def var(self, name: str) -> Any:
+        if self.vars is not None:
+            v = self.vars.get(name)
+            if v is not None:
+                return v
+        if name == "route_id":
+            return self.route.id if self.route is not None else None
+        if name == "service_id":
+            return self.route.service_id if self.route is not None else None
+        if name == "consumer_name":
+            return getattr(self.consumer, "username", None) if self.consumer is not None else None
+        if name == "status":
+            return str(self.resp_status) if self.resp_status else None
+        if name == "upstream_addr" or name == "balancer_ip":
+            n = self.node
+            if n is None:
+                return None
+            return n.addr if name == "upstream_addr" else n.host
+        return self.req.var(name)
+
+    def set_var(self, name: str, value: Any) -> None:
+        if self.vars is None:
+            self.vars = {}
+        self.vars[name] = value
+
+    @property
+    def consumer_name(self) -> str | None:
+        return getattr(self.consumer, "username", None) if self.consumer is not None else None
+
+    # -- request side ------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except ProtocolError as e:
+            self.respond(e.status, error_body(e.status), content_type=b"text/html; charset=utf-8")
+        except Exception:
+            log.exception("request failed")
+            if not self.resp_started:
+                self.respond(500, error_body(500), content_type=b"text/html; charset=utf-8")
+            else:
+                self.conn.close()
+
+    def _start(self) -> None:
+        rt = self.runtime
+        gchain = rt.global_chain
+        if gchain is not None:
+            res = gchain.run("rewrite", self)
+            if res is None:
+                res = None if self._match() else (404, b'{"error_msg":"404 Route Not Found"}')
+                if res is None and self.route is not None and self.route.chain is not None:
+                    res = self.route.chain.run("rewrite", self)
+                if res is None:
+                    res = gchain.run("access", self)
+                if res is None and self.route is not None and self.route.chain is not None:
+                    res = self.route.chain.run("access", self)
+        else:
+            if not self._match():
+                self.respond(404, b'{"error_msg":"404 Route Not Found"}')
+                return
+            chain = self.route.chain if self.route is not None else None
+            res = None
+            if chain is not None:
+                res = chain.run("rewrite", self) or chain.run("access", self)
+        if res is not None:
+            self.respond(res[0], res[1])
+            return
+        route = self.route
+        assert route is not None
+        if route.error is not None:
+            self.respond(*route.error)
+            return
+        up = self.conf_override or route.upstream
+        if up is None:
+            self.respond(502, b'{"error_msg":"missing upstream configuration in Route or Service"}')
+            return
+        self.up = up
+        if route.chain is not None and route.chain.has("before_proxy"):
+            res = route.chain.run("before_proxy", self)
+            if res is not None:
+                self.respond(res[0], res[1])
+                return
+        if self.wants_tunnel and not route.enable_websocket:
+            self.wants_tunnel = False
+        if self.req.expect_continue and not self.req_done:
+            self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.continue_sent = True
+        self.first_try_at = self.server.loop.time()
+        self._try_node()
+
+    def _match(self) -> bool:
+        m = self.runtime.router.match(self.req)
+        if m is None:
+            return False
+        rr = self.runtime.routes.get(m.route_id)
+        if rr is None:
+            return False
+        self.route = rr
+        if m.params:
+            self.req.params = dict(m.params)
+        return True
+
+    def on_req_body(self, chunk: bytes) -> None:
+        framed = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.req.chunked else (chunk,)
+        self.body_size += len(chunk)
+        rp = self.replayable
+        if rp is not None:
+            if self.body_size <= REPLAY_LIMIT:
+                rp.extend(framed)
+            else:
+                self.replayable = None
+        up = self.upstream
+        if up is not None and self.sent_upstream and not up.closed:
+            up.transport.writelines(framed)
+            self._touch_upstream()
+        else:
+            self.body_buf.extend(framed)
+            if self.body_size > HIGH_WATER and self.replayable is None:
+                self.conn.pause_read(P_BUFFER)
+
+    def on_req_complete(self) -> None:
+        self.req_done = True
+        if self.req.chunked:
+            term = b"0\r\n\r\n"
+            if self.replayable is not None:
+                self.replayable.append(term)
+            up = self.upstream
+            if up is not None and self.sent_upstream and not up.closed:
+                up.transport.write(term)
+            else:
+                self.body_buf.append(term)
+
+    # -- upstream selection / connection --------------------------------------------------
+    def _try_node(self) -> None:
+        up = self.up
+        assert up is not None
+        healthy = up.healthy if up.unhealthy else None
+        node = up.balancer.pick(self, tried=self.tried, healthy=healthy)
+        if node is None:
+            if not self.tried:
+                log.error("route %s: no valid upstream node", self.route.id if self.route else "?")
+                self.respond(502 if not up.nodes else 503, error_body(502 if not up.nodes else 503),
+                             content_type=b"text/html; charset=utf-8")
+            else:
+                self.respond(self.last_error, error_body(self.last_error), content_type=b"text/html; charset=utf-8")
+            return
+        self.node = node
+        key = (up.key, node.host, node.port, up.scheme)
+        conn = self.server.pool.get(key, time.monotonic(), up.pool_idle_timeout)
+        self.server.waiting.add(self)
+        up.balancer.on_start(node)
+        self.t_connect = self.server.loop.time()
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self.up_phase = 1  # connecting
+            self.deadline = self.t_connect + self._timeouts().connect
+            self.server.loop.create_task(self._connect(node, up, key))
+
+    def _timeouts(self) -> Any:
+        r = self.route
+        if r is not None and r.timeouts is not None:
+            return r.timeouts
+        assert self.up is not None
+        return self.up.timeouts
+
+    async def _connect(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
+        loop = self.server.loop
+        server_hostname = None
+        if up.ssl_context is not None:
+            server_hostname = self._upstream_host_for(node).rsplit(":", 1)[0] if not node.host.startswith("[") else None
+            try:
+                ipaddress.ip_address(server_hostname or "")
+                server_hostname = ""  # no SNI for IP literals
+            except ValueError:
+                pass
+        host = node.host[1:-1] if node.host.startswith("[") else node.host
+        try:
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(self.server, key), host, node.port, ssl=up.ssl_context,
+                server_hostname=server_hostname if up.ssl_context is not None else None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self.finished or self.up_phase != 1:
+                return
+            log.warning("connect to %s failed: %s", node.addr, e)
+            self._report(node, "tcp_failure", 0)
+            self._failed(502)
+            return
+        if self.finished or self.up_phase != 1 or self.node is not node:
+            conn.transport.close()
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        self.upstream = conn
+        conn.ex = self
+        conn.reused = reused
+        conn.requests += 1
+        self.up_phase = 2
+        self.deadline = self.server.loop.time() + self._timeouts().read
+        if self.head_bytes == b"":
+            self.head_bytes = self._build_head()
+        parts = [self.head_bytes]
+        if self.replayable is not None and self.tried:
+            # a retry: replay what was received so far, minus what is still queued
+            parts.extend(self.replayable)
+            self.body_buf.clear()
+        elif self.body_buf:
+            parts.extend(self.body_buf)
+            self.body_buf.clear()
+            self.conn.resume_read(P_BUFFER)
+        conn.transport.write(b"".join(parts))
+        self.sent_upstream = True
+        if self.wants_tunnel and self.tunnel_early:
+            pass  # held until the 101 answer
+
+    def _upstream_host_for(self, node: Node) -> str:
+        up = self.up
+        assert up is not None
+        ph = up.pass_host
+        if ph == "node":
+            default = 443 if up.scheme in ("https", "grpcs") else 80
+            return node.host if node.port == default else f"{node.host}:{node.port}"
+        if ph == "rewrite" and up.upstream_host:
+            return up.upstream_host
+        return self.req.http_host or node.host
+
+    def _build_head(self) -> bytes:
+        req = self.req
+        node = self.node
+        assert node is not None
+        target = req.upstream_path if req.query is None else f"{req.upstream_path}?{req.query}"
+        host = self.vars.get("upstream_host") if self.vars else None
+        if host is None:
+            host = self._upstream_host_for(node)
+        uri = self.vars.get("upstream_uri") if self.vars else None
+        if uri is not None:
+            target = uri
+        method = self.vars.get("request_method_override") if self.vars else None
+        parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")]
+        drop = _DROP_REQ
+        if self.conn_tokens:
+            extra = {t for t in self.conn_tokens if t and t not in _PROTECTED}
+            if extra:
+                drop = drop | extra
+        ap = parts.append
+        xff_prev = None
+        fproto = fhost = fport = None
+        for name, value in req.headers:
+            ln = name.lower()
+            if ln in drop:
+                if ln == b"x-forwarded-for":
+                    xff_prev = value if xff_prev is None else xff_prev + b", " + value
+                elif ln == b"x-forwarded-proto":
+                    fproto = value
+                elif ln == b"x-forwarded-host":
+                    fhost = value
+                elif ln == b"x-forwarded-port":
+                    fport = value
+                continue
+            ap(name + b": " + value + b"\r\n")
+        server = self.server
+        conn = self.conn
+        remote = req.remote_addr.encode()
+        peer_trusted = server.is_trusted(conn.peer_ip)
+        if xff_prev is not None and (peer_trusted or server.is_real_ip_source(conn.peer_ip)):
+            xff = xff_prev + b", " + conn.peer_ip.encode()
+        else:
+            xff = remote
+        if not peer_trusted:
+            fproto = fhost = fport = None
+        ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Port: %s\r\n"
+           % (remote, xff, fproto or req.scheme.encode(), fhost or req.host.encode("latin-1"),
+              fport or str(req.server_port).encode()))
+        if req.chunked:
+            ap(b"Transfer-Encoding: chunked\r\n")
+        elif req.content_length is not None:
+            ap(b"Content-Length: %d\r\n" % req.content_length)
+        if self.wants_tunnel:
+            ap(b"Upgrade: websocket\r\nConnection: upgrade\r\n")
+        ap(b"\r\n")
+        return b"".join(parts)
+
+    def _touch_upstream(self) -> None:
+        self.deadline = self.server.loop.time() + self._timeouts().read
+
+    def check_upstream_deadline(self, now: float) -> None:
+        if self.finished or self.up_phase == 0 or now < self.deadline:
+            return
+        node = self.node
+        log.warning("upstream %s timed out (%s)", node.addr if node else "?", "connect" if self.up_phase == 1 else "read")
+        if node is not None:
+            self._report(node, "timeout", 0)
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.ex = None
+            conn.transport.close()
+        if self.resp_started:
+            self._finish_abort()
+            return
+        self._failed(504, timeout=True)
+
+    def _failed(self, status: int, *, timeout: bool = False) -> None:
+        """A try failed before any response byte reached the client: retry or answer."""
+        self.last_error = status
+        node = self.node
+        up = self.up
+        if node is not None and up is not None:
+            up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+            self.tried.append(node)
+        self.up_phase = 0
+        self.upstream = None
+        self.head_bytes = b""
+        assert up is not None
+        can_replay = self.replayable is not None and (self.req_done or not self.body_size)
+        retries_left = up.retries - (len(self.tried) - 1)
+        in_time = not up.retry_timeout or (self.server.loop.time() - self.first_try_at) < up.retry_timeout
+        safe = not self.sent_upstream or self.req.method in IDEMPOTENT or status == 502 and not self.sent_upstream
+        if retries_left > 0 and can_replay and in_time and safe and not self.conn.closing:
+            self.sent_upstream = False
+            self._try_node()
+            return
+        self.server.waiting.discard(self)
+        self.respond(status, error_body(status), content_type=b"text/html; charset=utf-8",
+                     extra=b"X-APISIX-Upstream-Status: %d\r\n" % status if False else b"")
+
+    def _report(self, node: Node, kind: str, status: int) -> None:
+        up = self.up
+        if up is None or not up.passive:
+            return
+        rep = self.server.passive_report
+        if rep is not None:
+            rep(up.key, node.addr, kind, status)
+
+    # -- response side (called by UpstreamConnection) ---------------------------------------
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.finished or conn is not self.upstream:
+            return
+        if conn.tunnel:
+            self._finish_tunnel()
+            return
+        if self.resp_started:
+            if conn.until_close and conn.got_headers:
+                self.on_resp_complete(conn)
+                return
+            self._finish_abort()
+            return
+        node = self.node
+        if conn.reused and conn.bytes_in == 0 and self.replayable is not None:
+            # The server closed an idle keep-alive connection as we reused it: retry on a
+            # fresh connection without counting a try (nginx does the same).
+            self.upstream = None
+            self.head_bytes = b""
+            assert self.up is not None and node is not None
+            key = (self.up.key, node.host, node.port, self.up.scheme)
+            self.up_phase = 1
+            self.deadline = self.server.loop.time() + self._timeouts().connect
+            self.sent_upstream = False
+            self.server.loop.create_task(self._connect(node, self.up, key))
+            return
+        if node is not None:
+            self._report(node, "tcp_failure", 0)
+        self._failed(502)
+
+    def on_resp_head(self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                     cl: int | None, chunked: bool) -> None:
+        self._touch_upstream()
+        req = self.req
+        self.upstream_status = status
+        node = self.node
+        if node is not None:
+            self._report(node, "http", status)
+        self.resp_status = status
+        self.resp_headers = headers
+        chain = self.route.chain if self.route is not None else None
+        gchain = self.runtime.global_chain
+        if (gchain is not None and gchain.has("header_filter")) or (chain is not None and chain.has("header_filter")):
+            if gchain is not None:
+                gchain.run("header_filter", self)
+            if chain is not None:
+                chain.run("header_filter", self)
+            status = self.resp_status
+            headers = self.resp_headers
+        no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        self.resp_body_allowed = not no_body
+        keep = self.client_keep and not self.server.draining and self.req_done
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, "Unknown").encode())]
+        ap = out.append
+        has_date = False
+        for name, value in headers:
+            ln = name.lower()
+            if ln in _DROP_RESP or ln == b"content-length":
+                continue
+            if ln == b"date":
+                has_date = True
+            ap(name + b": " + value + b"\r\n")
+        if not has_date:
+            ap(b"Date: " + http_date() + b"\r\n")
+        ap(SERVER_HEADER)
+        if status >= 500 or self.server.settings.show_upstream_status:
+            ap(b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status)
+        if no_body:
+            if cl is not None and req.method == "HEAD":
+                ap(b"Content-Length: %d\r\n" % cl)
+        elif cl is not None:
+            ap(b"Content-Length: %d\r\n" % cl)
+        elif req.version == "1.1":
+            ap(b"Transfer-Encoding: chunked\r\n")
+            self.resp_chunked = True
+        else:
+            keep = False  # HTTP/1.0 client, unknown length: delimit by close
+        if not keep:
+            ap(b"Connection: close\r\n")
+        elif req.version == "1.0":
+            ap(b"Connection: keep-alive\r\n")
+        ap(b"\r\n")
+        self.client_keep = keep
+        self.out.append(b"".join(out))
+        self.resp_started = True
+
+    def on_resp_body(self, chunk: bytes) -> None:
+        if not self.resp_body_allowed:
+            return
+        if self.resp_chunked:
+            self.out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.out.append(chunk)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            if self.conn.closing:
+                out.clear()
+                return
+            if len(out) == 1:
+                self.conn.transport.write(out[0])
+            else:
+                self.conn.transport.writelines(out)
+            out.clear()
+            if not self.finished:
+                self._touch_upstream()
+
+    def on_resp_complete(self, conn: UpstreamConnection) -> None:
+        if self.resp_chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
+        self.finished = True
+        self.server.waiting.discard(self)
+        self.upstream = None
+        conn.ex = None
+        node = self.node
+        up = self.up
+        if up is not None and node is not None:
+            up.balancer.on_finish(node, self.server.loop.time() - self.t_connect)
+            reusable = (self.req_done and conn.keep_alive() and not conn.closed and not conn.dirty
+                        and conn.requests < up.pool_requests)
+            if reusable:
+                self.server.pool.put(conn, up.pool_size)
+            else:
+                conn.transport.close()
+        self._log()
+        self.conn.exchange_done(self, self.client_keep and self.req_done)
+
+    def on_resp_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: both sides become a raw tunnel."""
+        if not self.wants_tunnel or self.resp_status != 101:
+            self.on_upstream_protocol_error(conn, "unexpected upgrade")
+            return
+        self.flush()
+        self.finished = True
+        self.server.waiting.discard(self)
+        conn.tunnel = True
+        client = self.conn
+        client.tunnel_to = conn
+        client.state = S_TUNNEL
+        client.active = None
+        conn.tunnel_client = client
+        if rest:
+            client.transport.write(rest)
+        for b in self.tunnel_early:
+            conn.transport.write(b)
+        self.tunnel_early.clear()
+        client.resume_read(P_BUFFER)
+        self._log()
+
+    def _finish_tunnel(self) -> None:
+        self.conn.close()
+
+    def on_upstream_protocol_error(self, conn: UpstreamConnection, why: str) -> None:
+        log.warning("upstream %s sent an invalid response: %s", self.node.addr if self.node else "?", why)
+        conn.dirty = True
+        conn.ex = None
+        conn.transport.close()
+        if self.resp_started:
+            self._finish_abort()
+            return
+        self.upstream = None
+        self.out.clear()
+        self._failed(502)
+
+    def on_client_lost(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+
+    def abort_upstream(self) -> None:
+        conn = self.upstream
+        self.upstream = None
+        self.up_phase = 0
+        if conn is not None:
+            conn.ex = None
+            if not conn.closed:
+                conn.transport.close()
+
+    def _finish_abort(self) -> None:
+        self.finished = True
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+        self.flush()
+        self.conn.close()
+
+    def respond(self, status: int, body: bytes, *, content_type: bytes = b"application/json", extra: bytes = b"") -> None:
+        """Answer locally (route miss, plugin exit, upstream failure)."""
+        if self.resp_started or self.finished:
+            return
+        self.finished = True
+        self.resp_started = True
+        self.resp_status = status
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+        # If the client still has body bytes in flight we cannot keep the connection in sync.
+        keep = self.client_keep and self.req_done and not self.server.draining
+        if status >= 500 and self.upstream_status:
+            extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
+        self.conn.write_simple(status, body, close=not keep, content_type=content_type, extra=extra,
+                               head_only=self.req.method == "HEAD")
+        self._log()
+        self.conn.exchange_done(self, keep)
+        if not keep and self.conn.active is None and not self.conn.closing:
+            self.conn.close()
+
+    def _log(self) -> None:
+        chain = self.route.chain if self.route is not None else None
+        if chain is not None and chain.has("log"):
+            try:
+                chain.run("log", self)
+            except Exception:
+                log.exception("log phase failed")
+        gchain = self.runtime.global_chain
+        if gchain is not None and gchain.has("log"):
+            try:
+                gchain.run("log", self)
+            except Exception:
+                log.exception("log phase failed")
+        if access_log.isEnabledFor(logging.INFO):
+            req = self.req
+            access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
+                            req.request_uri, req.version, self.resp_status,
+                            self.node.addr if self.node else "-", self.route.id if self.route else "-")
+
+
+# ---------------------------------------------------------------------------------------
+# upstream
+# ---------------------------------------------------------------------------------------
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
+                 "bytes_in", "status", "reason", "headers", "cl", "chunked", "got_headers", "until_close", "tunnel",
+                 "tunnel_client", "dirty", "skip_body", "_ka")
+
+    def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
+        self.server = server
+        self.key = key
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.closed = False
+        self.requests = 0
+        self.idle_since = 0.0
+        self.reused = False
+        self.bytes_in = 0
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.cl: int | None = None
+        self.chunked = False
+        self.got_headers = False
+        self.until_close = False
+        self.tunnel = False
+        self.tunnel_client: ClientConnection | None = None
+        self.dirty = False
+        self.skip_body = False
+        self._ka = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel:
+            c = self.tunnel_client
+            if c is not None:
+                c.close()
+            return
+        ex = self.ex
+        if ex is not None:
+            ex.on_upstream_lost(self, exc)
+            if not ex.finished:
+                return
+            ex.flush()
+
+    def pause_writing(self) -> None:
+        c = self.tunnel_client if self.tunnel else (self.ex.conn if self.ex is not None else None)
+        if c is not None:
+            c.pause_read(P_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        c = self.tunnel_client if self.tunnel else (self.ex.conn if self.ex is not None else None)
+        if c is not None:
+            c.resume_read(P_UPSTREAM)
+
+    def keep_alive(self) -> bool:
+        return self._ka and not self.until_close
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel:
+            c = self.tunnel_client
+            if c is not None:
+                c.transport.write(data)
+            return
+        ex = self.ex
+        if ex is None:
+            # Bytes on an idle connection (e.g. a second response to one request): unusable.
+            self.dirty = True
+            self.transport.close()
+            return
+        self.bytes_in += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            ex.on_resp_upgrade(self, data[e.args[0]:])
+            return
+        except httptools.HttpParserCallbackError as e:
+            log.error("upstream response handling failed", exc_info=e.__context__)
+            ex.on_upstream_protocol_error(self, str(e.__context__))
+            return
+        except httptools.HttpParserError as e:
+            ex.on_upstream_protocol_error(self, str(e))
+            return
+        if self.skip_body:
+            # Response to HEAD: llhttp cannot be told to skip the body, so the message was
+            # completed by us at headers-complete; start a clean parser for the next one.
+            self.skip_body = False
+            self.parser = httptools.HttpResponseParser(self)
+        if ex.out:
+            ex.flush()
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.cl = None
+        self.chunked = False
+        self.got_headers = False
+        self.until_close = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ln = name.lower()
+        if ln == b"content-length":
+            self.cl = int(value)
+        elif ln == b"transfer-encoding":
+            self.chunked = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        status = self.parser.get_status_code()
+        self.status = status
+        if ex is None:
+            return
+        if 100 <= status < 200 and status != 101:
+            return  # interim response (e.g. 100 Continue): not relayed
+        self.got_headers = True
+        self._ka = self.parser.should_keep_alive()
+        head_req = ex.req.method == "HEAD"
+        if not head_req and self.cl is None and not self.chunked and status not in (204, 304):
+            self.until_close = True
+        ex.on_resp_head(self, status, self.reason, self.headers, self.cl, self.chunked)
+        if head_req:
+            self.skip_body = True
+            ex.on_resp_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        if ex is not None and not self.skip_body:
+            ex.on_resp_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.ex
+        if ex is None or self.skip_body:
+            return
+        if 100 <= self.status < 200 and self.status != 101:
+            return
+        if self.status == 101:
+            return  # handled through HttpParserUpgrade
+        ex.on_resp_complete(self)

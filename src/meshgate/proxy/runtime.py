@@ -1,0 +1,229 @@
+"""Per-Snapshot compiled state of a worker.
+
+A worker compiles each Snapshot once (DESIGN.md seam 2): the router, the per-route
+view (service merge, upstream reference, timeouts, plugin chain) and one
+:class:`UpstreamRuntime` (nodes, balancer, pool settings, TLS) per upstream.  A request
+keeps the Runtime it started with, so a reload never changes a request mid-flight.
+Upstream runtimes whose config is the very same object as in the previous version are
+carried over, keeping balancer state (smooth-WRR position, least_conn counters, EWMA).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from ..model import Snapshot
+from ..plugins import PluginChain, PluginRegistry
+from ..router import Router, compile_router
+from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
+
+__all__ = ["Runtime", "RouteRuntime", "UpstreamRuntime", "Timeouts", "build_runtime"]
+
+log = logging.getLogger("meshgate.proxy")
+
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = DEFAULT_TIMEOUT
+    send: float = DEFAULT_TIMEOUT
+    read: float = DEFAULT_TIMEOUT
+
+
+def _timeouts(conf: Mapping[str, Any] | None, base: Timeouts | None = None) -> Timeouts:
+    if not conf:
+        return base or Timeouts()
+    return Timeouts(float(conf.get("connect", DEFAULT_TIMEOUT)), float(conf.get("send", DEFAULT_TIMEOUT)),
+                    float(conf.get("read", DEFAULT_TIMEOUT)))
+
+
+class UpstreamRuntime:
+    """Compiled upstream: what the proxy needs to pick a node and talk to it."""
+
+    __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
+                 "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
+                 "unhealthy", "has_checks", "passive")
+
+    def __init__(self, key: str, conf: Mapping[str, Any]) -> None:
+        self.key = key
+        self.conf = conf
+        self.scheme: str = conf.get("scheme", "http")
+        self.nodes: list[Node] = parse_nodes(conf.get("nodes") or {}, scheme=self.scheme)
+        self.balancer: Balancer = create_balancer(conf, self.nodes)
+        self.retries: int = default_retries(conf, self.nodes)
+        self.retry_timeout: float = float(conf.get("retry_timeout", 0) or 0)
+        self.timeouts = _timeouts(conf.get("timeout"))
+        self.pass_host: str = conf.get("pass_host", "pass")
+        self.upstream_host: str | None = conf.get("upstream_host")
+        pool = conf.get("keepalive_pool") or {}
+        self.pool_size = int(pool.get("size", 320))
+        self.pool_idle_timeout = float(pool.get("idle_timeout", 60))
+        self.pool_requests = int(pool.get("requests", 1000))
+        self.ssl_context: ssl.SSLContext | None = None
+        if self.scheme in ("https", "grpcs"):
+            ctx = ssl.create_default_context()
+            tls = conf.get("tls") or {}
+            # APISIX leaves upstream certificate verification off unless tls.verify is true.
+            if not tls.get("verify", False):
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self.ssl_context = ctx
+        # Addresses ("host:port") currently unhealthy, pushed by the health owner.
+        self.unhealthy: frozenset[str] = frozenset()
+        checks = conf.get("checks") or {}
+        self.has_checks = bool(checks)
+        self.passive = bool(checks.get("passive")) and bool(checks.get("active"))
+
+    def healthy(self, node: Node) -> bool:
+        return node.addr not in self.unhealthy
+
+
+class RouteRuntime:
+    """A route after APISIX's service / plugin_config merge (apisix-semantics.md 5.2)."""
+
+    __slots__ = ("id", "conf", "service_id", "upstream", "timeouts", "enable_websocket", "chain", "error")
+
+    def __init__(self, id: str, conf: Mapping[str, Any]) -> None:
+        self.id = id
+        self.conf = conf
+        self.service_id: str | None = None
+        self.upstream: UpstreamRuntime | None = None
+        self.timeouts: Timeouts | None = None
+        self.enable_websocket = False
+        self.chain: PluginChain | None = None
+        # (status, body) answered instead of proxying when a reference is broken.
+        self.error: tuple[int, bytes] | None = None
+
+
+@dataclass(slots=True)
+class Runtime:
+    version: int
+    snapshot: Snapshot
+    router: Router
+    routes: dict[str, RouteRuntime]
+    upstreams: dict[str, UpstreamRuntime]
+    global_chain: PluginChain | None = None
+    errors: list[ConfigError] = field(default_factory=list)
+
+
+def _msg(text: str) -> bytes:
+    import json
+
+    return json.dumps({"error_msg": text}).encode()
+
+
+def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri",
+                  plugins: PluginRegistry | None = None, previous: Runtime | None = None) -> Runtime:
+    errors: list[ConfigError] = []
+    prev_up = previous.upstreams if previous is not None else {}
+    upstreams: dict[str, UpstreamRuntime] = {}
+
+    def upstream_for(key: str, conf: Mapping[str, Any]) -> UpstreamRuntime | None:
+        got = upstreams.get(key)
+        if got is not None and got.conf is conf:
+            return got
+        old = prev_up.get(key)
+        if old is not None and old.conf is conf:
+            upstreams[key] = old
+            return old
+        try:
+            rt = UpstreamRuntime(key, conf)
+        except ConfigError as e:
+            errors.append(e)
+            log.error("upstream %s rejected: %s", key, e)
+            return None
+        except Exception as e:  # never let one bad item stop the compile
+            errors.append(ConfigError("/", f"cannot compile upstream: {e}", kind="upstreams", id=key))
+            log.exception("upstream %s rejected", key)
+            return None
+        if old is not None:
+            rt.unhealthy = old.unhealthy
+        upstreams[key] = rt
+        return rt
+
+    for id, res in snapshot.items("upstreams").items():
+        upstream_for(f"upstreams/{id}", res.value)
+
+    services = snapshot.items("services")
+    plugin_configs = snapshot.items("plugin_configs")
+    routes: dict[str, RouteRuntime] = {}
+    for id, res in snapshot.items("routes").items():
+        conf = res.value
+        rr = RouteRuntime(id, conf)
+        svc: Mapping[str, Any] | None = None
+        sid = conf.get("service_id")
+        if sid is not None:
+            rr.service_id = str(sid)
+            sres = services.get(str(sid))
+            if sres is None:
+                rr.error = (404, _msg("404 Route Not Found"))
+            else:
+                svc = sres.value
+        merged_plugins: dict[str, Any] = {}
+        if svc is not None:
+            merged_plugins.update(svc.get("plugins") or {})
+        pcid = conf.get("plugin_config_id")
+        if pcid is not None:
+            pc = plugin_configs.get(str(pcid))
+            if pc is None:
+                rr.error = rr.error or (503, _msg(f"failed to fetch plugin config by id: {pcid}"))
+            else:
+                # plugin_config plugins apply only where the route has none of that name (route wins).
+                for name, pconf in (pc.value.get("plugins") or {}).items():
+                    if name not in (conf.get("plugins") or {}):
+                        merged_plugins[name] = pconf
+        merged_plugins.update(conf.get("plugins") or {})
+        # Upstream: route inline > route upstream_id > service inline > service upstream_id.
+        up: UpstreamRuntime | None = None
+        if conf.get("upstream") is not None:
+            up = upstream_for(f"routes/{id}", conf["upstream"])
+        elif conf.get("upstream_id") is not None:
+            up = upstreams.get(f"upstreams/{conf['upstream_id']}")
+            if up is None:
+                rr.error = rr.error or (502, _msg(f"missing upstream configuration in Route or Service"))
+        elif svc is not None and svc.get("upstream") is not None:
+            up = upstream_for(f"services/{sid}", svc["upstream"])
+        elif svc is not None and svc.get("upstream_id") is not None:
+            up = upstreams.get(f"upstreams/{svc['upstream_id']}")
+            if up is None:
+                rr.error = rr.error or (502, _msg("missing upstream configuration in Route or Service"))
+        rr.upstream = up
+        rr.timeouts = _timeouts(conf.get("timeout")) if conf.get("timeout") else None
+        ews = conf.get("enable_websocket")
+        if ews is None and svc is not None:
+            ews = svc.get("enable_websocket")
+        rr.enable_websocket = bool(ews)
+        if merged_plugins and plugins is not None:
+            try:
+                rr.chain = plugins.compile_chain(merged_plugins, pointer="/plugins", kind="routes", id=id)
+            except ConfigError as e:
+                errors.append(e)
+                log.error("route %s rejected: %s", id, e)
+                continue
+        routes[id] = rr
+
+    router = compile_router(snapshot, kind=router_kind)  # type: ignore[arg-type]
+    errors.extend(getattr(router, "errors", []))
+    global_chain = None
+    if plugins is not None:
+        merged: dict[str, Any] = {}
+        for gid, g in snapshot.items("global_rules").items():
+            for name, pconf in (g.value.get("plugins") or {}).items():
+                if name in merged:
+                    errors.append(ConfigError(f"/plugins/{name}", "plugin already configured by another global rule",
+                                              kind="global_rules", id=gid))
+                    continue
+                merged[name] = pconf
+        if merged:
+            try:
+                global_chain = plugins.compile_chain(merged, pointer="/plugins", kind="global_rules", id="*")
+            except ConfigError as e:
+                errors.append(e)
+    return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
+                   upstreams=upstreams, global_chain=global_chain, errors=errors)

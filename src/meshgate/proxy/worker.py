@@ -1,0 +1,156 @@
+"""A worker process: receives Snapshots from the supervisor, serves traffic.
+
+Started by the supervisor as ``python -m meshgate.proxy.worker --fd N``; N is its end
+of a socketpair.  Every worker binds the listeners itself with SO_REUSEPORT, compiles
+each Snapshot once, acknowledges the version it applied (``/v1/config`` shows them),
+reports passive health events and applies the shared health state it is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from ..model import Resource, Snapshot
+from ..plugins import PluginRegistry
+from .http1 import ProxyServer, ProxySettings
+from .ipc import Channel, open_channel
+from .runtime import Runtime, build_runtime
+
+__all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_from_wire", "main"]
+
+log = logging.getLogger("meshgate.worker")
+
+
+def snapshot_to_wire(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "version": snap.version,
+        "resources": {k: [(r.id, r.value, r.created_index, r.modified_index) for r in items.values()]
+                      for k, items in snap.resources.items()},
+    }
+
+
+def snapshot_from_wire(msg: dict[str, Any], previous: Snapshot | None) -> Snapshot:
+    """Rebuild a Snapshot; values equal to the previous version keep their identity."""
+    out: dict[str, dict[str, Resource]] = {}
+    for kind, rows in msg["resources"].items():
+        prev = previous.resources.get(kind, {}) if previous is not None else {}
+        bucket: dict[str, Resource] = {}
+        for id, value, ci, mi in rows:
+            old = prev.get(id)
+            if old is not None and old.modified_index == mi and old.value == value:
+                bucket[id] = old
+            else:
+                bucket[id] = Resource(kind=kind, id=id, value=value, created_index=ci, modified_index=mi)
+        out[kind] = bucket
+    return Snapshot(version=msg["version"], resources=out)
+
+
+class WorkerMain:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.channel: Channel | None = None
+        self.server: ProxyServer | None = None
+        self.snapshot: Snapshot | None = None
+        self.runtime: Runtime | None = None
+        self.router_kind = "radixtree_host_uri"
+        self.plugins = PluginRegistry()
+        self.worker_id = 0
+        self.stop = asyncio.Event()
+        self.grace = 240.0
+        self.health: dict[str, frozenset[str]] = {}
+        self.init_done = asyncio.Event()
+        self.init_msg: dict[str, Any] = {}
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "init":
+            self.init_msg = msg
+            self.init_done.set()
+        elif op == "snapshot":
+            self.apply_snapshot(msg)
+        elif op == "health":
+            self.health[msg["key"]] = frozenset(msg["unhealthy"])
+            if self.runtime is not None:
+                up = self.runtime.upstreams.get(msg["key"])
+                if up is not None:
+                    up.unhealthy = self.health[msg["key"]]
+        elif op == "drain":
+            self.grace = float(msg.get("grace", self.grace))
+            self.stop.set()
+
+    def apply_snapshot(self, msg: dict[str, Any]) -> None:
+        snap = snapshot_from_wire(msg, self.snapshot)
+        try:
+            rt = build_runtime(snap, router_kind=self.router_kind, plugins=self.plugins, previous=self.runtime)
+        except Exception:
+            log.exception("worker %d: cannot compile config version %d; keeping version %s", self.worker_id,
+                          snap.version, self.snapshot.version if self.snapshot else None)
+            return
+        for key, up in rt.upstreams.items():
+            if key in self.health:
+                up.unhealthy = self.health[key]
+        self.snapshot = snap
+        self.runtime = rt
+        if self.server is not None:
+            self.server.set_runtime(rt)
+        if self.channel is not None:
+            self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version})
+
+    def passive(self, key: str, addr: str, kind: str, status: int) -> None:
+        if self.channel is not None:
+            self.channel.send({"op": "passive", "key": key, "addr": addr, "kind": kind, "status": status})
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(fileno=self.fd)
+        self.channel = await open_channel(sock, self.on_message, on_lost=self.stop.set)
+        await self.init_done.wait()
+        init = self.init_msg
+        self.worker_id = int(init.get("worker", 0))
+        self.router_kind = init.get("router", self.router_kind)
+        self.plugins.load_builtin()
+        for d in init.get("plugin_dirs", ()):
+            self.plugins.load_directory(d)
+        settings = ProxySettings(**init.get("settings", {}))
+        self.grace = settings.drain_grace
+        if self.runtime is None:
+            self.apply_snapshot(init["snapshot"])
+        assert self.runtime is not None
+        self.server = ProxyServer(settings, self.runtime, passive_report=self.passive)
+        for host, port in init.get("listen", []):
+            await self.server.listen(host, port)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        self.channel.send({"op": "ready", "worker": self.worker_id, "pid": os.getpid()})
+        await self.stop.wait()
+        await self.server.drain(self.grace)
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="meshgate-worker")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--log-level", default="WARNING")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a hard dependency
+        pass
+    # The worker must not react to the terminal's Ctrl-C directly: the supervisor drains it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return asyncio.run(WorkerMain(args.fd).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
