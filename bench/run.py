@@ -210,6 +210,57 @@ def _child_setup() -> None:
     _libc.prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
+WATCHDOG = r"""
+import os, signal, sys
+# Reads "pg <pgid>" lines from the harness; if the pipe closes without "done" (the harness was
+# SIGKILLed), SIGKILLs every registered process group (nginx workers outlive their master otherwise).
+groups, done = set(), False
+with os.fdopen(int(sys.argv[1]), "r") as f:
+    for line in f:
+        word, _, arg = line.strip().partition(" ")
+        if word == "pg":
+            groups.add(int(arg))
+        elif word == "unpg":
+            groups.discard(int(arg))
+        elif word == "done":
+            done = True
+if not done:
+    for pg in groups:
+        try:
+            os.killpg(pg, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+class Watchdog:
+    """A small process that outlives a SIGKILLed harness and kills the process groups it started."""
+
+    def __init__(self) -> None:
+        r, w = os.pipe()
+        self.proc = subprocess.Popen([sys.executable, "-c", WATCHDOG, str(r)], pass_fds=(r,),
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        os.close(r)
+        self.w = os.fdopen(w, "w", buffering=1)
+
+    def register(self, pgid: int) -> None:
+        self.w.write(f"pg {pgid}\n")
+
+    def unregister(self, pgid: int) -> None:
+        self.w.write(f"unpg {pgid}\n")
+
+    def close(self) -> None:
+        self.w.write("done\n")
+        self.w.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+WATCH: Watchdog | None = None
+
+
 def free_port(taken: set[int]) -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -253,6 +304,8 @@ class Server:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self.workdir,
                                      start_new_session=True, preexec_fn=_child_setup)
+        if WATCH is not None:
+            WATCH.register(self.proc.pid)
 
     def wait_ready(self, timeout: float) -> tuple[bool, str]:
         t0 = time.monotonic()
@@ -320,6 +373,8 @@ class Server:
                 except ProcessLookupError:
                     pass
         self._log.close()
+        if WATCH is not None:
+            WATCH.unregister(self.proc.pid)
         self.proc = None
 
 
@@ -1086,6 +1141,16 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError):
         pass
 
+    global WATCH
+    WATCH = Watchdog()
+    try:
+        return _main(args, argv)
+    finally:
+        WATCH.close()
+        WATCH = None
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> int:
     venv_python = meshgate_python(args.meshgate)
     envoy_bin = find_envoy(args.envoy, venv_python)
     targets = list(args.target_list)

@@ -81,7 +81,7 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout)
     try:
         await sup.start(store.snapshot)
-    except (RuntimeError, asyncio.TimeoutError) as e:
+    except (RuntimeError, asyncio.TimeoutError, OSError) as e:
         sup.stopping = True
         await sup.stop()
         raise GatewayError(str(e) or "workers did not become ready") from None

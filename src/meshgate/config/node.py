@@ -25,7 +25,6 @@ bytes) and become int bytes.
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import os
 import re
@@ -477,7 +476,7 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
     if not isinstance(data, Mapping):
         raise NodeConfigErrors([ConfigError("/", f"expected a mapping at top level, got {_type(data)}")], source=source)
     r.check_known(data, _KNOWN, [])
-    merged = _merge(copy.deepcopy(dict(DEFAULTS)), data)
+    merged = _merge(_plain(DEFAULTS), data)
 
     node_listen = r.listen_list(merged, ("apisix", "node_listen"), "0.0.0.0")
     ssl = SSLConfig(
@@ -596,8 +595,17 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(cur, dict) and isinstance(v, Mapping):
             _merge(cur, v)
             continue
-        base[k] = copy.deepcopy(v) if isinstance(v, (Mapping, list)) else v
+        base[k] = _plain(v)
     return base
+
+
+def _plain(v: Any) -> Any:
+    """Deep copy as plain dicts and lists (inputs may hold read-only mappings)."""
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 def _get(data: Any, path: Key) -> Any:
@@ -906,7 +914,7 @@ class _Reader:
                 continue
             self.check_fields(item, ("name", "key", "role"), here)
             name = item.get("name", "")
-            key = item.get("key")
+            key: Any = item.get("key")
             role = item.get("role", "admin")
             ok = True
             if not isinstance(name, str):

@@ -6,7 +6,9 @@ Rules (apisix-semantics.md 6.3, CONTRACT.md "Node config"):
   the file; without it the whole file is ignored (the previous config keeps serving);
 * ``${{VAR}}`` and ``${{VAR:=default}}`` are substituted in the text before YAML parsing;
   a variable that is unset and has no default fails the whole file.  Whole-line comments
-  are left alone, so a commented-out line never needs its variables;
+  are left alone, so a commented-out line never needs its variables.  Values are inserted
+  verbatim, so they take YAML types (``port: ${{PORT}}`` is an integer) and a value
+  containing YAML syntax changes the document: the environment is trusted like the file;
 * top-level keys are the resource kinds (``routes``, ``upstreams``, ...), ``plugins``
   (the plugin list, overriding config.yaml) and the API-driven ``<kind>_conf_version``
   counters; anything else is reported as an error, and the rest of the file still applies;
@@ -58,10 +60,10 @@ _ENV_REF = re.compile(r"\$\{\{\s*([A-Za-z0-9_]+)\s*(?::=(.*?))?\s*\}\}")
 _MAX_NODES = 1_000_000
 _MAX_DEPTH = 128
 
-_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
+class _Loader(_BaseLoader):  # type: ignore[misc]
     """Safe loader that keeps JSON's data model: no timestamps (``2024-01-01`` stays a
     string; a ``date`` object would fail every string field), and a bare ``=`` is a string
     (PyYAML cannot construct its ``!!value`` tag)."""

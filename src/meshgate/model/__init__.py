@@ -1,9 +1,13 @@
 """Pure data: kinds registry, resources, snapshots, schemas.  No asyncio, no I/O."""
 
+from typing import TYPE_CHECKING, Any
+
 from .kinds import KIND_NAMES, KINDS, Kind
 from .schemas import SCHEMAS, schema_for
 from .snapshot import EMPTY, Resource, Snapshot
-from .validate import check_references, json_pointer, normalize_id, validate_item
+
+if TYPE_CHECKING:
+    from .validate import check_references, json_pointer, normalize_id, validate_item
 
 __all__ = [
     "KINDS",
@@ -19,3 +23,15 @@ __all__ = [
     "normalize_id",
     "json_pointer",
 ]
+
+# The validators pull in jsonschema (~0.15 s to import); processes that only consume
+# snapshots (workers compiling routers) should not pay for it.
+_LAZY = {"validate_item", "check_references", "normalize_id", "json_pointer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import validate
+
+        return getattr(validate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

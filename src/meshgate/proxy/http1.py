@@ -223,9 +223,13 @@ class ProxyServer:
     def set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def listen(self, host: str, port: int, *, ssl_ctx: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
-        srv = await self.loop.create_server(lambda: ClientConnection(self), host=host, port=port,
-                                            reuse_port=True, backlog=4096, ssl=ssl_ctx)
+    async def listen(self, host: str, port: int, *, sock: socket.socket | None = None,
+                     ssl_ctx: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+        if sock is not None:
+            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096, ssl=ssl_ctx)
+        else:
+            srv = await self.loop.create_server(lambda: ClientConnection(self), host=host, port=port,
+                                                reuse_port=True, backlog=4096, ssl=ssl_ctx)
         self.servers.append(srv)
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep())

@@ -4,7 +4,11 @@ Theory of operation
 -------------------
 The supervisor owns everything that must be *one* state for the whole gateway
 (DESIGN.md, "State shared by worker processes"): it spawns ``N`` worker processes
-(``nginx_config.worker_processes``), each binding the same ports with SO_REUSEPORT;
+(``nginx_config.worker_processes``) sharing each port with SO_REUSEPORT.  The
+supervisor binds one SO_REUSEPORT socket per (address, worker slot) and hands it to the
+worker of that slot: the kernel spreads connections over the slots, and because the
+supervisor keeps its reference, a slot's accept queue survives its worker being
+replaced (SIGHUP or a crash), so a reload refuses no connection (hardening F6);
 it pushes every Snapshot to all of them over a socketpair and records the version
 each one applied (``/v1/config``); and it is the single health-check owner: one
 active prober per upstream node, passive events reported by workers folded into one
@@ -35,6 +39,23 @@ from .worker import snapshot_to_wire
 __all__ = ["Supervisor", "HealthOwner", "WorkerHandle"]
 
 log = logging.getLogger("meshgate.supervisor")
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        s.bind((host, port))
+        s.listen(4096)
+        s.setblocking(False)
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return s
 
 
 class HealthOwner:
@@ -158,6 +179,22 @@ class Supervisor:
         self.stopping = False
         self._wire: dict[str, Any] | None = None
         self.started_at = time.time()
+        # (host, port) -> one listening socket per worker slot
+        self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
+
+    def _bind(self) -> None:
+        """Bind what the current node config asks for; keep sockets that already exist."""
+        want = set(self.listen)
+        for addr in list(self.sockets):
+            if addr not in want:
+                for s in self.sockets.pop(addr):
+                    s.close()
+        for addr in self.listen:
+            socks = self.sockets.setdefault(addr, [])
+            while len(socks) < self.nworkers:
+                socks.append(_listen_socket(*addr))
+            while len(socks) > self.nworkers:
+                socks.pop().close()
 
     # -- config ----------------------------------------------------------------------------
     def compile(self, snapshot: Snapshot) -> Runtime:
@@ -191,7 +228,8 @@ class Supervisor:
     async def _spawn(self, index: int) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [sys.executable, "-m", "meshgate.proxy.worker", "--fd", str(child.fileno()), "--log-level", self.log_level]
-        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()], start_new_session=False)
+        listen_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items()]
+        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()] + [fd for _, _, fd in listen_fds], start_new_session=False)
         child.close()
         h = WorkerHandle(index=index, proc=proc, pid=proc.pid)
 
@@ -213,7 +251,7 @@ class Supervisor:
         h.channel = await open_channel(parent, on_message, on_lost)
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
-                        "listen": self.listen, "plugin_dirs": list(self.plugin_dirs),
+                        "listen": listen_fds, "plugin_dirs": list(self.plugin_dirs),
                         "snapshot": {"op": "snapshot", **(self._wire or snapshot_to_wire(self.snapshot))}})
         for key, unhealthy in self.health_view.items():
             h.channel.send({"op": "health", "key": key, "unhealthy": unhealthy})
@@ -231,6 +269,7 @@ class Supervisor:
         self.workers[self.workers.index(old)] = new
 
     async def start(self, snapshot: Snapshot, *, ready_timeout: float = 30.0) -> None:
+        self._bind()
         self.publish(snapshot)
         self.workers = [await self._spawn(i) for i in range(self.nworkers)]
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in self.workers)), ready_timeout)
@@ -247,9 +286,19 @@ class Supervisor:
         assert self.snapshot is not None
         self.runtime = None
         self.publish(self.snapshot)
+        # Sockets of addresses that stay are kept, so connections queued on them are
+        # accepted by the new generation; removed addresses close after the old drain.
+        keep = dict(self.sockets)
+        want = set(self.listen)
+        self.sockets = {a: s for a, s in keep.items() if a in want}
+        self._bind()
         self.workers = [await self._spawn(i) for i in range(self.nworkers)]
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in self.workers)), 30.0)
         await self._drain(old, self.grace)
+        for addr, socks in keep.items():
+            if addr not in want:
+                for s in socks:
+                    s.close()
 
     async def _drain(self, handles: list[WorkerHandle], grace: float) -> None:
         for w in handles:
@@ -270,6 +319,11 @@ class Supervisor:
 
     async def stop(self) -> None:
         self.stopping = True
+        # Stop accepting first: nothing new lands in a queue nobody will serve.
+        for socks in self.sockets.values():
+            for s in socks:
+                s.close()
+        self.sockets = {}
         await self._drain(self.workers, self.grace)
         await self.health.stop()
 

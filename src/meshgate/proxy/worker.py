@@ -1,7 +1,8 @@
 """A worker process: receives Snapshots from the supervisor, serves traffic.
 
 Started by the supervisor as ``python -m meshgate.proxy.worker --fd N``; N is its end
-of a socketpair.  Every worker binds the listeners itself with SO_REUSEPORT, compiles
+of a socketpair.  Every worker serves the SO_REUSEPORT listening sockets of its slot
+(inherited from the supervisor), compiles
 each Snapshot once, acknowledges the version it applied (``/v1/config`` shows them),
 reports passive health events and applies the shared health state it is sent.
 """
@@ -124,8 +125,8 @@ class WorkerMain:
             self.apply_snapshot(init["snapshot"])
         assert self.runtime is not None
         self.server = ProxyServer(settings, self.runtime, passive_report=self.passive)
-        for host, port in init.get("listen", []):
-            await self.server.listen(host, port)
+        for host, port, fd in init.get("listen", []):
+            await self.server.listen(host, port, sock=socket.socket(fileno=fd))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)

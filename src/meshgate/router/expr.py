@@ -52,6 +52,7 @@ GetVar = Callable[[str], Any]
 _Fn = Callable[[GetVar], bool]
 
 LOGIC_OPS = frozenset({"AND", "OR", "!AND", "!OR"})
+MAX_DEPTH = 32  # nesting levels; keeps compile and eval far from the recursion limit
 COMPARE_OPS = frozenset({"==", "~=", ">", ">=", "<", "<=", "~~", "~*", "in", "has", "ipmatch"})
 
 # --------------------------------------------------------------------------- tonumber
@@ -82,16 +83,14 @@ def lua_tonumber(value: object) -> float | int | None:
     empty or blank strings, ``_`` separators, non-ASCII digits or spaces, trailing
     garbage.  Booleans, ``None`` and containers -> ``None``.
     """
-    t = type(value)
-    if t is int or t is float:
-        return value  # type: ignore[return-value]
-    if t is not str:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            return None
-        if not isinstance(value, str):
-            return value
-        value = str(value)
-    s = value.strip(_LUA_SPACE)
+    if isinstance(value, str):
+        s = value.strip(_LUA_SPACE)
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, (int, float)):
+        return value
+    else:
+        return None
     if not s:
         return None
     if _DEC_RE.fullmatch(s):
@@ -144,7 +143,7 @@ def lua_eq(a: object, b: object) -> bool:
     if isinstance(a, str) or isinstance(b, str):
         return isinstance(a, str) and isinstance(b, str) and a == b
     if _is_number(a) and _is_number(b):
-        return a == b  # type: ignore[no-any-return]
+        return bool(a == b)
     return a is b
 
 
@@ -233,7 +232,7 @@ def _compile_regex(pattern: Any, pointer: str, flags: int) -> re.Pattern[str]:
         raise ConfigError(pointer, f"expected a regular expression string, got {_short(pattern)}")
     try:
         return re.compile(_PCRE_NAMED.sub("(?P<", pattern), flags | re.ASCII)
-    except re.error as e:
+    except (re.error, ValueError, OverflowError, RecursionError) as e:
         raise ConfigError(pointer, f"invalid regular expression {pattern!r}: {e}") from None
 
 
@@ -395,7 +394,9 @@ def _is_nested(item: list[Any]) -> bool:
     return bool(item) and (isinstance(item[0], list) or (isinstance(item[0], str) and item[0] in LOGIC_OPS))
 
 
-def _compile_group(rule: list[Any], pointer: str) -> _Group:
+def _compile_group(rule: list[Any], pointer: str, depth: int = 0) -> _Group:
+    if depth > MAX_DEPTH:
+        raise ConfigError(pointer, f"rule nested deeper than {MAX_DEPTH} levels")
     logic = "AND"
     start = 0
     if rule and isinstance(rule[0], str):
@@ -412,7 +413,7 @@ def _compile_group(rule: list[Any], pointer: str) -> _Group:
             hint = " (a single expression must still be wrapped in an outer array: [[var, op, value]])" if i == 0 else ""
             raise ConfigError(ptr, f"expected an expression array or a nested rule, got {_short(item)}{hint}")
         if _is_nested(item):
-            children.append(_compile_group(item, ptr))
+            children.append(_compile_group(item, ptr, depth + 1))
         else:
             children.append(_compile_leaf(item, ptr))
     fns = tuple(c.fn for c in children)

@@ -133,11 +133,11 @@ class _SuffixIndex:
 
     __slots__ = ("nodes", "lengths")
 
-    def __init__(self, nodes: dict[str, Any]) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: dict[str, tuple[str, _UriTree]]) -> None:
+        self.nodes = nodes  # suffix -> (pattern, uri tree)
         self.lengths = tuple(sorted({len(k) for k in nodes}))
 
-    def probe(self, host: str) -> Iterator[tuple[str, Any]]:
+    def probe(self, host: str) -> Iterator[tuple[str, tuple[str, _UriTree]]]:
         nodes = self.nodes
         lengths = self.lengths
         n = len(host)
@@ -291,7 +291,8 @@ def _compile_route(rid: str, value: Mapping[str, Any], order: int,
     prio = value.get("priority", 0)
     if prio is None:
         prio = 0
-    if isinstance(prio, bool) or not isinstance(prio, (int, float)) or prio != int(prio):
+    if isinstance(prio, bool) or not isinstance(prio, (int, float)) or (
+            isinstance(prio, float) and not prio.is_integer()):
         raise ConfigError("/priority", f"expected an integer, got {_short(prio)}")
     r.priority = int(prio)
 
@@ -300,7 +301,7 @@ def _compile_route(rid: str, value: Mapping[str, Any], order: int,
         if not isinstance(methods, list):
             raise ConfigError("/methods", f"expected an array of HTTP methods, got {_short(methods)}")
         for i, m in enumerate(methods):
-            if m not in HTTP_METHODS:
+            if not isinstance(m, str) or m not in HTTP_METHODS:
                 raise ConfigError(f"/methods/{i}", f"unknown method {_short(m)}: expected one of "
                                   f"{', '.join(sorted(HTTP_METHODS))}")
         if methods:  # empty = any method
@@ -497,6 +498,7 @@ class _HostLayer:
         wild: dict[str, tuple[str, _UriTree]] = {}
         pexact: dict[str, _UriTree] = {}
         pwild: dict[str, tuple[str, _UriTree]] = {}
+        # Wildcard nodes are (pattern, tree) keyed by the suffix after '*'.
         for pattern, entries in by_host.items():
             tree = _UriTree(entries)
             port = _has_port(pattern)
@@ -572,7 +574,11 @@ class Router:
         self._hosts = hosts
         self._uri = uri
 
+    def __repr__(self) -> str:
+        return f"<Router {self.kind} version={self.version} routes={self.route_count} errors={len(self.errors)}>"
+
     def match(self, req: MatchInput) -> RouteMatch | None:
+        """The route for this request, or ``None`` (404 Route Not Found)."""
         path = req.path
         hosts = self._hosts
         if hosts is not None:
@@ -605,7 +611,7 @@ class Router:
         candidates: list[dict[str, Any]] = []
         winner: dict[str, Any] | None = None
         expected = self.match(req)
-        for layer_name, host, tier, e in walk:
+        for layer_name, node_host, node_tier, e in walk:
             reason, matched_host = _reject_reason(e, req, path)
             r = e.route
             c: dict[str, Any] = {
@@ -615,13 +621,14 @@ class Router:
                 "stage": e.stage,
                 "node": e.key,
                 "layer": layer_name,
-                "host": host if host is not None else matched_host,
+                "host": node_host if node_host is not None else matched_host,
             }
-            if tier is not None:
-                c["host_tier"] = tier
+            if node_tier is not None:
+                c["host_tier"] = node_tier
             if reason is None:
                 if winner is None:
                     c["result"] = "matched"
+                    c["reason"] = "uri and every condition match"
                     winner = c
                     if e.regex is not None:
                         m = e.regex.fullmatch(path)

@@ -163,6 +163,17 @@ def test_errors_carry_kind_and_id() -> None:
     assert e.id == "jack"
 
 
+def test_results_are_stable_across_calls() -> None:
+    good = {"uri": "/cache", "upstream": UP}
+    bad = {"uri": "/cache", "upstream": UP, "priority": "x"}
+    for _ in range(3):
+        assert errs("routes", good) == []
+        assert errs("routes", bad) == [("/priority", 'expected integer, got "x"')]
+    # the id an item is stored under is part of what was validated
+    assert errs("global_rules", {"plugins": {}}, id="ok") == []
+    assert errs("global_rules", {"plugins": {}}, id="not ok") != []
+
+
 def test_not_an_object() -> None:
     assert errs("routes", 5) == [("", "expected object, got 5")]
     assert errs("routes", ["/a"]) == [("", "expected object, got array")]

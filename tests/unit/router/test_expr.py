@@ -12,7 +12,7 @@ from meshgate.router import Expr, compile_expr, lua_tonumber
 
 
 def ev(rule: list[Any], **variables: Any) -> bool:
-    return compile_expr(rule).eval(variables.get)
+    return bool(compile_expr(rule).eval(variables.get))
 
 
 # --------------------------------------------------------------------------- tonumber
@@ -292,6 +292,7 @@ BAD_RULES: list[tuple[Any, str, str]] = [
     (["OR", ["a", "==", "1"], ["AND", ["b", "=", "1"]]], "/vars/2/1/1", "unknown operator '='"),
     ([["a", "==", "1"], [["b", "==", "2"], ["c", "~~", "("]]], "/vars/1/1/2", "invalid regular expression"),
     (["or", ["a", "==", "1"], ["b", "==", "2"]], "/vars/0", "upper-case"),
+    ([["a", "==", "1"]] + [["b", "~~", "x" * 10 + "{99999999999}"]], "/vars/1/2", "invalid regular expression"),
 ]
 
 
@@ -308,3 +309,16 @@ def test_custom_pointer_prefix() -> None:
         compile_expr([["a", "??", 1]], "/plugins/limit-count/_meta/filter")
     assert exc.value.pointer == "/plugins/limit-count/_meta/filter/0/1"
     assert "/plugins/limit-count/_meta/filter/0/1" in str(exc.value)
+
+
+def test_deep_nesting_is_rejected_not_a_crash() -> None:
+    rule: list[Any] = [["a", "==", "1"]]
+    for _ in range(2000):
+        rule = ["AND", rule]
+    with pytest.raises(ConfigError) as exc:
+        compile_expr(rule)
+    assert "nested deeper" in exc.value.message
+    ok: list[Any] = [["a", "==", "1"]]
+    for _ in range(20):
+        ok = ["OR", ok]
+    assert compile_expr(ok).eval({"a": "1"}.get)

@@ -40,8 +40,7 @@ class Req:
         return builtin.get(name)
 
 
-def snap(routes: list[dict[str, Any]] | dict[str, dict[str, Any]],
-         services: dict[str, dict[str, Any]] | None = None) -> Snapshot:
+def snap(routes: Any, services: dict[str, dict[str, Any]] | None = None) -> Snapshot:
     """Routes as a list (ids "1", "2", ... in order) or as an ordered {id: value} dict."""
     if isinstance(routes, list):
         routes = {str(i + 1): r for i, r in enumerate(routes)}
@@ -479,6 +478,13 @@ BAD_ROUTES: list[tuple[dict[str, Any], str, str]] = [
     ({"uris": []}, "/uris", "non-empty array"),
     ({"uri": "/b", "methods": ["GET", "FETCH"]}, "/methods/1", "unknown method"),
     ({"uri": "/b", "priority": "high"}, "/priority", "expected an integer"),
+    ({"uri": "/b", "priority": 1.5}, "/priority", "expected an integer"),
+    ({"uri": "/b", "priority": float("inf")}, "/priority", "expected an integer"),
+    ({"uri": "/b", "methods": [{"GET": 1}]}, "/methods/0", "unknown method"),
+    ({"uri": "/b", "methods": "GET"}, "/methods", "expected an array"),
+    ({"uri": "/b", "hosts": []}, "/hosts", "non-empty array"),
+    ({"uri": "/b", "remote_addrs": [5]}, "/remote_addrs/0", "CIDR string"),
+    ({"uri": "/b", "vars": {"arg_a": "1"}}, "/vars", "expected an array"),
     ({"uri": "/b", "filter_func": "function(vars) return true end"}, "/filter_func", "not supported"),
 ]
 
@@ -497,6 +503,19 @@ def test_invalid_route_is_skipped_and_reported(kind: str, bad: dict[str, Any], p
     assert r.route_count == 2
     assert matched(r, Req("/g1")) == "good1"
     assert matched(r, Req("/b")) == "good2"
+
+
+def test_route_value_not_an_object_is_reported() -> None:
+    s = Snapshot(version=1, resources={"routes": {"x": Resource("routes", "x", "oops"),  # type: ignore[arg-type]
+                                                  "y": Resource("routes", "y", {"uri": "/y"})}})
+    r = compile_router(s)
+    assert [e.id for e in r.errors] == ["x"] and matched(r, Req("/y")) == "y"
+
+
+def test_service_with_invalid_hosts_is_reported() -> None:
+    r = compile_router(snap([{"uri": "/s", "service_id": "s"}], {"s": {"hosts": ["bad host"]}}))
+    assert len(r.errors) == 1 and r.errors[0].pointer == "/service_id"
+    assert "service s has invalid hosts" in r.errors[0].message
 
 
 def test_status_false_is_not_disabled() -> None:
@@ -729,3 +748,86 @@ def test_randomized_against_oracle(kind: str) -> None:
             req = Req(rand_path() + rng.choice(["", "/", "b"]), rng.choice(["GET", "POST", "PUT"]),
                       host=rng.choice(["x.com", "a.x.com", "b.a.x.com", "c.b.a.x.com", "zx.com", "y.org"]))
             assert matched(router, req) == _oracle(routes, req, kind), (routes, req)
+
+
+# --------------------------------------------------------------------------- path shapes
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_star_inside_a_segment(kind: str) -> None:
+    r = compile_router(snap([{"uri": "/img/*.png"}, {"uri": "/a/b*c"}, {"uri": "/x/*/y*"}]), kind=kind)  # type: ignore[arg-type]
+    assert matched(r, Req("/img/a/b.png")) == "1"
+    assert matched(r, Req("/img/.png")) == "1"
+    assert matched(r, Req("/img/a.jpg")) is None
+    assert matched(r, Req("/a/bc")) == "2"
+    assert matched(r, Req("/a/b/z/c")) == "2"
+    assert matched(r, Req("/a/bz")) is None
+    hit = r.match(Req("/x/1/2/yz"))
+    assert hit is not None and hit.route_id == "3" and dict(hit.params) == {"ext": "1/2"}
+    assert matched(r, Req("/x/1/z")) is None
+
+
+def test_parameter_at_root_and_multiple_uris() -> None:
+    r = compile_router(snap([{"uris": ["/:tenant", "/:tenant/home"]}, {"uri": "/static/*"}]),
+                       kind="radixtree_uri_with_parameter")
+    hit = r.match(Req("/acme"))
+    assert hit is not None and dict(hit.params) == {"tenant": "acme"} and hit.matched_uri == "/:tenant"
+    hit = r.match(Req("/acme/home"))
+    assert hit is not None and dict(hit.params) == {"tenant": "acme"} and hit.matched_uri == "/:tenant/home"
+    # "/static/*" is a longer tree node than "/" (where "/:tenant" lives).
+    assert matched(r, Req("/static/app.js")) == "2"
+    assert matched(r, Req("/static")) == "1"
+
+
+@pytest.mark.parametrize(
+    "entries, addr, expected",
+    [
+        (["10.0.0.1"], "10.0.0.1", True),
+        (["10.0.0.1"], "010.0.0.1", False),          # no octal/leading zeros
+        (["10.0.0.0/8"], "10.255.255.255", True),
+        (["0.0.0.0/0"], "8.8.8.8", True),
+        (["0.0.0.0/0"], "::1", False),               # families are separate
+        (["::/0"], "::1", True),
+        (["2001:db8::1"], "2001:DB8:0:0:0:0:0:1", True),
+        (["fe80::/10"], "fe80::1%eth0", True),       # zone index ignored
+        (["10.0.0.0/8"], "::ffff:10.0.0.1", False),
+        (["10.0.0.0/8"], "", False),
+        (["10.0.0.0/8"], "10.0.0", False),
+        (["192.168.1.0/24", "10.0.0.0/8", "10.1.0.0/16"], "10.1.2.3", True),
+    ],
+)
+def test_remote_addr_matching(entries: list[str], addr: str, expected: bool) -> None:
+    r = compile_router(snap([{"uri": "/", "remote_addrs": entries}]))
+    assert (matched(r, Req("/", remote_addr=addr)) == "1") is expected
+
+
+def test_compile_never_raises_on_junk_routes() -> None:
+    import random
+
+    rng = random.Random(99)
+    atoms: list[Any] = [None, True, False, 0, 1, -1, 1.5, float("nan"), "", "*", "/", "x", "GET", "10.0.0.0/8",
+                        "::1", ":", "/a/:b/*c", "*.x.com", "a.com:80", "==", "~~", "(", "AND", "!"]
+
+    def junk(depth: int = 0) -> Any:
+        roll = rng.random()
+        if depth < 3 and roll < 0.25:
+            return [junk(depth + 1) for _ in range(rng.randint(0, 4))]
+        if depth < 2 and roll < 0.3:
+            return {rng.choice(["a", "hosts", "uri"]): junk(depth + 1)}
+        return rng.choice(atoms)
+
+    fields = ["uri", "uris", "methods", "host", "hosts", "remote_addr", "remote_addrs", "vars", "priority",
+              "status", "service_id", "filter_func"]
+    for _ in range(400):
+        routes = {}
+        for i in range(5):
+            value = {"uri": "/ok"} if rng.random() < 0.3 else {}
+            for f in rng.sample(fields, rng.randint(1, 5)):
+                value[f] = junk()
+            routes[str(i)] = value
+        services = {"x": {"hosts": junk()}, "*": {"hosts": ["a.com"]}}
+        for kind in ALL_KINDS:
+            r = compile_router(snap(routes, services), kind=kind)  # type: ignore[arg-type]
+            assert r.route_count + len(r.errors) <= len(routes)
+            for path in ("/ok", "/", "/a/b/c"):
+                req = Req(path, host=rng.choice(["a.com", "x.com"]), http_host="a.com:80")
+                matched(r, req)
