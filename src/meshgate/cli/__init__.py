@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="gateway + Bookinfo-like demo services on loopback")
     demo.add_argument("--port", type=int, default=9080, help="gateway port (default 9080)")
     demo.add_argument("--services-port", type=int, default=19080, help="first port of the demo services (default 19080)")
+    demo.add_argument("--control-port", type=int, default=9090, help="Control API port (default 9090)")
     demo.add_argument("--dir", default=None, help="where to write the demo config (default: a temporary directory)")
     sub.add_parser("version", help="print the version")
     return ap
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "demo":
             from .demo import run_demo
 
-            return asyncio.run(run_demo(port=args.port, services_port=args.services_port, workdir=args.dir,
+            return asyncio.run(run_demo(port=args.port, services_port=args.services_port, control_port=args.control_port, workdir=args.dir,
                                         log_level=args.log_level))
     except NodeConfigErrors as e:
         print(f"meshgate: {e}", file=sys.stderr)

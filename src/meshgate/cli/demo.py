@@ -14,7 +14,8 @@ from .gateway import run_gateway
 __all__ = ["run_demo"]
 
 
-async def run_demo(*, port: int, services_port: int, workdir: str | None, log_level: str) -> int:
+async def run_demo(*, port: int, services_port: int, control_port: int = 9090, workdir: str | None,
+                   log_level: str) -> int:
     tmp = None
     if workdir is None:
         tmp = tempfile.TemporaryDirectory(prefix="meshgate-demo-")
@@ -25,7 +26,8 @@ async def run_demo(*, port: int, services_port: int, workdir: str | None, log_le
     try:
         (d / "apisix.yaml").write_text(demo_apisix_yaml(svc.ports))
         conf = {
-            "apisix": {"node_listen": [{"ip": "127.0.0.1", "port": port}], "ssl": {"enable": False}},
+            "apisix": {"node_listen": [{"ip": "127.0.0.1", "port": port}], "ssl": {"enable": False},
+                       "control": {"ip": "127.0.0.1", "port": control_port}},
             "nginx_config": {"worker_processes": 1, "worker_shutdown_timeout": "5s"},
             "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
         }
@@ -38,7 +40,7 @@ async def run_demo(*, port: int, services_port: int, workdir: str | None, log_le
         async def ready(_: object) -> None:
             print(demo_instructions(port), flush=True)
             print(f"\nconfig: {cfile} and {d / 'apisix.yaml'} (edit apisix.yaml: it is reloaded live)", flush=True)
-            print("Control API: curl http://127.0.0.1:9090/v1/routes   |   Ctrl-C to stop", flush=True)
+            print(f"Control API: curl http://127.0.0.1:{control_port}/v1/routes   |   Ctrl-C to stop", flush=True)
 
         return await run_gateway(node, log_level=log_level, on_ready=ready)
     finally:

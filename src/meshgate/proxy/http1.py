@@ -332,6 +332,12 @@ class ClientConnection(asyncio.Protocol):
             self.local_ip, self.local_port = local[0], local[1]
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # responses are written whole; never let Nagle hold a tail back
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self.since = self.server.loop.time()
         self.server.connections.add(self)
 

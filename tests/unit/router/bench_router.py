@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--routes", type=int, default=10_000)
     args = ap.parse_args()
     sizes = [1, 100, args.routes]
-    print(f"{'router':<30} {'scenario':<24}" + "".join(f"{f'{n} route(s)':>14}" for n in sizes) + "   big/100")
+    print(f"{'router':<30} {'scenario':<24}" + "".join(f"{f'{n} routes':>14}" for n in sizes) + "   big/100")
     for kind in ROUTER_KINDS:
         for name, route, req in SCENARIOS:
             times = []
