@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import pytest
-from gwtools import Gateway, Response, Upstream, UpstreamRequest, _UpConn, free_port, http, read_response, start_gateway
+from gwtools import Gateway, Response, Upstream, UpstreamRequest, _UpConn, free_port, http, start_gateway
 
 HEALTH = "/health"
 
@@ -356,19 +356,88 @@ async def test_retry_timeout_caps_time_spent_retrying(servers, gateway):
         route("1", {"nodes": nodes(hang), "timeout": tmo, "retry_timeout": 0.8}, uri="/capped"),
         route("2", {"nodes": nodes(hang2), "timeout": tmo}, uri="/uncapped"),
     ))
-    t0 = time.monotonic()
     r = await get(gw, "/capped", timeout=15)
-    capped = time.monotonic() - t0
-    assert r.status == 504
+    assert r.status in (502, 504)  # the exact status is checked by the next test
     # first try times out at ~0.5 s (< 0.8: retry), second at ~1.0 s (> 0.8: stop)
     assert [len(s.traffic()) for s in hang] == [1, 1, 0]
-    assert capped < 1.45, capped
 
     t0 = time.monotonic()
     r = await get(gw, "/uncapped", timeout=15)
     assert r.status == 504
     assert [len(s.traffic()) for s in hang2] == [1, 1, 1]  # default retries = 2
     assert time.monotonic() - t0 >= 1.4
+
+
+@pytest.mark.xfail(strict=True, reason="retry_timeout exhausted answers the last try's status (504) instead of "
+                   "APISIX's 502 (balancer.lua: proxy_retry_deadline passed -> core.response.exit(502)); "
+                   "see Exchange._failed")
+async def test_retry_timeout_exhausted_answers_502(servers, gateway):
+    hang = [await servers(f"hang{i}", app=lambda req: None) for i in range(3)]
+    gw = await gateway(routes(route("1", {
+        "nodes": [{**hp(s.addr), "weight": 1, "priority": 10 - i} for i, s in enumerate(hang)],
+        "timeout": {"connect": 1, "send": 1, "read": 0.5}, "retry_timeout": 0.8})))
+    r = await get(gw, "/capped", timeout=15)
+    assert [len(s.traffic()) for s in hang] == [1, 1, 0]
+    # APISIX: once proxy_retry_deadline has passed, the balancer refuses the next try with 502
+    assert r.status == 502
+
+
+@pytest.mark.xfail(strict=True, reason="when retries remain but every node was tried, Meshgate answers the last "
+                   "try's status (504); APISIX's picker fails with 'all upstream servers tried' -> 502 "
+                   "(Exchange._try_node, node is None with self.tried)")
+async def test_retries_beyond_node_count_answer_502(servers, gateway):
+    hang = [await servers(f"hang{i}", app=lambda req: None) for i in range(2)]
+    gw = await gateway(routes(route("1", {"nodes": {s.addr: 1 for s in hang}, "retries": 3,
+                                          "timeout": {"connect": 1, "send": 1, "read": 0.5}})))
+    r = await get(gw, "/twice", timeout=15)
+    assert [len(s.traffic()) for s in hang] == [1, 1]  # never the same node twice
+    assert r.status == 502
+
+
+@pytest.mark.xfail(strict=True, reason="a one-node upstream with retries > 0 never retries: the balancer excludes "
+                   "tried nodes, so _try_node finds nothing; APISIX's pick_server returns the only node again")
+async def test_single_node_upstream_retries_the_same_node(servers, gateway):
+    state = {"conns": 0}
+
+    class FlakyOnce(asyncio.Protocol):
+        """First connection: read the request, close without answering. Later: answer 200."""
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            state["conns"] += 1
+            self.n = state["conns"]
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if b"\r\n\r\n" not in self.buf:
+                return
+            if self.n == 1:
+                self.t.close()
+            else:
+                self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
+
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(FlakyOnce, "127.0.0.1", 0)
+    try:
+        port = srv.sockets[0].getsockname()[1]
+        gw = await gateway(routes(route("1", {"nodes": {f"127.0.0.1:{port}": 1}, "retries": 1})))
+        r = await get(gw, "/once")
+        assert state["conns"] == 2, "the failed GET was not retried on the only node"
+        assert r.status == 200 and r.body == b"ok"
+    finally:
+        srv.close()
+
+
+async def test_http_error_status_is_not_retried(servers, gateway):
+    failing = await servers("failing", app=lambda req: (503, {}, b"busy"))
+    live = await servers("live")
+    gw = await gateway(routes(route("1", {"nodes": [{**hp(failing.addr), "weight": 1, "priority": 1},
+                                                    {**hp(live.addr), "weight": 1, "priority": 0}]})))
+    r = await get(gw, "/s")
+    # proxy_next_upstream is "error timeout": an HTTP answer, even 5xx, is passed through
+    assert r.status == 503 and r.body == b"busy"
+    assert live.traffic() == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,9 +566,12 @@ async def test_pass_host_modes(servers, gateway):
         route("3", {"nodes": {up.addr: 1}, "pass_host": "rewrite", "upstream_host": "rewritten.example"},
               uri="/rewrite"),
         route("4", {"nodes": {f"localhost:{up.port}": 1}, "pass_host": "node"}, uri="/domain-node"),
+        # the Host is recomputed for the node a retry goes to
+        route("5", {"pass_host": "node", "nodes": [{**hp(closed_addr()), "weight": 1, "priority": 1},
+                                                   {**hp(up.addr), "weight": 1, "priority": 0}]}, uri="/node-retry"),
     ))
     seen = {}
-    for path in ("/pass", "/node", "/rewrite", "/domain-node"):
+    for path in ("/pass", "/node", "/rewrite", "/domain-node", "/node-retry"):
         r = await get(gw, path, host="client.example:8080")
         assert r.status == 200
         seen[path] = up.traffic()[-1].header("host")
@@ -508,6 +580,7 @@ async def test_pass_host_modes(servers, gateway):
         "/node": f"127.0.0.1:{up.port}",
         "/rewrite": "rewritten.example",
         "/domain-node": f"localhost:{up.port}",
+        "/node-retry": f"127.0.0.1:{up.port}",
     }
 
 
@@ -550,6 +623,27 @@ async def test_https_upstream_self_signed(servers, gateway, tmp_path):
     assert sni[-1] == "api.internal"
 
 
+@pytest.mark.xfail(strict=True, reason="pooled upstream TLS connections are keyed (upstream, host, port, scheme) "
+                   "without the SNI: a request for b.example rides the session opened for a.example "
+                   "(Exchange._try_node pool key; APISIX pool name is scheme#host#port#sni)")
+async def test_https_keepalive_pool_is_per_sni(servers, gateway, tmp_path):
+    cert, key = await asyncio.to_thread(_self_signed, tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    sni: list[str | None] = []
+    ctx.sni_callback = lambda sslobj, name, c: sni.append(name)  # type: ignore[assignment]
+    up = await servers("tls", ssl_ctx=ctx)
+    gw = await gateway(routes(route("1", {"scheme": "https", "nodes": {up.addr: 1}})))
+    for host in ("a.example", "b.example", "a.example", "b.example"):
+        r = await get(gw, "/", host=host)
+        assert r.status == 200
+        # the TLS session that carries the request was opened for that request's host
+        assert up.traffic()[-1].header("host") == host
+    # APISIX names the pool scheme#host#port#sni: one connection per SNI, each reused
+    assert sorted(s or "" for s in sni) == ["a.example", "b.example"]
+    assert up.connections == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # health checks
 # ---------------------------------------------------------------------------------------------
@@ -580,6 +674,44 @@ async def test_passive_health_check_takes_failing_node_out(servers, gateway):
     assert (await health_of(gw)).get(good.port) == "healthy"
 
 
+async def test_passive_tcp_failures_take_node_out(servers, gateway):
+    closer = await servers.closer()
+    live = await servers("live")
+    checks = {
+        # tcp probes (connect only) every 300 s: the closer looks healthy to them
+        "active": {"type": "tcp", "healthy": {"interval": 300}, "unhealthy": {"interval": 300}},
+        "passive": {"unhealthy": {"tcp_failures": 2}},
+    }
+    gw = await gateway(routes(route("1", {"nodes": {closer.addr: 1, live.addr: 1}, "checks": checks})))
+    await wait_health(gw, closer.port, "healthy")
+
+    async def closer_is_out() -> bool:
+        r = await get(gw, "/t")
+        assert r.status == 200 and r.body == b"live"  # GETs that hit the closer are retried
+        return (await health_of(gw)).get(closer.port) == "unhealthy"
+
+    await poll(closer_is_out, timeout=10, what="passive tcp failures to mark the node unhealthy")
+    hits = closer.hits
+    assert hits >= 2
+    for i in range(8):
+        r = await get(gw, f"/after{i}")
+        assert r.status == 200 and r.body == b"live"
+    assert closer.hits == hits
+
+
+async def test_active_health_check_on_upstream_object(servers, gateway):
+    a, b = await servers("a"), await servers("b", health_status=500)
+    gw = await gateway({
+        "upstreams": [{"id": "u1", "nodes": {a.addr: 1, b.addr: 1}, "checks": active_checks()}],
+        "routes": [{"id": "1", "uri": "/*", "upstream_id": "u1"}],
+    })
+    await wait_health(gw, b.port, "unhealthy", key="upstreams/u1")
+    for i in range(8):
+        r = await get(gw, f"/u{i}")
+        assert r.status == 200 and r.body == b"a"
+    assert b.traffic() == []
+
+
 async def test_active_health_check_out_and_back(servers, gateway):
     a, b = await servers("a"), await servers("b", health_status=500)
     gw = await gateway(routes(route("1", {"nodes": {a.addr: 1, b.addr: 1}, "checks": active_checks()})))
@@ -595,6 +727,23 @@ async def test_active_health_check_out_and_back(servers, gateway):
     await wait_health(gw, b.port, "healthy")
     bodies = Counter([(await get(gw, f"/y{i}")).body for i in range(6)])
     assert bodies[b"b"] >= 1 and bodies[b"a"] >= 1
+
+
+async def test_health_state_survives_unrelated_reload(servers, gateway):
+    a, b = await servers("a"), await servers("b", health_status=500)
+    other = await servers("other")
+    ups = {"nodes": {a.addr: 1, b.addr: 1}, "checks": active_checks(interval=1, failures=2, successes=2)}
+    gw = await gateway(routes(route("1", ups)))
+    await wait_health(gw, b.port, "unhealthy")
+    version = await asyncio.to_thread(gw.version)
+    gw.write_routes(routes(route("1", ups), route("2", {"nodes": {other.addr: 1}}, uri="/other")))
+    await asyncio.to_thread(gw.wait_applied, version + 1)
+    assert (await get(gw, "/other")).body == b"other"
+    assert (await health_of(gw)).get(b.port) == "unhealthy"
+    for i in range(8):
+        r = await get(gw, f"/r{i}")
+        assert r.status == 200 and r.body == b"a"
+    assert b.traffic() == []
 
 
 async def test_all_nodes_unhealthy_still_get_traffic(servers, gateway):
