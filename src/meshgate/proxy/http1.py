@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import time
@@ -288,7 +289,19 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message")
+                 "tunnel_to", "body_bytes", "new_message", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
+
+    # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
+    # accumulates a header line until it ends, so this is checked per read, not per field.
+    MAX_HEAD_RAW = MAX_HEADER_BYTES + 4096
+    # Chunk framing/extension bytes beyond 16 per chunk + 2 per data byte (Go's rule, CVE-2023-39326).
+    MAX_CHUNK_EXCESS = 16 * 1024
+    # Identity headers only the gateway may set (hardening.md case 37): client copies are dropped.
+    STRIP_IN = frozenset({b"x-userinfo", b"x-id-token", b"x-access-token", b"x-consumer-username",
+                          b"x-consumer-custom-id", b"x-consumer-groups", b"x-credential-identifier"})
+    STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-")
+    # Forwarding headers the gateway does not rewrite: kept only from trusted_addresses (case 31).
+    FORWARDING_IN = frozenset({b"forwarded", b"x-forwarded-prefix"})
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -320,6 +333,11 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_to: UpstreamConnection | None = None
         self.body_bytes = 0
         self.new_message = True
+        self.head_done = False
+        self.head_raw = 0
+        self.chunks = 0
+        self.chunk_excess = 0
+        self.failed: tuple[int, str] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -384,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel_to is not None:
             self.tunnel_to.transport.write(data)
             return
-        if self.closing:
+        if self.closing or self.failed is not None:
             return
         if self.manual_body:
             data = self._feed_manual_body(data)
@@ -396,6 +414,8 @@ class ClientConnection(asyncio.Protocol):
             if eol > 0 and (b"  " in data[:eol]):
                 self.protocol_error(400, "http1.codec_error: bad request line")
                 return
+        in_body = self.head_done and not self.new_message
+        n0, b0, c0 = self.requests, self.body_bytes, self.chunks
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -413,6 +433,22 @@ class ClientConnection(asyncio.Protocol):
             if "Transfer-Encoding" in msg and "invalid" in msg:
                 status = 501
             self.protocol_error(status, f"http1.codec_error: {msg}")
+        else:
+            if self.requests != n0 or self.new_message or self.closing or self.failed is not None:
+                return
+            # The whole read belongs to the message still being parsed: bound what llhttp does
+            # not (it skips chunk extensions unbounded; httptools buffers a header line whole).
+            if not self.head_done:
+                if not in_body:
+                    self.head_raw += len(data)
+                    if self.head_raw > self.MAX_HEAD_RAW:
+                        self.protocol_error(431, "request header too large")
+            elif in_body and self.req is not None and self.req.chunked:
+                dbody = self.body_bytes - b0
+                excess = self.chunk_excess + len(data) - 3 * dbody - 16 * (self.chunks - c0)
+                self.chunk_excess = excess if excess > 0 else 0
+                if excess > self.MAX_CHUNK_EXCESS:
+                    self.protocol_error(400, "http1.codec_error: excessive chunk extensions or trailers")
 
     def eof_received(self) -> bool | None:
         return None
@@ -420,6 +456,9 @@ class ClientConnection(asyncio.Protocol):
     # -- llhttp callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.new_message = False
+        self.head_done = False
+        self.head_raw = 0
+        self.chunk_excess = 0
         self.req = Request()
         self.url = []
         self.hcount = 0
@@ -444,6 +483,8 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(431, "too many headers")
         if self.hbytes > MAX_HEADER_BYTES:
             raise ProtocolError(431, "headers too large")
+        if self.head_done:
+            return  # a trailer field: counted against the limits, then dropped (never a header)
         req = self.req
         assert req is not None
         ln = name.lower()
@@ -464,9 +505,14 @@ class ClientConnection(asyncio.Protocol):
         elif ln == b"expect":
             if value.lower() == b"100-continue":
                 req.expect_continue = True
+        elif ln in self.STRIP_IN or ln.startswith(self.STRIP_IN_PREFIX):
+            return
+        elif ln in self.FORWARDING_IN and not self.server.is_trusted(self.peer_ip):
+            return
         req.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_done = True
         req = self.req
         assert req is not None
         parser = self.parser
@@ -498,6 +544,8 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(400, "duplicate Host header")
         if self.host_count == 0 and ver == "1.1":
             raise ProtocolError(400, "missing Host header")
+        if self.host_count and not req.http_host:
+            raise ProtocolError(400, "empty Host header")
         target = b"".join(self.url)
         req.target = target
         t = parse_target(target)
@@ -554,6 +602,9 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None:
             ex.on_req_body(body)
 
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+
     def on_message_complete(self) -> None:
         self.new_message = True
         ex = self.queue[-1] if self.queue else self.active
@@ -604,14 +655,28 @@ class ClientConnection(asyncio.Protocol):
 
     # -- responses --------------------------------------------------------------------------
     def protocol_error(self, status: int, reason: str) -> None:
-        """Answer a framing/limit error and close: never resync a broken stream."""
+        """Answer a framing/limit error and close: never resync a broken stream.
+
+        Requests received completely before the bad bytes are still answered first, in order
+        (Envoy: a pipelined request without Host gets its 400 after the first one succeeded);
+        the error response then follows with ``Connection: close`` (see ``exchange_done``).
+        """
         log.info("client %s: %s %s", self.peer_ip, status, reason)
-        ex = self.active
-        if ex is not None and ex.resp_started:
-            self.close()
+        if self.closing or self.failed is not None:
             return
-        if ex is not None:
-            ex.abort_upstream()
+        bad = self.queue[-1] if self.queue else self.active
+        if bad is not None and not bad.req_done:
+            # the bad bytes are (in) this request's body: it is never answered normally
+            if bad is self.active:
+                if bad.resp_started:
+                    self.close()
+                    return
+                bad.abort_upstream()
+            else:
+                self.queue.pop()
+        if self.active is not None and self.active is not bad:
+            self.failed = (status, reason)  # read no more; answered once the earlier ones are done
+            return
         self.closing = True
         self.write_simple(status, error_body(status), close=True, content_type=b"text/html; charset=utf-8")
         self.transport.close()
@@ -641,6 +706,12 @@ class ClientConnection(asyncio.Protocol):
             self.state = S_WAIT if nxt.req_done else S_BODY
             nxt.start()
             return
+        if self.failed is not None:
+            status = self.failed[0]
+            self.closing = True
+            self.write_simple(status, error_body(status), close=True, content_type=b"text/html; charset=utf-8")
+            self.transport.close()
+            return
         self.state = S_IDLE
         self.since = self.server.loop.time()
 
@@ -665,29 +736,33 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-_HOST_OK = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]")
+_HOST_RE = re.compile(r"[A-Za-z0-9\-._:\[\]]+")
+_HOST_V6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]*)?")  # applied to the lower-cased value
 
 
 def _parse_host(host: str) -> str:
     """nginx $host: lower-cased, port stripped; invalid characters or '..' -> 400."""
     if not host:
         return ""
-    b = host.encode("latin-1")
-    if not all(c in _HOST_OK for c in b) or ".." in host:
+    if _HOST_RE.fullmatch(host) is None or ".." in host:
         raise ProtocolError(400, "invalid Host header")
     h = host.lower()
     if h.startswith("["):
-        end = h.find("]")
-        if end < 0:
+        if _HOST_V6.fullmatch(h) is None:
             raise ProtocolError(400, "invalid Host header")
-        return h[: end + 1]
-    colon = h.rfind(":")
+        return h[: h.find("]") + 1]
+    if "[" in h or "]" in h:
+        raise ProtocolError(400, "invalid Host header")
+    colon = h.find(":")
     if colon >= 0:
         port = h[colon + 1:]
         if port and not port.isdigit():
             raise ProtocolError(400, "invalid Host header")
         h = h[:colon]
-    return h.rstrip(".") if h != "." else h
+    h = h.rstrip(".")  # one trailing dot at most ('..' is refused above), like nginx
+    if not h:
+        raise ProtocolError(400, "invalid Host header")  # ':80', '.'
+    return h
 
 
 # ---------------------------------------------------------------------------------------
