@@ -913,10 +913,7 @@ async def test_upstream_bad_content_length_is_502(env: Env) -> None:
 
 
 @pytest.mark.parametrize("same_write", [
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "UpstreamConnection.data_received feeds the whole read to llhttp: a second response in the "
-        "same read as the first is parsed with ex=None and silently swallowed, and "
-        "Exchange.on_resp_complete has already pooled the connection, so it is reused"))),
+    True,
     False,
 ], ids=["same-read", "separate-read"])
 async def test_upstream_two_responses_to_one_request(env: Env, same_write: bool) -> None:

@@ -368,9 +368,6 @@ async def test_retry_timeout_caps_time_spent_retrying(servers, gateway):
     assert time.monotonic() - t0 >= 1.4
 
 
-@pytest.mark.xfail(strict=True, reason="retry_timeout exhausted answers the last try's status (504) instead of "
-                   "APISIX's 502 (balancer.lua: proxy_retry_deadline passed -> core.response.exit(502)); "
-                   "see Exchange._failed")
 async def test_retry_timeout_exhausted_answers_502(servers, gateway):
     hang = [await servers(f"hang{i}", app=lambda req: None) for i in range(3)]
     gw = await gateway(routes(route("1", {
@@ -382,9 +379,6 @@ async def test_retry_timeout_exhausted_answers_502(servers, gateway):
     assert r.status == 502
 
 
-@pytest.mark.xfail(strict=True, reason="when retries remain but every node was tried, Meshgate answers the last "
-                   "try's status (504); APISIX's picker fails with 'all upstream servers tried' -> 502 "
-                   "(Exchange._try_node, node is None with self.tried)")
 async def test_retries_beyond_node_count_answer_502(servers, gateway):
     hang = [await servers(f"hang{i}", app=lambda req: None) for i in range(2)]
     gw = await gateway(routes(route("1", {"nodes": {s.addr: 1 for s in hang}, "retries": 3,
@@ -394,8 +388,6 @@ async def test_retries_beyond_node_count_answer_502(servers, gateway):
     assert r.status == 502
 
 
-@pytest.mark.xfail(strict=True, reason="a one-node upstream with retries > 0 never retries: the balancer excludes "
-                   "tried nodes, so _try_node finds nothing; APISIX's pick_server returns the only node again")
 async def test_single_node_upstream_retries_the_same_node(servers, gateway):
     state = {"conns": 0}
 
@@ -623,9 +615,6 @@ async def test_https_upstream_self_signed(servers, gateway, tmp_path):
     assert sni[-1] == "api.internal"
 
 
-@pytest.mark.xfail(strict=True, reason="pooled upstream TLS connections are keyed (upstream, host, port, scheme) "
-                   "without the SNI: a request for b.example rides the session opened for a.example "
-                   "(Exchange._try_node pool key; APISIX pool name is scheme#host#port#sni)")
 async def test_https_keepalive_pool_is_per_sni(servers, gateway, tmp_path):
     cert, key = await asyncio.to_thread(_self_signed, tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -26,40 +26,37 @@ def _decode(v: bytes) -> str:
 
 
 class Request:
-    __slots__ = (
-        "method", "target", "path", "upstream_path", "query", "version", "headers",
-        "host", "http_host", "remote_addr", "remote_port", "server_addr", "server_port", "scheme",
-        "keep_alive", "content_length", "chunked", "expect_continue", "upgrade", "params",
-        "ctx", "_hindex", "_args", "_cookies", "start_time",
-    )
+    # Defaults live on the class: a request only stores what differs (hot path: one
+    # Request per HTTP request, most fields keep their default).
+    method = "GET"
+    target = b"/"
+    path = "/"
+    upstream_path = "/"
+    query: str | None = None
+    version = "1.1"
+    host = ""
+    http_host = ""
+    remote_addr = ""
+    remote_port = 0
+    server_addr = ""
+    server_port = 0
+    scheme = "http"
+    keep_alive = True
+    content_length: int | None = None
+    chunked = False
+    expect_continue = False
+    upgrade: bytes | None = None
+    real_ip: bytes | None = None       # the real_ip_header value as received
+    params: dict[str, str] | None = None
+    _hindex: dict[str, str] | None = None
+    _args: dict[str, str] | None = None
+    _cookies: dict[str, str] | None = None
+    start_time = 0.0
 
     def __init__(self) -> None:
-        self.method = "GET"
-        self.target = b"/"
-        self.path = "/"
-        self.upstream_path = "/"
-        self.query: str | None = None
-        self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host = ""
-        self.http_host = ""
-        self.remote_addr = ""
-        self.remote_port = 0
-        self.server_addr = ""
-        self.server_port = 0
-        self.scheme = "http"
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.expect_continue = False
-        self.upgrade: bytes | None = None
-        self.params: dict[str, str] | None = None
         # Per-request variables set by the gateway and plugins (route_id, consumer_name, ...).
         self.ctx: dict[str, Any] = {}
-        self._hindex: dict[str, str] | None = None
-        self._args: dict[str, str] | None = None
-        self._cookies: dict[str, str] | None = None
-        self.start_time = 0.0
 
     # -- headers -----------------------------------------------------------------------
     def header_index(self) -> dict[str, str]:

@@ -38,7 +38,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import httptools
 
@@ -85,7 +85,11 @@ _DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b
                           b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
 # Headers a client must not be able to strip by naming them in Connection (hardening case 38).
 _PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
-_DROP_RESP = HOP_BY_HOP | {b"server"}
+_DROP_RESP = HOP_BY_HOP | {b"server", b"content-length"}
+
+
+HTML = b"text/html; charset=utf-8"
+NOT_FOUND = b'{"error_msg":"404 Route Not Found"}'
 
 
 def error_body(status: int) -> bytes:
@@ -160,11 +164,14 @@ class Pool:
     def __init__(self) -> None:
         self.idle: dict[tuple[Any, ...], deque[UpstreamConnection]] = {}
 
-    def get(self, key: tuple[Any, ...], now: float, idle_timeout: float) -> UpstreamConnection | None:
+    def get(self, key: tuple[Any, ...], idle_timeout: float) -> UpstreamConnection | None:
         q = self.idle.get(key)
+        if not q:
+            return None
+        now = time.monotonic()
         while q:
             conn = q.pop()
-            if conn.closed:
+            if conn.closed or conn.dirty or conn.transport.is_closing():
                 continue
             if now - conn.idle_since > idle_timeout:
                 conn.transport.close()
@@ -220,6 +227,7 @@ class ProxyServer:
         self._trusted_cache: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.requests_total = 0
+        self.access_log_on = access_log.isEnabledFor(logging.INFO)
 
     def set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -289,20 +297,13 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
 
     # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
     # accumulates a header line until it ends, so this is checked per read, not per field.
     MAX_HEAD_RAW = MAX_HEADER_BYTES + 4096
     # Chunk framing/extension bytes beyond 16 per chunk + 2 per data byte (Go's rule, CVE-2023-39326).
     MAX_CHUNK_EXCESS = 16 * 1024
-    # Identity headers only the gateway may set (hardening.md case 37): client copies are dropped.
-    STRIP_IN = frozenset({b"x-userinfo", b"x-id-token", b"x-access-token", b"x-consumer-username",
-                          b"x-consumer-custom-id", b"x-consumer-groups", b"x-credential-identifier"})
-    STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-")
-    # Forwarding headers the gateway does not rewrite: kept only from trusted_addresses (case 31).
-    FORWARDING_IN = frozenset({b"forwarded", b"x-forwarded-prefix"})
-
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -338,6 +339,8 @@ class ClientConnection(asyncio.Protocol):
         self.chunks = 0
         self.chunk_excess = 0
         self.failed: tuple[int, str] | None = None
+        self.peer_trusted = False
+        self.peer_real_ip_ok = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -356,8 +359,11 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.since = self.server.loop.time()
-        self.server.connections.add(self)
+        server = self.server
+        self.peer_trusted = server.is_trusted(self.peer_ip)
+        self.peer_real_ip_ok = server.is_real_ip_source(self.peer_ip)
+        self.since = server.loop.time()
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = S_CLOSED
@@ -455,18 +461,11 @@ class ClientConnection(asyncio.Protocol):
 
     # -- llhttp callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self.new_message = False
-        self.head_done = False
-        self.head_raw = 0
-        self.chunk_excess = 0
+        self.new_message = self.head_done = False
+        self.head_raw = self.chunk_excess = self.hcount = self.hbytes = self.host_count = self.cl_count = 0
         self.req = Request()
         self.url = []
-        self.hcount = 0
-        self.hbytes = 0
-        self.host_count = 0
-        self.te = None
-        self.cl_count = 0
-        self.conn_tokens = None
+        self.te = self.conn_tokens = None
         self.state = S_HEAD
         self.since = self.server.loop.time()
 
@@ -477,39 +476,55 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.hcount += 1
-        self.hbytes += len(name) + len(value) + 4
-        if self.hcount > MAX_HEADERS:
+        n = self.hcount = self.hcount + 1
+        hb = self.hbytes = self.hbytes + len(name) + len(value) + 4
+        if n > MAX_HEADERS:
             raise ProtocolError(431, "too many headers")
-        if self.hbytes > MAX_HEADER_BYTES:
+        if hb > MAX_HEADER_BYTES:
             raise ProtocolError(431, "headers too large")
         if self.head_done:
             return  # a trailer field: counted against the limits, then dropped (never a header)
+        ln = name.lower()
+        kind = _REQ_SPECIAL.get(ln)
+        if kind is not None:
+            if not self._special_header(kind, name, value):
+                return
+        elif ln.startswith(_STRIP_IN_PREFIX):
+            return
+        self.req.headers.append((name, value))  # type: ignore[union-attr]
+
+    def _special_header(self, kind: int, name: bytes, value: bytes) -> bool:
+        """Headers that steer framing or identity; False drops the header."""
         req = self.req
         assert req is not None
-        ln = name.lower()
-        if ln == b"host":
+        if kind == H_HOST:
             self.host_count += 1
             req.http_host = value.decode("latin-1")
-        elif ln == b"transfer-encoding":
+        elif kind == H_TE:
             if self.te is None:
                 self.te = []
             self.te.append(value)
-        elif ln == b"content-length":
+        elif kind == H_CL:
             self.cl_count += 1
-        elif ln == b"connection":
+            if self.cl_count == 1:
+                # llhttp refuses duplicates, signs and non-digits; leading zeros are decimal.
+                req.content_length = int(value)
+        elif kind == H_CONNECTION:
             toks = [t.strip(b" \t").lower() for t in value.split(b",")]
             self.conn_tokens = (self.conn_tokens or []) + toks
-        elif ln == b"upgrade":
+        elif kind == H_UPGRADE:
             req.upgrade = value
-        elif ln == b"expect":
+        elif kind == H_EXPECT:
             if value.lower() == b"100-continue":
                 req.expect_continue = True
-        elif ln in self.STRIP_IN or ln.startswith(self.STRIP_IN_PREFIX):
-            return
-        elif ln in self.FORWARDING_IN and not self.server.is_trusted(self.peer_ip):
-            return
-        req.headers.append((name, value))
+        elif kind == H_REAL_IP:
+            if req.real_ip is None:
+                req.real_ip = value
+        elif kind == H_STRIP:
+            return False
+        elif kind == H_FORWARDING:
+            return self.peer_trusted
+        return True
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -520,7 +535,8 @@ class ClientConnection(asyncio.Protocol):
         if ver not in ("1.1", "1.0"):
             raise ProtocolError(505, "unsupported HTTP version")
         req.version = ver
-        req.method = parser.get_method().decode("ascii")
+        m = parser.get_method()
+        req.method = _METHODS.get(m) or m.decode("ascii")
         if self.te is not None:
             if ver == "1.0":
                 raise ProtocolError(400, "Transfer-Encoding on HTTP/1.0")
@@ -528,15 +544,6 @@ class ClientConnection(asyncio.Protocol):
             if joined != b"chunked":
                 raise ProtocolError(501, "http1.invalid_transfer_encoding")
             req.chunked = True
-        if self.cl_count:
-            # llhttp already refused duplicates, signs and non-digits; this is the decimal value.
-            cl = parser.get_content_length() if hasattr(parser, "get_content_length") else None
-            if cl is None:
-                for n, v in req.headers:
-                    if n.lower() == b"content-length":
-                        cl = int(v)
-                        break
-            req.content_length = cl
         limit = self.server.settings.client_max_body_size
         if limit and req.content_length is not None and req.content_length > limit:
             raise ProtocolError(413, "request body too large")
@@ -558,23 +565,19 @@ class ClientConnection(asyncio.Protocol):
         req.host = _parse_host(host)
         if req.method == "CONNECT":
             raise ProtocolError(405, "CONNECT is not allowed")
-        ka = parser.should_keep_alive()
-        req.keep_alive = bool(ka)
+        if not parser.should_keep_alive():
+            req.keep_alive = False
         req.remote_addr = self.peer_ip
         req.remote_port = self.peer_port
         req.server_addr = self.local_ip
         req.server_port = self.local_port
-        req.scheme = self.scheme
+        if self.scheme != "http":
+            req.scheme = self.scheme
         server = self.server
-        if server.is_real_ip_source(self.peer_ip):
-            real = req.header(server.settings.real_ip_header)
-            if real:
-                real = real.strip()
-                try:
-                    ipaddress.ip_address(real)
-                    req.remote_addr = real
-                except ValueError:
-                    pass
+        if self.peer_real_ip_ok and req.real_ip is not None:
+            real = _real_ip(req.real_ip)
+            if real is not None:
+                req.remote_addr = real
         req.start_time = server.loop.time()
         self.requests += 1
         server.requests_total += 1
@@ -736,6 +739,37 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
 
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+# request headers that need a look (value of _REQ_SPECIAL)
+H_HOST, H_TE, H_CL, H_CONNECTION, H_UPGRADE, H_EXPECT, H_REAL_IP, H_STRIP, H_FORWARDING = range(9)
+_REQ_SPECIAL: dict[bytes, int] = {
+    b"host": H_HOST, b"transfer-encoding": H_TE, b"content-length": H_CL, b"connection": H_CONNECTION,
+    b"upgrade": H_UPGRADE, b"expect": H_EXPECT, b"x-real-ip": H_REAL_IP,
+    # identity headers only the gateway may set (hardening case 37)
+    **{h: H_STRIP for h in (b"x-userinfo", b"x-id-token", b"x-access-token", b"x-credential-identifier")},
+    # forwarding headers honoured only from trusted_addresses (hardening case 31)
+    b"forwarded": H_FORWARDING, b"x-forwarded-prefix": H_FORWARDING,
+}
+_STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
+
+_REAL_IP_CACHE: dict[bytes, str | None] = {}
+
+
+def _real_ip(value: bytes) -> str | None:
+    """A valid IP from the real_ip_header, else None (cached: the same proxies repeat)."""
+    r = _REAL_IP_CACHE.get(value, "")
+    if r == "":
+        try:
+            r = str(ipaddress.ip_address(value.strip(b" \t").decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            r = None
+        if len(_REAL_IP_CACHE) > 4096:
+            _REAL_IP_CACHE.clear()
+        _REAL_IP_CACHE[value] = r
+    return r
+
+
 _HOST_RE = re.compile(r"[A-Za-z0-9\-._:\[\]]+")
 _HOST_V6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]*)?")  # applied to the lower-cased value
 
@@ -770,52 +804,54 @@ def _parse_host(host: str) -> str:
 # ---------------------------------------------------------------------------------------
 
 class Exchange:
-    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx."""
+    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx.
 
-    __slots__ = ("conn", "server", "req", "conn_tokens", "runtime", "route", "up", "node", "tried", "upstream",
-                 "req_done", "body_buf", "body_size", "replayable", "sent_upstream", "resp_started", "resp_status",
-                 "resp_headers", "resp_chunked", "resp_close", "out", "finished", "deadline", "up_phase",
-                 "first_try_at", "client_keep", "wants_tunnel", "tunnel_early", "consumer", "vars", "t_connect",
-                 "last_error", "resp_body_allowed", "upstream_status", "head_bytes", "continue_sent", "conf_override")
+    Defaults are class attributes: an exchange stores only what it changes, which keeps
+    the per-request allocation small (hot path).
+    """
+
+    route: RouteRuntime | None = None
+    up: UpstreamRuntime | None = None
+    tmo: Any = None                          # Timeouts in force (route's, else upstream's)
+    node: Node | None = None
+    tried: Sequence[Node] = ()
+    upstream: UpstreamConnection | None = None
+    req_done = False
+    body_buf: list[bytes] | None = None      # framed chunks not yet sent upstream
+    body_size = 0
+    replay: list[bytes] | None = None        # framed body kept for retries...
+    replay_ok = True                         # ...until it grows past REPLAY_LIMIT
+    sent_upstream = False
+    resp_started = False
+    resp_status = 0
+    resp_headers: list[tuple[bytes, bytes]] = []
+    resp_chunked = False
+    finished = False
+    deadline = 0.0
+    up_phase = 0                             # 0 idle, 1 connecting, 2 request sent / reading
+    first_try_at = 0.0
+    wants_tunnel = False
+    tunnel_early: list[bytes] = []
+    consumer: Any = None
+    vars: dict[str, Any] | None = None
+    t_connect = 0.0
+    resp_body_allowed = True
+    upstream_status = 0
+    continue_sent = False
+    conf_override: Any = None
 
     def __init__(self, conn: ClientConnection, req: Request, conn_tokens: list[bytes] | None) -> None:
         self.conn = conn
-        self.server = conn.server
+        self.server = server = conn.server
         self.req = req
         self.conn_tokens = conn_tokens
-        self.runtime: Runtime = conn.server.runtime
-        self.route: RouteRuntime | None = None
-        self.up: UpstreamRuntime | None = None
-        self.node: Node | None = None
-        self.tried: list[Node] = []
-        self.upstream: UpstreamConnection | None = None
-        self.req_done = False
-        self.body_buf: list[bytes] = []       # framed chunks not yet sent upstream
-        self.body_size = 0
-        self.replayable: list[bytes] | None = []  # framed body kept for retries (None: too big)
-        self.sent_upstream = False
-        self.resp_started = False
-        self.resp_status = 0
-        self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.resp_chunked = False
-        self.resp_close = False
-        self.out: list[bytes] = []
-        self.finished = False
-        self.deadline = 0.0
-        self.up_phase = 0
-        self.first_try_at = 0.0
+        self.runtime: Runtime = server.runtime
         self.client_keep = req.keep_alive
-        self.wants_tunnel = req.upgrade is not None and req.upgrade.lower() == b"websocket"
-        self.tunnel_early: list[bytes] = []
-        self.consumer: Any = None
-        self.vars: dict[str, Any] | None = None
-        self.t_connect = 0.0
-        self.last_error = 502
-        self.resp_body_allowed = True
-        self.upstream_status = 0
-        self.head_bytes = b""
-        self.continue_sent = False
-        self.conf_override: Any = None
+        self.out: list[bytes] = []
+        upg = req.upgrade
+        if upg is not None and upg.lower() == b"websocket":
+            self.wants_tunnel = True
+            self.tunnel_early = []
 
     # -- plugin ctx API ------------------------------------------------------------------------
     def var(self, name: str) -> Any:
@@ -852,32 +888,36 @@ class Exchange:
         try:
             self._start()
         except ProtocolError as e:
-            self.respond(e.status, error_body(e.status), content_type=b"text/html; charset=utf-8")
+            self.respond(e.status, error_body(e.status), content_type=HTML)
         except Exception:
             log.exception("request failed")
             if not self.resp_started:
-                self.respond(500, error_body(500), content_type=b"text/html; charset=utf-8")
+                self.respond(500, error_body(500), content_type=HTML)
             else:
                 self.conn.close()
 
     def _start(self) -> None:
-        rt = self.runtime
-        gchain = rt.global_chain
+        gchain = self.runtime.global_chain
+        chain = None
         if gchain is not None:
+            # APISIX: global rules run rewrite and access even when no route matches.
             res = gchain.run("rewrite", self)
             if res is None:
-                res = None if self._match() else (404, b'{"error_msg":"404 Route Not Found"}')
-                if res is None and self.route is not None and self.route.chain is not None:
-                    res = self.route.chain.run("rewrite", self)
-                if res is None:
-                    res = gchain.run("access", self)
-                if res is None and self.route is not None and self.route.chain is not None:
-                    res = self.route.chain.run("access", self)
+                if not self._match():
+                    res = gchain.run("access", self) or (404, NOT_FOUND)
+                else:
+                    chain = self.route.chain  # type: ignore[union-attr]
+                    if chain is not None:
+                        res = chain.run("rewrite", self)
+                    if res is None:
+                        res = gchain.run("access", self)
+                    if res is None and chain is not None:
+                        res = chain.run("access", self)
         else:
             if not self._match():
-                self.respond(404, b'{"error_msg":"404 Route Not Found"}')
+                self.respond(404, NOT_FOUND)
                 return
-            chain = self.route.chain if self.route is not None else None
+            chain = self.route.chain  # type: ignore[union-attr]
             res = None
             if chain is not None:
                 res = chain.run("rewrite", self) or chain.run("access", self)
@@ -894,8 +934,9 @@ class Exchange:
             self.respond(502, b'{"error_msg":"missing upstream configuration in Route or Service"}')
             return
         self.up = up
-        if route.chain is not None and route.chain.has("before_proxy"):
-            res = route.chain.run("before_proxy", self)
+        self.tmo = route.timeouts or up.timeouts
+        if chain is not None and chain.has("before_proxy"):
+            res = chain.run("before_proxy", self)
             if res is not None:
                 self.respond(res[0], res[1])
                 return
@@ -904,14 +945,15 @@ class Exchange:
         if self.req.expect_continue and not self.req_done:
             self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.continue_sent = True
-        self.first_try_at = self.server.loop.time()
+        self.first_try_at = self.req.start_time
         self._try_node()
 
     def _match(self) -> bool:
-        m = self.runtime.router.match(self.req)
+        rt = self.runtime
+        m = rt.router.match(self.req)
         if m is None:
             return False
-        rr = self.runtime.routes.get(m.route_id)
+        rr = rt.routes.get(m.route_id)
         if rr is None:
             return False
         self.route = rr
@@ -921,87 +963,108 @@ class Exchange:
 
     def on_req_body(self, chunk: bytes) -> None:
         framed = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.req.chunked else (chunk,)
-        self.body_size += len(chunk)
-        rp = self.replayable
-        if rp is not None:
-            if self.body_size <= REPLAY_LIMIT:
-                rp.extend(framed)
+        size = self.body_size = self.body_size + len(chunk)
+        if self.replay_ok:
+            if size <= REPLAY_LIMIT:
+                if self.replay is None:
+                    self.replay = []
+                self.replay.extend(framed)
             else:
-                self.replayable = None
+                self.replay_ok = False
+                self.replay = None
         up = self.upstream
         if up is not None and self.sent_upstream and not up.closed:
             up.transport.writelines(framed)
             self._touch_upstream()
         else:
+            if self.body_buf is None:
+                self.body_buf = []
             self.body_buf.extend(framed)
-            if self.body_size > HIGH_WATER and self.replayable is None:
+            if size > HIGH_WATER and not self.replay_ok:
                 self.conn.pause_read(P_BUFFER)
 
     def on_req_complete(self) -> None:
         self.req_done = True
         if self.req.chunked:
             term = b"0\r\n\r\n"
-            if self.replayable is not None:
-                self.replayable.append(term)
+            if self.replay_ok:
+                if self.replay is None:
+                    self.replay = []
+                self.replay.append(term)
             up = self.upstream
             if up is not None and self.sent_upstream and not up.closed:
                 up.transport.write(term)
             else:
+                if self.body_buf is None:
+                    self.body_buf = []
                 self.body_buf.append(term)
 
     # -- upstream selection / connection --------------------------------------------------
     def _try_node(self) -> None:
         up = self.up
         assert up is not None
-        healthy = up.healthy if up.unhealthy else None
-        node = up.balancer.pick(self, tried=self.tried, healthy=healthy)
+        nodes = up.nodes
+        if len(nodes) == 1:
+            # APISIX: a one-node upstream skips the balancer (health and weight included),
+            # so retries go to that node again.
+            node: Node | None = nodes[0]
+        else:
+            node = up.balancer.pick(self, tried=self.tried, healthy=up.healthy if up.unhealthy else None)
         if node is None:
-            if not self.tried:
-                log.error("route %s: no valid upstream node", self.route.id if self.route else "?")
-                self.respond(502 if not up.nodes else 503, error_body(502 if not up.nodes else 503),
-                             content_type=b"text/html; charset=utf-8")
+            if self.tried:
+                log.error("route %s: all upstream nodes tried", self.route.id if self.route else "?")
             else:
-                self.respond(self.last_error, error_body(self.last_error), content_type=b"text/html; charset=utf-8")
+                log.error("route %s: no valid upstream node", self.route.id if self.route else "?")
+            self.server.waiting.discard(self)
+            self.respond(502, error_body(502), content_type=HTML)
             return
         self.node = node
-        key = (up.key, node.host, node.port, up.scheme)
-        conn = self.server.pool.get(key, time.monotonic(), up.pool_idle_timeout)
-        self.server.waiting.add(self)
-        up.balancer.on_start(node)
-        self.t_connect = self.server.loop.time()
+        server = self.server
+        key = self._pool_key(up, node)
+        conn = server.pool.get(key, up.pool_idle_timeout)
+        server.waiting.add(self)
+        if up.track_load:
+            up.balancer.on_start(node)
+            self.t_connect = server.loop.time()
         if conn is not None:
             self._attach(conn, reused=True)
         else:
-            self.up_phase = 1  # connecting
-            self.deadline = self.t_connect + self._timeouts().connect
-            self.server.loop.create_task(self._connect(node, up, key))
+            self._connect_later(node, up, key)
 
-    def _timeouts(self) -> Any:
-        r = self.route
-        if r is not None and r.timeouts is not None:
-            return r.timeouts
-        assert self.up is not None
-        return self.up.timeouts
+    def _pool_key(self, up: UpstreamRuntime, node: Node) -> tuple[Any, ...]:
+        if up.ssl_context is None:
+            return (up.key, node.host, node.port, up.scheme)
+        # TLS sessions are per SNI (APISIX pool name scheme#host#port#sni).
+        return (up.key, node.host, node.port, up.scheme, self._sni(node))
+
+    def _sni(self, node: Node) -> str | None:
+        name = self._upstream_host_for(node)
+        if name.startswith("["):
+            return None
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        try:
+            ipaddress.ip_address(name)
+            return None  # no SNI for IP literals
+        except ValueError:
+            return name
+
+    def _connect_later(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
+        self.up_phase = 1  # connecting
+        self.deadline = self.server.loop.time() + self.tmo.connect
+        self.server.loop.create_task(self._connect(node, up, key))
 
     async def _connect(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
         loop = self.server.loop
-        server_hostname = None
-        if up.ssl_context is not None:
-            server_hostname = self._upstream_host_for(node).rsplit(":", 1)[0] if not node.host.startswith("[") else None
-            try:
-                ipaddress.ip_address(server_hostname or "")
-                server_hostname = ""  # no SNI for IP literals
-            except ValueError:
-                pass
         host = node.host[1:-1] if node.host.startswith("[") else node.host
+        kw: dict[str, Any] = {}
+        if up.ssl_context is not None:
+            kw = {"ssl": up.ssl_context, "server_hostname": key[4] or ""}
         try:
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(self.server, key), host, node.port, ssl=up.ssl_context,
-                server_hostname=server_hostname if up.ssl_context is not None else None)
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self.server, key), host, node.port, **kw)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if self.finished or self.up_phase != 1:
+            if self.finished or self.up_phase != 1 or self.node is not node:
                 return
             log.warning("connect to %s failed: %s", node.addr, e)
             self._report(node, "tcp_failure", 0)
@@ -1016,24 +1079,23 @@ class Exchange:
         self.upstream = conn
         conn.ex = self
         conn.reused = reused
+        conn.bytes_in = 0
         conn.requests += 1
         self.up_phase = 2
-        self.deadline = self.server.loop.time() + self._timeouts().read
-        if self.head_bytes == b"":
-            self.head_bytes = self._build_head()
-        parts = [self.head_bytes]
-        if self.replayable is not None and self.tried:
-            # a retry: replay what was received so far, minus what is still queued
-            parts.extend(self.replayable)
-            self.body_buf.clear()
+        self.deadline = self.server.loop.time() + self.tmo.read
+        head = self._build_head()
+        if self.tried and self.replay is not None:
+            # a retry: replay what was received so far; later chunks stream as they come
+            data = head + b"".join(self.replay)
+            self.body_buf = None
         elif self.body_buf:
-            parts.extend(self.body_buf)
-            self.body_buf.clear()
+            data = head + b"".join(self.body_buf)
+            self.body_buf = None
             self.conn.resume_read(P_BUFFER)
-        conn.transport.write(b"".join(parts))
+        else:
+            data = head
+        conn.transport.write(data)
         self.sent_upstream = True
-        if self.wants_tunnel and self.tunnel_early:
-            pass  # held until the 101 answer
 
     def _upstream_host_for(self, node: Node) -> str:
         up = self.up
@@ -1041,23 +1103,26 @@ class Exchange:
         ph = up.pass_host
         if ph == "node":
             default = 443 if up.scheme in ("https", "grpcs") else 80
-            return node.host if node.port == default else f"{node.host}:{node.port}"
+            host = f"[{node.host}]" if ":" in node.host and not node.host.startswith("[") else node.host
+            return host if node.port == default else f"{host}:{node.port}"
         if ph == "rewrite" and up.upstream_host:
             return up.upstream_host
         return self.req.http_host or node.host
 
     def _build_head(self) -> bytes:
+        """The request head sent upstream, re-serialised from the parsed request."""
         req = self.req
         node = self.node
         assert node is not None
+        vars = self.vars
         target = req.upstream_path if req.query is None else f"{req.upstream_path}?{req.query}"
-        host = self.vars.get("upstream_host") if self.vars else None
+        host = method = None
+        if vars:
+            host = vars.get("upstream_host")
+            target = vars.get("upstream_uri") or target
+            method = vars.get("request_method_override")
         if host is None:
             host = self._upstream_host_for(node)
-        uri = self.vars.get("upstream_uri") if self.vars else None
-        if uri is not None:
-            target = uri
-        method = self.vars.get("request_method_override") if self.vars else None
         parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")]
         drop = _DROP_REQ
         if self.conn_tokens:
@@ -1065,8 +1130,7 @@ class Exchange:
             if extra:
                 drop = drop | extra
         ap = parts.append
-        xff_prev = None
-        fproto = fhost = fport = None
+        xff_prev = fproto = fhost = fport = None
         for name, value in req.headers:
             ln = name.lower()
             if ln in drop:
@@ -1080,19 +1144,18 @@ class Exchange:
                     fport = value
                 continue
             ap(name + b": " + value + b"\r\n")
-        server = self.server
         conn = self.conn
         remote = req.remote_addr.encode()
-        peer_trusted = server.is_trusted(conn.peer_ip)
-        if xff_prev is not None and (peer_trusted or server.is_real_ip_source(conn.peer_ip)):
+        if xff_prev is not None and (conn.peer_trusted or conn.peer_real_ip_ok):
             xff = xff_prev + b", " + conn.peer_ip.encode()
         else:
             xff = remote
-        if not peer_trusted:
+        if not conn.peer_trusted:
             fproto = fhost = fport = None
-        ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Port: %s\r\n"
+        ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
+           b"X-Forwarded-Port: %s\r\n"
            % (remote, xff, fproto or req.scheme.encode(), fhost or req.host.encode("latin-1"),
-              fport or str(req.server_port).encode()))
+              fport or b"%d" % req.server_port))
         if req.chunked:
             ap(b"Transfer-Encoding: chunked\r\n")
         elif req.content_length is not None:
@@ -1103,7 +1166,7 @@ class Exchange:
         return b"".join(parts)
 
     def _touch_upstream(self) -> None:
-        self.deadline = self.server.loop.time() + self._timeouts().read
+        self.deadline = self.server.loop.time() + self.tmo.read
 
     def check_upstream_deadline(self, now: float) -> None:
         if self.finished or self.up_phase == 0 or now < self.deadline:
@@ -1120,31 +1183,32 @@ class Exchange:
         if self.resp_started:
             self._finish_abort()
             return
-        self._failed(504, timeout=True)
+        self._failed(504)
 
-    def _failed(self, status: int, *, timeout: bool = False) -> None:
+    def _failed(self, status: int) -> None:
         """A try failed before any response byte reached the client: retry or answer."""
-        self.last_error = status
         node = self.node
         up = self.up
-        if node is not None and up is not None:
-            up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
-            self.tried.append(node)
+        assert up is not None
+        if node is not None:
+            if up.track_load:
+                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+            self.tried = [*self.tried, node]
         self.up_phase = 0
         self.upstream = None
-        self.head_bytes = b""
-        assert up is not None
-        can_replay = self.replayable is not None and (self.req_done or not self.body_size)
+        can_replay = self.replay_ok and (self.req_done or not self.body_size)
         retries_left = up.retries - (len(self.tried) - 1)
-        in_time = not up.retry_timeout or (self.server.loop.time() - self.first_try_at) < up.retry_timeout
-        safe = not self.sent_upstream or self.req.method in IDEMPOTENT or status == 502 and not self.sent_upstream
-        if retries_left > 0 and can_replay and in_time and safe and not self.conn.closing:
-            self.sent_upstream = False
-            self._try_node()
-            return
+        # nginx proxy_next_upstream: a non-idempotent request already sent is not replayed.
+        safe = not self.sent_upstream or self.req.method in IDEMPOTENT
+        if retries_left > 0 and can_replay and safe and not self.conn.closing:
+            if up.retry_timeout and self.server.loop.time() - self.first_try_at >= up.retry_timeout:
+                status = 502  # APISIX: retry deadline passed -> 502
+            else:
+                self.sent_upstream = False
+                self._try_node()
+                return
         self.server.waiting.discard(self)
-        self.respond(status, error_body(status), content_type=b"text/html; charset=utf-8",
-                     extra=b"X-APISIX-Upstream-Status: %d\r\n" % status if False else b"")
+        self.respond(status, error_body(status), content_type=HTML)
 
     def _report(self, node: Node, kind: str, status: int) -> None:
         up = self.up
@@ -1159,7 +1223,7 @@ class Exchange:
         if self.finished or conn is not self.upstream:
             return
         if conn.tunnel:
-            self._finish_tunnel()
+            self.conn.close()
             return
         if self.resp_started:
             if conn.until_close and conn.got_headers:
@@ -1168,17 +1232,16 @@ class Exchange:
             self._finish_abort()
             return
         node = self.node
-        if conn.reused and conn.bytes_in == 0 and self.replayable is not None:
+        up = self.up
+        if conn.reused and conn.bytes_in == 0 and self.replay_ok and node is not None and up is not None:
             # The server closed an idle keep-alive connection as we reused it: retry on a
             # fresh connection without counting a try (nginx does the same).
             self.upstream = None
-            self.head_bytes = b""
-            assert self.up is not None and node is not None
-            key = (self.up.key, node.host, node.port, self.up.scheme)
-            self.up_phase = 1
-            self.deadline = self.server.loop.time() + self._timeouts().connect
             self.sent_upstream = False
-            self.server.loop.create_task(self._connect(node, self.up, key))
+            if self.replay is not None:
+                self.tried = self.tried or ()  # replay path below needs the body resent
+                self.body_buf = list(self.replay)
+            self._connect_later(node, up, self._pool_key(up, node))
             return
         if node is not None:
             self._report(node, "tcp_failure", 0)
@@ -1189,9 +1252,9 @@ class Exchange:
         self._touch_upstream()
         req = self.req
         self.upstream_status = status
-        node = self.node
-        if node is not None:
-            self._report(node, "http", status)
+        up = self.up
+        if up is not None and up.passive and self.node is not None:
+            self._report(self.node, "http", status)
         self.resp_status = status
         self.resp_headers = headers
         chain = self.route.chain if self.route is not None else None
@@ -1204,14 +1267,15 @@ class Exchange:
             status = self.resp_status
             headers = self.resp_headers
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
-        self.resp_body_allowed = not no_body
-        keep = self.client_keep and not self.server.draining and self.req_done
+        if no_body:
+            self.resp_body_allowed = False
+        keep = self.client_keep and self.req_done and not self.server.draining
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, "Unknown").encode())]
         ap = out.append
         has_date = False
         for name, value in headers:
             ln = name.lower()
-            if ln in _DROP_RESP or ln == b"content-length":
+            if ln in _DROP_RESP:
                 continue
             if ln == b"date":
                 has_date = True
@@ -1257,7 +1321,7 @@ class Exchange:
             if len(out) == 1:
                 self.conn.transport.write(out[0])
             else:
-                self.conn.transport.writelines(out)
+                self.conn.transport.write(b"".join(out))
             out.clear()
             if not self.finished:
                 self._touch_upstream()
@@ -1265,22 +1329,26 @@ class Exchange:
     def on_resp_complete(self, conn: UpstreamConnection) -> None:
         if self.resp_chunked:
             self.out.append(b"0\r\n\r\n")
-        self.flush()
         self.finished = True
-        self.server.waiting.discard(self)
+        self.flush()
+        server = self.server
+        server.waiting.discard(self)
         self.upstream = None
         conn.ex = None
         node = self.node
         up = self.up
         if up is not None and node is not None:
-            up.balancer.on_finish(node, self.server.loop.time() - self.t_connect)
-            reusable = (self.req_done and conn.keep_alive() and not conn.closed and not conn.dirty
-                        and conn.requests < up.pool_requests)
-            if reusable:
-                self.server.pool.put(conn, up.pool_size)
+            if up.track_load:
+                up.balancer.on_finish(node, server.loop.time() - self.t_connect)
+            if (self.req_done and conn._ka and not conn.until_close and not conn.closed and not conn.dirty
+                    and conn.requests < up.pool_requests):
+                # Pooled once the current read is fully parsed (see UpstreamConnection).
+                conn.release = up.pool_size
             else:
                 conn.transport.close()
-        self._log()
+        if self.route is not None and self.route.chain is not None or self.runtime.global_chain is not None \
+                or server.access_log_on:
+            self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
 
     def on_resp_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
@@ -1301,12 +1369,9 @@ class Exchange:
             client.transport.write(rest)
         for b in self.tunnel_early:
             conn.transport.write(b)
-        self.tunnel_early.clear()
+        self.tunnel_early = []
         client.resume_read(P_BUFFER)
         self._log()
-
-    def _finish_tunnel(self) -> None:
-        self.conn.close()
 
     def on_upstream_protocol_error(self, conn: UpstreamConnection, why: str) -> None:
         log.warning("upstream %s sent an invalid response: %s", self.node.addr if self.node else "?", why)
@@ -1376,7 +1441,7 @@ class Exchange:
                 gchain.run("log", self)
             except Exception:
                 log.exception("log phase failed")
-        if access_log.isEnabledFor(logging.INFO):
+        if self.server.access_log_on:
             req = self.req
             access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
                             req.request_uri, req.version, self.resp_status,
@@ -1390,7 +1455,7 @@ class Exchange:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
                  "bytes_in", "status", "reason", "headers", "cl", "chunked", "got_headers", "until_close", "tunnel",
-                 "tunnel_client", "dirty", "skip_body", "_ka")
+                 "tunnel_client", "dirty", "skip_body", "_ka", "release")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
         self.server = server
@@ -1415,6 +1480,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.dirty = False
         self.skip_body = False
         self._ka = True
+        self.release = 0   # >0: return to the pool (of that size) once the current read is parsed
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -1471,22 +1537,38 @@ class UpstreamConnection(asyncio.Protocol):
             ex.on_resp_upgrade(self, data[e.args[0]:])
             return
         except httptools.HttpParserCallbackError as e:
-            log.error("upstream response handling failed", exc_info=e.__context__)
-            ex.on_upstream_protocol_error(self, str(e.__context__))
-            return
+            if self.ex is None:  # junk after a complete response: never reuse this connection
+                self.dirty = True
+            else:
+                log.error("upstream response handling failed", exc_info=e.__context__)
+                ex.on_upstream_protocol_error(self, str(e.__context__))
+                return
         except httptools.HttpParserError as e:
-            ex.on_upstream_protocol_error(self, str(e))
-            return
+            if self.ex is None:
+                self.dirty = True
+            else:
+                ex.on_upstream_protocol_error(self, str(e))
+                return
         if self.skip_body:
             # Response to HEAD: llhttp cannot be told to skip the body, so the message was
             # completed by us at headers-complete; start a clean parser for the next one.
             self.skip_body = False
             self.parser = httptools.HttpResponseParser(self)
-        if ex.out:
+        size = self.release
+        if size:
+            self.release = 0
+            if self.dirty or self.closed:
+                self.transport.close()
+            else:
+                self.server.pool.put(self, size)
+        elif ex.out:
             ex.flush()
 
     # llhttp callbacks
     def on_message_begin(self) -> None:
+        if self.ex is None:
+            # A second response to one request (hardening: only the first is relayed).
+            self.dirty = True
         self.headers = []
         self.cl = None
         self.chunked = False

@@ -47,7 +47,7 @@ class UpstreamRuntime:
 
     __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
-                 "unhealthy", "has_checks", "passive")
+                 "unhealthy", "has_checks", "passive", "track_load")
 
     def __init__(self, key: str, conf: Mapping[str, Any]) -> None:
         self.key = key
@@ -55,6 +55,8 @@ class UpstreamRuntime:
         self.scheme: str = conf.get("scheme", "http")
         self.nodes: list[Node] = parse_nodes(conf.get("nodes") or {}, scheme=self.scheme)
         self.balancer: Balancer = create_balancer(conf, self.nodes)
+        # only these balancers read in-flight counts / latencies (on_start / on_finish)
+        self.track_load = conf.get("type", "roundrobin") in ("least_conn", "ewma")
         self.retries: int = default_retries(conf, self.nodes)
         self.retry_timeout: float = float(conf.get("retry_timeout", 0) or 0)
         self.timeouts = _timeouts(conf.get("timeout"))
