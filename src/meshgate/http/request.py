@@ -53,10 +53,18 @@ class Request:
     _cookies: dict[str, str] | None = None
     start_time = 0.0
 
+    _ctx: dict[str, Any] | None = None
+
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
-        # Per-request variables set by the gateway and plugins (route_id, consumer_name, ...).
-        self.ctx: dict[str, Any] = {}
+
+    @property
+    def ctx(self) -> dict[str, Any]:
+        """Per-request variables set by the gateway and plugins (created on first use)."""
+        c = self._ctx
+        if c is None:
+            c = self._ctx = {}
+        return c
 
     # -- headers -----------------------------------------------------------------------
     def header_index(self) -> dict[str, str]:
@@ -120,9 +128,10 @@ class Request:
         f = _FIXED.get(name)
         if f is not None:
             return f(self)
-        v = self.ctx.get(name)
-        if v is not None:
-            return v
+        if self._ctx is not None:
+            v = self._ctx.get(name)
+            if v is not None:
+                return v
         if name.startswith("http_"):
             return self.header_index().get(name[5:].replace("_", "-"))
         if name.startswith("arg_"):

@@ -85,7 +85,17 @@ _DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b
                           b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
 # Headers a client must not be able to strip by naming them in Connection (hardening case 38).
 _PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
-_DROP_RESP = HOP_BY_HOP | {b"server", b"content-length"}
+# Response fields handled on the raw head (each field is "\r\nName: value").
+_RESP_DROP_RE = re.compile(
+    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
+    rb"|http2-settings|server|content-length)[ \t]*:[^\r]*", re.I)
+_RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r]*)", re.I)
+_RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
+# llhttp: a response is chunked when the last transfer coding is "chunked"
+_RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
+_DATE_RE = re.compile(rb"\r\ndate[ \t]*:", re.I)
+_FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
+MAX_RESP_HEAD = 64 * 1024
 
 
 HTML = b"text/html; charset=utf-8"
@@ -774,8 +784,24 @@ _HOST_RE = re.compile(r"[A-Za-z0-9\-._:\[\]]+")
 _HOST_V6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]*)?")  # applied to the lower-cased value
 
 
+_HOST_CACHE: dict[str, str] = {}
+
+
 def _parse_host(host: str) -> str:
-    """nginx $host: lower-cased, port stripped; invalid characters or '..' -> 400."""
+    """nginx $host: lower-cased, port stripped; invalid characters or '..' -> 400.
+
+    Valid results are cached (clients repeat a handful of Host values)."""
+    got = _HOST_CACHE.get(host)
+    if got is not None:
+        return got
+    h = _check_host(host)
+    if len(_HOST_CACHE) > 4096:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[host] = h
+    return h
+
+
+def _check_host(host: str) -> str:
     if not host:
         return ""
     if _HOST_RE.fullmatch(host) is None or ".." in host:
@@ -824,7 +850,6 @@ class Exchange:
     sent_upstream = False
     resp_started = False
     resp_status = 0
-    resp_headers: list[tuple[bytes, bytes]] = []
     resp_chunked = False
     finished = False
     deadline = 0.0
@@ -839,6 +864,8 @@ class Exchange:
     upstream_status = 0
     continue_sent = False
     conf_override: Any = None
+    _resp_fields = b""
+    _resp_headers: list[tuple[bytes, bytes]] | None = None
 
     def __init__(self, conn: ClientConnection, req: Request, conn_tokens: list[bytes] | None) -> None:
         self.conn = conn
@@ -1020,7 +1047,7 @@ class Exchange:
             return
         self.node = node
         server = self.server
-        key = self._pool_key(up, node)
+        key = (up.key, node.host, node.port, up.scheme) if up.ssl_context is None else self._pool_key(up, node)
         conn = server.pool.get(key, up.pool_idle_timeout)
         server.waiting.add(self)
         if up.track_load:
@@ -1247,8 +1274,21 @@ class Exchange:
             self._report(node, "tcp_failure", 0)
         self._failed(502)
 
-    def on_resp_head(self, conn: UpstreamConnection, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                     cl: int | None, chunked: bool) -> None:
+    @property
+    def resp_headers(self) -> list[tuple[bytes, bytes]]:
+        """Response header fields as (name, value) for plugins; settable in header_filter."""
+        h = self._resp_headers
+        if h is None:
+            h = self._resp_headers = [(m.group(1), m.group(2)) for m in _FIELD_RE.finditer(self._resp_fields)]
+        return h
+
+    @resp_headers.setter
+    def resp_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._resp_headers = value
+
+    def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool) -> None:
+        """``head`` is the upstream's status line and fields exactly as llhttp validated them
+        (each field line ends with CRLF; the blank line is not included)."""
         self._touch_upstream()
         req = self.req
         self.upstream_status = status
@@ -1256,7 +1296,19 @@ class Exchange:
         if up is not None and up.passive and self.node is not None:
             self._report(self.node, "http", status)
         self.resp_status = status
-        self.resp_headers = headers
+        sl = head.find(b"\r\n")
+        parts = head[:sl].split(b" ", 2)
+        reason = parts[2].strip(b" \t") if len(parts) == 3 else b""
+        # Each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass.
+        fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
+        conn_hdr = _RESP_CONN_RE.search(head, sl)
+        if conn_hdr is not None:
+            # Fields named by Connection are hop-by-hop too (RFC 9110 7.6.1).
+            names = [t.strip(b" \t").lower() for t in conn_hdr.group(1).split(b",")]
+            names = [re.escape(n) for n in names if n and n not in (b"close", b"keep-alive", b"upgrade")]
+            if names:
+                fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
+        self._resp_fields = fields
         chain = self.route.chain if self.route is not None else None
         gchain = self.runtime.global_chain
         if (gchain is not None and gchain.has("header_filter")) or (chain is not None and chain.has("header_filter")):
@@ -1265,22 +1317,14 @@ class Exchange:
             if chain is not None:
                 chain.run("header_filter", self)
             status = self.resp_status
-            headers = self.resp_headers
+            fields = b"".join(b"\r\n" + n + b": " + v for n, v in self.resp_headers)
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if no_body:
             self.resp_body_allowed = False
         keep = self.client_keep and self.req_done and not self.server.draining
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, "Unknown").encode())]
+        out = [b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, "Unknown").encode()), fields, b"\r\n"]
         ap = out.append
-        has_date = False
-        for name, value in headers:
-            ln = name.lower()
-            if ln in _DROP_RESP:
-                continue
-            if ln == b"date":
-                has_date = True
-            ap(name + b": " + value + b"\r\n")
-        if not has_date:
+        if _DATE_RE.search(fields) is None:
             ap(b"Date: " + http_date() + b"\r\n")
         ap(SERVER_HEADER)
         if status >= 500 or self.server.settings.show_upstream_status:
@@ -1454,7 +1498,7 @@ class Exchange:
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
-                 "bytes_in", "status", "reason", "headers", "cl", "chunked", "got_headers", "until_close", "tunnel",
+                 "bytes_in", "status", "hbuf", "hpos", "got_headers", "until_close", "tunnel",
                  "tunnel_client", "dirty", "skip_body", "_ka", "release")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
@@ -1469,10 +1513,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.bytes_in = 0
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.cl: int | None = None
-        self.chunked = False
+        # Bytes of the response head not yet complete (llhttp validates them; we slice the
+        # head out at headers-complete instead of taking a Python callback per field).
+        self.hbuf = b""
+        self.hpos = 0
         self.got_headers = False
         self.until_close = False
         self.tunnel = False
@@ -1531,6 +1575,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.bytes_in += len(data)
+        if not self.got_headers:
+            buf = self.hbuf = self.hbuf + data if self.hbuf else data
+            if len(buf) - self.hpos > MAX_RESP_HEAD:
+                ex.on_upstream_protocol_error(self, "response head too large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -1553,6 +1602,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Response to HEAD: llhttp cannot be told to skip the body, so the message was
             # completed by us at headers-complete; start a clean parser for the next one.
             self.skip_body = False
+            self.got_headers = False
             self.parser = httptools.HttpResponseParser(self)
         size = self.release
         if size:
@@ -1569,37 +1619,34 @@ class UpstreamConnection(asyncio.Protocol):
         if self.ex is None:
             # A second response to one request (hardening: only the first is relayed).
             self.dirty = True
-        self.headers = []
-        self.cl = None
-        self.chunked = False
-        self.got_headers = False
         self.until_close = False
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ln = name.lower()
-        if ln == b"content-length":
-            self.cl = int(value)
-        elif ln == b"transfer-encoding":
-            self.chunked = True
-        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         ex = self.ex
-        status = self.parser.get_status_code()
-        self.status = status
-        if ex is None:
+        parser = self.parser
+        status = self.status = parser.get_status_code()
+        buf = self.hbuf
+        start = self.hpos
+        end = buf.find(b"\r\n\r\n", start)
+        if ex is None or end < 0:
+            self.hbuf = b""
+            self.hpos = 0
             return
         if 100 <= status < 200 and status != 101:
+            self.hpos = end + 4
             return  # interim response (e.g. 100 Continue): not relayed
+        head = buf[start:end + 2]
+        self.hbuf = b""
+        self.hpos = 0
         self.got_headers = True
-        self._ka = self.parser.should_keep_alive()
+        self._ka = parser.should_keep_alive()
+        m = _RESP_CL_RE.search(head)
+        cl = int(m.group(1)) if m is not None else None
+        chunked = cl is None and _RESP_CHUNKED_RE.search(head) is not None
         head_req = ex.req.method == "HEAD"
-        if not head_req and self.cl is None and not self.chunked and status not in (204, 304):
+        if not head_req and cl is None and not chunked and status not in (204, 304):
             self.until_close = True
-        ex.on_resp_head(self, status, self.reason, self.headers, self.cl, self.chunked)
+        ex.on_resp_head(self, status, head, cl, chunked)
         if head_req:
             self.skip_body = True
             ex.on_resp_complete(self)
@@ -1611,10 +1658,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.ex
-        if ex is None or self.skip_body:
+        if self.skip_body:
             return
-        if 100 <= self.status < 200 and self.status != 101:
+        status = self.status
+        if 100 <= status < 200 and status != 101:
             return
-        if self.status == 101:
-            return  # handled through HttpParserUpgrade
+        self.got_headers = False  # the next bytes start a new response head
+        if ex is None or status == 101:
+            return  # 101 is handled through HttpParserUpgrade
         ex.on_resp_complete(self)
