@@ -70,6 +70,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "direct": ("upstream", "/"),
     "nginx": ("nginx", "/"),
     "envoy": ("envoy", "/"),
+    "pyfloor": ("pyfloor", "/"),                      # reference: minimal Python proxy (bench/pyfloor.py)
     "meshgate": ("meshgate", "/"),
     "meshgate-10k": ("meshgate10k", "/"),             # exact-table miss, then the /* prefix route
     "meshgate-10k-exact": ("meshgate10k", "/r/5000"),  # hits one of the 9,999 exact routes
@@ -1091,7 +1092,7 @@ def render_plot(res: dict[str, Any], path: Path) -> bool:
     if not scen:
         return False
     targets = [t for t in res["config"]["targets_run"] if any(t in s[sc["name"]] for sc in scen)]
-    colors = {"direct": "#9e9e9e", "nginx": "#2e7d32", "envoy": "#c62828", "meshgate": "#1565c0",
+    colors = {"direct": "#9e9e9e", "nginx": "#2e7d32", "envoy": "#c62828", "pyfloor": "#ff8f00", "meshgate": "#1565c0",
               "meshgate-10k": "#42a5f5", "meshgate-10k-exact": "#90caf9"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     width = 0.8 / max(1, len(targets))
@@ -1286,6 +1287,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                                               "--disable-hot-restart", "--log-level", "warn",
                                               "--log-path", str(tmp / "envoy.log")],
                                        port, args.proxy_cpu, tmp)
+            elif name == "pyfloor":
+                servers[name] = Server(name, [str(venv_python), str(Path(__file__).with_name("pyfloor.py")), str(port),
+                                              str(ports["upstream"])], port, args.proxy_cpu, tmp)
             elif name in MESHGATE_SERVERS:
                 d = tmp / name
                 n = N_ROUTES_10K if name == "meshgate10k" else 1

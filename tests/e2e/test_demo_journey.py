@@ -6,7 +6,6 @@ This is the north-south story of the seeds (Bookinfo behind the gateway) on loop
 from __future__ import annotations
 
 import json
-import re
 import select
 import signal
 import socket

@@ -898,7 +898,7 @@ class Scripted:
 async def test_upstream_cl_and_te_is_502(env: Env) -> None:
     handler = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                         b"0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"])
-    async with upstreams(env, handler) as u:
+    async with upstreams(env, handler):
         out, closed = await exchange(env.gw.addr, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         rs = parse_responses(out)
         assert [r.status for r in rs] == [502], out[:300]
@@ -907,7 +907,7 @@ async def test_upstream_cl_and_te_is_502(env: Env) -> None:
 
 async def test_upstream_bad_content_length_is_502(env: Env) -> None:
     handler = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"])
-    async with upstreams(env, handler) as u:
+    async with upstreams(env, handler):
         out, closed = await exchange(env.gw.addr, b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         assert [r.status for r in parse_responses(out)] == [502], out[:300]
 

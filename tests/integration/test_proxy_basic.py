@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from gwtools import Upstream, http, raw_request, read_response, start_gateway

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 
 from .. import __version__
 
@@ -30,10 +29,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None, help="where to write the demo config (default: a temporary directory)")
     sub.add_parser("version", help="print the version")
     return ap
-
-
-class _ArgParser(argparse.ArgumentParser):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:

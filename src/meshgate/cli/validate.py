@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import NodeConfigErrors, load_node_config, parse_apisix_yaml
 from ..errors import ConfigError
-from ..model import Snapshot, Resource
+
 from ..plugins import PluginRegistry
 
 __all__ = ["validate"]

@@ -1266,8 +1266,7 @@ class Exchange:
             self.upstream = None
             self.sent_upstream = False
             if self.replay is not None:
-                self.tried = self.tried or ()  # replay path below needs the body resent
-                self.body_buf = list(self.replay)
+                self.body_buf = list(self.replay)  # _attach sends it after the head
             self._connect_later(node, up, self._pool_key(up, node))
             return
         if node is not None:
@@ -1558,9 +1557,6 @@ class UpstreamConnection(asyncio.Protocol):
         c = self.tunnel_client if self.tunnel else (self.ex.conn if self.ex is not None else None)
         if c is not None:
             c.resume_read(P_UPSTREAM)
-
-    def keep_alive(self) -> bool:
-        return self._ka and not self.until_close
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel:

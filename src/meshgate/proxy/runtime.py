@@ -188,7 +188,7 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
         elif conf.get("upstream_id") is not None:
             up = upstreams.get(f"upstreams/{conf['upstream_id']}")
             if up is None:
-                rr.error = rr.error or (502, _msg(f"missing upstream configuration in Route or Service"))
+                rr.error = rr.error or (502, _msg("missing upstream configuration in Route or Service"))
         elif svc is not None and svc.get("upstream") is not None:
             up = upstream_for(f"services/{sid}", svc["upstream"])
         elif svc is not None and svc.get("upstream_id") is not None:

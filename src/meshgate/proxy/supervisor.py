@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from ..model import Snapshot
 from ..plugins import PluginRegistry
 from ..upstream import ActiveProber, HealthState, Node, probe_plan
 from .ipc import Channel, open_channel
-from .runtime import Runtime, UpstreamRuntime, build_runtime
+from .runtime import Runtime, build_runtime
 from .worker import snapshot_to_wire
 
 __all__ = ["Supervisor", "HealthOwner", "WorkerHandle"]
