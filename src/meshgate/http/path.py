@@ -63,8 +63,7 @@ Sans-IO, stdlib only, no asyncio.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from meshgate.errors import ProtocolError
@@ -121,8 +120,7 @@ _SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*)://")
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """A parsed request-target.
 
     ``path``/``upstream_path`` as :func:`normalize_path`; ``query`` is the text after the
@@ -254,6 +252,12 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
     return path, (query if sep else None)
 
 
+_PATH_CACHE: dict[bytes, tuple[str, str]] = {}
+_PATH_CACHE_MAX = 4096
+_CACHE_LEN = 256
+_TARGET_CACHE: dict[bytes, Target] = {}
+
+
 def parse_target(
     target: bytes,
     *,
@@ -265,6 +269,12 @@ def parse_target(
     ``*`` and authority-form, unknown schemes, userinfo, an empty or malformed authority,
     fragments and everything :func:`normalize_path` rejects -> ``ProtocolError(400)``.
     """
+    # Caches only for the default policy and short targets: bounded to ~4096 x 2 x 256 bytes.
+    default = merge_slashes and escaped_slash == "reject" and len(target) <= _CACHE_LEN
+    if default:
+        cached = _TARGET_CACHE.get(target)
+        if cached is not None:
+            return cached
     authority: str | None = None
     scheme: str | None = None
     if target.startswith(b"/"):
@@ -298,11 +308,27 @@ def parse_target(
             raw_path = b"/"  # RFC 9112 section 3.2.2: empty path means "/"
     if b"#" in raw_path:
         raise ProtocolError(400, "fragment in request-target")
-    path, upstream_path = normalize_path(raw_path, merge_slashes=merge_slashes, escaped_slash=escaped_slash)
+    if default:
+        # Default policy: paths repeat, so their normalised forms are cached (pure function).
+        got = _PATH_CACHE.get(raw_path)
+        if got is None:
+            got = normalize_path(raw_path)
+            if len(_PATH_CACHE) >= _PATH_CACHE_MAX:
+                _PATH_CACHE.clear()
+            _PATH_CACHE[raw_path] = got
+        path, upstream_path = got
+    else:
+        path, upstream_path = normalize_path(raw_path, merge_slashes=merge_slashes, escaped_slash=escaped_slash)
     query: str | None = None
     if sep:
         query = _check_query(raw_query)
-    return Target(path, upstream_path, query, authority, scheme)
+    t = Target(path, upstream_path, query, authority, scheme)
+    if default and not sep and authority is None:
+        # Query-less origin-form targets repeat (the same few paths): cache the whole result.
+        if len(_TARGET_CACHE) >= _PATH_CACHE_MAX:
+            _TARGET_CACHE.clear()
+        _TARGET_CACHE[target] = t
+    return t
 
 
 def _check_query(raw: bytes) -> str:

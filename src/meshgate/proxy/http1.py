@@ -88,12 +88,11 @@ _PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"co
 # Response fields handled on the raw head (each field is "\r\nName: value").
 _RESP_DROP_RE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
-    rb"|http2-settings|server|content-length)[ \t]*:[^\r]*", re.I)
+    rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
 _RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r]*)", re.I)
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 # llhttp: a response is chunked when the last transfer coding is "chunked"
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
-_DATE_RE = re.compile(rb"\r\ndate[ \t]*:", re.I)
 _FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
 MAX_RESP_HEAD = 64 * 1024
 
@@ -109,15 +108,23 @@ def error_body(status: int) -> bytes:
             "</body>\r\n</html>\r\n").encode()
 
 
-_date_cache = [0, b""]
+_date_cache: list[Any] = [0, b"", b""]
 
 
 def http_date() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
         _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode()
-    return _date_cache[1]  # type: ignore[return-value]
+        _date_cache[1] = d = formatdate(now, usegmt=True).encode()
+        _date_cache[2] = b"Date: " + d + b"\r\n" + SERVER_HEADER
+    return _date_cache[1]  # type: ignore[no-any-return]
+
+
+def date_server_lines() -> bytes:
+    """``Date`` and ``Server`` lines as the gateway sends them (nginx replaces the upstream's)."""
+    if _date_cache[0] != int(time.time()):
+        http_date()
+    return _date_cache[2]  # type: ignore[no-any-return]
 
 
 def _nets(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -307,7 +314,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
 
     # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
     # accumulates a header line until it ends, so this is checked per read, not per field.
@@ -351,6 +358,7 @@ class ClientConnection(asyncio.Protocol):
         self.failed: tuple[int, str] | None = None
         self.peer_trusted = False
         self.peer_real_ip_ok = False
+        self.fwd_lines = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -372,6 +380,9 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         self.peer_trusted = server.is_trusted(self.peer_ip)
         self.peer_real_ip_ok = server.is_real_ip_source(self.peer_ip)
+        ip = self.peer_ip.encode()
+        self.fwd_lines = (b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
+                          % (ip, ip, self.scheme.encode(), self.local_port))
         self.since = server.loop.time()
         server.connections.add(self)
 
@@ -557,11 +568,12 @@ class ClientConnection(asyncio.Protocol):
         limit = self.server.settings.client_max_body_size
         if limit and req.content_length is not None and req.content_length > limit:
             raise ProtocolError(413, "request body too large")
-        if self.host_count > 1:
-            raise ProtocolError(400, "duplicate Host header")
-        if self.host_count == 0 and ver == "1.1":
-            raise ProtocolError(400, "missing Host header")
-        if self.host_count and not req.http_host:
+        if self.host_count != 1:
+            if self.host_count > 1:
+                raise ProtocolError(400, "duplicate Host header")
+            if ver == "1.1":
+                raise ProtocolError(400, "missing Host header")
+        elif not req.http_host:
             raise ProtocolError(400, "empty Host header")
         target = b"".join(self.url)
         req.target = target
@@ -1172,17 +1184,22 @@ class Exchange:
                 continue
             ap(name + b": " + value + b"\r\n")
         conn = self.conn
-        remote = req.remote_addr.encode()
-        if xff_prev is not None and (conn.peer_trusted or conn.peer_real_ip_ok):
-            xff = xff_prev + b", " + conn.peer_ip.encode()
+        if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip:
+            # common case: no forwarding headers to honour; the block is per connection
+            ap(conn.fwd_lines)
+            ap(b"X-Forwarded-Host: " + req.host.encode("latin-1") + b"\r\n")
         else:
-            xff = remote
-        if not conn.peer_trusted:
-            fproto = fhost = fport = None
-        ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n"
-           b"X-Forwarded-Port: %s\r\n"
-           % (remote, xff, fproto or req.scheme.encode(), fhost or req.host.encode("latin-1"),
-              fport or b"%d" % req.server_port))
+            remote = req.remote_addr.encode()
+            if xff_prev is not None and (conn.peer_trusted or conn.peer_real_ip_ok):
+                xff = xff_prev + b", " + conn.peer_ip.encode()
+            else:
+                xff = remote
+            if not conn.peer_trusted:
+                fproto = fhost = fport = None
+            ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n"
+               b"X-Forwarded-Host: %s\r\n"
+               % (remote, xff, fproto or req.scheme.encode(), fport or b"%d" % req.server_port,
+                  fhost or req.host.encode("latin-1")))
         if req.chunked:
             ap(b"Transfer-Encoding: chunked\r\n")
         elif req.content_length is not None:
@@ -1288,12 +1305,13 @@ class Exchange:
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool) -> None:
         """``head`` is the upstream's status line and fields exactly as llhttp validated them
         (each field line ends with CRLF; the blank line is not included)."""
-        self._touch_upstream()
         req = self.req
         self.upstream_status = status
         up = self.up
-        if up is not None and up.passive and self.node is not None:
-            self._report(self.node, "http", status)
+        if up is not None:
+            self.deadline = self.server.loop.time() + self.tmo.read
+            if up.passive and self.node is not None:
+                self._report(self.node, "http", status)
         self.resp_status = status
         sl = head.find(b"\r\n")
         parts = head[:sl].split(b" ", 2)
@@ -1323,9 +1341,7 @@ class Exchange:
         keep = self.client_keep and self.req_done and not self.server.draining
         out = [b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, "Unknown").encode()), fields, b"\r\n"]
         ap = out.append
-        if _DATE_RE.search(fields) is None:
-            ap(b"Date: " + http_date() + b"\r\n")
-        ap(SERVER_HEADER)
+        ap(date_server_lines())
         if status >= 500 or self.server.settings.show_upstream_status:
             ap(b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status)
         if no_body:
