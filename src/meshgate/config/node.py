@@ -35,6 +35,8 @@ from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
 from ..errors import ConfigError
+from ._describe import short_value as _short
+from ._describe import type_name as _type
 from .yaml_source import _ENV_REF, load_yaml
 
 __all__ = [
@@ -630,35 +632,6 @@ def _dotted(path: Key) -> str:
     return out
 
 
-def _type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, Mapping):
-        return "mapping"
-    if isinstance(v, list):
-        return "list"
-    return type(v).__name__
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, str):
-        s = '"' + v.replace('"', '\\"') + '"'
-        return s if len(s) <= 64 else s[:61] + "..."
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, (Mapping, list)):
-        return _type(v)
-    return str(v)
 
 
 _INT = re.compile(r"^[+-]?\d+$")

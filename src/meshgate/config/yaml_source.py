@@ -38,6 +38,8 @@ import yaml
 from jsonschema import Draft7Validator
 
 from ..errors import ConfigError
+from ._describe import short_value as _short
+from ._describe import type_name as _type
 from ..model import KIND_NAMES, KINDS
 from ..model.schemas import PLUGINS_LIST_SCHEMA
 from ..model.validate import json_pointer, normalize_id, validate_item
@@ -328,34 +330,3 @@ def _key(k: Any) -> str:
 
 def _esc(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
-
-
-def _type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, Mapping):
-        return "mapping"
-    if isinstance(v, list):
-        return "list"
-    return type(v).__name__
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, str):
-        s = '"' + v.replace('"', '\\"') + '"'
-        return s if len(s) <= 64 else s[:61] + "..."
-    if isinstance(v, (Mapping, list)):
-        return _type(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    return str(v)

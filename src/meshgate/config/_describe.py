@@ -1,0 +1,39 @@
+"""How config error messages name a value and its type (YAML vocabulary: mapping, list)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = ["type_name", "short_value"]
+
+
+def type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, Mapping):
+        return "mapping"
+    if isinstance(v, list):
+        return "list"
+    return type(v).__name__
+
+
+def short_value(v: Any) -> str:
+    """The value as the user wrote it, cut to 64 characters; containers by their type."""
+    if isinstance(v, str):
+        s = '"' + v.replace('"', '\\"') + '"'
+        return s if len(s) <= 64 else s[:61] + "..."
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (Mapping, list)):
+        return type_name(v)
+    return str(v)
