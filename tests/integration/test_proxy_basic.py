@@ -165,3 +165,18 @@ async def test_control_api(tmp_path, up):
         assert cfg["version"] == 1 and cfg["workers"][0]["version"] == 1
     finally:
         gw.stop()
+
+
+async def test_keepalive_requests_limit_closes_client_connection(tmp_path, up):
+    gw = start_gateway(tmp_path, route(up), http={"keepalive_requests": 3})
+    try:
+        reader, writer = await asyncio.open_connection(*gw.addr)
+        for i in range(3):
+            writer.write(b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = await read_response(reader)
+            assert r is not None and r.status == 200
+        assert r.header("connection") == "close"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the gateway
+        writer.close()
+    finally:
+        gw.stop()

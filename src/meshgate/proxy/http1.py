@@ -209,9 +209,13 @@ class Pool:
     def sweep(self, now: float, idle_timeout_for: Callable[[tuple[Any, ...]], float]) -> None:
         for key, q in list(self.idle.items()):
             limit = idle_timeout_for(key)
-            keep = deque(c for c in q if not c.closed and now - c.idle_since <= limit)
+            keep: deque[UpstreamConnection] = deque()
             for c in q:
-                if c not in keep and not c.closed:
+                if c.closed:
+                    continue
+                if now - c.idle_since <= limit:
+                    keep.append(c)
+                else:
                     c.transport.close()
             if keep:
                 self.idle[key] = keep
@@ -603,6 +607,8 @@ class ClientConnection(asyncio.Protocol):
         req.start_time = server.loop.time()
         self.requests += 1
         server.requests_total += 1
+        if self.requests >= server.settings.keepalive_requests:
+            req.keep_alive = False  # nginx keepalive_requests: close after this response
         ex = Exchange(self, req, self.conn_tokens)
         has_body = req.chunked or (req.content_length or 0) > 0
         self.body_bytes = 0
