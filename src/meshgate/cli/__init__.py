@@ -12,8 +12,15 @@ from .. import __version__
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # CONTRACT: bad flags -> a one-line reason on stderr, exit 2
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="meshgate", description="APISIX-compatible API gateway and mesh data plane.")
+    ap = _Parser(prog="meshgate", description="APISIX-compatible API gateway and mesh data plane.")
     ap.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                     help="log level (INFO also prints the access log)")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
