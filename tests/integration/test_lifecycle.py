@@ -268,3 +268,42 @@ async def test_sighup_reloads_node_config(tmp_path):
     finally:
         gw.stop()
         await up.close()
+
+
+async def test_sighup_under_load_refuses_nothing(tmp_path):
+    """hardening F6: replacing the workers under load neither refuses nor fails a request."""
+    up = await Upstream().start()
+    gw = start_gateway(tmp_path, route(up), workers=2, log_level="WARNING")
+    failures: list[str] = []
+    done = 0
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        nonlocal done
+        while not stop.is_set():
+            try:  # a new connection per request: every accept crosses the worker change
+                r = await http(gw.addr, "GET", "/hup", headers={"Connection": "close"}, timeout=5)
+                if r.status != 200:
+                    failures.append(f"status {r.status}")
+                done += 1
+            except Exception as e:  # noqa: BLE001 - every failure is counted
+                failures.append(repr(e))
+
+    tasks = [asyncio.create_task(client()) for _ in range(6)]
+    try:
+        for _ in range(2):
+            await asyncio.sleep(0.5)
+            old = worker_pids(gw)
+            gw.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (set(worker_pids(gw)) & set(old) or any(_alive(p) for p in old)):
+                await asyncio.sleep(0.1)
+            assert not any(_alive(p) for p in old)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        gw.stop()
+        await up.close()
+    assert not failures, failures[:5]
+    assert done > 50

@@ -61,6 +61,7 @@ SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
 MAX_URL = 8 * 1024
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 60 * 1024
+DRAIN_FIRST_REQUEST = 1.0      # while draining, how long a new connection may take to send its request
 REPLAY_LIMIT = 1 << 20          # request bodies up to 1 MiB are kept for retries
 HIGH_WATER = 64 * 1024          # buffered request body before reading is paused
 
@@ -293,7 +294,9 @@ class ProxyServer:
         for srv in self.servers:
             srv.close()
         for conn in list(self.connections):
-            if conn.state == S_IDLE:
+            # Idle keep-alive connections go now; a connection accepted but not yet read may
+            # carry a request already: it is served (with Connection: close), see check_deadline.
+            if conn.state == S_IDLE and conn.requests:
                 conn.close()
         deadline = self.loop.time() + grace
         while self.connections and self.loop.time() < deadline:
@@ -754,7 +757,7 @@ class ClientConnection(asyncio.Protocol):
     def check_deadline(self, now: float, s: ProxySettings) -> None:
         st = self.state
         if st == S_IDLE:
-            if now - self.since > s.keepalive_timeout:
+            if now - self.since > (DRAIN_FIRST_REQUEST if self.server.draining else s.keepalive_timeout):
                 self.close()
         elif st == S_HEAD:
             if now - self.since > s.client_header_timeout:
