@@ -54,7 +54,7 @@ class ControlAPI:
         if p == "/v1/match":
             return self._match(req)
         if p == "/v1/schema":
-            from ..model.schemas import SCHEMAS  # type: ignore[attr-defined]
+            from ..model.schemas import SCHEMAS
 
             return json_response(200, SCHEMAS)
         return json_response(404, {"error_msg": "not found"})

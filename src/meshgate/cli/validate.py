@@ -50,8 +50,8 @@ def validate(config: str | None, routes_file: str | None) -> int:
     else:
         n = 0
     if errors:
-        for e in errors:
-            print(e, file=sys.stderr)
+        for line in errors:
+            print(line, file=sys.stderr)
         print(f"invalid: {len(errors)} error(s)", file=sys.stderr)
         return 1
     what = []

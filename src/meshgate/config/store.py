@@ -52,7 +52,7 @@ class ConfigStore:
     def subscribe(self, cb: Subscriber) -> None:
         self._subscribers.append(cb)
 
-    def _publish(self, resources: dict[str, dict[str, Resource]]) -> Snapshot:
+    def _publish(self, resources: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
         snap = Snapshot(version=self._snapshot.version + 1, resources=resources)
         self._snapshot = snap
         for cb in list(self._subscribers):
@@ -95,15 +95,13 @@ class ConfigStore:
     def apply(self, changes: Iterable[Change]) -> Snapshot | None:
         """Incremental changes (Admin API, etcd watch).  Order of new ids is arrival order."""
         cur = self._snapshot.resources
-        new = {k: v for k, v in cur.items()}
-        touched: set[str] = set()
+        touched: dict[str, dict[str, Resource]] = {}   # copies of the kinds this batch changes
         for ch in changes:
             if ch.kind not in KINDS:
                 raise KeyError(f"unknown kind {ch.kind!r}")
-            if ch.kind not in touched:
-                new[ch.kind] = dict(new.get(ch.kind, {}))
-                touched.add(ch.kind)
-            bucket = new[ch.kind]
+            bucket = touched.get(ch.kind)
+            if bucket is None:
+                bucket = touched[ch.kind] = dict(cur.get(ch.kind, {}))
             if ch.value is None:
                 if bucket.pop(ch.id, None) is not None:
                     self._revision += 1
@@ -111,4 +109,4 @@ class ConfigStore:
                 bucket[ch.id] = self._put(bucket.get(ch.id), ch.kind, ch.id, ch.value)
         if not touched:
             return None
-        return self._publish(new)
+        return self._publish({**cur, **touched})
