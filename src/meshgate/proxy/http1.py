@@ -293,6 +293,9 @@ class ProxyServer:
         self.draining = True
         for srv in self.servers:
             srv.close()
+        # Connections the loop accepted just before the close get their protocol on the next
+        # iterations: let them register before deciding the worker is idle.
+        await asyncio.sleep(0.05)
         for conn in list(self.connections):
             # Idle keep-alive connections go now; a connection accepted but not yet read may
             # carry a request already: it is served (with Connection: close), see check_deadline.
