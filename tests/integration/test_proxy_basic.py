@@ -180,3 +180,26 @@ async def test_keepalive_requests_limit_closes_client_connection(tmp_path, up):
         writer.close()
     finally:
         gw.stop()
+
+
+async def test_upstream_endless_response_head_is_502(tmp_path):
+    up = await Upstream(handler=lambda req: b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000).start()
+    gw = start_gateway(tmp_path, route(up))
+    try:
+        r = await http(gw.addr, "GET", "/big", timeout=10)
+        assert r.status == 502
+    finally:
+        gw.stop()
+        await up.close()
+
+
+async def test_large_body_in_first_read_with_head(tmp_path):
+    body = b"z" * 300_000  # head and a big body arrive together in the first reads
+    up = await Upstream(handler=lambda req: (200, {}, body)).start()
+    gw = start_gateway(tmp_path, route(up))
+    try:
+        r = await http(gw.addr, "GET", "/bulk")
+        assert r.status == 200 and r.body == body
+    finally:
+        gw.stop()
+        await up.close()

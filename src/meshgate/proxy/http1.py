@@ -1600,10 +1600,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.bytes_in += len(data)
         if not self.got_headers:
-            buf = self.hbuf = self.hbuf + data if self.hbuf else data
-            if len(buf) - self.hpos > MAX_RESP_HEAD:
-                ex.on_upstream_protocol_error(self, "response head too large")
-                return
+            self.hbuf = self.hbuf + data if self.hbuf else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -1622,6 +1619,10 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 ex.on_upstream_protocol_error(self, str(e))
                 return
+        if not self.got_headers and len(self.hbuf) - self.hpos > MAX_RESP_HEAD:
+            # still no end of head after this many bytes (the limit llhttp does not have)
+            ex.on_upstream_protocol_error(self, "response head too large")
+            return
         if self.skip_body:
             # Response to HEAD: llhttp cannot be told to skip the body, so the message was
             # completed by us at headers-complete; start a clean parser for the next one.
