@@ -35,8 +35,8 @@ from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
 from ..errors import ConfigError
-from ._describe import short_value as _short
-from ._describe import type_name as _type
+from ..model.describe import short_value as _short
+from ..model.describe import type_name as _type
 from .yaml_source import _ENV_REF, load_yaml
 
 __all__ = [

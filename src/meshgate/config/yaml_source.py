@@ -38,8 +38,8 @@ import yaml
 from jsonschema import Draft7Validator
 
 from ..errors import ConfigError
-from ._describe import short_value as _short
-from ._describe import type_name as _type
+from ..model.describe import short_value as _short
+from ..model.describe import type_name as _type
 from ..model import KIND_NAMES, KINDS
 from ..model.schemas import PLUGINS_LIST_SCHEMA
 from ..model.validate import json_pointer, normalize_id, validate_item

@@ -29,6 +29,7 @@ from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError
 
 from ..errors import ConfigError
+from .describe import type_name
 from .kinds import KINDS
 from .schemas import (
     CREDENTIAL_SCHEMA,
@@ -99,7 +100,7 @@ def normalize_id(v: object) -> str:
         return str(int(v))
     if isinstance(v, str):
         return v
-    raise TypeError(f"expected id string or integer, got {_json_type(v)}")
+    raise TypeError(f"expected id string or integer, got {type_name(v, json=True)}")
 
 
 def json_pointer(path: Iterable[str | int]) -> str:
@@ -371,30 +372,12 @@ def _got(v: Any) -> str:
     return s if len(s) <= 64 else s[:61] + "..."
 
 
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, Mapping):
-        return "object"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    return type(v).__name__
-
-
 def _type_ok(schema: Mapping[str, Any], inst: Any) -> bool:
     t = schema.get("type")
     if t is None:
         return True
     kinds = t if isinstance(t, list) else [t]
-    jt = _json_type(inst)
+    jt = type_name(inst, json=True)
     if jt == "integer" and "number" in kinds:
         return True
     if jt == "number" and "integer" in kinds and isinstance(inst, float) and inst.is_integer():

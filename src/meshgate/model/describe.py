@@ -1,4 +1,7 @@
-"""How config error messages name a value and its type (YAML vocabulary: mapping, list)."""
+"""How error messages name a value and its type.
+
+Config files speak YAML (mapping, list); JSON Schema errors speak JSON (object, array).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any, Mapping
 __all__ = ["type_name", "short_value"]
 
 
-def type_name(v: Any) -> str:
+def type_name(v: Any, *, json: bool = False) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -19,9 +22,9 @@ def type_name(v: Any) -> str:
     if isinstance(v, str):
         return "string"
     if isinstance(v, Mapping):
-        return "mapping"
-    if isinstance(v, list):
-        return "list"
+        return "object" if json else "mapping"
+    if isinstance(v, list) or (json and isinstance(v, tuple)):
+        return "array" if json else "list"
     return type(v).__name__
 
 
