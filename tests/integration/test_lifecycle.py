@@ -34,6 +34,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+async def _old_workers_gone(gw, old: list[int], timeout: float = 15.0) -> None:
+    """Until the workers in ``old`` were replaced in /v1/config and have exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (set(worker_pids(gw)) & set(old) or any(_alive(p) for p in old)):
+        await asyncio.sleep(0.1)
+    assert not any(_alive(p) for p in old)
+
+
 def worker_pids(gw) -> list[int]:
     return [w["pid"] for w in gw.control("/v1/config")["workers"]]
 
@@ -259,10 +267,7 @@ async def test_sighup_reloads_node_config(tmp_path):
         assert "1m" in conf
         (tmp_path / "config.yaml").write_text(conf)
         gw.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and (set(worker_pids(gw)) & set(old) or any(_alive(p) for p in old)):
-            await asyncio.sleep(0.1)
-        assert not any(_alive(p) for p in old)
+        await _old_workers_gone(gw, old)
         r = await http(gw.addr, "POST", "/b", body=b"x" * 20)
         assert r.status == 200
     finally:
@@ -295,10 +300,7 @@ async def test_sighup_under_load_refuses_nothing(tmp_path):
             await asyncio.sleep(0.5)
             old = worker_pids(gw)
             gw.proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and (set(worker_pids(gw)) & set(old) or any(_alive(p) for p in old)):
-                await asyncio.sleep(0.1)
-            assert not any(_alive(p) for p in old)
+            await _old_workers_gone(gw, old)
         await asyncio.sleep(0.5)
     finally:
         stop.set()

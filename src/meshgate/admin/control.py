@@ -74,7 +74,6 @@ class ControlAPI:
         req.method = (q.arg("method") or "GET").upper()
         req.http_host = host_arg
         req.host = host_arg.lower().rsplit(":", 1)[0] if not host_arg.startswith("[") else host_arg.lower()
-        path, _, query = uri.partition("?")
         from ..http.path import parse_target
         from ..errors import ProtocolError
 

@@ -715,14 +715,14 @@ class ClientConnection(asyncio.Protocol):
             self.failed = (status, reason)  # read no more; answered once the earlier ones are done
             return
         self.closing = True
-        self.write_simple(status, error_body(status), close=True, content_type=b"text/html; charset=utf-8")
+        self.write_simple(status, error_body(status), close=True, content_type=HTML)
         self.transport.close()
 
     def write_simple(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
                      extra: bytes = b"", head_only: bool = False) -> None:
         reason = _REASONS.get(status, "Unknown")
-        head = (b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s%s\r\n"
-                % (status, reason.encode(), http_date(), content_type, len(body), SERVER_HEADER, extra,
+        head = (b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n"
+                % (status, reason.encode(), date_server_lines(), content_type, len(body), extra,
                    b"Connection: close\r\n" if close else b""))
         self.transport.write(head if head_only else head + body)
 
@@ -746,7 +746,7 @@ class ClientConnection(asyncio.Protocol):
         if self.failed is not None:
             status = self.failed[0]
             self.closing = True
-            self.write_simple(status, error_body(status), close=True, content_type=b"text/html; charset=utf-8")
+            self.write_simple(status, error_body(status), close=True, content_type=HTML)
             self.transport.close()
             return
         self.state = S_IDLE
@@ -1071,7 +1071,7 @@ class Exchange:
             return
         self.node = node
         server = self.server
-        key = (up.key, node.host, node.port, up.scheme) if up.ssl_context is None else self._pool_key(up, node)
+        key = self._pool_key(up, node)
         conn = server.pool.get(key, up.pool_idle_timeout)
         server.waiting.add(self)
         if up.track_load:

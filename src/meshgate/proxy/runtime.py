@@ -10,6 +10,7 @@ carried over, keeping balancer state (smooth-WRR position, least_conn counters, 
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -115,8 +116,6 @@ class Runtime:
 
 
 def _msg(text: str) -> bytes:
-    import json
-
     return json.dumps({"error_msg": text}).encode()
 
 

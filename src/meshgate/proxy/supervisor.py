@@ -133,7 +133,6 @@ class HealthOwner:
     def status(self) -> list[dict[str, Any]]:
         out = []
         for key, st in self.states.items():
-            kind, _, id = key.partition("/")
             out.append({"name": f"/apisix/{key}", "type": st.checks.active.type if st.checks.active else "http",
                         "nodes": st.snapshot()})
         return out
@@ -177,7 +176,6 @@ class Supervisor:
         self.health_view: dict[str, list[str]] = {}
         self.stopping = False
         self._wire: dict[str, Any] | None = None
-        self.started_at = time.time()
         # (host, port) -> one listening socket per worker slot
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
 
