@@ -415,6 +415,17 @@ async def test_rejected(env: Env, ups: Ups, name: str, raw: bytes, expect: froze
     assert_rejected(out, closed, expect, ups)
 
 
+ALONE = [c for c in REJECT if c[1].endswith(b"\r\n\r\n") and c[1].find(b"\r\n\r\n") == len(c[1]) - 4]
+
+
+@pytest.mark.parametrize("name,raw,expect", ALONE, ids=[c[0] for c in ALONE])
+async def test_rejected_when_alone_in_its_read(env: Env, ups: Ups, name: str, raw: bytes,
+                                               expect: frozenset[int]) -> None:
+    # a read holding exactly one complete head is what the proxy's fast path looks at
+    out, closed = await exchange(env.gw.addr, raw)
+    assert_rejected(out, closed, expect, ups)
+
+
 async def test_rejection_logs_a_reason_code(env: Env, ups: Ups) -> None:
     out, closed = await exchange(env.gw.addr, POST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  b"0\r\n\r\n")

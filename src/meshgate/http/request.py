@@ -8,16 +8,20 @@ header index, query args and cookies are only built when a variable asks for the
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-__all__ = ["Request", "HOP_BY_HOP"]
-
+__all__ = ["Request", "HOP_BY_HOP", "FIELD_RE"]
 # Hop-by-hop headers (RFC 9110 7.6.1) plus legacy ones that must never cross the proxy.
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
      b"proxy-authenticate", b"http2-settings"}
 )
+
+
+# one field of a raw block: "\r\nName:" OWS value OWS (the value without surrounding OWS)
+FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
 
 
 def _decode(v: bytes) -> str:
@@ -54,9 +58,25 @@ class Request:
     start_time = 0.0
 
     _ctx: dict[str, Any] | None = None
+    # Header fields as received: either a list built field by field (``_headers``), or the
+    # raw field block ``fields`` ("\r\nName: value" per field, as llhttp validated it) that
+    # is split only when something asks for the list.
+    _headers: list[tuple[bytes, bytes]] | None = None
+    fields = b""
+    # set by the fast path: ``fields`` minus those the proxy drops or sets itself, ready to
+    # be sent upstream as long as nobody asked for (and so could change) the header list
+    fwd_fields: bytes | None = None
 
-    def __init__(self) -> None:
-        self.headers: list[tuple[bytes, bytes]] = []
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        h = self._headers
+        if h is None:
+            h = self._headers = [(m.group(1), m.group(2)) for m in FIELD_RE.finditer(self.fields)]
+        return h
+
+    @headers.setter
+    def headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._headers = value
 
     @property
     def ctx(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import httptools
 
 from ..errors import ProtocolError
-from ..http import HOP_BY_HOP, Request
+from ..http import FIELD_RE, HOP_BY_HOP, Request
 from ..http.path import parse_target
 from ..upstream import Node
 
@@ -93,8 +93,8 @@ _RESP_DROP_RE = re.compile(
 _RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r]*)", re.I)
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 # llhttp: a response is chunked when the last transfer coding is "chunked"
+_RESP_TE_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
-_FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
 MAX_RESP_HEAD = 64 * 1024
 
 
@@ -324,7 +324,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "head_done", "head_raw", "chunks", "chunk_excess", "failed")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
 
     # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
     # accumulates a header line until it ends, so this is checked per read, not per field.
@@ -369,6 +369,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = False
         self.peer_real_ip_ok = False
         self.fwd_lines = b""
+        self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_request)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -445,6 +446,9 @@ class ClientConnection(asyncio.Protocol):
             data = self._feed_manual_body(data)
             if not data:
                 return
+        if (self.new_message and self.state == S_IDLE and self.active is None and data[-4:] == b"\r\n\r\n"
+                and data.find(b"\r\n\r\n") == len(data) - 4 and self._lite_request(data)):
+            return
         if self.new_message and self.state == S_IDLE:
             # llhttp tolerates repeated SP in the request line; RFC 9112 3 allows exactly one.
             eol = data.find(b"\r\n", 0, MAX_URL + 64)
@@ -490,11 +494,87 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
+    def _lite_request(self, data: bytes) -> bool:
+        """Fast path for the common request: one complete head, no body, nothing else.
+
+        The read is validated by a llhttp parser that has no per-field callbacks, and the
+        few fields that matter are found on the raw bytes.  Anything this path does not
+        handle itself (framing or hop-by-hop fields, forwarding headers, Expect, a missing
+        or repeated Host, absolute-form targets, HTTP/1.0, limits) returns False before any
+        state changed, and the read goes through the full parser, which answers exactly as
+        it would have: the fast path accepts a subset of what the full path accepts and
+        treats it identically (tests/integration/test_bad_input.py runs every case on both).
+        """
+        if len(data) > LITE_MAX:
+            return False
+        ld = data.lower()
+        if _LITE_SKIP_RE.search(ld) is not None:
+            return False
+        hs = ld.find(b"\r\nhost:")
+        if hs < 0 or ld.find(b"\r\nhost:", hs + 7) >= 0:
+            return False
+        he = data.find(b"\r\n", hs + 7)
+        sp = data.find(b" ")
+        eol = data.find(b"\r\n")
+        method = _LITE_METHODS.get(data[:sp])
+        if method is None or data[eol - 9:eol] != b" HTTP/1.1" or data[sp + 1:sp + 2] != b"/":
+            return False
+        target = data[sp + 1:eol - 9]
+        if data.count(b"\r\n") > MAX_HEADERS + 2:
+            return False
+        lite = self.lite
+        if lite is None:
+            lite = self.lite = httptools.HttpRequestParser(_NO_CALLBACKS)
+        try:
+            lite.feed_data(data)
+        except httptools.HttpParserError:
+            self.lite = None
+            return False
+        http_host = data[hs + 7:he].strip(b" \t")
+        if not http_host:
+            return False
+        try:
+            t = parse_target(target)
+            host = _parse_host(http_host.decode("latin-1"))
+        except ProtocolError:
+            return False
+        server = self.server
+        req = Request()
+        req.method = method
+        req.target = target
+        req.path = t.path
+        req.upstream_path = t.upstream_path
+        req.query = t.query
+        req.http_host = http_host.decode("latin-1")
+        req.host = host
+        req.fields = data[eol:-4]
+        # what goes upstream as is: every field but Host (the only one of _DROP_REQ here)
+        req.fwd_fields = data[eol:hs] + data[he:-4]
+        req.remote_addr = self.peer_ip
+        req.remote_port = self.peer_port
+        req.server_addr = self.local_ip
+        req.server_port = self.local_port
+        if self.scheme != "http":
+            req.scheme = self.scheme
+        req.start_time = now = server.loop.time()
+        self.requests += 1
+        server.requests_total += 1
+        if self.requests >= server.settings.keepalive_requests:
+            req.keep_alive = False
+        ex = Exchange(self, req, None)
+        ex.req_done = True
+        self.state = S_WAIT
+        self.since = now
+        self.active = ex
+        ex.start()
+        return True
+
     # -- llhttp callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.new_message = self.head_done = False
         self.head_raw = self.chunk_excess = self.hcount = self.hbytes = self.host_count = self.cl_count = 0
         self.req = Request()
+        self.req.headers = []
         self.url = []
         self.te = self.conn_tokens = None
         self.state = S_HEAD
@@ -515,6 +595,8 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(431, "headers too large")
         if self.head_done:
             return  # a trailer field: counted against the limits, then dropped (never a header)
+        if value[-1:] in _OWS:
+            value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; it is not part of the value
         ln = name.lower()
         kind = _REQ_SPECIAL.get(ln)
         if kind is not None:
@@ -785,9 +867,26 @@ _REQ_SPECIAL: dict[bytes, int] = {
     # forwarding headers honoured only from trusted_addresses (hardening case 31)
     b"forwarded": H_FORWARDING, b"x-forwarded-prefix": H_FORWARDING,
 }
+_OWS = (b" ", b"\t")
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
 
 _REAL_IP_CACHE: dict[bytes, str | None] = {}
+
+# Fast path (ClientConnection._lite_request): requests naming any of these fields take the
+# full path.  Each field starts with CRLF in the raw head, so a search cannot hit a value.
+LITE_MAX = 4096
+_LITE_SKIP_RE = re.compile(
+    rb"\r\n(?:(?:content-length|transfer-encoding|upgrade|expect|connection|keep-alive|proxy-connection|te"
+    rb"|trailer|http2-settings|proxy-authenticate|x-real-ip|forwarded|x-userinfo|x-id-token|x-access-token"
+    rb"|x-credential-identifier)[ \t]*:|x-forwarded-|x-envoy-|x-apisix-|x-consumer-)")  # on the lower-cased head
+_LITE_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
+class _NoCallbacks:
+    """The protocol of a validating-only llhttp parser: no callbacks at all."""
+
+
+_NO_CALLBACKS = _NoCallbacks()
 
 
 def _real_ip(value: bytes) -> str | None:
@@ -890,6 +989,7 @@ class Exchange:
     conf_override: Any = None
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
+    lite_resp = True                         # the response may take UpstreamConnection._lite_response
 
     def __init__(self, conn: ClientConnection, req: Request, conn_tokens: list[bytes] | None) -> None:
         self.conn = conn
@@ -903,6 +1003,9 @@ class Exchange:
         if upg is not None and upg.lower() == b"websocket":
             self.wants_tunnel = True
             self.tunnel_early = []
+            self.lite_resp = False
+        if req.method == "HEAD":
+            self.lite_resp = False
 
     # -- plugin ctx API ------------------------------------------------------------------------
     def var(self, name: str) -> Any:
@@ -1174,27 +1277,31 @@ class Exchange:
             method = vars.get("request_method_override")
         if host is None:
             host = self._upstream_host_for(node)
-        parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin-1")]
-        drop = _DROP_REQ
-        if self.conn_tokens:
-            extra = {t for t in self.conn_tokens if t and t not in _PROTECTED}
-            if extra:
-                drop = drop | extra
+        parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}".encode("latin-1")]
         ap = parts.append
         xff_prev = fproto = fhost = fport = None
-        for name, value in req.headers:
-            ln = name.lower()
-            if ln in drop:
-                if ln == b"x-forwarded-for":
-                    xff_prev = value if xff_prev is None else xff_prev + b", " + value
-                elif ln == b"x-forwarded-proto":
-                    fproto = value
-                elif ln == b"x-forwarded-host":
-                    fhost = value
-                elif ln == b"x-forwarded-port":
-                    fport = value
-                continue
-            ap(name + b": " + value + b"\r\n")
+        if req.fwd_fields is not None and req._headers is None:
+            ap(req.fwd_fields)   # fast path: validated fields, nothing to drop (see _lite_request)
+        else:
+            drop = _DROP_REQ
+            if self.conn_tokens:
+                extra = {t for t in self.conn_tokens if t and t not in _PROTECTED}
+                if extra:
+                    drop = drop | extra
+            for name, value in req.headers:
+                ln = name.lower()
+                if ln in drop:
+                    if ln == b"x-forwarded-for":
+                        xff_prev = value if xff_prev is None else xff_prev + b", " + value
+                    elif ln == b"x-forwarded-proto":
+                        fproto = value
+                    elif ln == b"x-forwarded-host":
+                        fhost = value
+                    elif ln == b"x-forwarded-port":
+                        fport = value
+                    continue
+                ap(b"\r\n" + name + b": " + value)
+        ap(b"\r\n")
         conn = self.conn
         if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip:
             # common case: no forwarding headers to honour; the block is per connection
@@ -1307,7 +1414,7 @@ class Exchange:
         """Response header fields as (name, value) for plugins; settable in header_filter."""
         h = self._resp_headers
         if h is None:
-            h = self._resp_headers = [(m.group(1), m.group(2)) for m in _FIELD_RE.finditer(self._resp_fields)]
+            h = self._resp_headers = [(m.group(1), m.group(2)) for m in FIELD_RE.finditer(self._resp_fields)]
         return h
 
     @resp_headers.setter
@@ -1526,7 +1633,7 @@ class Exchange:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
                  "bytes_in", "status", "hbuf", "hpos", "got_headers", "until_close", "tunnel",
-                 "tunnel_client", "dirty", "skip_body", "_ka", "release")
+                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "lite")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
         self.server = server
@@ -1552,6 +1659,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = False
         self._ka = True
         self.release = 0   # >0: return to the pool (of that size) once the current read is parsed
+        self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_response)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -1598,6 +1706,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.dirty = True
             self.transport.close()
             return
+        if not self.got_headers and not self.hbuf and ex.lite_resp and self._lite_response(ex, data):
+            size = self.release
+            if size:
+                self.release = 0
+                self.server.pool.put(self, size)
+            return
         self.bytes_in += len(data)
         if not self.got_headers:
             self.hbuf = self.hbuf + data if self.hbuf else data
@@ -1638,6 +1752,42 @@ class UpstreamConnection(asyncio.Protocol):
                 self.server.pool.put(self, size)
         elif ex.out:
             ex.flush()
+
+    def _lite_response(self, ex: Exchange, data: bytes) -> bool:
+        """Fast path: the read is exactly one complete HTTP/1.1 response with Content-Length.
+
+        Validated by a callback-less llhttp parser; anything else (chunked, interim or
+        body-less statuses, partial or extra bytes, invalid bytes) returns False before any
+        state changed and goes through the full parser, which answers as it always does."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or data[:9] != b"HTTP/1.1 " or end > MAX_RESP_HEAD:
+            return False
+        code = data[9:12]
+        if not code.isdigit() or data[12:13] not in (b" ", b"\r"):
+            return False
+        status = int(code)
+        if status < 200 or status == 204 or status == 304:
+            return False
+        m = _RESP_CL_RE.search(data, 0, end + 2)
+        if m is None or len(data) != end + 4 + int(m.group(1)) or _RESP_TE_RE.search(data, 0, end + 2) is not None:
+            return False
+        lite = self.lite
+        if lite is None:
+            lite = self.lite = httptools.HttpResponseParser(_NO_CALLBACKS)
+        try:
+            lite.feed_data(data)
+        except httptools.HttpParserError:
+            self.lite = None
+            return False
+        self.bytes_in += len(data)
+        self.status = status
+        c = _RESP_CONN_RE.search(data, 0, end + 2)
+        self._ka = c is None or b"close" not in c.group(1).lower()
+        ex.on_resp_head(self, status, data[:end + 2], len(data) - end - 4, False)
+        if len(data) > end + 4:
+            ex.on_resp_body(data[end + 4:])
+        ex.on_resp_complete(self)
+        return True
 
     # llhttp callbacks
     def on_message_begin(self) -> None:

@@ -1,0 +1,297 @@
+"""The fast paths of proxy/http1.py answer exactly as the full parser does.
+
+``ClientConnection._lite_request`` takes a read that is one complete request head and nothing
+else; ``UpstreamConnection._lite_response`` takes a read that is one complete response with
+Content-Length.  Everything else goes through the llhttp parser with per-field callbacks.
+
+This is a differential test, in process, with recording transports: every request of the
+bad-input table and a corpus of valid requests and responses is handled twice, once in a
+single read (the fast path, when it applies) and once split after the request line / status
+line (the full path), and the bytes sent to the client and to the upstream must be identical.
+The test also checks that the fast path did run for the cases it is meant to take, so the
+comparison cannot pass by both runs taking the same path.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from test_bad_input import PATHS, REJECT
+
+from meshgate.config.store import ConfigStore
+from meshgate.plugins import PluginRegistry
+from meshgate.proxy import http1
+from meshgate.proxy.http1 import ClientConnection, ProxyServer, ProxySettings, UpstreamConnection
+from meshgate.proxy.runtime import build_runtime
+
+UP_PORT = 19999
+
+
+class Transport:
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.info = info
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, key: str, default: Any = None) -> Any:
+        return self.info.get(key, default)
+
+    def write(self, data: bytes) -> None:
+        self.out.append(bytes(data))
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.out.extend(bytes(d) for d in data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Run:
+    """One gateway worker in process with one pooled upstream connection."""
+
+    def __init__(self, *, settings: ProxySettings | None = None) -> None:
+        store = ConfigStore()
+        store.replace_all({"routes": {
+            "1": {"id": "1", "uri": "/*", "upstream": {"type": "roundrobin", "nodes": {f"127.0.0.1:{UP_PORT}": 1}}},
+        }})
+        reg = PluginRegistry()
+        reg.load_builtin()
+        rt = build_runtime(store.snapshot, plugins=reg)
+        self.server = ProxyServer(settings or ProxySettings(), rt)
+        up = rt.upstreams["routes/1"]
+        self.upconn = UpstreamConnection(self.server, (up.key, "127.0.0.1", UP_PORT, "http"))
+        self.up_t = Transport({})
+        self.upconn.connection_made(self.up_t)  # type: ignore[arg-type]
+        self.server.pool.put(self.upconn, 10)
+        self.client = ClientConnection(self.server)
+        self.client_t = Transport({"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9080)})
+        self.client.connection_made(self.client_t)  # type: ignore[arg-type]
+
+    def send(self, reads: list[bytes]) -> None:
+        for r in reads:
+            if r and not self.client_t.closed:
+                self.client.data_received(r)
+
+    def respond(self, reads: list[bytes]) -> None:
+        for r in reads:
+            if r and not self.upconn.closed:
+                self.upconn.data_received(r)
+
+    @property
+    def to_client(self) -> bytes:
+        return _no_date(b"".join(self.client_t.out))
+
+    @property
+    def to_upstream(self) -> bytes:
+        return b"".join(self.up_t.out)
+
+
+def _no_date(b: bytes) -> bytes:
+    return re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", b)
+
+
+def _fields(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A head as (start line, [(name, value)]): the fast path forwards validated fields as
+    received, the full path re-serialises them as "Name: value"; OWS around a value is not
+    part of it (RFC 9110 5.5), so that is the only difference allowed."""
+    lines = head.split(b"\r\n")
+    return lines[0], [(n, v.strip(b" \t")) for n, _, v in (ln.partition(b":") for ln in lines[1:] if ln)]
+
+
+def _split_request(raw: bytes) -> list[bytes]:
+    """Two reads: the request line (which keeps the start-of-read checks) and the rest."""
+    eol = raw.find(b"\r\n")
+    cut = eol + 2 if 0 <= eol < len(raw) - 2 else 1
+    return [raw[:cut], raw[cut:]]
+
+
+class Spy:
+    """Counts how often each fast path accepted a read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.requests = self.responses = 0
+        real_req = ClientConnection._lite_request
+        real_resp = UpstreamConnection._lite_response
+
+        def lite_request(conn: ClientConnection, data: bytes) -> bool:
+            ok = real_req(conn, data)
+            self.requests += ok
+            return ok
+
+        def lite_response(conn: UpstreamConnection, ex: Any, data: bytes) -> bool:
+            ok = real_resp(conn, ex, data)
+            self.responses += ok
+            return ok
+
+        monkeypatch.setattr(ClientConnection, "_lite_request", lite_request)
+        monkeypatch.setattr(UpstreamConnection, "_lite_response", lite_response)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
+    return Spy(monkeypatch)
+
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+def both(raw: bytes, response: bytes = RESPONSE, settings: ProxySettings | None = None) -> tuple[Run, Run]:
+    whole, split = Run(settings=settings), Run(settings=settings)
+    whole.send([raw])
+    split.send(_split_request(raw))
+    if whole.to_upstream or split.to_upstream:
+        whole.respond([response])
+        split.respond([response[:1], response[1:]])
+    return whole, split
+
+
+# --- every rejected row of the bad-input table -------------------------------------------------
+
+@pytest.mark.parametrize("name,raw,expect", REJECT, ids=[c[0] for c in REJECT])
+async def test_rejected_request_answered_identically(name: str, raw: bytes, expect: frozenset[int]) -> None:
+    whole, split = both(raw)
+    assert whole.to_client == split.to_client
+    # (with a pooled connection at hand a chunked head may go upstream before its bad body)
+    assert whole.to_upstream == split.to_upstream
+    assert whole.client_t.closed and split.client_t.closed
+
+
+# --- valid requests ----------------------------------------------------------------------------
+
+VALID = [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9080\r\n\r\n",
+    b"GET /a/b?x=1&y=%2e HTTP/1.1\r\nHost: Example.COM\r\nUser-Agent: curl/8\r\nAccept: */*\r\n\r\n",
+    b"HEAD /h HTTP/1.1\r\nhost: a\r\n\r\n",
+    b"OPTIONS /o HTTP/1.1\r\nHOST:a\r\nX-Empty:\r\nX-Spaces:   v  \r\n\r\n",
+    b"DELETE /d HTTP/1.1\r\nHost: [::1]:80\r\nCookie: a=1; b=2\r\nCookie: c=3\r\n\r\n",
+    b"GET /obs HTTP/1.1\r\nHost: a\r\nX-Latin: caf\xe9\r\n\r\n",
+    b"GET /ows HTTP/1.1\r\nHost:\t a.example:8080 \t\r\n\r\n",
+    b"GET /t HTTP/1.1\r\nHost: a.\r\nTest: te-is-a-prefix-of-this-name\r\nTEST2: x\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: X-Secret\r\nX-Secret: s\r\n\r\n",
+    b"GET /f HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 5.6.7.8\r\n\r\n",
+    b"GET /s HTTP/1.1\r\nHost: a\r\nX-Userinfo: forged\r\nX-Apisix-Foo: 1\r\n\r\n",
+    b"GET /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+    b"GET /10 HTTP/1.0\r\n\r\n",
+    b"GET http://abs.example/x HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    *[b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n" for _, target, _, _ in PATHS],
+]
+
+
+@pytest.mark.parametrize("raw", VALID, ids=[str(i) for i in range(len(VALID))])
+async def test_valid_request_forwarded_identically(raw: bytes) -> None:
+    whole, split = both(raw)
+    assert whole.to_upstream and _fields(whole.to_upstream) == _fields(split.to_upstream)
+    assert whole.to_client == split.to_client
+    assert whole.to_client.startswith(b"HTTP/1.1 200 OK\r\n"), whole.to_client
+
+
+async def test_fast_path_takes_plain_requests_and_responses(spy: Spy) -> None:
+    whole, _ = both(VALID[0])
+    assert spy.requests == 1 and spy.responses == 1
+    assert whole.to_upstream == (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nX-Real-IP: 127.0.0.1\r\n"
+                                 b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+                                 b"X-Forwarded-Port: 9080\r\nX-Forwarded-Host: 127.0.0.1\r\n\r\n")
+    assert whole.upconn in whole.server.pool.idle[whole.upconn.key]  # back in the pool
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /f HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"GET /s HTTP/1.1\r\nHost: a\r\nX-Consumer-Username: forged\r\n\r\n",
+    b"GET /10 HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET http://abs.example/x HTTP/1.1\r\nHost: other\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+async def test_fast_path_leaves_special_requests_to_the_full_parser(spy: Spy, raw: bytes) -> None:
+    Run().send([raw])
+    assert spy.requests == 0
+
+
+async def test_trusted_peer_forwarding_headers_identical() -> None:
+    s = ProxySettings(trusted_addresses=("127.0.0.1",))
+    whole, split = both(b"GET /f HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 9.9.9.9\r\n\r\n",
+                        settings=s)
+    assert _fields(whole.to_upstream) == _fields(split.to_upstream)
+    assert b"X-Forwarded-Proto: https\r\n" in whole.to_upstream
+
+
+async def test_plugins_see_the_same_header_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+    real_start = http1.Exchange.start
+
+    def start(ex: http1.Exchange) -> None:
+        seen.append(list(ex.req.headers))
+        real_start(ex)
+
+    monkeypatch.setattr(http1.Exchange, "start", start)
+    whole, split = both(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  1 \r\nx-b: 2\r\nX-A: 3\r\n\r\n")
+    assert seen[0] == seen[1] == [(b"Host", b"a"), (b"X-A", b"1"), (b"x-b", b"2"), (b"X-A", b"3")]
+    assert _fields(whole.to_upstream) == _fields(split.to_upstream)
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+RESPONSES = [
+    RESPONSE,
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 22 Nov 2026 03:00:00 GMT\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 201 \r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\nabc",
+    b"HTTP/1.1 200\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 500 Oops\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: secret\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\ny",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nX-Bad: a\x01b\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX-Obs: caf\xe9\r\n\r\nx",
+]
+
+
+@pytest.mark.parametrize("response", RESPONSES, ids=[str(i) for i in range(len(RESPONSES))])
+async def test_response_relayed_identically(response: bytes) -> None:
+    whole, split = both(VALID[0], response)
+    assert whole.to_client == split.to_client
+    assert whole.up_t.closed == split.up_t.closed
+    assert (whole.upconn in whole.server.pool.idle.get(whole.upconn.key, ())) == \
+        (split.upconn in split.server.pool.idle.get(split.upconn.key, ()))
+
+
+async def test_head_response_goes_through_the_full_parser(spy: Spy) -> None:
+    whole = Run()
+    whole.send([b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"])
+    whole.respond([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"])
+    assert spy.requests == 1 and spy.responses == 0
+    assert b"Content-Length: 5\r\n" in whole.to_client
+
+
+async def test_fast_path_keeps_serving_after_a_refused_read() -> None:
+    # a read the fast path turns down must leave the connection usable for the next request
+    r = Run()
+    r.send([b"GET /1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"])
+    r.respond([RESPONSE])
+    r.send([b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"])
+    r.respond([RESPONSE])
+    assert r.to_upstream.count(b"GET /") == 2
+    assert r.to_client.count(b"HTTP/1.1 200 OK") == 2
