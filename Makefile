@@ -4,6 +4,10 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command 
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The per-request modules, compiled with mypyc when a C compiler is there (src/meshgate/_accel.py);
+# without one, or when a build fails, the same modules run as pure Python.
+ACCEL := $(VENV)/.accel
+HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/http1.py _accel.py)
 
 .PHONY: demo test unit integration e2e bench clean venv
 
@@ -14,26 +18,37 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-venv: $(STAMP)
+$(ACCEL): $(STAMP) $(HOT)
+	@echo "compiling the request hot path with mypyc (once per change, about 30 s)..."
+	@$(PY) -c 'from meshgate._accel import build; raise SystemExit(build(quiet=True))' >/dev/null || true
+	@$(VENV)/bin/meshgate version | tail -1
+	@touch $(ACCEL)
 
-demo: $(STAMP)
+venv: $(ACCEL)
+
+demo: $(ACCEL)
 	$(VENV)/bin/meshgate demo
 
-test: $(STAMP)
+# The suite runs on the compiled hot path; the fast-path differential test, the proxy tests and
+# the hot modules' unit tests run once more as pure Python (the fallback must stay correct too).
+test: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
+		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py
 
-unit: $(STAMP)
+unit: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-integration: $(STAMP)
+integration: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-e2e: $(STAMP)
+e2e: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
-bench: $(STAMP)
+bench: $(ACCEL)
 	bash bench/setup.sh
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/meshgate/_accel.json
+	find src -name '*.so' -delete

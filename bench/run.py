@@ -114,6 +114,7 @@ def _read_stat(pid: int) -> dict[str, Any] | None:
         "ppid": int(rest[1]),
         "ticks": int(rest[11]) + int(rest[12]),    # utime + stime (fields 14, 15), all threads
         "cticks": int(rest[13]) + int(rest[14]),   # cutime + cstime (16, 17): reaped children
+        "uticks": int(rest[11]) + int(rest[13]),   # utime + cutime: the user-space part of the above
         "start": int(rest[19]),                    # starttime (22): identifies the process
     }
 
@@ -150,6 +151,11 @@ def tree_cpu_seconds(root: int, stats: dict[int, dict[str, Any]] | None = None) 
     """utime+stime of every live process in the tree plus what they reaped (cutime+cstime), so a
     worker that exits and is reaped mid-run keeps counting."""
     return sum(st["ticks"] + st["cticks"] for st in process_tree(root, stats).values()) / CLK_TCK
+
+
+def tree_user_seconds(root: int, stats: dict[int, dict[str, Any]] | None = None) -> float:
+    """The user-space part of :func:`tree_cpu_seconds` (the rest is kernel time)."""
+    return sum(st["uticks"] for st in process_tree(root, stats).values()) / CLK_TCK
 
 
 def busy_seconds(a: list[int], b: list[int]) -> float:
@@ -745,6 +751,7 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
                 "cpu_min": min((r.get("cpu_us_per_req") or 0) for r in rs),
                 "cpu_max": max((r.get("cpu_us_per_req") or 0) for r in rs),
                 "util": med([r.get("util") for r in rs]),
+                "sys_us_per_req": med([r.get("sys_us_per_req") for r in rs]),
                 "upstream_cpu_us_per_req": med([r.get("upstream_cpu_us_per_req") for r in rs]),
                 "rss_mb": med([r["mem"]["rss_kb"] / 1024 for r in rs if r.get("mem")]),
                 "pss_mb": med([r["mem"]["pss_kb"] / 1024 for r in rs if r.get("mem")]),
@@ -924,7 +931,9 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
              "one route `/*`;")
     L.append(f"  - meshgate-10k: same with {N_ROUTES_10K:,} routes ({N_ROUTES_10K - 1:,} exact `/r/<i>` + `/*`), "
              "loaded at `/` (exact-table miss, prefix hit); meshgate-10k-exact loads `/r/5000`.")
-    L.append("- CPU µs/req = Δ(utime+stime) of the proxy's whole process tree ÷ requests; util = CPU-s ÷ wall-s; "
+    L.append("- CPU µs/req = Δ(utime+stime) of the proxy's whole process tree ÷ requests (\"of which kernel\": the "
+             "stime part: syscalls, and loopback TCP delivery, which runs in the sender's context); "
+             "util = CPU-s ÷ wall-s; "
              "RSS/PSS summed over the tree from `smaps_rollup` after each run; \"max proc\" = largest single "
              "process (per-worker figure). For `direct` the CPU columns are the upstream's.")
     L.append(f"- other load = CPU (in cores) used during the run by processes outside the benchmark (machine busy "
@@ -938,9 +947,9 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
             continue
         L.append(f"## c={sc['conns']} (`-t1 -c{sc['conns']} -d{sc['duration']:g}s`)")
         L.append("")
-        L.append("| target | rps | p50 ms | p99 ms | CPU µs/req | util | RSS MB (PSS) | max proc RSS MB "
-                 "| × nginx | CPU × nginx | × Envoy | errors | other load |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| target | rps | p50 ms | p99 ms | CPU µs/req | of which kernel | util | RSS MB (PSS) "
+                 "| max proc RSS MB | × nginx | CPU × nginx | × Envoy | errors | other load |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for t, r in rows.items():
             L.append("| " + " | ".join([
                 f"**{t}**" if t.startswith("meshgate") else label.get(t, t),
@@ -948,6 +957,7 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
                 fmt_f(None if r["p50_us"] is None else r["p50_us"] / 1000),
                 fmt_f(None if r["p99_us"] is None else r["p99_us"] / 1000),
                 fmt_f(r["cpu_us_per_req"], 1),
+                fmt_f(r.get("sys_us_per_req"), 1),
                 fmt_f(r["util"], 2),
                 f"{fmt_f(r['rss_mb'], 1)} ({fmt_f(r['pss_mb'], 1)})",
                 fmt_f(r["max_proc_rss_mb"], 1),
@@ -1384,12 +1394,14 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     waited = wait_quiet(args.quiet_wait, args.busy_threshold) if args.quiet_wait > 0 else 0.0
                     p0 = _all_stats()
                     c0, u0 = tree_cpu_seconds(srv.pid, p0), tree_cpu_seconds(up.pid, p0)
+                    cu0 = tree_user_seconds(srv.pid, p0)
                     s0, k0, h0, w0 = cpu_stat(), children_cpu_seconds(), self_cpu_seconds(), time.monotonic()
                     out, err, rc = run_wrk(srv.port, path, sc["conns"], sc["duration"], args.load_cpu, lua)
                     w1, k1, s1 = time.monotonic(), children_cpu_seconds(), cpu_stat()
                     p1 = _all_stats()
                     h1 = self_cpu_seconds()
                     c1, u1 = tree_cpu_seconds(srv.pid, p1), tree_cpu_seconds(up.pid, p1)
+                    cu1 = tree_user_seconds(srv.pid, p1)
                     srv.remember_tree()
                     r = parse_wrk(out)
                     wall = w1 - w0
@@ -1408,6 +1420,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                            "server": srv_name, "path": path, **r,
                            "wall_s": wall, "cpu_s": cpu_s, "util": cpu_s / wall if wall else None,
                            "cpu_us_per_req": cpu_s / reqs * 1e6 if reqs else None,
+                           "sys_us_per_req": (cpu_s - (cu1 - cu0)) / reqs * 1e6 if reqs else None,
                            "upstream_cpu_s": up_s,
                            "upstream_cpu_us_per_req": up_s / reqs * 1e6 if reqs else None,
                            "steal": steal_fraction(s0, s1),

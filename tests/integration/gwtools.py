@@ -305,49 +305,47 @@ class Response:
         return json.loads(self.body)
 
 
-class _RespParser:
-    def __init__(self) -> None:
-        self.p = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[str, str]] = []
-        self.body = bytearray()
-        self.done = False
-
-    def on_header(self, n: bytes, v: bytes) -> None:
-        self.headers.append((n.decode("latin-1"), v.decode("latin-1")))
-
-    def on_body(self, b: bytes) -> None:
-        self.body += b
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
 async def read_response(reader: asyncio.StreamReader, *, head: bool = False, timeout: float = 10.0) -> Response | None:
-    """One response from ``reader``; None when the connection closed before any byte."""
-    rp = _RespParser()
-    got = False
+    """One response from ``reader``; None when the connection closed before any byte.
 
-    async def run() -> None:
-        nonlocal got
-        while not rp.done:
-            data = await reader.read(65536)
-            if not data:
-                if got and not rp.done:
-                    # close-delimited body
-                    rp.done = True
-                return
-            got = True
+    Reads exactly that response's bytes (head, then Content-Length / chunked / until close), so
+    pipelined responses that arrived in the same segment stay in ``reader`` for the next call.
+    Interim 1xx responses (but 101) are skipped."""
+
+    async def run() -> Response | None:
+        while True:
             try:
-                rp.p.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                rp.done = True
-            if head and rp.headers is not None and b"\r\n\r\n" in data:
-                rp.done = True
+                raw = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as e:
+                if not e.partial:
+                    return None
+                raise
+            lines = raw[:-4].split(b"\r\n")
+            status = int(lines[0].split(b" ", 2)[1])
+            headers = [(n.decode("latin-1").strip(), v.decode("latin-1").strip())
+                       for n, _, v in (ln.partition(b":") for ln in lines[1:])]
+            if not (100 <= status < 200 and status != 101):
+                break
+        fields = {k.lower(): v for k, v in headers}
+        body = bytearray()
+        if head or status in (101, 204, 304):
+            pass
+        elif "chunked" in fields.get("transfer-encoding", "").lower():
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+                if size == 0:
+                    while await reader.readuntil(b"\r\n") != b"\r\n":
+                        pass  # trailer fields
+                    break
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        elif "content-length" in fields:
+            body += await reader.readexactly(int(fields["content-length"]))
+        else:
+            body += await reader.read()  # delimited by close
+        return Response(status, headers, bytes(body))
 
-    await asyncio.wait_for(run(), timeout)
-    if not got:
-        return None
-    return Response(rp.p.get_status_code(), rp.headers, bytes(rp.body))
+    return await asyncio.wait_for(run(), timeout)
 
 
 async def raw_request(addr: tuple[str, int], data: bytes, *, timeout: float = 5.0) -> tuple[bytes, bool]:

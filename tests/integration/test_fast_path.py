@@ -8,13 +8,14 @@ This is a differential test, in process, with recording transports: every reques
 bad-input table and a corpus of valid requests and responses is handled twice, once in a
 single read (the fast path, when it applies) and once split after the request line / status
 line (the full path), and the bytes sent to the client and to the upstream must be identical.
-The test also checks that the fast path did run for the cases it is meant to take, so the
-comparison cannot pass by both runs taking the same path.
+The test also checks (with the server's fast-path counters) that the fast path did run for
+the cases it is meant to take, so the comparison cannot pass by both runs taking the same path.
 """
 
 from __future__ import annotations
 
 import re
+import types
 from typing import Any
 
 import pytest
@@ -22,7 +23,6 @@ from test_bad_input import PATHS, REJECT
 
 from meshgate.config.store import ConfigStore
 from meshgate.plugins import PluginRegistry
-from meshgate.proxy import http1
 from meshgate.proxy.http1 import ClientConnection, ProxyServer, ProxySettings, UpstreamConnection
 from meshgate.proxy.runtime import build_runtime
 
@@ -62,12 +62,14 @@ class Transport:
 class Run:
     """One gateway worker in process with one pooled upstream connection."""
 
-    def __init__(self, *, settings: ProxySettings | None = None) -> None:
+    def __init__(self, *, settings: ProxySettings | None = None, plugins: dict[str, Any] | None = None,
+                 registry: PluginRegistry | None = None) -> None:
         store = ConfigStore()
         store.replace_all({"routes": {
-            "1": {"id": "1", "uri": "/*", "upstream": {"type": "roundrobin", "nodes": {f"127.0.0.1:{UP_PORT}": 1}}},
+            "1": {"id": "1", "uri": "/*", "plugins": plugins or {},
+                  "upstream": {"type": "roundrobin", "nodes": {f"127.0.0.1:{UP_PORT}": 1}}},
         }})
-        reg = PluginRegistry()
+        reg = registry or PluginRegistry()
         reg.load_builtin()
         rt = build_runtime(store.snapshot, plugins=reg)
         self.server = ProxyServer(settings or ProxySettings(), rt)
@@ -118,38 +120,11 @@ def _split_request(raw: bytes) -> list[bytes]:
     return [raw[:cut], raw[cut:]]
 
 
-class Spy:
-    """Counts how often each fast path accepted a read."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.requests = self.responses = 0
-        real_req = ClientConnection._lite_request
-        real_resp = UpstreamConnection._lite_response
-
-        def lite_request(conn: ClientConnection, data: bytes) -> bool:
-            ok = real_req(conn, data)
-            self.requests += ok
-            return ok
-
-        def lite_response(conn: UpstreamConnection, ex: Any, data: bytes) -> bool:
-            ok = real_resp(conn, ex, data)
-            self.responses += ok
-            return ok
-
-        monkeypatch.setattr(ClientConnection, "_lite_request", lite_request)
-        monkeypatch.setattr(UpstreamConnection, "_lite_response", lite_response)
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
-    return Spy(monkeypatch)
-
-
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
 
-def both(raw: bytes, response: bytes = RESPONSE, settings: ProxySettings | None = None) -> tuple[Run, Run]:
-    whole, split = Run(settings=settings), Run(settings=settings)
+def both(raw: bytes, response: bytes = RESPONSE, **kw: Any) -> tuple[Run, Run]:
+    whole, split = Run(**kw), Run(**kw)
     whole.send([raw])
     split.send(_split_request(raw))
     if whole.to_upstream or split.to_upstream:
@@ -200,9 +175,10 @@ async def test_valid_request_forwarded_identically(raw: bytes) -> None:
     assert whole.to_client.startswith(b"HTTP/1.1 200 OK\r\n"), whole.to_client
 
 
-async def test_fast_path_takes_plain_requests_and_responses(spy: Spy) -> None:
-    whole, _ = both(VALID[0])
-    assert spy.requests == 1 and spy.responses == 1
+async def test_fast_path_takes_plain_requests_and_responses() -> None:
+    whole, split = both(VALID[0])
+    assert (whole.server.fast_requests, whole.server.fast_responses) == (1, 1)
+    assert (split.server.fast_requests, split.server.fast_responses) == (0, 0)
     assert whole.to_upstream == (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nX-Real-IP: 127.0.0.1\r\n"
                                  b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
                                  b"X-Forwarded-Port: 9080\r\nX-Forwarded-Host: 127.0.0.1\r\n\r\n")
@@ -219,9 +195,10 @@ async def test_fast_path_takes_plain_requests_and_responses(spy: Spy) -> None:
     b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
 ])
-async def test_fast_path_leaves_special_requests_to_the_full_parser(spy: Spy, raw: bytes) -> None:
-    Run().send([raw])
-    assert spy.requests == 0
+async def test_fast_path_leaves_special_requests_to_the_full_parser(raw: bytes) -> None:
+    r = Run()
+    r.send([raw])
+    assert r.server.fast_requests == 0
 
 
 async def test_trusted_peer_forwarding_headers_identical() -> None:
@@ -232,16 +209,16 @@ async def test_trusted_peer_forwarding_headers_identical() -> None:
     assert b"X-Forwarded-Proto: https\r\n" in whole.to_upstream
 
 
-async def test_plugins_see_the_same_header_list(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_plugins_see_the_same_header_list() -> None:
     seen: list[list[tuple[bytes, bytes]]] = []
-    real_start = http1.Exchange.start
-
-    def start(ex: http1.Exchange) -> None:
-        seen.append(list(ex.req.headers))
-        real_start(ex)
-
-    monkeypatch.setattr(http1.Exchange, "start", start)
-    whole, split = both(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  1 \r\nx-b: 2\r\nX-A: 3\r\n\r\n")
+    spy = types.ModuleType("header_spy")
+    spy.NAME = "header-spy"  # type: ignore[attr-defined]
+    spy.rewrite = lambda conf, ctx: seen.append(list(ctx.req.headers))  # type: ignore[attr-defined]
+    reg = PluginRegistry()
+    reg.register_module(spy)
+    whole, split = both(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:  1 \r\nx-b: 2\r\nX-A: 3\r\n\r\n",
+                        plugins={"header-spy": {}}, registry=reg)
+    assert whole.server.fast_requests == 1
     assert seen[0] == seen[1] == [(b"Host", b"a"), (b"X-A", b"1"), (b"x-b", b"2"), (b"X-A", b"3")]
     assert _fields(whole.to_upstream) == _fields(split.to_upstream)
 
@@ -278,11 +255,11 @@ async def test_response_relayed_identically(response: bytes) -> None:
         (split.upconn in split.server.pool.idle.get(split.upconn.key, ()))
 
 
-async def test_head_response_goes_through_the_full_parser(spy: Spy) -> None:
+async def test_head_response_goes_through_the_full_parser() -> None:
     whole = Run()
     whole.send([b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"])
     whole.respond([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"])
-    assert spy.requests == 1 and spy.responses == 0
+    assert (whole.server.fast_requests, whole.server.fast_responses) == (1, 0)
     assert b"Content-Length: 5\r\n" in whole.to_client
 
 

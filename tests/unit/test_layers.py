@@ -10,7 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "meshgate"
 
-BASE = {"errors", "__init__", "__main__", "__version__"}
+BASE = {"errors", "__init__", "__main__", "__version__", "_accel"}
 LOWER = {
     "model": set(),
     "http": {"model"},

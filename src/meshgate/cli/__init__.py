@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from .. import __version__
+from .. import __version__, _accel
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     if args.cmd == "version":
-        print(f"meshgate {__version__}")
+        print(f"meshgate {__version__}\nhot path: {_accel.status()}")
         return 0
     if args.cmd == "validate":
         from .validate import validate

@@ -90,12 +90,16 @@ _PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"co
 _RESP_DROP_RE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
     rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
-_RESP_CONN_RE = re.compile(rb"\r\nconnection[ \t]*:([^\r]*)", re.I)
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 # llhttp: a response is chunked when the last transfer coding is "chunked"
-_RESP_TE_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
+_PLAIN_CONN = frozenset({b"keep-alive", b"close"})
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
 MAX_RESP_HEAD = 64 * 1024
+# Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
+# accumulates a header line until it ends, so this is checked per read, not per field.
+MAX_HEAD_RAW = MAX_HEADER_BYTES + 4096
+# Chunk framing/extension bytes beyond 16 per chunk + 2 per data byte (Go's rule, CVE-2023-39326).
+MAX_CHUNK_EXCESS = 16 * 1024
 
 
 HTML = b"text/html; charset=utf-8"
@@ -249,6 +253,8 @@ class ProxyServer:
         self._trusted_cache: dict[str, bool] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.requests_total = 0
+        self.fast_requests = 0     # requests / responses handled by the fast paths (_lite_*)
+        self.fast_responses = 0
         self.access_log_on = access_log.isEnabledFor(logging.INFO)
 
     def set_runtime(self, runtime: Runtime) -> None:
@@ -326,11 +332,6 @@ class ClientConnection(asyncio.Protocol):
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
                  "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
 
-    # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
-    # accumulates a header line until it ends, so this is checked per read, not per field.
-    MAX_HEAD_RAW = MAX_HEADER_BYTES + 4096
-    # Chunk framing/extension bytes beyond 16 per chunk + 2 per data byte (Go's rule, CVE-2023-39326).
-    MAX_CHUNK_EXCESS = 16 * 1024
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -482,13 +483,13 @@ class ClientConnection(asyncio.Protocol):
             if not self.head_done:
                 if not in_body:
                     self.head_raw += len(data)
-                    if self.head_raw > self.MAX_HEAD_RAW:
+                    if self.head_raw > MAX_HEAD_RAW:
                         self.protocol_error(431, "request header too large")
             elif in_body and self.req is not None and self.req.chunked:
                 dbody = self.body_bytes - b0
                 excess = self.chunk_excess + len(data) - 3 * dbody - 16 * (self.chunks - c0)
                 self.chunk_excess = excess if excess > 0 else 0
-                if excess > self.MAX_CHUNK_EXCESS:
+                if excess > MAX_CHUNK_EXCESS:
                     self.protocol_error(400, "http1.codec_error: excessive chunk extensions or trailers")
 
     def eof_received(self) -> bool | None:
@@ -559,6 +560,7 @@ class ClientConnection(asyncio.Protocol):
         req.start_time = now = server.loop.time()
         self.requests += 1
         server.requests_total += 1
+        server.fast_requests += 1
         if self.requests >= server.settings.keepalive_requests:
             req.keep_alive = False
         ex = Exchange(self, req, None)
@@ -739,7 +741,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.queue[-1] if self.queue else self.active
         if ex is not None and ex.wants_tunnel:
             # Bytes after the head belong to the tunnel; hold them until the 101 arrives.
-            if rest:
+            if rest and ex.tunnel_early is not None:
                 ex.tunnel_early.append(rest)
             self.pause_read(P_BUFFER)
             return
@@ -979,7 +981,7 @@ class Exchange:
     up_phase = 0                             # 0 idle, 1 connecting, 2 request sent / reading
     first_try_at = 0.0
     wants_tunnel = False
-    tunnel_early: list[bytes] = []
+    tunnel_early: list[bytes] | None = None  # client bytes after an Upgrade head, until the 101
     consumer: Any = None
     vars: dict[str, Any] | None = None
     t_connect = 0.0
@@ -1433,17 +1435,19 @@ class Exchange:
                 self._report(self.node, "http", status)
         self.resp_status = status
         sl = head.find(b"\r\n")
-        parts = head[:sl].split(b" ", 2)
-        reason = parts[2].strip(b" \t") if len(parts) == 3 else b""
+        status_line = head[:sl]
         # Each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass.
         fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
-        conn_hdr = _RESP_CONN_RE.search(head, sl)
-        if conn_hdr is not None:
-            # Fields named by Connection are hop-by-hop too (RFC 9110 7.6.1).
-            names = [t.strip(b" \t").lower() for t in conn_hdr.group(1).split(b",")]
-            names = [re.escape(n) for n in names if n and n not in (b"close", b"keep-alive", b"upgrade")]
-            if names:
-                fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
+        lh = head.lower()
+        i = lh.find(b"\r\nconnection:", sl)   # llhttp refuses whitespace before the colon
+        if i >= 0:
+            value = lh[i + 13:lh.find(b"\r\n", i + 13)].strip(b" \t")
+            if value not in _PLAIN_CONN:
+                # Fields named by Connection are hop-by-hop too (RFC 9110 7.6.1).
+                names = [re.escape(n) for n in (t.strip(b" \t") for t in value.split(b","))
+                         if n and n not in (b"close", b"keep-alive", b"upgrade")]
+                if names:
+                    fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
         self._resp_fields = fields
         chain = self.route.chain if self.route is not None else None
         gchain = self.runtime.global_chain
@@ -1458,7 +1462,13 @@ class Exchange:
         if no_body:
             self.resp_body_allowed = False
         keep = self.client_keep and self.req_done and not self.server.draining
-        out = [b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, "Unknown").encode()), fields, b"\r\n"]
+        if status != self.upstream_status or status_line[:9] != b"HTTP/1.1 " or len(status_line) < 14 \
+                or status_line[-1:] in _OWS:
+            # a plugin changed the status, or the upstream's line is not the canonical HTTP/1.1 one
+            parts = status_line.split(b" ", 2)
+            reason = parts[2].strip(b" \t") if len(parts) == 3 and status == self.upstream_status else b""
+            status_line = b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, "Unknown").encode())
+        out = [status_line, fields, b"\r\n"]
         ap = out.append
         ap(date_server_lines())
         if status >= 500 or self.server.settings.show_upstream_status:
@@ -1545,9 +1555,9 @@ class Exchange:
         conn.tunnel_client = client
         if rest:
             client.transport.write(rest)
-        for b in self.tunnel_early:
+        for b in self.tunnel_early or ():
             conn.transport.write(b)
-        self.tunnel_early = []
+        self.tunnel_early = None
         client.resume_read(P_BUFFER)
         self._log()
 
@@ -1707,10 +1717,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         if not self.got_headers and not self.hbuf and ex.lite_resp and self._lite_response(ex, data):
-            size = self.release
-            if size:
-                self.release = 0
-                self.server.pool.put(self, size)
+            if self.release:
+                self._release()
             return
         self.bytes_in += len(data)
         if not self.got_headers:
@@ -1743,15 +1751,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.skip_body = False
             self.got_headers = False
             self.parser = httptools.HttpResponseParser(self)
-        size = self.release
-        if size:
-            self.release = 0
-            if self.dirty or self.closed:
-                self.transport.close()
-            else:
-                self.server.pool.put(self, size)
+        if self.release:
+            self._release()
         elif ex.out:
             ex.flush()
+
+    def _release(self) -> None:
+        """The exchange asked for pooling and the read is fully parsed: pool or close."""
+        size = self.release
+        self.release = 0
+        if self.dirty or self.closed:
+            self.transport.close()
+        else:
+            self.server.pool.put(self, size)
 
     def _lite_response(self, ex: Exchange, data: bytes) -> bool:
         """Fast path: the read is exactly one complete HTTP/1.1 response with Content-Length.
@@ -1768,8 +1780,14 @@ class UpstreamConnection(asyncio.Protocol):
         status = int(code)
         if status < 200 or status == 204 or status == 304:
             return False
-        m = _RESP_CL_RE.search(data, 0, end + 2)
-        if m is None or len(data) != end + 4 + int(m.group(1)) or _RESP_TE_RE.search(data, 0, end + 2) is not None:
+        head = data[:end + 2]
+        lh = head.lower()
+        i = lh.find(b"\r\ncontent-length:")
+        if i < 0 or b"\r\ntransfer-encoding" in lh:
+            return False
+        i += 17
+        cl = lh[i:lh.find(b"\r\n", i)].strip(b" \t")
+        if not cl.isdigit() or len(data) != end + 4 + int(cl):
             return False
         lite = self.lite
         if lite is None:
@@ -1781,9 +1799,10 @@ class UpstreamConnection(asyncio.Protocol):
             return False
         self.bytes_in += len(data)
         self.status = status
-        c = _RESP_CONN_RE.search(data, 0, end + 2)
-        self._ka = c is None or b"close" not in c.group(1).lower()
-        ex.on_resp_head(self, status, data[:end + 2], len(data) - end - 4, False)
+        self.server.fast_responses += 1
+        i = lh.find(b"\r\nconnection:")
+        self._ka = i < 0 or b"close" not in lh[i:lh.find(b"\r\n", i + 13)]
+        ex.on_resp_head(self, status, head, len(data) - end - 4, False)
         if len(data) > end + 4:
             ex.on_resp_body(data[end + 4:])
         ex.on_resp_complete(self)
