@@ -660,8 +660,9 @@ def environment(args: argparse.Namespace, envoy_bin: str | None) -> dict[str, An
     py = meshgate_python(args.meshgate)
     probe = ("import json, sys, importlib.metadata as m\n"
              "def v(n):\n    try: return m.version(n)\n    except Exception: return None\n"
+             "try:\n    from meshgate import _accel\n    hp = _accel.status()\nexcept Exception:\n    hp = None\n"
              "print(json.dumps({'python': sys.version.split()[0], 'uvloop': v('uvloop'),"
-             " 'httptools': v('httptools'), 'meshgate': v('meshgate')}))")
+             " 'httptools': v('httptools'), 'meshgate': v('meshgate'), 'hot_path': hp}))")
     try:
         p = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=20)
         env.update({f"meshgate_env_{k}" if k == "python" else k: v
@@ -912,6 +913,7 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
         ("Python (Meshgate venv)", env.get("meshgate_env_python")),
         ("uvloop / httptools", f"{env.get('uvloop')} / {env.get('httptools')}"),
         ("Meshgate", f"{env.get('meshgate')} at commit {env.get('meshgate_commit')}"),
+        ("Meshgate hot path", env.get("hot_path") or "–"),
     ]
     for k, v in items:
         L.append(f"| {k} | {v} |")
