@@ -26,7 +26,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping, Protocol
 
-import jsonschema
 
 from ..errors import ConfigError, PluginError
 from ..router import compile_expr
@@ -126,6 +125,8 @@ class PluginRegistry:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin module {module.__name__} has no NAME")
         schema = getattr(module, "SCHEMA", {"type": "object"})
+        import jsonschema  # here, not at import: workers that load no plugin never need it
+
         try:
             jsonschema.Draft7Validator.check_schema(schema)
         except jsonschema.SchemaError as e:
@@ -167,6 +168,8 @@ class PluginRegistry:
             raise ConfigError(pointer, f"unknown plugin {name!r}", kind=kind, id=id)
         if not isinstance(conf, dict):
             raise ConfigError(pointer, "expected an object", kind=kind, id=id)
+        import jsonschema
+
         meta = conf.get("_meta")
         body = {k: v for k, v in conf.items() if k != "_meta"} if meta is not None else conf
         if meta is not None:
