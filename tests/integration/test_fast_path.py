@@ -77,7 +77,7 @@ class Run:
         self.upconn = UpstreamConnection(self.server, (up.key, "127.0.0.1", UP_PORT, "http"))
         self.up_t = Transport({})
         self.upconn.connection_made(self.up_t)  # type: ignore[arg-type]
-        self.server.pool.put(self.upconn, 10)
+        self.server.pool.put(self.upconn, 10, self.server.loop.time())
         self.client = ClientConnection(self.server)
         self.client_t = Transport({"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9080)})
         self.client.connection_made(self.client_t)  # type: ignore[arg-type]

@@ -186,11 +186,11 @@ class Pool:
     def __init__(self) -> None:
         self.idle: dict[tuple[Any, ...], deque[UpstreamConnection]] = {}
 
-    def get(self, key: tuple[Any, ...], idle_timeout: float) -> UpstreamConnection | None:
+    def get(self, key: tuple[Any, ...], idle_timeout: float, now: float) -> UpstreamConnection | None:
+        """The most recently pooled live connection for ``key``; ``now`` is the loop time."""
         q = self.idle.get(key)
         if not q:
             return None
-        now = time.monotonic()
         while q:
             conn = q.pop()
             if conn.closed or conn.dirty or conn.transport.is_closing():
@@ -201,14 +201,14 @@ class Pool:
             return conn
         return None
 
-    def put(self, conn: UpstreamConnection, size: int) -> None:
+    def put(self, conn: UpstreamConnection, size: int, now: float) -> None:
         q = self.idle.get(conn.key)
         if q is None:
             q = self.idle[conn.key] = deque()
         if len(q) >= size:
             conn.transport.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now
         q.append(conn)
 
     def sweep(self, now: float, idle_timeout_for: Callable[[tuple[Any, ...]], float]) -> None:
@@ -292,7 +292,7 @@ class ProxyServer:
                     conn.check_deadline(now, s)
             if tick % 10 == 0:
                 rt = self.runtime
-                self.pool.sweep(time.monotonic(), lambda key: _pool_idle_timeout(rt, key))
+                self.pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, finish in-flight requests within ``grace``, then close the rest."""
@@ -1177,7 +1177,7 @@ class Exchange:
         self.node = node
         server = self.server
         key = self._pool_key(up, node)
-        conn = server.pool.get(key, up.pool_idle_timeout)
+        conn = server.pool.get(key, up.pool_idle_timeout, server.loop.time())
         server.waiting.add(self)
         if up.track_load:
             up.balancer.on_start(node)
@@ -1423,14 +1423,17 @@ class Exchange:
     def resp_headers(self, value: list[tuple[bytes, bytes]]) -> None:
         self._resp_headers = value
 
-    def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool) -> None:
+    def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
+                     complete: bool = False) -> None:
         """``head`` is the upstream's status line and fields exactly as llhttp validated them
-        (each field line ends with CRLF; the blank line is not included)."""
+        (each field line ends with CRLF; the blank line is not included).  ``complete``: the
+        whole response is in hand (no read deadline to extend)."""
         req = self.req
         self.upstream_status = status
         up = self.up
         if up is not None:
-            self.deadline = self.server.loop.time() + self.tmo.read
+            if not complete:
+                self.deadline = self.server.loop.time() + self.tmo.read
             if up.passive and self.node is not None:
                 self._report(self.node, "http", status)
         self.resp_status = status
@@ -1763,7 +1766,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.dirty or self.closed:
             self.transport.close()
         else:
-            self.server.pool.put(self, size)
+            self.server.pool.put(self, size, self.server.loop.time())
 
     def _lite_response(self, ex: Exchange, data: bytes) -> bool:
         """Fast path: the read is exactly one complete HTTP/1.1 response with Content-Length.
@@ -1802,7 +1805,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.server.fast_responses += 1
         i = lh.find(b"\r\nconnection:")
         self._ka = i < 0 or b"close" not in lh[i:lh.find(b"\r\n", i + 13)]
-        ex.on_resp_head(self, status, head, len(data) - end - 4, False)
+        ex.on_resp_head(self, status, head, len(data) - end - 4, False, complete=True)
         if len(data) > end + 4:
             ex.on_resp_body(data[end + 4:])
         ex.on_resp_complete(self)
