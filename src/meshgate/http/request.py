@@ -13,6 +13,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 __all__ = ["Request", "HOP_BY_HOP", "FIELD_RE"]
+
 # Hop-by-hop headers (RFC 9110 7.6.1) plus legacy ones that must never cross the proxy.
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
@@ -77,6 +78,10 @@ class Request:
     @headers.setter
     def headers(self, value: list[tuple[bytes, bytes]]) -> None:
         self._headers = value
+
+    def forward_fields(self) -> bytes | None:
+        """The fast path's ready-to-send field block, unless the header list was handed out."""
+        return self.fwd_fields if self._headers is None else None
 
     @property
     def ctx(self) -> dict[str, Any]:

@@ -91,8 +91,8 @@ _RESP_DROP_RE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
     rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
+_PLAIN_CONN = frozenset({b"keep-alive", b"close"})   # Connection values that name no other field
 # llhttp: a response is chunked when the last transfer coding is "chunked"
-_PLAIN_CONN = frozenset({b"keep-alive", b"close"})
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
 MAX_RESP_HEAD = 64 * 1024
 # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
@@ -504,7 +504,7 @@ class ClientConnection(asyncio.Protocol):
         or repeated Host, absolute-form targets, HTTP/1.0, limits) returns False before any
         state changed, and the read goes through the full parser, which answers exactly as
         it would have: the fast path accepts a subset of what the full path accepts and
-        treats it identically (tests/integration/test_bad_input.py runs every case on both).
+        treats it identically (tests/integration/test_fast_path.py runs every case on both).
         """
         if len(data) > LITE_MAX:
             return False
@@ -1282,8 +1282,9 @@ class Exchange:
         parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}".encode("latin-1")]
         ap = parts.append
         xff_prev = fproto = fhost = fport = None
-        if req.fwd_fields is not None and req._headers is None:
-            ap(req.fwd_fields)   # fast path: validated fields, nothing to drop (see _lite_request)
+        fwd = req.forward_fields()
+        if fwd is not None:
+            ap(fwd)   # fast path: validated fields, nothing to drop (see _lite_request)
         else:
             drop = _DROP_REQ
             if self.conn_tokens:
