@@ -1,5 +1,5 @@
 """Sans-IO HTTP/1.1 pieces: the parsed request, path normalisation, variables."""
 
-from .request import FIELD_RE, HOP_BY_HOP, Request
+from .request import HOP_BY_HOP, Request, split_fields
 
-__all__ = ["Request", "HOP_BY_HOP", "FIELD_RE"]
+__all__ = ["Request", "HOP_BY_HOP", "split_fields"]

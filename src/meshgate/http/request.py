@@ -12,7 +12,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-__all__ = ["Request", "HOP_BY_HOP", "FIELD_RE"]
+__all__ = ["Request", "HOP_BY_HOP", "split_fields"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus legacy ones that must never cross the proxy.
 HOP_BY_HOP = frozenset(
@@ -22,7 +22,12 @@ HOP_BY_HOP = frozenset(
 
 
 # one field of a raw block: "\r\nName:" OWS value OWS (the value without surrounding OWS)
-FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
+_FIELD_RE = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
+
+
+def split_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """(name, value) pairs of a raw field block ("\r\nName: value" per field, already validated)."""
+    return [(m.group(1), m.group(2)) for m in _FIELD_RE.finditer(block)]
 
 
 def _decode(v: bytes) -> str:
@@ -72,7 +77,7 @@ class Request:
     def headers(self) -> list[tuple[bytes, bytes]]:
         h = self._headers
         if h is None:
-            h = self._headers = [(m.group(1), m.group(2)) for m in FIELD_RE.finditer(self.fields)]
+            h = self._headers = split_fields(self.fields)
         return h
 
     @headers.setter

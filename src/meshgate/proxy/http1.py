@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import httptools
 
 from ..errors import ProtocolError
-from ..http import FIELD_RE, HOP_BY_HOP, Request
+from ..http import HOP_BY_HOP, Request, split_fields
 from ..http.path import parse_target
 from ..upstream import Node
 
@@ -495,6 +495,15 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None
 
+    def _stamp(self, req: Request) -> None:
+        """What the request takes from its connection (both parse paths)."""
+        req.remote_addr = self.peer_ip
+        req.remote_port = self.peer_port
+        req.server_addr = self.local_ip
+        req.server_port = self.local_port
+        if self.scheme != "http":
+            req.scheme = self.scheme
+
     def _lite_request(self, data: bytes) -> bool:
         """Fast path for the common request: one complete head, no body, nothing else.
 
@@ -523,13 +532,8 @@ class ClientConnection(asyncio.Protocol):
         target = data[sp + 1:eol - 9]
         if data.count(b"\r\n") > MAX_HEADERS + 2:
             return False
-        lite = self.lite
-        if lite is None:
-            lite = self.lite = httptools.HttpRequestParser(_NO_CALLBACKS)
-        try:
-            lite.feed_data(data)
-        except httptools.HttpParserError:
-            self.lite = None
+        self.lite = _validated(self.lite, httptools.HttpRequestParser, data)
+        if self.lite is None:
             return False
         http_host = data[hs + 7:he].strip(b" \t")
         if not http_host:
@@ -551,12 +555,7 @@ class ClientConnection(asyncio.Protocol):
         req.fields = data[eol:-4]
         # what goes upstream as is: every field but Host (the only one of _DROP_REQ here)
         req.fwd_fields = data[eol:hs] + data[he:-4]
-        req.remote_addr = self.peer_ip
-        req.remote_port = self.peer_port
-        req.server_addr = self.local_ip
-        req.server_port = self.local_port
-        if self.scheme != "http":
-            req.scheme = self.scheme
+        self._stamp(req)
         req.start_time = now = server.loop.time()
         self.requests += 1
         server.requests_total += 1
@@ -683,12 +682,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(405, "CONNECT is not allowed")
         if not parser.should_keep_alive():
             req.keep_alive = False
-        req.remote_addr = self.peer_ip
-        req.remote_port = self.peer_port
-        req.server_addr = self.local_ip
-        req.server_port = self.local_port
-        if self.scheme != "http":
-            req.scheme = self.scheme
+        self._stamp(req)
         server = self.server
         if self.peer_real_ip_ok and req.real_ip is not None:
             real = _real_ip(req.real_ip)
@@ -889,6 +883,18 @@ class _NoCallbacks:
 
 
 _NO_CALLBACKS = _NoCallbacks()
+
+
+def _validated(parser: Any, make: Callable[[Any], Any], data: bytes) -> Any:
+    """``parser`` (a new callback-less one when None) once llhttp accepted ``data``; None when it
+    refused them (the parser is then unusable and dropped)."""
+    if parser is None:
+        parser = make(_NO_CALLBACKS)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    return parser
 
 
 def _real_ip(value: bytes) -> str | None:
@@ -1417,7 +1423,7 @@ class Exchange:
         """Response header fields as (name, value) for plugins; settable in header_filter."""
         h = self._resp_headers
         if h is None:
-            h = self._resp_headers = [(m.group(1), m.group(2)) for m in FIELD_RE.finditer(self._resp_fields)]
+            h = self._resp_headers = split_fields(self._resp_fields)
         return h
 
     @resp_headers.setter
@@ -1793,13 +1799,8 @@ class UpstreamConnection(asyncio.Protocol):
         cl = lh[i:lh.find(b"\r\n", i)].strip(b" \t")
         if not cl.isdigit() or len(data) != end + 4 + int(cl):
             return False
-        lite = self.lite
-        if lite is None:
-            lite = self.lite = httptools.HttpResponseParser(_NO_CALLBACKS)
-        try:
-            lite.feed_data(data)
-        except httptools.HttpParserError:
-            self.lite = None
+        self.lite = _validated(self.lite, httptools.HttpResponseParser, data)
+        if self.lite is None:
             return False
         self.bytes_in += len(data)
         self.status = status
