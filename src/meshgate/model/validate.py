@@ -90,6 +90,7 @@ def _validators() -> dict[str, Draft7Validator]:
         _VALIDATORS["credentials"] = _validator(CREDENTIAL_SCHEMA)
     return _VALIDATORS
 
+
 _LUA_CVE = "Meshgate does not execute Lua code supplied in configuration (CVE-2020-13945)"
 
 
