@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
+
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError
 
 from ..errors import ConfigError
 from .describe import type_name
@@ -40,14 +43,13 @@ from .schemas import (
     _UPSTREAM_TLS,
 )
 
-if TYPE_CHECKING:
-    from jsonschema import Draft7Validator
-    from jsonschema.exceptions import ValidationError
-
 __all__ = ["validate_item", "check_references", "normalize_id", "json_pointer"]
 
 Path = list[str | int]
 _Add = Callable[[Path, str], None]
+
+_FORMAT_CHECKER = Draft7Validator.FORMAT_CHECKER
+
 
 # Schema nodes whose combinators (whole-object rules: uri xor uris, nodes xor discovery,
 # sni/snis...) are enforced by the explicit checks below, with clearer messages.  They are
@@ -72,24 +74,12 @@ def _without_covered(node: Any) -> Any:
 
 
 def _validator(schema: Mapping[str, Any]) -> Draft7Validator:
-    from jsonschema import Draft7Validator
-
-    return Draft7Validator(_without_covered(schema), format_checker=Draft7Validator.FORMAT_CHECKER)
+    return Draft7Validator(_without_covered(schema), format_checker=_FORMAT_CHECKER)
 
 
-# Built on first use: processes that only run compiled Snapshots (proxy workers) never
-# validate, and so never load jsonschema (about 7 MB per process).
-_VALIDATORS: dict[str, Draft7Validator] = {}
-_SECRET_VALIDATORS: dict[str, Draft7Validator] = {}
-
-
-def _validators() -> dict[str, Draft7Validator]:
-    if not _VALIDATORS:
-        _SECRET_VALIDATORS.update({m: _validator(s) for m, s in SECRET_MANAGER_SCHEMAS.items()})
-        _VALIDATORS.update({kind: _validator(s) for kind, s in SCHEMAS.items()})
-        _VALIDATORS["credentials"] = _validator(CREDENTIAL_SCHEMA)
-    return _VALIDATORS
-
+_VALIDATORS: dict[str, Draft7Validator] = {kind: _validator(s) for kind, s in SCHEMAS.items()}
+_VALIDATORS["credentials"] = _validator(CREDENTIAL_SCHEMA)
+_SECRET_VALIDATORS = {m: _validator(s) for m, s in SECRET_MANAGER_SCHEMAS.items()}
 
 _LUA_CVE = "Meshgate does not execute Lua code supplied in configuration (CVE-2020-13945)"
 
@@ -128,7 +118,7 @@ def validate_item(kind: str, value: Mapping[str, Any], *, id: str | None = None)
     object in errors and, when the value carries no ``id`` field of its own, is used as its
     id for the schema (APISIX injects the URL id the same way).  Returns ``[]`` when valid.
     """
-    if kind not in _validators():
+    if kind not in _VALIDATORS:
         raise KeyError(f"unknown kind {kind!r}")
     key_field = KINDS[kind].key_field if kind in KINDS else "id"
 
@@ -561,7 +551,6 @@ def _check_secret(v: Mapping[str, Any], add: _Add, id: str | None) -> None:
     if not isinstance(sid, str):
         return
     manager = sid.split("/", 1)[0] if "/" in sid else ""
-    _validators()
     validator = _SECRET_VALIDATORS.get(manager)
     if validator is not None:  # an unknown manager is reported by the id pattern
         _schema_errors(validator, v, [], add)
