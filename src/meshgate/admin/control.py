@@ -54,7 +54,7 @@ class ControlAPI:
         if p == "/v1/match":
             return self._match(req)
         if p == "/v1/schema":
-            from ..model.schemas import SCHEMAS
+            from ..model import SCHEMAS
 
             return json_response(200, SCHEMAS)
         return json_response(404, {"error_msg": "not found"})
@@ -74,7 +74,7 @@ class ControlAPI:
         req.method = (q.arg("method") or "GET").upper()
         req.http_host = host_arg
         req.host = host_arg.lower().rsplit(":", 1)[0] if not host_arg.startswith("[") else host_arg.lower()
-        from ..http.path import parse_target
+        from ..http import parse_target
         from ..errors import ProtocolError
 
         try:

@@ -10,9 +10,7 @@ from typing import Any, Awaitable, Callable
 
 from ..admin.control import ControlAPI
 from ..admin.httpserver import ApiServer
-from ..config import NodeConfig, NodeConfigErrors, load_node_config
-from ..config.file_source import FileSource
-from ..config.store import ConfigStore
+from ..config import ConfigStore, FileSource, NodeConfig, NodeConfigErrors, load_node_config
 from ..errors import ConfigError
 from ..proxy.supervisor import Supervisor
 

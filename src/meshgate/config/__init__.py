@@ -1,7 +1,6 @@
-"""config: node config (config.yaml) and the standalone apisix.yaml source.
+"""config: node config (config.yaml), the ConfigStore, and its sources (standalone apisix.yaml).
 
-The ConfigStore and the etcd source will join this package; for now it exports the
-node config reader and the pure apisix.yaml parser.
+The etcd source will join this package.
 """
 
 from .node import (
@@ -27,6 +26,8 @@ from .node import (
     parse_node_config,
     parse_size,
 )
+from .file_source import FileSource, load_file
+from .store import Change, ConfigStore
 from .yaml_source import (
     END_FLAG,
     ParsedConfig,
@@ -64,4 +65,8 @@ __all__ = [
     "substitute_env_vars",
     "load_yaml",
     "END_FLAG",
+    "ConfigStore",
+    "Change",
+    "FileSource",
+    "load_file",
 ]

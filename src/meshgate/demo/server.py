@@ -32,7 +32,7 @@ from typing import Any, cast
 import httptools
 
 from meshgate.errors import ProtocolError
-from meshgate.http.path import Target, parse_target
+from meshgate.http import Target, parse_target
 
 __all__ = [
     "DemoRequest",

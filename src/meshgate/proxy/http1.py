@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import httptools
 
 from ..errors import ProtocolError
-from ..http import HOP_BY_HOP, Request, split_fields
-from ..http.path import parse_target
+from ..http import HOP_BY_HOP, Request, parse_target, split_fields
 from ..upstream import Node
 
 if TYPE_CHECKING:
