@@ -534,12 +534,12 @@ class ClientConnection(asyncio.Protocol):
         self.lite = _validated(self.lite, httptools.HttpRequestParser, data)
         if self.lite is None:
             return False
-        http_host = data[hs + 7:he].strip(b" \t")
+        http_host = data[hs + 7:he].strip(b" \t").decode("latin-1")
         if not http_host:
             return False
         try:
             t = parse_target(target)
-            host = _parse_host(http_host.decode("latin-1"))
+            host = _parse_host(http_host)
         except ProtocolError:
             return False
         server = self.server
@@ -549,7 +549,7 @@ class ClientConnection(asyncio.Protocol):
         req.path = t.path
         req.upstream_path = t.upstream_path
         req.query = t.query
-        req.http_host = http_host.decode("latin-1")
+        req.http_host = http_host
         req.host = host
         req.fields = data[eol:-4]
         # what goes upstream as is: every field but Host (the only one of _DROP_REQ here)
@@ -1430,10 +1430,11 @@ class Exchange:
         self._resp_headers = value
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
-                     complete: bool = False) -> None:
+                     complete: bool = False, lower: bytes | None = None) -> None:
         """``head`` is the upstream's status line and fields exactly as llhttp validated them
         (each field line ends with CRLF; the blank line is not included).  ``complete``: the
-        whole response is in hand (no read deadline to extend)."""
+        whole response is in hand (no read deadline to extend); ``lower``: ``head.lower()``
+        when the caller has it already."""
         req = self.req
         self.upstream_status = status
         up = self.up
@@ -1447,7 +1448,7 @@ class Exchange:
         status_line = head[:sl]
         # Each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass.
         fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
-        lh = head.lower()
+        lh = head.lower() if lower is None else lower
         i = lh.find(b"\r\nconnection:", sl)   # llhttp refuses whitespace before the colon
         if i >= 0:
             value = lh[i + 13:lh.find(b"\r\n", i + 13)].strip(b" \t")
@@ -1806,7 +1807,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.server.fast_responses += 1
         i = lh.find(b"\r\nconnection:")
         self._ka = i < 0 or b"close" not in lh[i:lh.find(b"\r\n", i + 13)]
-        ex.on_resp_head(self, status, head, len(data) - end - 4, False, complete=True)
+        ex.on_resp_head(self, status, head, len(data) - end - 4, False, complete=True, lower=lh)
         if len(data) > end + 4:
             ex.on_resp_body(data[end + 4:])
         ex.on_resp_complete(self)
