@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The per-request modules, compiled with mypyc when a C compiler is there (src/meshgate/_accel.py);
 # without one, or when a build fails, the same modules run as pure Python.
 ACCEL := $(VENV)/.accel
-HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/http1.py _accel.py)
+HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/server.py _accel.py)
 
 .PHONY: demo test unit integration e2e bench clean venv
 

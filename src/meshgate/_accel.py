@@ -36,7 +36,11 @@ MODULES = (
     "meshgate.http.request",
     "meshgate.router.radixtree",
     "meshgate.proxy.runtime",
+    "meshgate.proxy.common",
+    "meshgate.proxy.upstream_conn",
+    "meshgate.proxy.exchange",
     "meshgate.proxy.http1",
+    "meshgate.proxy.server",
 )
 GROUP = "meshgate._hotpath"            # the shared library: meshgate/_hotpath__mypyc.<suffix>
 _SRC = Path(__file__).resolve().parent.parent    # the directory holding the meshgate package

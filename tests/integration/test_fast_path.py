@@ -23,7 +23,9 @@ from test_bad_input import PATHS, REJECT
 
 from meshgate.config.store import ConfigStore
 from meshgate.plugins import PluginRegistry
-from meshgate.proxy.http1 import ClientConnection, ProxyServer, ProxySettings, UpstreamConnection
+from meshgate.proxy import ProxyServer, ProxySettings
+from meshgate.proxy.http1 import ClientConnection
+from meshgate.proxy.upstream_conn import UpstreamConnection
 from meshgate.proxy.runtime import build_runtime
 
 UP_PORT = 19999

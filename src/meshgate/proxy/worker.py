@@ -20,9 +20,10 @@ from typing import Any
 
 from ..model import Resource, Snapshot
 from ..plugins import PluginRegistry
-from .http1 import ProxyServer, ProxySettings
+from .common import ProxySettings
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
+from .server import ProxyServer
 
 __all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_from_wire", "main"]
 

@@ -1,0 +1,132 @@
+"""What the proxy's modules share: settings, answer bodies, cached Date/Server lines.
+
+Kept apart from the downstream codecs (``http1``), the request's life (``exchange``) and
+the upstream side (``upstream_conn``) so each of those imports only this.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Callable, Iterable
+
+import httptools
+
+__all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
+           "date_server_lines", "validated", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
+           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED"]
+
+SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
+
+# client read-pause reasons (bitmask)
+P_QUEUE, P_UPSTREAM, P_BUFFER = 1, 2, 4
+
+# connection states (for the timeout sweeper)
+S_IDLE, S_HEAD, S_BODY, S_WAIT, S_TUNNEL, S_CLOSED = range(6)
+
+OWS = (b" ", b"\t")
+
+REASONS = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Not Allowed", 408: "Request Time-out",
+    413: "Request Entity Too Large", 414: "Request-URI Too Large", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out", 505: "HTTP Version Not Supported",
+}
+
+
+HTML = b"text/html; charset=utf-8"
+NOT_FOUND = b'{"error_msg":"404 Route Not Found"}'
+
+
+def error_body(status: int) -> bytes:
+    reason = REASONS.get(status, "Error")
+    return (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+            f"<center><h1>{status} {reason}</h1></center>\r\n<hr><center>meshgate</center>\r\n"
+            "</body>\r\n</html>\r\n").encode()
+
+
+_date_cache: list[Any] = [0, b"", b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = d = formatdate(now, usegmt=True).encode()
+        _date_cache[2] = b"Date: " + d + b"\r\n" + SERVER_HEADER
+    return _date_cache[1]  # type: ignore[no-any-return]
+
+
+def date_server_lines() -> bytes:
+    """``Date`` and ``Server`` lines as the gateway sends them (nginx replaces the upstream's)."""
+    if _date_cache[0] != int(time.time()):
+        http_date()
+    return _date_cache[2]  # type: ignore[no-any-return]
+
+
+
+class _NoCallbacks:
+    """The protocol of a validating-only llhttp parser: no callbacks at all."""
+
+
+NO_CALLBACKS = _NoCallbacks()
+
+
+def validated(parser: Any, make: Callable[[Any], Any], data: bytes) -> Any:
+    """``parser`` (a new callback-less one when None) once llhttp accepted ``data``; None when it
+    refused them (the parser is then unusable and dropped)."""
+    if parser is None:
+        parser = make(NO_CALLBACKS)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    return parser
+
+
+def _nets(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for it in items:
+        if it.startswith("unix:"):
+            continue
+        out.append(ipaddress.ip_network(it, strict=False))
+    return tuple(out)
+
+
+def ip_in(addr: str, nets: tuple[Any, ...], cache: dict[str, bool]) -> bool:
+    r = cache.get(addr)
+    if r is None:
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+            r = any(ip in n for n in nets)
+        except ValueError:
+            r = False
+        if len(cache) > 4096:
+            cache.clear()
+        cache[addr] = r
+    return r
+
+
+@dataclass(slots=True)
+class ProxySettings:
+    """Worker knobs taken from the node config (nginx_config.http and apisix.*)."""
+
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    keepalive_requests: int = 1000
+    client_max_body_size: int = 0
+    real_ip_header: str = "x-real-ip"
+    real_ip_from: tuple[str, ...] = ("127.0.0.1", "unix:")
+    trusted_addresses: tuple[str, ...] = ()
+    show_upstream_status: bool = False
+    drain_grace: float = 240.0
+    _real_nets: tuple[Any, ...] = field(default=(), repr=False)
+    _trusted_nets: tuple[Any, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._real_nets = _nets(self.real_ip_from)
+        self._trusted_nets = _nets(self.trusted_addresses)

@@ -1,0 +1,736 @@
+"""The request's life, independent of the downstream protocol: what plugins see as ``ctx``.
+
+Theory of operation
+-------------------
+A downstream codec (``http1.ClientConnection`` today, HTTP/2 next) parses a request into a
+:class:`~meshgate.http.Request`, creates an :class:`Exchange` and feeds it: ``start()``
+once the head is complete, ``on_req_body(chunk)`` / ``on_req_complete()`` as the body
+arrives, ``on_client_lost()`` if the client goes away.  The exchange routes, runs the plugin
+phases, picks a node, takes a pooled keep-alive ``UpstreamConnection`` (or connects), sends a
+re-serialised head with exactly one framing, and streams the body both ways with
+back-pressure.  It talks back to its codec only through the :class:`Downstream` interface.
+
+Retries (APISIX/nginx ``proxy_next_upstream error timeout``) go to another node while
+nothing has been sent to the client, the request body can be replayed, and either
+nothing was sent upstream or the method is idempotent.  A pooled connection that the
+server closed under us is retried transparently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+from ..errors import ProtocolError
+from ..http import HOP_BY_HOP, Request, split_fields
+from ..upstream import Node
+from .common import HTML, NOT_FOUND, P_BUFFER, error_body
+from .upstream_conn import UpstreamConnection
+
+if TYPE_CHECKING:
+    from .runtime import RouteRuntime, Runtime, UpstreamRuntime
+    from .server import ProxyServer
+
+__all__ = ["Exchange", "Downstream"]
+
+log = logging.getLogger("meshgate.proxy")
+access_log = logging.getLogger("meshgate.access")
+
+REPLAY_LIMIT = 1 << 20          # request bodies up to 1 MiB are kept for retries
+HIGH_WATER = 64 * 1024          # buffered request body before reading is paused
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+# Request headers never copied upstream: hop-by-hop, framing we re-create, and the
+# forwarding headers the gateway sets itself (hardening case 31/37).
+_DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
+                          b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+# Headers a client must not be able to strip by naming them in Connection (hardening case 38).
+_PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
+# Response fields handled on the raw head (each field is "\r\nName: value").
+_RESP_DROP_RE = re.compile(
+    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
+    rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
+_PLAIN_CONN = frozenset({b"keep-alive", b"close"})   # Connection values that name no other field
+
+
+class Downstream(Protocol):
+    """What an exchange needs from the downstream codec that feeds it (HTTP/1 today)."""
+
+    server: ProxyServer
+    closing: bool
+    peer_ip: str
+    peer_trusted: bool          # peer in apisix.trusted_addresses
+    peer_real_ip_ok: bool       # peer in real_ip_from
+    fwd_lines: bytes            # X-Real-IP/X-Forwarded-* block for a request with no forwarding headers
+
+    def write(self, data: bytes) -> None: ...
+    def send_continue(self) -> None: ...
+    def send_local(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
+                   extra: bytes = b"", head_only: bool = False) -> None: ...
+    def response_head(self, ex: Exchange, status_line: bytes, fields: bytes, status: int, cl: int | None,
+                      no_body: bool, keep: bool) -> tuple[bytes, bool, bool]: ...
+    def start_tunnel(self, upstream: UpstreamConnection, early: bytes) -> None: ...
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None: ...
+    def pause_read(self, reason: int) -> None: ...
+    def resume_read(self, reason: int) -> None: ...
+    def close(self) -> None: ...
+    def is_idle(self) -> bool: ...
+
+
+class Exchange:
+    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx.
+
+    Defaults are class attributes: an exchange stores only what it changes, which keeps
+    the per-request allocation small (hot path).
+    """
+
+    route: RouteRuntime | None = None
+    up: UpstreamRuntime | None = None
+    tmo: Any = None                          # Timeouts in force (route's, else upstream's)
+    node: Node | None = None
+    tried: Sequence[Node] = ()
+    upstream: UpstreamConnection | None = None
+    req_done = False
+    body_buf: list[bytes] | None = None      # framed chunks not yet sent upstream
+    body_size = 0
+    replay: list[bytes] | None = None        # framed body kept for retries...
+    replay_ok = True                         # ...until it grows past REPLAY_LIMIT
+    sent_upstream = False
+    resp_started = False
+    resp_status = 0
+    resp_chunked = False
+    finished = False
+    deadline = 0.0
+    up_phase = 0                             # 0 idle, 1 connecting, 2 request sent / reading
+    first_try_at = 0.0
+    wants_tunnel = False
+    tunnel_early: list[bytes] | None = None  # client bytes after an Upgrade head, until the 101
+    consumer: Any = None
+    vars: dict[str, Any] | None = None
+    t_connect = 0.0
+    resp_body_allowed = True
+    upstream_status = 0
+    continue_sent = False
+    conf_override: Any = None
+    _resp_fields = b""
+    _resp_headers: list[tuple[bytes, bytes]] | None = None
+    lite_resp = True                         # the response may take UpstreamConnection._lite_response
+
+    def __init__(self, conn: Downstream, req: Request, conn_tokens: list[bytes] | None) -> None:
+        self.conn = conn
+        self.server = server = conn.server
+        self.req = req
+        self.conn_tokens = conn_tokens
+        self.runtime: Runtime = server.runtime
+        self.client_keep = req.keep_alive
+        self.out: list[bytes] = []
+        upg = req.upgrade
+        if upg is not None and upg.lower() == b"websocket":
+            self.wants_tunnel = True
+            self.tunnel_early = []
+            self.lite_resp = False
+        if req.method == "HEAD":
+            self.lite_resp = False
+
+    # -- plugin ctx API ------------------------------------------------------------------------
+    def var(self, name: str) -> Any:
+        if self.vars is not None:
+            v = self.vars.get(name)
+            if v is not None:
+                return v
+        if name == "route_id":
+            return self.route.id if self.route is not None else None
+        if name == "service_id":
+            return self.route.service_id if self.route is not None else None
+        if name == "consumer_name":
+            return getattr(self.consumer, "username", None) if self.consumer is not None else None
+        if name == "status":
+            return str(self.resp_status) if self.resp_status else None
+        if name == "upstream_addr" or name == "balancer_ip":
+            n = self.node
+            if n is None:
+                return None
+            return n.addr if name == "upstream_addr" else n.host
+        return self.req.var(name)
+
+    def set_var(self, name: str, value: Any) -> None:
+        if self.vars is None:
+            self.vars = {}
+        self.vars[name] = value
+
+    @property
+    def consumer_name(self) -> str | None:
+        return getattr(self.consumer, "username", None) if self.consumer is not None else None
+
+    # -- request side ------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self._start()
+        except ProtocolError as e:
+            self.respond(e.status, error_body(e.status), content_type=HTML)
+        except Exception:
+            log.exception("request failed")
+            if not self.resp_started:
+                self.respond(500, error_body(500), content_type=HTML)
+            else:
+                self.conn.close()
+
+    def _start(self) -> None:
+        gchain = self.runtime.global_chain
+        chain = None
+        if gchain is not None:
+            # APISIX: global rules run rewrite and access even when no route matches.
+            res = gchain.run("rewrite", self)
+            if res is None:
+                if not self._match():
+                    res = gchain.run("access", self) or (404, NOT_FOUND)
+                else:
+                    chain = self.route.chain  # type: ignore[union-attr]
+                    if chain is not None:
+                        res = chain.run("rewrite", self)
+                    if res is None:
+                        res = gchain.run("access", self)
+                    if res is None and chain is not None:
+                        res = chain.run("access", self)
+        else:
+            if not self._match():
+                self.respond(404, NOT_FOUND)
+                return
+            chain = self.route.chain  # type: ignore[union-attr]
+            res = None
+            if chain is not None:
+                res = chain.run("rewrite", self) or chain.run("access", self)
+        if res is not None:
+            self.respond(res[0], res[1])
+            return
+        route = self.route
+        assert route is not None
+        if route.error is not None:
+            self.respond(*route.error)
+            return
+        up = self.conf_override or route.upstream
+        if up is None:
+            self.respond(502, b'{"error_msg":"missing upstream configuration in Route or Service"}')
+            return
+        self.up = up
+        self.tmo = route.timeouts or up.timeouts
+        if chain is not None and chain.has("before_proxy"):
+            res = chain.run("before_proxy", self)
+            if res is not None:
+                self.respond(res[0], res[1])
+                return
+        if self.wants_tunnel and not route.enable_websocket:
+            self.wants_tunnel = False
+        if self.req.expect_continue and not self.req_done:
+            self.conn.send_continue()
+            self.continue_sent = True
+        self.first_try_at = self.req.start_time
+        self._try_node()
+
+    def _match(self) -> bool:
+        rt = self.runtime
+        m = rt.router.match(self.req)
+        if m is None:
+            return False
+        rr = rt.routes.get(m.route_id)
+        if rr is None:
+            return False
+        self.route = rr
+        if m.params:
+            self.req.params = dict(m.params)
+        return True
+
+    def on_req_body(self, chunk: bytes) -> None:
+        framed = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.req.chunked else (chunk,)
+        size = self.body_size = self.body_size + len(chunk)
+        if self.replay_ok:
+            if size <= REPLAY_LIMIT:
+                if self.replay is None:
+                    self.replay = []
+                self.replay.extend(framed)
+            else:
+                self.replay_ok = False
+                self.replay = None
+        up = self.upstream
+        if up is not None and self.sent_upstream and not up.closed:
+            up.transport.writelines(framed)
+            self._touch_upstream()
+        else:
+            if self.body_buf is None:
+                self.body_buf = []
+            self.body_buf.extend(framed)
+            if size > HIGH_WATER and not self.replay_ok:
+                self.conn.pause_read(P_BUFFER)
+
+    def on_req_complete(self) -> None:
+        self.req_done = True
+        if self.req.chunked:
+            term = b"0\r\n\r\n"
+            if self.replay_ok:
+                if self.replay is None:
+                    self.replay = []
+                self.replay.append(term)
+            up = self.upstream
+            if up is not None and self.sent_upstream and not up.closed:
+                up.transport.write(term)
+            else:
+                if self.body_buf is None:
+                    self.body_buf = []
+                self.body_buf.append(term)
+
+    # -- upstream selection / connection --------------------------------------------------
+    def _try_node(self) -> None:
+        up = self.up
+        assert up is not None
+        nodes = up.nodes
+        if len(nodes) == 1:
+            # APISIX: a one-node upstream skips the balancer (health and weight included),
+            # so retries go to that node again.
+            node: Node | None = nodes[0]
+        else:
+            node = up.balancer.pick(self, tried=self.tried, healthy=up.healthy if up.unhealthy else None)
+        if node is None:
+            if self.tried:
+                log.error("route %s: all upstream nodes tried", self.route.id if self.route else "?")
+            else:
+                log.error("route %s: no valid upstream node", self.route.id if self.route else "?")
+            self.server.waiting.discard(self)
+            self.respond(502, error_body(502), content_type=HTML)
+            return
+        self.node = node
+        server = self.server
+        key = self._pool_key(up, node)
+        conn = server.pool.get(key, up.pool_idle_timeout, server.loop.time())
+        server.waiting.add(self)
+        if up.track_load:
+            up.balancer.on_start(node)
+            self.t_connect = server.loop.time()
+        if conn is not None:
+            self._attach(conn, reused=True)
+        else:
+            self._connect_later(node, up, key)
+
+    def _pool_key(self, up: UpstreamRuntime, node: Node) -> tuple[Any, ...]:
+        if up.ssl_context is None:
+            return (up.key, node.host, node.port, up.scheme)
+        # TLS sessions are per SNI (APISIX pool name scheme#host#port#sni).
+        return (up.key, node.host, node.port, up.scheme, self._sni(node))
+
+    def _sni(self, node: Node) -> str | None:
+        name = self._upstream_host_for(node)
+        if name.startswith("["):
+            return None
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        try:
+            ipaddress.ip_address(name)
+            return None  # no SNI for IP literals
+        except ValueError:
+            return name
+
+    def _connect_later(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
+        self.up_phase = 1  # connecting
+        self.deadline = self.server.loop.time() + self.tmo.connect
+        self.server.loop.create_task(self._connect(node, up, key))
+
+    async def _connect(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
+        loop = self.server.loop
+        host = node.host[1:-1] if node.host.startswith("[") else node.host
+        kw: dict[str, Any] = {}
+        if up.ssl_context is not None:
+            kw = {"ssl": up.ssl_context, "server_hostname": key[4] or ""}
+        try:
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self.server, key), host, node.port, **kw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if self.finished or self.up_phase != 1 or self.node is not node:
+                return
+            log.warning("connect to %s failed: %s", node.addr, e)
+            self._report(node, "tcp_failure", 0)
+            self._failed(502)
+            return
+        if self.finished or self.up_phase != 1 or self.node is not node:
+            conn.transport.close()
+            return
+        self._attach(conn, reused=False)
+
+    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        self.upstream = conn
+        conn.ex = self
+        conn.reused = reused
+        conn.bytes_in = 0
+        conn.requests += 1
+        self.up_phase = 2
+        self.deadline = self.server.loop.time() + self.tmo.read
+        head = self._build_head()
+        if self.tried and self.replay is not None:
+            # a retry: replay what was received so far; later chunks stream as they come
+            data = head + b"".join(self.replay)
+            self.body_buf = None
+        elif self.body_buf:
+            data = head + b"".join(self.body_buf)
+            self.body_buf = None
+            self.conn.resume_read(P_BUFFER)
+        else:
+            data = head
+        conn.transport.write(data)
+        self.sent_upstream = True
+
+    def _upstream_host_for(self, node: Node) -> str:
+        up = self.up
+        assert up is not None
+        ph = up.pass_host
+        if ph == "node":
+            default = 443 if up.scheme in ("https", "grpcs") else 80
+            host = f"[{node.host}]" if ":" in node.host and not node.host.startswith("[") else node.host
+            return host if node.port == default else f"{host}:{node.port}"
+        if ph == "rewrite" and up.upstream_host:
+            return up.upstream_host
+        return self.req.http_host or node.host
+
+    def _build_head(self) -> bytes:
+        """The request head sent upstream, re-serialised from the parsed request."""
+        req = self.req
+        node = self.node
+        assert node is not None
+        vars = self.vars
+        target = req.upstream_path if req.query is None else f"{req.upstream_path}?{req.query}"
+        host = method = None
+        if vars:
+            host = vars.get("upstream_host")
+            target = vars.get("upstream_uri") or target
+            method = vars.get("request_method_override")
+        if host is None:
+            host = self._upstream_host_for(node)
+        parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}".encode("latin-1")]
+        ap = parts.append
+        xff_prev = fproto = fhost = fport = None
+        fwd = req.forward_fields()
+        if fwd is not None:
+            ap(fwd)   # fast path: validated fields, nothing to drop (see _lite_request)
+        else:
+            drop = _DROP_REQ
+            if self.conn_tokens:
+                extra = {t for t in self.conn_tokens if t and t not in _PROTECTED}
+                if extra:
+                    drop = drop | extra
+            for name, value in req.headers:
+                ln = name.lower()
+                if ln in drop:
+                    if ln == b"x-forwarded-for":
+                        xff_prev = value if xff_prev is None else xff_prev + b", " + value
+                    elif ln == b"x-forwarded-proto":
+                        fproto = value
+                    elif ln == b"x-forwarded-host":
+                        fhost = value
+                    elif ln == b"x-forwarded-port":
+                        fport = value
+                    continue
+                ap(b"\r\n" + name + b": " + value)
+        ap(b"\r\n")
+        conn = self.conn
+        if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip:
+            # common case: no forwarding headers to honour; the block is per connection
+            ap(conn.fwd_lines)
+            ap(b"X-Forwarded-Host: " + req.host.encode("latin-1") + b"\r\n")
+        else:
+            remote = req.remote_addr.encode()
+            if xff_prev is not None and (conn.peer_trusted or conn.peer_real_ip_ok):
+                xff = xff_prev + b", " + conn.peer_ip.encode()
+            else:
+                xff = remote
+            if not conn.peer_trusted:
+                fproto = fhost = fport = None
+            ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n"
+               b"X-Forwarded-Host: %s\r\n"
+               % (remote, xff, fproto or req.scheme.encode(), fport or b"%d" % req.server_port,
+                  fhost or req.host.encode("latin-1")))
+        if req.chunked:
+            ap(b"Transfer-Encoding: chunked\r\n")
+        elif req.content_length is not None:
+            ap(b"Content-Length: %d\r\n" % req.content_length)
+        if self.wants_tunnel:
+            ap(b"Upgrade: websocket\r\nConnection: upgrade\r\n")
+        ap(b"\r\n")
+        return b"".join(parts)
+
+    def _touch_upstream(self) -> None:
+        self.deadline = self.server.loop.time() + self.tmo.read
+
+    def check_upstream_deadline(self, now: float) -> None:
+        if self.finished or self.up_phase == 0 or now < self.deadline:
+            return
+        node = self.node
+        log.warning("upstream %s timed out (%s)", node.addr if node else "?", "connect" if self.up_phase == 1 else "read")
+        if node is not None:
+            self._report(node, "timeout", 0)
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.ex = None
+            conn.transport.close()
+        if self.resp_started:
+            self._finish_abort()
+            return
+        self._failed(504)
+
+    def _failed(self, status: int) -> None:
+        """A try failed before any response byte reached the client: retry or answer."""
+        node = self.node
+        up = self.up
+        assert up is not None
+        if node is not None:
+            if up.track_load:
+                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+            self.tried = [*self.tried, node]
+        self.up_phase = 0
+        self.upstream = None
+        can_replay = self.replay_ok and (self.req_done or not self.body_size)
+        retries_left = up.retries - (len(self.tried) - 1)
+        # nginx proxy_next_upstream: a non-idempotent request already sent is not replayed.
+        safe = not self.sent_upstream or self.req.method in IDEMPOTENT
+        if retries_left > 0 and can_replay and safe and not self.conn.closing:
+            if up.retry_timeout and self.server.loop.time() - self.first_try_at >= up.retry_timeout:
+                status = 502  # APISIX: retry deadline passed -> 502
+            else:
+                self.sent_upstream = False
+                self._try_node()
+                return
+        self.server.waiting.discard(self)
+        self.respond(status, error_body(status), content_type=HTML)
+
+    def _report(self, node: Node, kind: str, status: int) -> None:
+        up = self.up
+        if up is None or not up.passive:
+            return
+        rep = self.server.passive_report
+        if rep is not None:
+            rep(up.key, node.addr, kind, status)
+
+    # -- response side (called by UpstreamConnection) ---------------------------------------
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        if self.finished or conn is not self.upstream:
+            return
+        if conn.tunnel:
+            self.conn.close()
+            return
+        if self.resp_started:
+            if conn.until_close and conn.got_headers:
+                self.on_resp_complete(conn)
+                return
+            self._finish_abort()
+            return
+        node = self.node
+        up = self.up
+        if conn.reused and conn.bytes_in == 0 and self.replay_ok and node is not None and up is not None:
+            # The server closed an idle keep-alive connection as we reused it: retry on a
+            # fresh connection without counting a try (nginx does the same).
+            self.upstream = None
+            self.sent_upstream = False
+            if self.replay is not None:
+                self.body_buf = list(self.replay)  # _attach sends it after the head
+            self._connect_later(node, up, self._pool_key(up, node))
+            return
+        if node is not None:
+            self._report(node, "tcp_failure", 0)
+        self._failed(502)
+
+    @property
+    def resp_headers(self) -> list[tuple[bytes, bytes]]:
+        """Response header fields as (name, value) for plugins; settable in header_filter."""
+        h = self._resp_headers
+        if h is None:
+            h = self._resp_headers = split_fields(self._resp_fields)
+        return h
+
+    @resp_headers.setter
+    def resp_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._resp_headers = value
+
+    def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
+                     complete: bool = False, lower: bytes | None = None) -> None:
+        """``head`` is the upstream's status line and fields exactly as llhttp validated them
+        (each field line ends with CRLF; the blank line is not included).  ``complete``: the
+        whole response is in hand (no read deadline to extend); ``lower``: ``head.lower()``
+        when the caller has it already."""
+        req = self.req
+        self.upstream_status = status
+        up = self.up
+        if up is not None:
+            if not complete:
+                self.deadline = self.server.loop.time() + self.tmo.read
+            if up.passive and self.node is not None:
+                self._report(self.node, "http", status)
+        self.resp_status = status
+        sl = head.find(b"\r\n")
+        status_line = head[:sl]
+        # Each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass.
+        fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
+        lh = head.lower() if lower is None else lower
+        i = lh.find(b"\r\nconnection:", sl)   # llhttp refuses whitespace before the colon
+        if i >= 0:
+            value = lh[i + 13:lh.find(b"\r\n", i + 13)].strip(b" \t")
+            if value not in _PLAIN_CONN:
+                # Fields named by Connection are hop-by-hop too (RFC 9110 7.6.1).
+                names = [re.escape(n) for n in (t.strip(b" \t") for t in value.split(b","))
+                         if n and n not in (b"close", b"keep-alive", b"upgrade")]
+                if names:
+                    fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
+        self._resp_fields = fields
+        chain = self.route.chain if self.route is not None else None
+        gchain = self.runtime.global_chain
+        if (gchain is not None and gchain.has("header_filter")) or (chain is not None and chain.has("header_filter")):
+            if gchain is not None:
+                gchain.run("header_filter", self)
+            if chain is not None:
+                chain.run("header_filter", self)
+            status = self.resp_status
+            fields = b"".join(b"\r\n" + n + b": " + v for n, v in self.resp_headers)
+        no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        if no_body:
+            self.resp_body_allowed = False
+        keep = self.client_keep and self.req_done and not self.server.draining
+        head_bytes, self.resp_chunked, keep = self.conn.response_head(self, status_line, fields, status, cl, no_body,
+                                                                      keep)
+        self.client_keep = keep
+        self.out.append(head_bytes)
+        self.resp_started = True
+
+    def on_resp_body(self, chunk: bytes) -> None:
+        if not self.resp_body_allowed:
+            return
+        if self.resp_chunked:
+            self.out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.out.append(chunk)
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            if self.conn.closing:
+                out.clear()
+                return
+            self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            if not self.finished:
+                self._touch_upstream()
+
+    def on_resp_complete(self, conn: UpstreamConnection) -> None:
+        if self.resp_chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.finished = True
+        self.flush()
+        server = self.server
+        server.waiting.discard(self)
+        self.upstream = None
+        conn.ex = None
+        node = self.node
+        up = self.up
+        if up is not None and node is not None:
+            if up.track_load:
+                up.balancer.on_finish(node, server.loop.time() - self.t_connect)
+            if (self.req_done and conn._ka and not conn.until_close and not conn.closed and not conn.dirty
+                    and conn.requests < up.pool_requests):
+                # Pooled once the current read is fully parsed (see UpstreamConnection).
+                conn.release = up.pool_size
+            else:
+                conn.transport.close()
+        if self.route is not None and self.route.chain is not None or self.runtime.global_chain is not None \
+                or server.access_log_on:
+            self._log()
+        self.conn.exchange_done(self, self.client_keep and self.req_done)
+
+    def on_resp_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """101 Switching Protocols: both sides become a raw tunnel."""
+        if not self.wants_tunnel or self.resp_status != 101:
+            self.on_upstream_protocol_error(conn, "unexpected upgrade")
+            return
+        self.flush()
+        self.finished = True
+        self.server.waiting.discard(self)
+        early = b"".join(self.tunnel_early or ())
+        self.tunnel_early = None
+        self.conn.start_tunnel(conn, early)
+        if rest:
+            self.conn.write(rest)
+        self._log()
+
+    def on_upstream_protocol_error(self, conn: UpstreamConnection, why: str) -> None:
+        log.warning("upstream %s sent an invalid response: %s", self.node.addr if self.node else "?", why)
+        conn.dirty = True
+        conn.ex = None
+        conn.transport.close()
+        if self.resp_started:
+            self._finish_abort()
+            return
+        self.upstream = None
+        self.out.clear()
+        self._failed(502)
+
+    def on_client_lost(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+
+    def abort_upstream(self) -> None:
+        conn = self.upstream
+        self.upstream = None
+        self.up_phase = 0
+        if conn is not None:
+            conn.ex = None
+            if not conn.closed:
+                conn.transport.close()
+
+    def _finish_abort(self) -> None:
+        self.finished = True
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+        self.flush()
+        self.conn.close()
+
+    def respond(self, status: int, body: bytes, *, content_type: bytes = b"application/json", extra: bytes = b"") -> None:
+        """Answer locally (route miss, plugin exit, upstream failure)."""
+        if self.resp_started or self.finished:
+            return
+        self.finished = True
+        self.resp_started = True
+        self.resp_status = status
+        self.server.waiting.discard(self)
+        self.abort_upstream()
+        # If the client still has body bytes in flight we cannot keep the connection in sync.
+        keep = self.client_keep and self.req_done and not self.server.draining
+        if status >= 500 and self.upstream_status:
+            extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
+        self.conn.send_local(status, body, close=not keep, content_type=content_type, extra=extra,
+                               head_only=self.req.method == "HEAD")
+        self._log()
+        self.conn.exchange_done(self, keep)
+        if not keep and self.conn.is_idle() and not self.conn.closing:
+            self.conn.close()
+
+    def _log(self) -> None:
+        chain = self.route.chain if self.route is not None else None
+        if chain is not None and chain.has("log"):
+            try:
+                chain.run("log", self)
+            except Exception:
+                log.exception("log phase failed")
+        gchain = self.runtime.global_chain
+        if gchain is not None and gchain.has("log"):
+            try:
+                gchain.run("log", self)
+            except Exception:
+                log.exception("log phase failed")
+        if self.server.access_log_on:
+            req = self.req
+            access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
+                            req.request_uri, req.version, self.resp_status,
+                            self.node.addr if self.node else "-", self.route.id if self.route else "-")
+
+

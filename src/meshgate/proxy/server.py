@@ -1,0 +1,116 @@
+"""One worker's data plane: listeners, live connections, the upstream pool, the Runtime.
+
+Protocol-agnostic: each listener gets the downstream codec of its protocol (HTTP/1 today),
+which feeds requests to :class:`~meshgate.proxy.exchange.Exchange`.  Timeouts are enforced
+by one sweeper per worker instead of a timer per request: client header/body/keep-alive/send
+deadlines every 300 ms, upstream connect/send/read deadlines every 100 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any, Callable
+
+from .common import S_IDLE, ProxySettings, ip_in
+from .http1 import ClientConnection
+from .upstream_conn import Pool
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
+    from .runtime import Runtime
+
+__all__ = ["ProxyServer"]
+
+log = logging.getLogger("meshgate.proxy")
+access_log = logging.getLogger("meshgate.access")
+
+
+class ProxyServer:
+    """One worker's data plane: listeners, connections, pools, the current Runtime."""
+
+    def __init__(self, settings: ProxySettings, runtime: Runtime, *,
+                 passive_report: Callable[[str, str, str, int], None] | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.loop = asyncio.get_event_loop()
+        self.connections: set[ClientConnection] = set()
+        self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
+        self.pool = Pool()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.draining = False
+        self.passive_report = passive_report
+        self._real_cache: dict[str, bool] = {}
+        self._trusted_cache: dict[str, bool] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.requests_total = 0
+        self.fast_requests = 0     # requests / responses handled by the fast paths (_lite_*)
+        self.fast_responses = 0
+        self.access_log_on = access_log.isEnabledFor(logging.INFO)
+
+    def set_runtime(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def listen(self, host: str, port: int, *, sock: socket.socket | None = None,
+                     ssl_ctx: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+        if sock is not None:
+            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096, ssl=ssl_ctx)
+        else:
+            srv = await self.loop.create_server(lambda: ClientConnection(self), host=host, port=port,
+                                                reuse_port=True, backlog=4096, ssl=ssl_ctx)
+        self.servers.append(srv)
+        if self._sweeper is None:
+            self._sweeper = self.loop.create_task(self._sweep())
+        return srv
+
+    def is_real_ip_source(self, addr: str) -> bool:
+        return ip_in(addr, self.settings._real_nets, self._real_cache)
+
+    def is_trusted(self, addr: str) -> bool:
+        return bool(self.settings._trusted_nets) and ip_in(addr, self.settings._trusted_nets, self._trusted_cache)
+
+    async def _sweep(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.loop.time()
+            for ex in list(self.waiting):
+                ex.check_upstream_deadline(now)
+            tick += 1
+            if tick % 3 == 0:
+                s = self.settings
+                for conn in list(self.connections):
+                    conn.check_deadline(now, s)
+            if tick % 10 == 0:
+                rt = self.runtime
+                self.pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, finish in-flight requests within ``grace``, then close the rest."""
+        self.draining = True
+        for srv in self.servers:
+            srv.close()
+        # Connections the loop accepted just before the close get their protocol on the next
+        # iterations: let them register before deciding the worker is idle.
+        await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            # Idle keep-alive connections go now; a connection accepted but not yet read may
+            # carry a request already: it is served (with Connection: close), see check_deadline.
+            if conn.state == S_IDLE and conn.requests:
+                conn.close()
+        deadline = self.loop.time() + grace
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.pool.close_all()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def _pool_idle_timeout(rt: Runtime, key: tuple[Any, ...]) -> float:
+    up = rt.upstreams.get(key[0])
+    return up.pool_idle_timeout if up is not None else 60.0
+
