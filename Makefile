@@ -32,7 +32,7 @@ demo: $(ACCEL)
 # The suite runs on the compiled hot path; the fast-path differential test, the proxy tests and
 # the hot modules' unit tests run once more as pure Python (the fallback must stay correct too).
 test: $(ACCEL)
-	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/plugins
 	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
 		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py
 
