@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ACCEL := $(VENV)/.accel
 HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/server.py _accel.py)
 
-.PHONY: demo test unit integration e2e bench clean venv
+.PHONY: demo test unit integration e2e bench clean venv peers
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required" >&2; exit 1; }
@@ -31,7 +31,10 @@ demo: $(ACCEL)
 
 # The suite runs on the compiled hot path; the fast-path differential test, the proxy tests and
 # the hot modules' unit tests run once more as pure Python (the fallback must stay correct too).
-test: $(ACCEL)
+peers:
+	bash tools/peers.sh
+
+test: $(ACCEL) peers
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/plugins
 	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
 		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py
