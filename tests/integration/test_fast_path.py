@@ -215,6 +215,7 @@ async def test_plugins_see_the_same_header_list() -> None:
     seen: list[list[tuple[bytes, bytes]]] = []
     spy = types.ModuleType("header_spy")
     spy.NAME = "header-spy"  # type: ignore[attr-defined]
+    spy.PRIORITY = 0  # type: ignore[attr-defined]
     spy.rewrite = lambda conf, ctx: seen.append(list(ctx.req.headers))  # type: ignore[attr-defined]
     reg = PluginRegistry()
     reg.register_module(spy)

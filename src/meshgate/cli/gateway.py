@@ -12,7 +12,7 @@ from ..admin.control import ControlAPI
 from ..admin.httpserver import ApiServer
 from ..config import ConfigStore, FileSource, NodeConfig, NodeConfigErrors, load_node_config
 from ..errors import ConfigError
-from ..proxy.supervisor import Supervisor
+from ..proxy.supervisor import MetricsExport, Supervisor
 
 __all__ = ["proxy_settings", "run_gateway", "GatewayError", "resolve_node_config"]
 
@@ -52,6 +52,14 @@ def resolve_node_config(path: str | None) -> NodeConfig:
     return node
 
 
+def metrics_export(node: NodeConfig) -> MetricsExport | None:
+    """APISIX starts its export server when prometheus is an enabled plugin (the default list has it)."""
+    p = node.prometheus
+    if not p.enable_export_server or (node.plugins is not None and "prometheus" not in node.plugins):
+        return None
+    return MetricsExport(ip=p.export_addr.ip, port=p.export_addr.port, uri=p.export_uri, prefix=p.metric_prefix)
+
+
 def _listen(node: NodeConfig) -> list[tuple[str, int]]:
     return [(l.ip, l.port) for l in node.node_listen]
 
@@ -75,7 +83,8 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
     if ypath.exists() and not source.load():
         raise GatewayError(f"{ypath}: {source.last_error}")
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
-                     router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout)
+                     router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
+                     metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs)
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:

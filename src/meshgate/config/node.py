@@ -224,6 +224,7 @@ class NodeConfig:
     plugins: tuple[str, ...] | None
     stream_plugins: tuple[str, ...] | None
     plugin_attr: Mapping[str, Any]
+    plugin_dirs: tuple[str, ...]          # apisix.plugin_dirs: third-party plugin directories
     prometheus: PrometheusConfig
     discovery: Mapping[str, Any]
     # the merged document and what was ignored in it
@@ -333,6 +334,7 @@ _KNOWN: dict[str, Any] = {
         "normalize_uri_like_servlet": None,
         "show_upstream_status_in_response_header": None,
         "trusted_addresses": None,
+        "plugin_dirs": None,
     },
     "nginx_config": {
         "worker_processes": None,
@@ -572,6 +574,7 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
         plugins=r.name_list(merged, ("plugins",)),
         stream_plugins=r.name_list(merged, ("stream_plugins",)),
         plugin_attr=MappingProxyType(dict(plugin_attr)),
+        plugin_dirs=_plugin_dirs(r, merged, cfg_path),
         prometheus=prometheus,
         discovery=MappingProxyType(dict(discovery) if isinstance(discovery, Mapping) else {}),
         raw=MappingProxyType(merged),
@@ -859,6 +862,21 @@ class _Reader:
         return tuple(out)
 
     # lists
+    def str_list(self, data: Any, path: Key) -> tuple[str, ...]:
+        v = _get(data, path)
+        if v is None:
+            return ()
+        if not isinstance(v, list):
+            self.error(path, f"expected list of strings, got {_short(v)}")
+            return ()
+        out = []
+        for i, item in enumerate(v):
+            if isinstance(item, str) and item:
+                out.append(item)
+            else:
+                self.error(path + (i,), f"expected non-empty string, got {_short(item)}")
+        return tuple(out)
+
     def name_list(self, data: Any, path: Key) -> tuple[str, ...] | None:
         v = _get(data, path)
         if v is None:
@@ -944,3 +962,9 @@ class _Reader:
             verify=verify,
             sni=self.opt_string(data, path + ("sni",)),
         )
+
+
+def _plugin_dirs(r: Any, merged: Mapping[str, Any], cfg_path: Path | None) -> tuple[str, ...]:
+    """``apisix.plugin_dirs``: directories of third-party plugins (relative to the config file)."""
+    base = cfg_path.absolute().parent if cfg_path is not None else Path.cwd()
+    return tuple(str((base / d).resolve()) for d in r.str_list(merged, ("apisix", "plugin_dirs")))

@@ -1,5 +1,8 @@
-"""Plugin registry, loader and compiled per-route chains."""
+"""Plugin registry, loader, compiled per-route chains, and consumers (docs/plugins.md)."""
 
-from .runtime import META_SCHEMA, PHASES, Plugin, PluginChain, PluginContext, PluginRegistry
+from .consumers import Consumer, ConsumerSet
+from .runtime import (META_SCHEMA, PHASES, Answer, Pending, Plugin, PluginChain, PluginContext, PluginRegistry,
+                      encode_body, to_answer)
 
-__all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA"]
+__all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA", "Pending", "Answer",
+           "encode_body", "to_answer", "Consumer", "ConsumerSet"]

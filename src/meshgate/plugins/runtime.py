@@ -16,7 +16,9 @@ costs nothing on the hot path.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
+import inspect
 import json
 import logging
 import pkgutil
@@ -24,13 +26,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 
 from ..errors import ConfigError, PluginError
 from ..router import compile_expr
 
-__all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA"]
+__all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA", "Pending", "Answer",
+           "encode_body", "to_answer"]
 
 log = logging.getLogger("meshgate.plugins")
 
@@ -49,7 +52,7 @@ META_SCHEMA: dict[str, Any] = {
 
 
 class PluginContext(Protocol):
-    """What hooks receive as ``ctx`` (implemented by the proxy's exchange)."""
+    """What hooks receive as ``ctx`` (implemented by the proxy's exchange; docs/plugins.md)."""
 
     def var(self, name: str) -> Any: ...
 
@@ -63,53 +66,182 @@ class Plugin:
     module: ModuleType
     consumer_schema: Mapping[str, Any] | None = None
     metadata_schema: Mapping[str, Any] | None = None
+    type: str | None = None              # "auth": identifies consumers
+    run_policy: str | None = None        # "prefer_route": a route's conf wins over a global rule's
+    source: str = "builtin"              # "builtin", a file path, or "entry point <name>"
 
     def hook(self, phase: str) -> Callable[[Any, Any], Any] | None:
-        return getattr(self.module, phase, None)
+        h = getattr(self.module, phase, None)
+        return h if callable(h) else None   # a module-level ``log = logging.getLogger()`` is no hook
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return tuple(p for p in PHASES if callable(getattr(self.module, p, None)))
 
 
-def _encode_body(body: Any) -> bytes:
+def _cjson(body: Any) -> bytes:
+    # APISIX encodes tables with lua-cjson: compact, raw UTF-8, "/" escaped, and
+    # core.response.exit appends a newline.  "/" cannot occur outside strings in JSON.
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode() + b"\n"
+
+
+def encode_body(body: Any) -> bytes:
+    """A hook's answer body as APISIX sends it (tables as JSON + newline, strings as they are)."""
     if body is None:
         return b""
     if isinstance(body, bytes):
         return body
     if isinstance(body, str):
         return body.encode()
-    return json.dumps(body).encode()
+    return _cjson(body)
+
+
+Headers = list[tuple[str, str]]
+Answer = tuple[int, bytes, "Headers | None"]
+
+
+def to_answer(res: Any, err_resp: Any) -> Answer:
+    """A hook result ``(status, body[, headers])`` (or a bare status) as an answer."""
+    headers: Headers | None = None
+    if isinstance(res, tuple):
+        status = res[0]
+        body = res[1] if len(res) > 1 else None
+        if len(res) > 2 and res[2]:
+            h = res[2]
+            headers = list(h.items()) if isinstance(h, Mapping) else list(h)
+    else:
+        status, body = res, None
+    status = int(status)
+    if err_resp is not None and status >= 400:
+        body = err_resp
+    return status, encode_body(body), headers
+
+
+class Pending:
+    """A hook returned an awaitable: the chain stops there and the exchange resumes it."""
+
+    __slots__ = ("awaitable", "chain", "phase", "index", "err_resp")
+
+    def __init__(self, awaitable: Awaitable[Any], chain: PluginChain, phase: str, index: int, err_resp: Any) -> None:
+        self.awaitable = awaitable
+        self.chain = chain
+        self.phase = phase
+        self.index = index
+        self.err_resp = err_resp
+
+
+# (hook, conf, filter, error_response, name) for each plugin of a phase, in order
+HookEntry = tuple[Callable[[Any, Any], Any], Any, Any, Any, str]
+_ANSWERING = frozenset(("rewrite", "access", "before_proxy"))
 
 
 class PluginChain:
-    """One route's (or the global rules') plugins, per phase, in execution order."""
+    """One route's (or the global rules') plugins, per phase, in execution order.
 
-    __slots__ = ("phases", "names")
+    ``entries`` keeps what the chain was compiled from (name -> (plugin, conf, meta)), so
+    a consumer's plugins can be merged into a route's chain without re-validating."""
 
-    def __init__(self, phases: dict[str, tuple[tuple[Callable[[Any, Any], Any], Any, Any, Any], ...]],
-                 names: tuple[str, ...]) -> None:
+    __slots__ = ("phases", "names", "entries")
+
+    def __init__(self, phases: dict[str, tuple[HookEntry, ...]], names: tuple[str, ...],
+                 entries: dict[str, tuple[Plugin, Any, Any]] | None = None) -> None:
         self.phases = phases
         self.names = names
+        self.entries = entries or {}
 
     def has(self, phase: str) -> bool:
         return phase in self.phases
 
-    def run(self, phase: str, ctx: Any) -> tuple[int, bytes] | None:
-        """Run one phase; returns (status, body bytes) when a plugin ends the request."""
-        for hook, conf, flt, err_resp in self.phases.get(phase, ()):
+    def run(self, phase: str, ctx: Any, start: int = 0, only: frozenset[str] | None = None) -> Answer | Pending | None:
+        """Run one phase from hook ``start``; returns the answer when a plugin ends the request,
+        a :class:`Pending` when a hook returned an awaitable (the caller awaits it and resumes
+        at ``index + 1``), else None.  ``only``: run just these plugins (a consumer's additions)."""
+        hooks = self.phases.get(phase)
+        if hooks is None:
+            return None
+        n = len(hooks)
+        i = start
+        while i < n:
+            hook, conf, flt, err_resp, name = hooks[i]
+            i += 1
+            if only is not None and name not in only:
+                continue
             if flt is not None and not flt.eval(ctx.var):
                 continue
             res = hook(conf, ctx)
-            if res is not None and phase in ("rewrite", "access", "before_proxy"):
-                status, body = res if isinstance(res, tuple) else (res, None)
-                if err_resp is not None and status >= 400:
-                    body = err_resp
-                return int(status), _encode_body(body)
+            if res is None:
+                continue
+            if inspect.isawaitable(res):
+                return Pending(res, self, phase, i - 1, err_resp)
+            if phase in _ANSWERING:
+                return to_answer(res, err_resp)
         return None
+
+    def run_filters(self, phase: str, ctx: Any) -> None:
+        """header_filter / body_filter / log: nothing to answer; a failing plugin is logged
+        and the others still run (the response is already on its way).  An async ``log``
+        hook runs as a task of its own."""
+        for hook, conf, flt, _err, name in self.phases.get(phase, ()):
+            try:
+                if flt is not None and not flt.eval(ctx.var):
+                    continue
+                res = hook(conf, ctx)
+                if res is not None and inspect.isawaitable(res):
+                    if phase == "log":
+                        _spawn(res, name)
+                    else:
+                        if inspect.iscoroutine(res):
+                            res.close()
+                        log.error("plugin %s: %s must not be async", name, phase)
+            except Exception:
+                log.exception("plugin %s failed in %s", name, phase)
+
+    def without(self, names: Iterable[str]) -> PluginChain | None:
+        """This chain minus some plugins (a global rule's prefer_route plugins a route configures)."""
+        drop = set(names)
+        if not drop & set(self.names):
+            return self
+        phases = {ph: tuple(e for e in hooks if e[4] not in drop) for ph, hooks in self.phases.items()}
+        phases = {ph: hooks for ph, hooks in phases.items() if hooks}
+        names = tuple(n for n in self.names if n not in drop)
+        if not names:
+            return None
+        return PluginChain(phases, names, {k: v for k, v in self.entries.items() if k not in drop})
+
+
+_tasks: set[Any] = set()
+
+
+def _spawn(aw: Awaitable[Any], name: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        try:
+            await aw
+        except Exception:
+            log.exception("plugin %s failed in log", name)
+
+    t = asyncio.get_event_loop().create_task(run())
+    _tasks.add(t)   # keep a reference until done (asyncio holds tasks weakly)
+    t.add_done_callback(_tasks.discard)
 
 
 class PluginRegistry:
-    """Known plugins by name: the built-in package plus directories / entry points."""
+    """Known plugins by name: the built-in package plus directories / entry points.
+
+    Third-party plugins are plain modules with the built-ins' contract (docs/plugins.md),
+    loaded from a directory (``*.py``) or from the ``meshgate.plugins`` entry-point group.
+    A module that breaks the contract is refused with a message naming the file and the
+    problem; the others still load.  :meth:`reload` re-imports the directory plugins
+    (APISIX's plugin reload): the next config compile uses the new code.
+    """
+
+    ENTRY_POINT_GROUP = "meshgate.plugins"
 
     def __init__(self) -> None:
         self._plugins: dict[str, Plugin] = {}
+        self._dirs: list[Path] = []
+        self.errors: list[str] = []      # plugins refused at the last load, one line each
 
     def __contains__(self, name: str) -> bool:
         return name in self._plugins
@@ -120,49 +252,98 @@ class PluginRegistry:
     def names(self) -> list[str]:
         return sorted(self._plugins)
 
-    def register_module(self, module: ModuleType) -> Plugin:
-        name = getattr(module, "NAME", None)
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin module {module.__name__} has no NAME")
-        schema = getattr(module, "SCHEMA", {"type": "object"})
-        import jsonschema  # here, not at import: workers that load no plugin never need it
+    def plugins(self) -> list[Plugin]:
+        return [self._plugins[n] for n in sorted(self._plugins)]
 
-        try:
-            jsonschema.Draft7Validator.check_schema(schema)
-        except jsonschema.SchemaError as e:
-            raise PluginError(f"plugin {name}: invalid SCHEMA: {e.message}") from e
-        p = Plugin(name=name, priority=int(getattr(module, "PRIORITY", 0)), version=str(getattr(module, "VERSION", "0.1")),
-                   schema=schema, module=module, consumer_schema=getattr(module, "CONSUMER_SCHEMA", None),
-                   metadata_schema=getattr(module, "METADATA_SCHEMA", None))
-        self._plugins[name] = p
+    def register_module(self, module: ModuleType, *, source: str = "builtin") -> Plugin:
+        p = _check_contract(module, source)
+        old = self._plugins.get(p.name)
+        if old is not None and old.source != source and old.source == "builtin" and source != "builtin":
+            log.warning("plugin %s from %s replaces the built-in one", p.name, source)
+        self._plugins[p.name] = p
+        init = getattr(module, "init", None)
+        if callable(init) and source != "builtin":
+            init()
         return p
 
     def load_builtin(self) -> None:
         from . import builtin
 
         for info in pkgutil.iter_modules(builtin.__path__):
+            if info.name.startswith("_"):
+                continue   # helpers shared by built-in plugins
             mod = importlib.import_module(f"{builtin.__name__}.{info.name}")
             if hasattr(mod, "NAME"):
                 self.register_module(mod)
 
     def load_directory(self, path: str | Path) -> list[str]:
-        """Load every ``*.py`` in ``path`` as a plugin module (third-party plugins)."""
+        """Load every ``*.py`` in ``path`` as a plugin module (third-party plugins).
+
+        Returns the names loaded; a broken module is refused (``errors`` says why) and the
+        rest still load."""
+        d = Path(path)
+        if d not in self._dirs:
+            self._dirs.append(d)
         loaded = []
-        for f in sorted(Path(path).glob("*.py")):
-            modname = f"meshgate_ext_plugins.{f.stem}"
-            spec = importlib.util.spec_from_file_location(modname, f)
-            if spec is None or spec.loader is None:
+        for f in sorted(d.glob("*.py")):
+            if f.name.startswith("_"):
                 continue
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = mod
+            modname = f"meshgate_ext_plugins.{f.stem}"
             try:
+                spec = importlib.util.spec_from_file_location(modname, f)
+                if spec is None or spec.loader is None:
+                    raise PluginError("not a loadable Python file")
+                mod = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(mod)
-                loaded.append(self.register_module(mod).name)
+                loaded.append(self.register_module(mod, source=str(f)).name)
+                sys.modules[modname] = mod
             except Exception as e:
-                raise PluginError(f"cannot load plugin {f}: {e}") from e
+                msg = f"plugin {f} refused: {e}"
+                self.errors.append(msg)
+                log.error("%s", msg)
         return loaded
 
-    def validate(self, name: str, conf: Any, *, pointer: str, kind: str | None = None, id: str | None = None) -> None:
+    def load_entry_points(self) -> list[str]:
+        """Plugins installed as packages: ``[project.entry-points."meshgate.plugins"]``."""
+        loaded = []
+        for ep in importlib.metadata.entry_points(group=self.ENTRY_POINT_GROUP):
+            try:
+                mod = ep.load()
+                if not isinstance(mod, ModuleType):
+                    raise PluginError("the entry point must name a module")
+                loaded.append(self.register_module(mod, source=f"entry point {ep.name}").name)
+            except Exception as e:
+                msg = f"plugin entry point {ep.name} ({ep.value}) refused: {e}"
+                self.errors.append(msg)
+                log.error("%s", msg)
+        return loaded
+
+    def reload(self) -> list[str]:
+        """Re-import the directory plugins (new, changed and removed files); returns the names
+        now loaded from directories.  Built-ins and entry points stay as they are."""
+        for name, p in list(self._plugins.items()):
+            if p.source not in ("builtin",) and not p.source.startswith("entry point "):
+                destroy = getattr(p.module, "destroy", None)
+                if callable(destroy):
+                    try:
+                        destroy()
+                    except Exception:
+                        log.exception("plugin %s: destroy failed", name)
+                del self._plugins[name]
+        self.errors = []
+        loaded: list[str] = []
+        for d in list(self._dirs):
+            loaded += self.load_directory(d)
+        return loaded
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What the Control API lists: name, priority, version, type, phases, source."""
+        return [{"name": p.name, "priority": p.priority, "version": p.version, "type": p.type,
+                 "run_policy": p.run_policy, "phases": list(p.phases), "source": p.source} for p in self.plugins()]
+
+    def validate(self, name: str, conf: Any, *, pointer: str, kind: str | None = None, id: str | None = None,
+                 schema_type: str = "route") -> None:
+        """Check one plugin conf; ``schema_type`` ``consumer`` or ``metadata`` uses that schema."""
         p = self._plugins.get(name)
         if p is None:
             raise ConfigError(pointer, f"unknown plugin {name!r}", kind=kind, id=id)
@@ -177,38 +358,185 @@ class PluginRegistry:
             if err is not None:
                 raise ConfigError(pointer + "/_meta" + "".join(f"/{x}" for x in err.absolute_path), err.message,
                                   kind=kind, id=id)
-        err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(p.schema).iter_errors(body))
+            if meta.get("filter"):
+                try:
+                    compile_expr(meta["filter"], pointer + "/_meta/filter")
+                except ConfigError as e:
+                    raise ConfigError(e.pointer, e.message, kind=kind, id=id) from e
+        schema = p.schema
+        if schema_type == "consumer" and p.consumer_schema is not None:
+            schema = p.consumer_schema
+        elif schema_type == "metadata":
+            schema = p.metadata_schema or {"type": "object"}
+        err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(body))
         if err is not None:
             raise ConfigError(pointer + "".join(f"/{x}" for x in err.absolute_path),
-                              f"failed to check the configuration of plugin {name}: {err.message}", kind=kind, id=id)
+                              f"failed to check the configuration of plugin {name} err: {_schema_msg(err)}",
+                              kind=kind, id=id)
         check = getattr(p.module, "check_schema", None)
         if check is not None:
-            msg = check(body)
+            try:
+                msg = check(body, schema_type) if _arity(check) >= 2 else check(body)
+            except Exception as e:
+                msg = f"check_schema raised {type(e).__name__}: {e}"
             if msg:
-                raise ConfigError(pointer, f"failed to check the configuration of plugin {name}: {msg}", kind=kind, id=id)
+                raise ConfigError(pointer, f"failed to check the configuration of plugin {name} err: {msg}",
+                                  kind=kind, id=id)
 
     def compile_chain(self, plugins: Mapping[str, Any], *, pointer: str = "/plugins", kind: str | None = None,
                       id: str | None = None) -> PluginChain | None:
-        entries = []
+        entries: dict[str, tuple[Plugin, Any, Any]] = {}
         for name, conf in plugins.items():
             ptr = f"{pointer}/{name}"
             self.validate(name, conf, pointer=ptr, kind=kind, id=id)
+            entries[name] = (self._plugins[name], conf, None)
+        return self.chain_from(entries, pointer=pointer)
+
+    def chain_from(self, entries: Mapping[str, tuple[Plugin, Any, Any]], *, pointer: str = "/plugins"
+                   ) -> PluginChain | None:
+        """A chain from already validated confs (name -> (plugin, conf, prepared or None))."""
+        rows = []
+        kept: dict[str, tuple[Plugin, Any, Any]] = {}
+        for name, (p, conf, prepared) in entries.items():
             meta = conf.get("_meta") or {}
             if meta.get("disable"):
                 continue
-            p = self._plugins[name]
+            ptr = f"{pointer}/{name}"
             flt = compile_expr(meta["filter"], ptr + "/_meta/filter") if meta.get("filter") else None
-            body = {k: v for k, v in conf.items() if k != "_meta"}
-            prepare = getattr(p.module, "prepare", None)
-            if prepare is not None:  # optional: precompute per-Snapshot state from the conf
-                body = prepare(body)
-            entries.append((int(meta.get("priority", p.priority)), name, p, body, flt, meta.get("error_response")))
-        if not entries:
+            if prepared is None:
+                body = {k: v for k, v in conf.items() if k != "_meta"}
+                prep = getattr(p.module, "prepare", None)
+                # optional: precompute per-Snapshot state from the conf
+                prepared = prep(body) if prep is not None else body
+            kept[name] = (p, conf, prepared)
+            rows.append((int(meta.get("priority", p.priority)), name, p, prepared, flt, meta.get("error_response")))
+        if not rows:
             return None
-        entries.sort(key=lambda e: -e[0])
-        phases: dict[str, tuple[Any, ...]] = {}
+        rows.sort(key=lambda e: (-e[0], e[1]))
+        phases: dict[str, tuple[HookEntry, ...]] = {}
         for phase in PHASES:
-            hooks = tuple((h, body, flt, err) for _, _, p, body, flt, err in entries if (h := p.hook(phase)) is not None)
+            hooks = tuple((h, body, flt, err, name) for _, name, p, body, flt, err in rows
+                          if (h := p.hook(phase)) is not None)
             if hooks:
                 phases[phase] = hooks
-        return PluginChain(phases, tuple(e[1] for e in entries))
+        return PluginChain(phases, tuple(e[1] for e in rows), kept)
+
+
+def _arity(fn: Callable[..., Any]) -> int:
+    try:
+        return len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _lua_type(v: Any) -> str:
+    # lua-jsonschema names a JSON array "array" and an object "object"; numbers by value
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "number" if not isinstance(v, bool) else "boolean"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return "null"
+
+
+def _num(v: Any) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def _schema_msg(err: Any) -> str:
+    """A jsonschema error in lua-jsonschema's words, as APISIX reports plugin conf errors:
+    ``property "count" validation failed: expected 0 to be greater than 0``."""
+    v, inst, val = err.validator, err.instance, err.validator_value
+    if v == "required":
+        missing = [k for k in val if isinstance(inst, dict) and k not in inst]
+        msg = f'property "{missing[0] if missing else val[0]}" is required'
+    elif v == "type":
+        want = val if isinstance(val, str) else " or ".join(val)
+        msg = f"wrong type: expected {want}, got {_lua_type(inst)}"
+    elif v == "exclusiveMinimum":
+        msg = f"expected {_num(inst)} to be greater than {_num(val)}"
+    elif v == "minimum":
+        msg = f"expected {_num(inst)} to be at least {_num(val)}"
+    elif v == "exclusiveMaximum":
+        msg = f"expected {_num(inst)} to be smaller than {_num(val)}"
+    elif v == "maximum":
+        msg = f"expected {_num(inst)} to be at most {_num(val)}"
+    elif v == "enum":
+        msg = "matches none of the enum values"
+    elif v == "minLength":
+        msg = f"string too short, expected at least {val}, got {len(inst)}"
+    elif v == "maxLength":
+        msg = f"string too long, expected at most {val}, got {len(inst)}"
+    elif v == "pattern":
+        msg = f'failed to match pattern "{val}" with "{inst}"'
+    elif v == "minItems":
+        msg = f"expect array to have at least {val} items"
+    elif v == "maxItems":
+        msg = f"expect array to have at most {val} items"
+    elif v == "uniqueItems":
+        msg = "expected unique items but items are not unique"
+    elif v == "additionalProperties":
+        extra = sorted(k for k in inst if k not in (err.schema.get("properties") or {})) if isinstance(inst, dict) else []
+        msg = f"additional properties forbidden, found {extra[0] if extra else '?'}"
+    elif v == "minProperties":
+        msg = f"expect object to have at least {val} properties"
+    elif v == "maxProperties":
+        msg = f"expect object to have at most {val} properties"
+    elif v in ("oneOf", "anyOf"):
+        msg = "value should match only one schema, but matches none" if v == "oneOf" else \
+            "object matches none of the required"
+    else:
+        msg = str(err.message)
+    for part in reversed(list(err.absolute_path)):
+        msg = f'property "{part}" validation failed: {msg}' if isinstance(part, str) else \
+            f"failed to validate item {part + 1}: {msg}"
+    return msg
+
+
+def _check_contract(module: ModuleType, source: str) -> Plugin:
+    """The module as a Plugin, or PluginError naming what breaks the contract."""
+    name = getattr(module, "NAME", None)
+    where = module.__name__ if source == "builtin" else source
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin module {where} has no NAME (a non-empty string)")
+    prio = getattr(module, "PRIORITY", None)
+    if not isinstance(prio, int) or isinstance(prio, bool):
+        raise PluginError(f"plugin {name} ({where}): PRIORITY must be an integer")
+    # non-callable attributes with a phase's name (a ``log`` logger) are not hooks
+    hooks = [ph for ph in PHASES if callable(getattr(module, ph, None))]
+    for ph in hooks:
+        if _arity(getattr(module, ph)) != 2:
+            raise PluginError(f"plugin {name} ({where}): {ph} must take (conf, ctx)")
+    for ph in ("header_filter", "body_filter"):
+        if inspect.iscoroutinefunction(getattr(module, ph, None)):
+            raise PluginError(f"plugin {name} ({where}): {ph} cannot be async (the response is being written)")
+    schema = getattr(module, "SCHEMA", {"type": "object"})
+    import jsonschema  # here, not at import: workers that load no plugin never need it
+
+    for attr in ("SCHEMA", "CONSUMER_SCHEMA", "METADATA_SCHEMA"):
+        sch = getattr(module, attr, None)
+        if sch is None:
+            continue
+        if not isinstance(sch, Mapping):
+            raise PluginError(f"plugin {name} ({where}): {attr} must be a JSON schema object")
+        try:
+            jsonschema.Draft7Validator.check_schema(sch)
+        except jsonschema.SchemaError as e:
+            raise PluginError(f"plugin {name} ({where}): invalid {attr}: {e.message}") from e
+    ptype = getattr(module, "TYPE", None)
+    if ptype not in (None, "auth"):
+        raise PluginError(f"plugin {name} ({where}): TYPE must be \"auth\" or absent")
+    policy = getattr(module, "RUN_POLICY", None)
+    if policy not in (None, "prefer_route"):
+        raise PluginError(f"plugin {name} ({where}): RUN_POLICY must be \"prefer_route\" or absent")
+    return Plugin(name=name, priority=prio, version=str(getattr(module, "VERSION", "0.1")), schema=schema,
+                  module=module, consumer_schema=getattr(module, "CONSUMER_SCHEMA", None),
+                  metadata_schema=getattr(module, "METADATA_SCHEMA", None), type=ptype, run_policy=policy,
+                  source=source)

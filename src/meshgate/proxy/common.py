@@ -37,7 +37,7 @@ REASONS = {
 
 
 HTML = b"text/html; charset=utf-8"
-NOT_FOUND = b'{"error_msg":"404 Route Not Found"}'
+NOT_FOUND = b'{"error_msg":"404 Route Not Found"}\n'
 
 
 def error_body(status: int) -> bytes:

@@ -22,10 +22,13 @@ import asyncio
 import ipaddress
 import logging
 import re
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+import time
+from urllib.parse import urlencode
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
+from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..upstream import Node
 from .common import HTML, NOT_FOUND, P_BUFFER, error_body
 from .upstream_conn import UpstreamConnection
@@ -55,6 +58,31 @@ _RESP_DROP_RE = re.compile(
     rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
     rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
 _PLAIN_CONN = frozenset({b"keep-alive", b"close"})   # Connection values that name no other field
+
+_TEXT = b"text/plain"            # nginx default_type: what APISIX's local answers carry
+# never taken from a plugin's answer headers: framing is the codec's
+_LOCAL_SKIP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
+_NO_UPSTREAM = b'{"error_msg":"missing upstream configuration in Route or Service"}\n'
+MAX_READ_BODY = 16 << 20        # ctx.read_body() without a limit and without client_max_body_size
+_FWD_NAMES = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
+                        "x-real-ip"})
+
+_FWD_OUT = ((b"x-real-ip", b"X-Real-IP: "), (b"x-forwarded-for", b"X-Forwarded-For: "),
+            (b"x-forwarded-proto", b"X-Forwarded-Proto: "), (b"x-forwarded-port", b"X-Forwarded-Port: "),
+            (b"x-forwarded-host", b"X-Forwarded-Host: "))
+
+# the pipeline's steps (Exchange._pipeline)
+ST_MATCH, ST_GREWRITE, ST_REWRITE, ST_CONSUMER, ST_GACCESS, ST_ACCESS, ST_UPSTREAM, ST_BEFORE, ST_PROXY = range(9)
+
+
+def _apply_op(headers: list[tuple[bytes, bytes]], op: int, name: str, value: str | None) -> None:
+    """Set (op 0: replace, None removes) or add (op 1) one header in a (name, value) list."""
+    bname = name.encode("latin-1")
+    if op == 0:
+        lname = bname.lower()
+        headers[:] = [(n, v) for n, v in headers if n.lower() != lname]
+    if value is not None:
+        headers.append((bname, value.encode("latin-1")))
 
 
 class Downstream(Protocol):
@@ -119,6 +147,26 @@ class Exchange:
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
+    # plugin pipeline state
+    chain: PluginChain | None = None         # the route's chain (merged with the consumer's once known)
+    gchain: PluginChain | None = None        # the global rules' chain as it runs for this route
+    added: frozenset[str] = frozenset()      # plugins a consumer added (their rewrite runs after auth)
+    no_route = False
+    fwd_set: dict[bytes, bytes | None] | None = None   # X-Forwarded-*/X-Real-IP set by plugins
+    collect: list[bytes] | None = None       # raw request body, once a plugin asked for it
+    collect_size = 0
+    collect_limit = 0
+    body_waiter: Any = None                  # future: the request body is complete
+    resp_ops: list[tuple[int, str, str | None]] | None = None   # response header edits before a response
+    in_resp = False                          # response headers exist (resp_headers is live)
+    body_mod = False                         # a header_filter said the body changes length
+    body_filters = False                     # the response body goes through body_filter hooks
+    chunk = b""                              # body_filter: the current chunk ...
+    eof = False                              # ... and whether it is the last
+    bytes_sent = 0
+    t_up_start = 0.0
+    t_up_end = 0.0
+    t_end = 0.0
 
     def __init__(self, conn: Downstream, req: Request, conn_tokens: list[bytes] | None) -> None:
         self.conn = conn
@@ -136,93 +184,311 @@ class Exchange:
         if req.method == "HEAD":
             self.lite_resp = False
 
-    # -- plugin ctx API ------------------------------------------------------------------------
+    # -- plugin ctx API (docs/plugins.md) ------------------------------------------------------
     def var(self, name: str) -> Any:
         if self.vars is not None:
             v = self.vars.get(name)
             if v is not None:
                 return v
-        if name == "route_id":
-            return self.route.id if self.route is not None else None
-        if name == "service_id":
-            return self.route.service_id if self.route is not None else None
-        if name == "consumer_name":
-            return getattr(self.consumer, "username", None) if self.consumer is not None else None
-        if name == "status":
-            return str(self.resp_status) if self.resp_status else None
-        if name == "upstream_addr" or name == "balancer_ip":
-            n = self.node
-            if n is None:
-                return None
-            return n.addr if name == "upstream_addr" else n.host
+        f = _EX_VARS.get(name)
+        if f is not None:
+            return f(self)
         return self.req.var(name)
 
     def set_var(self, name: str, value: Any) -> None:
         if self.vars is None:
             self.vars = {}
         self.vars[name] = value
+        if name == "remote_addr" and value:
+            self.req.remote_addr = str(value)   # real-ip: later plugins, logs and X-Real-IP see it
+        elif name == "remote_port" and value:
+            self.req.remote_port = int(value)
 
     @property
     def consumer_name(self) -> str | None:
-        return getattr(self.consumer, "username", None) if self.consumer is not None else None
+        c = self.consumer
+        return c.username if c is not None else None
+
+    @property
+    def method(self) -> str:
+        return self.req.method
+
+    @property
+    def uri(self) -> str:
+        return self.req.path
+
+    @property
+    def remote_addr(self) -> str:
+        return self.req.remote_addr
+
+    @property
+    def route_id(self) -> str | None:
+        return self.route.id if self.route is not None else None
+
+    @property
+    def route_conf(self) -> Any:
+        return self.route.conf if self.route is not None else None
+
+    def req_header(self, name: str) -> str | None:
+        return self.req.header(name)
+
+    def req_headers(self) -> dict[str, str]:
+        return self.req.header_index()
+
+    def set_req_header(self, name: str, value: Any) -> None:
+        ln = name.lower()
+        if ln == "host":
+            self.set_var("upstream_host", None if value is None else str(value))
+            return
+        if ln in _FWD_NAMES:
+            if self.fwd_set is None:
+                self.fwd_set = {}
+            self.fwd_set[ln.encode()] = None if value is None else str(value).encode("latin-1")
+            return
+        self.req.set_header(name, None if value is None else str(value))
+
+    def add_req_header(self, name: str, value: Any) -> None:
+        req = self.req
+        req.headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+        req._hindex = None
+
+    def args(self) -> dict[str, str]:
+        return self.req.args()
+
+    def set_args(self, args: Any) -> None:
+        """Replace the query sent upstream (a dict, or an already encoded string)."""
+        q = args if isinstance(args, str) else urlencode(args, doseq=True)
+        self.req.query = q or None
+        self.req._args = None
+
+    async def read_body(self, max_size: int | None = None) -> bytes:
+        """The whole request body (buffered before proxying; 413 above the limit)."""
+        req = self.req
+        if not req.chunked and not req.content_length:
+            return b""
+        limit = max_size or self.server.settings.client_max_body_size or MAX_READ_BODY
+        if self.collect is None:
+            buf = self.body_buf or []
+            data = buf[1::3] if req.chunked else buf
+            self.collect = [b"".join(data)] if data else []
+            self.collect_size = sum(len(b) for b in self.collect)
+            self.collect_limit = limit
+            self.conn.resume_read(P_BUFFER)
+        if self.collect_size > limit:
+            raise ProtocolError(413, "request body too large")
+        if not self.req_done:
+            fut = self.body_waiter
+            if fut is None:
+                fut = self.body_waiter = self.server.loop.create_future()
+            await fut
+        return b"".join(self.collect)
+
+    def set_body(self, data: bytes) -> None:
+        """Replace the body sent upstream (after read_body, or on a request without one)."""
+        req = self.req
+        if (req.chunked or req.content_length) and not self.req_done:
+            raise RuntimeError("set_body before the request body was read (await ctx.read_body() first)")
+        req.chunked = False
+        req.content_length = len(data)
+        self.body_buf = [data] if data else None
+        self.replay = [data] if data else None
+        self.replay_ok = True
+        self.body_size = len(data)
+        self.collect = [data]
+        self.collect_size = len(data)
+
+    def resp_header(self, name: str) -> str | None:
+        lname = name.lower().encode("latin-1")
+        if self.in_resp:
+            for n, v in reversed(self.resp_headers):
+                if n.lower() == lname:
+                    return v.decode("latin-1")
+            return None
+        for op, n2, v2 in reversed(self.resp_ops or ()):
+            if n2.lower() == name.lower():
+                return v2
+        return None
+
+    def set_resp_header(self, name: str, value: Any) -> None:
+        self._resp_op(0, name, value)
+
+    def add_resp_header(self, name: str, value: Any) -> None:
+        self._resp_op(1, name, value)
+
+    def _resp_op(self, op: int, name: str, value: Any) -> None:
+        sval = None if value is None else (value if isinstance(value, str) else str(value))
+        if self.in_resp:
+            _apply_op(self.resp_headers, op, name, sval)
+        else:
+            if self.resp_ops is None:
+                self.resp_ops = []
+            self.resp_ops.append((op, name, sval))
+
+    def set_resp_status(self, code: int) -> None:
+        self.resp_status = int(code)
+
+    def body_modified(self) -> None:
+        self.body_mod = True
+
+    def attach_consumer(self, consumer: Consumer, conf: Any = None) -> None:
+        self.consumer = consumer
+        req = self.req
+        req.set_header("X-Consumer-Username", consumer.username)
+        if consumer.credential_id:
+            req.set_header("X-Credential-Identifier", consumer.credential_id)
+        if consumer.custom_id:
+            req.set_header("X-Consumer-Custom-ID", str(consumer.custom_id))
+
+    def find_consumer(self, plugin: str, field: str, value: Any) -> tuple[Consumer, Any] | None:
+        return self.runtime.consumers.find(plugin, field, value)
+
+    def consumers(self, plugin: str) -> list[tuple[Consumer, Any]]:
+        return self.runtime.consumers.configuring(plugin)
+
+    def consumer_by_name(self, username: str) -> Consumer | None:
+        return self.runtime.consumers.by_name.get(username)
+
+    def plugin_metadata(self, name: str) -> Any:
+        return self.runtime.plugin_metadata.get(name)
+
+    def set_upstream(self, ref: Any) -> None:
+        """Send this request to another upstream: an upstream id or an inline conf (traffic-split)."""
+        up = self.runtime.upstream_for(ref)
+        if up is None:
+            raise ProtocolError(502, f"upstream {ref} not found")
+        self.conf_override = up
+
+    @property
+    def upstream_rt(self) -> Any:
+        return self.up
 
     # -- request side ------------------------------------------------------------------------
     def start(self) -> None:
         try:
-            self._start()
+            self._pipeline(0, 0)
         except ProtocolError as e:
-            self.respond(e.status, error_body(e.status), content_type=HTML)
+            self._error(e.status)
         except Exception:
             log.exception("request failed")
-            if not self.resp_started:
-                self.respond(500, error_body(500), content_type=HTML)
-            else:
-                self.conn.close()
+            self._error(500)
 
-    def _start(self) -> None:
-        gchain = self.runtime.global_chain
-        chain = None
-        if gchain is not None:
-            # APISIX: global rules run rewrite and access even when no route matches.
-            res = gchain.run("rewrite", self)
-            if res is None:
-                if not self._match():
-                    res = gchain.run("access", self) or (404, NOT_FOUND)
-                else:
-                    chain = self.route.chain  # type: ignore[union-attr]
-                    if chain is not None:
-                        res = chain.run("rewrite", self)
-                    if res is None:
-                        res = gchain.run("access", self)
-                    if res is None and chain is not None:
-                        res = chain.run("access", self)
+    def _error(self, status: int) -> None:
+        if not self.resp_started:
+            self.respond(status, error_body(status), content_type=HTML)
         else:
-            if not self._match():
-                self.respond(404, NOT_FOUND)
+            self.conn.close()
+
+    def _pipeline(self, step: int, start: int) -> None:
+        """Route, then APISIX's phases in order (apisix-semantics.md 5.2), from ``step``.
+
+        A hook that returns an awaitable suspends the pipeline (``_resume`` continues it
+        after the await, at the next hook of the same phase); sync hooks never leave here."""
+        rt = self.runtime
+        res: Any = None
+        while step < ST_PROXY:
+            if step == ST_MATCH:
+                if not self._match():
+                    g = rt.global_chain
+                    if g is None:
+                        self.respond(404, NOT_FOUND)
+                        return
+                    self.gchain = g
+                    self.no_route = True
+                    step = ST_GREWRITE
+                    continue
+                route = self.route
+                assert route is not None
+                if route.error is not None:
+                    self.respond(*route.error)
+                    return
+                self.chain = route.chain
+                self.gchain = route.gchain
+                if self.chain is None and self.gchain is None:
+                    step = ST_UPSTREAM
+                    continue
+            elif step == ST_GREWRITE:
+                g = self.gchain
+                if g is not None:
+                    res = g.run("rewrite", self, start)
+            elif step == ST_REWRITE:
+                if self.no_route:
+                    step = ST_GACCESS
+                    continue
+                c = self.chain
+                if c is not None:
+                    res = c.run("rewrite", self, start)
+            elif step == ST_CONSUMER:
+                consumer = self.consumer
+                if consumer is not None and self.route is not None:
+                    if start == 0:
+                        self.chain, self.added = rt.chain_with_consumer(self.route, consumer)
+                    c = self.chain
+                    if c is not None and self.added:
+                        res = c.run("rewrite", self, start, self.added)
+            elif step == ST_GACCESS:
+                g = self.gchain
+                if g is not None:
+                    res = g.run("access", self, start)
+                if res is None and self.no_route:
+                    self.respond(404, NOT_FOUND)
+                    return
+            elif step == ST_ACCESS:
+                c = self.chain
+                if c is not None:
+                    res = c.run("access", self, start)
+            elif step == ST_UPSTREAM:
+                route = self.route
+                assert route is not None
+                up = self.conf_override or route.upstream
+                if up is None:
+                    self.respond(502, _NO_UPSTREAM)
+                    return
+                self.up = up
+                self.tmo = route.timeouts or up.timeouts
+            elif step == ST_BEFORE:
+                c = self.chain
+                if c is not None:
+                    res = c.run("before_proxy", self, start)
+            start = 0
+            if res is not None:
+                if type(res) is Pending:
+                    self._suspend(res, step)
+                else:
+                    self._answer(res)
                 return
-            chain = self.route.chain  # type: ignore[union-attr]
-            res = None
-            if chain is not None:
-                res = chain.run("rewrite", self) or chain.run("access", self)
-        if res is not None:
-            self.respond(res[0], res[1])
-            return
+            step += 1
+        self._proxy()
+
+    def _suspend(self, p: Pending, step: int) -> None:
+        self.server.loop.create_task(self._resume(p, step))
+
+    async def _resume(self, p: Pending, step: int) -> None:
+        try:
+            value = await p.awaitable
+            if self.finished:
+                return
+            if value is not None:
+                self._answer(to_answer(value, p.err_resp))
+                return
+            self._pipeline(step, p.index + 1)
+        except ProtocolError as e:
+            if not self.finished:
+                self._error(e.status)
+        except Exception:
+            log.exception("plugin failed")
+            if not self.finished:
+                self._error(500)
+
+    def _answer(self, res: Any) -> None:
+        status, body, headers = res
+        if headers:
+            for name, value in headers:
+                self._resp_op(0, name, value)
+        self.respond(status, body, content_type=b"")
+
+    def _proxy(self) -> None:
         route = self.route
         assert route is not None
-        if route.error is not None:
-            self.respond(*route.error)
-            return
-        up = self.conf_override or route.upstream
-        if up is None:
-            self.respond(502, b'{"error_msg":"missing upstream configuration in Route or Service"}')
-            return
-        self.up = up
-        self.tmo = route.timeouts or up.timeouts
-        if chain is not None and chain.has("before_proxy"):
-            res = chain.run("before_proxy", self)
-            if res is not None:
-                self.respond(res[0], res[1])
-                return
         if self.wants_tunnel and not route.enable_websocket:
             self.wants_tunnel = False
         if self.req.expect_continue and not self.req_done:
@@ -245,6 +511,13 @@ class Exchange:
         return True
 
     def on_req_body(self, chunk: bytes) -> None:
+        col = self.collect
+        if col is not None:
+            col.append(chunk)
+            self.collect_size += len(chunk)
+            if self.collect_size > self.collect_limit and self.body_waiter is not None \
+                    and not self.body_waiter.done():
+                self.body_waiter.set_exception(ProtocolError(413, "request body too large"))
         framed = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.req.chunked else (chunk,)
         size = self.body_size = self.body_size + len(chunk)
         if self.replay_ok:
@@ -263,11 +536,14 @@ class Exchange:
             if self.body_buf is None:
                 self.body_buf = []
             self.body_buf.extend(framed)
-            if size > HIGH_WATER and not self.replay_ok:
+            if size > HIGH_WATER and not self.replay_ok and col is None:
                 self.conn.pause_read(P_BUFFER)
 
     def on_req_complete(self) -> None:
         self.req_done = True
+        fut = self.body_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
         if self.req.chunked:
             term = b"0\r\n\r\n"
             if self.replay_ok:
@@ -365,7 +641,10 @@ class Exchange:
         conn.bytes_in = 0
         conn.requests += 1
         self.up_phase = 2
-        self.deadline = self.server.loop.time() + self.tmo.read
+        now = self.server.loop.time()
+        self.deadline = now + self.tmo.read
+        if not self.t_up_start:
+            self.t_up_start = now
         head = self._build_head()
         if self.tried and self.replay is not None:
             # a retry: replay what was received so far; later chunks stream as they come
@@ -403,7 +682,7 @@ class Exchange:
         if vars:
             host = vars.get("upstream_host")
             target = vars.get("upstream_uri") or target
-            method = vars.get("request_method_override")
+            method = vars.get("request_method_override") or vars.get("request_method")
         if host is None:
             host = self._upstream_host_for(node)
         parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}".encode("latin-1")]
@@ -433,7 +712,7 @@ class Exchange:
                 ap(b"\r\n" + name + b": " + value)
         ap(b"\r\n")
         conn = self.conn
-        if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip:
+        if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip and self.fwd_set is None:
             # common case: no forwarding headers to honour; the block is per connection
             ap(conn.fwd_lines)
             ap(b"X-Forwarded-Host: " + req.host.encode("latin-1") + b"\r\n")
@@ -445,10 +724,16 @@ class Exchange:
                 xff = remote
             if not conn.peer_trusted:
                 fproto = fhost = fport = None
-            ap(b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %s\r\n"
-               b"X-Forwarded-Host: %s\r\n"
-               % (remote, xff, fproto or req.scheme.encode(), fport or b"%d" % req.server_port,
-                  fhost or req.host.encode("latin-1")))
+            fwdh: dict[bytes, bytes | None] = {
+                b"x-real-ip": remote, b"x-forwarded-for": xff, b"x-forwarded-proto": fproto or req.scheme.encode(),
+                b"x-forwarded-port": fport or b"%d" % req.server_port,
+                b"x-forwarded-host": fhost or req.host.encode("latin-1")}
+            if self.fwd_set:
+                fwdh.update(self.fwd_set)   # set by a plugin (proxy-rewrite), after the gateway's own
+            for k, label in _FWD_OUT:
+                fv = fwdh.get(k)
+                if fv is not None:
+                    ap(label + fv + b"\r\n")
         if req.chunked:
             ap(b"Transfer-Encoding: chunked\r\n")
         elif req.content_length is not None:
@@ -581,15 +866,27 @@ class Exchange:
                 if names:
                     fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
         self._resp_fields = fields
-        chain = self.route.chain if self.route is not None else None
-        gchain = self.runtime.global_chain
-        if (gchain is not None and gchain.has("header_filter")) or (chain is not None and chain.has("header_filter")):
-            if gchain is not None:
-                gchain.run("header_filter", self)
-            if chain is not None:
-                chain.run("header_filter", self)
+        chain = self.chain
+        gchain = self.gchain
+        if chain is not None or gchain is not None or self.resp_ops is not None:
+            self.in_resp = True
+            if self.resp_ops is not None:
+                hl = self.resp_headers
+                for op, hn, hv in self.resp_ops:
+                    _apply_op(hl, op, hn, hv)
+            if gchain is not None and gchain.has("header_filter"):
+                gchain.run_filters("header_filter", self)
+            if chain is not None and chain.has("header_filter"):
+                chain.run_filters("header_filter", self)
             status = self.resp_status
-            fields = b"".join(b"\r\n" + n + b": " + v for n, v in self.resp_headers)
+            if self._resp_headers is not None:
+                fields = b"".join(b"\r\n" + n + b": " + v for n, v in self._resp_headers)
+            if (gchain is not None and gchain.has("body_filter")) or (chain is not None and chain.has("body_filter")):
+                # the filters may change the body: its length is known only at the end
+                self.body_filters = True
+                cl = None
+            elif self.body_mod:
+                cl = None
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if no_body:
             self.resp_body_allowed = False
@@ -600,9 +897,27 @@ class Exchange:
         self.out.append(head_bytes)
         self.resp_started = True
 
+    def _filter_body(self, chunk: bytes, eof: bool) -> bytes:
+        """Run the body_filter hooks (global rules first) over one chunk."""
+        self.chunk = chunk
+        self.eof = eof
+        g = self.gchain
+        if g is not None and g.has("body_filter"):
+            g.run_filters("body_filter", self)
+        c = self.chain
+        if c is not None and c.has("body_filter"):
+            c.run_filters("body_filter", self)
+        out = self.chunk
+        self.chunk = b""
+        return out if isinstance(out, bytes) else str(out).encode()
+
     def on_resp_body(self, chunk: bytes) -> None:
         if not self.resp_body_allowed:
             return
+        if self.body_filters:
+            chunk = self._filter_body(chunk, False)
+            if not chunk:
+                return
         if self.resp_chunked:
             self.out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
@@ -614,15 +929,22 @@ class Exchange:
             if self.conn.closing:
                 out.clear()
                 return
-            self.conn.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_sent += len(data)
+            self.conn.write(data)
             out.clear()
             if not self.finished:
                 self._touch_upstream()
 
     def on_resp_complete(self, conn: UpstreamConnection) -> None:
+        if self.body_filters and self.resp_body_allowed:
+            tail = self._filter_body(b"", True)
+            if tail:
+                self.on_resp_body_raw(tail)
         if self.resp_chunked:
             self.out.append(b"0\r\n\r\n")
         self.finished = True
+        self.t_up_end = self.server.loop.time()
         self.flush()
         server = self.server
         server.waiting.discard(self)
@@ -639,10 +961,15 @@ class Exchange:
                 conn.release = up.pool_size
             else:
                 conn.transport.close()
-        if self.route is not None and self.route.chain is not None or self.runtime.global_chain is not None \
-                or server.access_log_on:
+        if self.chain is not None or self.gchain is not None or server.access_log_on:
             self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
+
+    def on_resp_body_raw(self, chunk: bytes) -> None:
+        if self.resp_chunked:
+            self.out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            self.out.append(chunk)
 
     def on_resp_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         """101 Switching Protocols: both sides become a raw tunnel."""
@@ -694,8 +1021,12 @@ class Exchange:
         self.flush()
         self.conn.close()
 
-    def respond(self, status: int, body: bytes, *, content_type: bytes = b"application/json", extra: bytes = b"") -> None:
-        """Answer locally (route miss, plugin exit, upstream failure)."""
+    def respond(self, status: int, body: bytes, *, content_type: bytes = _TEXT, extra: bytes = b"") -> None:
+        """Answer locally (route miss, plugin exit, upstream failure).
+
+        As in APISIX, the header_filter and body_filter hooks of the plugins in force see a
+        local answer too (cors adds its headers to a 401, response-rewrite may change it).
+        ``content_type`` empty: the plugin's own headers say it, else nginx's default."""
         if self.resp_started or self.finished:
             return
         self.finished = True
@@ -703,30 +1034,54 @@ class Exchange:
         self.resp_status = status
         self.server.waiting.discard(self)
         self.abort_upstream()
+        chain = self.chain
+        gchain = self.gchain
+        if chain is not None or gchain is not None or self.resp_ops is not None:
+            hl: list[tuple[bytes, bytes]] = [(b"Content-Type", content_type or _TEXT)]
+            self._resp_headers = hl
+            self.in_resp = True
+            if self.resp_ops is not None:
+                for op, name, value in self.resp_ops:
+                    _apply_op(hl, op, name, value)
+            if gchain is not None and gchain.has("header_filter"):
+                gchain.run_filters("header_filter", self)
+            if chain is not None and chain.has("header_filter"):
+                chain.run_filters("header_filter", self)
+            status = self.resp_status
+            if (gchain is not None and gchain.has("body_filter")) or (chain is not None and chain.has("body_filter")):
+                body = self._filter_body(body, True)
+            content_type = b""
+            lines = []
+            for n, v in self._resp_headers or ():
+                ln = n.lower()
+                if ln == b"content-type" and not content_type:
+                    content_type = v
+                elif ln not in _LOCAL_SKIP:
+                    lines.append(n + b": " + v + b"\r\n")
+            extra = b"".join(lines) + extra
+            content_type = content_type or _TEXT
+        elif not content_type:
+            content_type = _TEXT
         # If the client still has body bytes in flight we cannot keep the connection in sync.
         keep = self.client_keep and self.req_done and not self.server.draining
         if status >= 500 and self.upstream_status:
             extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
+        self.bytes_sent += len(body)
         self.conn.send_local(status, body, close=not keep, content_type=content_type, extra=extra,
-                               head_only=self.req.method == "HEAD")
+                             head_only=self.req.method == "HEAD")
         self._log()
         self.conn.exchange_done(self, keep)
         if not keep and self.conn.is_idle() and not self.conn.closing:
             self.conn.close()
 
     def _log(self) -> None:
-        chain = self.route.chain if self.route is not None else None
-        if chain is not None and chain.has("log"):
-            try:
-                chain.run("log", self)
-            except Exception:
-                log.exception("log phase failed")
-        gchain = self.runtime.global_chain
+        self.t_end = self.server.loop.time()
+        gchain = self.gchain
         if gchain is not None and gchain.has("log"):
-            try:
-                gchain.run("log", self)
-            except Exception:
-                log.exception("log phase failed")
+            gchain.run_filters("log", self)
+        chain = self.chain
+        if chain is not None and chain.has("log"):
+            chain.run_filters("log", self)
         if self.server.access_log_on:
             req = self.req
             access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
@@ -734,3 +1089,62 @@ class Exchange:
                             self.node.addr if self.node else "-", self.route.id if self.route else "-")
 
 
+def _route_attr(attr: str) -> Callable[[Exchange], Any]:
+    def get(ex: Exchange) -> Any:
+        r = ex.route
+        return getattr(r, attr) if r is not None else None
+    return get
+
+
+def _node_attr(ex: Exchange, i: int) -> Any:
+    n = ex.node
+    if n is None:
+        return None
+    return (n.addr, n.host, str(n.port))[i]
+
+
+def _request_time(ex: Exchange) -> float:
+    end = ex.t_end or ex.server.loop.time()
+    return round(end - ex.req.start_time, 3)
+
+
+def _upstream_time(ex: Exchange) -> float | None:
+    if not ex.t_up_start:
+        return None
+    end = ex.t_up_end or ex.server.loop.time()
+    return round(end - ex.t_up_start, 3)
+
+
+def _request_length(ex: Exchange) -> int:
+    r = ex.req
+    return len(r.method) + len(r.target) + 12 + len(r.fields or b"".join(b"\r\n" + n + b": " + v
+                                                                  for n, v in r.headers)) + 4 + ex.body_size
+
+
+def _upstream_uri(ex: Exchange) -> str:
+    r = ex.req
+    return r.upstream_path if r.query is None else f"{r.upstream_path}?{r.query}"
+
+
+# Variables the exchange knows (after the plugin-set ones, before the request's own).
+_EX_VARS: dict[str, Callable[[Exchange], Any]] = {
+    "route_id": _route_attr("id"),
+    "route_name": _route_attr("name"),
+    "service_id": _route_attr("service_id"),
+    "service_name": _route_attr("service_name"),
+    "matched_uri": _route_attr("matched_uri"),
+    "consumer_name": lambda ex: ex.consumer.username if ex.consumer is not None else None,
+    "consumer_group_id": lambda ex: ex.consumer.group_id if ex.consumer is not None else None,
+    "status": lambda ex: ex.resp_status or None,
+    "upstream_status": lambda ex: ex.upstream_status or None,
+    "upstream_addr": lambda ex: _node_attr(ex, 0),
+    "balancer_ip": lambda ex: _node_attr(ex, 1),
+    "balancer_port": lambda ex: _node_attr(ex, 2),
+    "upstream_scheme": lambda ex: ex.up.scheme if ex.up is not None else None,
+    "upstream_uri": _upstream_uri,
+    "request_time": _request_time,
+    "upstream_response_time": _upstream_time,
+    "request_length": _request_length,
+    "bytes_sent": lambda ex: ex.bytes_sent,
+    "start_time": lambda ex: time.time() - (ex.server.loop.time() - ex.req.start_time),
+}

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..model import Snapshot
-from ..plugins import PluginChain, PluginRegistry
+from ..plugins import Consumer, ConsumerSet, PluginChain, PluginRegistry
 from ..router import Router, compile_router
 from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
 
@@ -90,16 +90,23 @@ class UpstreamRuntime:
 class RouteRuntime:
     """A route after APISIX's service / plugin_config merge (apisix-semantics.md 5.2)."""
 
-    __slots__ = ("id", "conf", "service_id", "upstream", "timeouts", "enable_websocket", "chain", "error")
+    __slots__ = ("id", "conf", "service_id", "service_name", "upstream", "timeouts", "enable_websocket", "chain",
+                 "gchain", "error", "name", "matched_uri")
 
     def __init__(self, id: str, conf: Mapping[str, Any]) -> None:
         self.id = id
         self.conf = conf
+        self.name: str | None = conf.get("name")
+        self.matched_uri: str | None = conf.get("uri") or (conf.get("uris") or [None])[0]
         self.service_id: str | None = None
+        self.service_name: str | None = None
         self.upstream: UpstreamRuntime | None = None
         self.timeouts: Timeouts | None = None
         self.enable_websocket = False
         self.chain: PluginChain | None = None
+        # the global rules' chain as it runs for this route: minus the prefer_route plugins
+        # (prometheus) the route configures itself (APISIX run_policy)
+        self.gchain: PluginChain | None = None
         # (status, body) answered instead of proxying when a reference is broken.
         self.error: tuple[int, bytes] | None = None
 
@@ -113,10 +120,66 @@ class Runtime:
     upstreams: dict[str, UpstreamRuntime]
     global_chain: PluginChain | None = None
     errors: list[ConfigError] = field(default_factory=list)
+    consumers: ConsumerSet = field(default_factory=lambda: ConsumerSet({}))
+    plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    plugins: PluginRegistry | None = None
+    # built on first use and kept for this config version only
+    _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
+    _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)
+
+    def chain_with_consumer(self, route: RouteRuntime, consumer: Consumer) -> tuple[PluginChain | None, frozenset[str]]:
+        """The route's chain with the consumer's group and own plugins merged in (APISIX:
+        consumer > consumer_group > route), and the names the consumer side added (their
+        rewrite still has to run).  Auth plugins' consumer confs are credentials, not
+        plugin confs: they are not merged.  Compiled once per (route, consumer) and version."""
+        key = (route.id, consumer.username)
+        got = self._consumer_chains.get(key)
+        if got is not None:
+            return got
+        base = route.chain
+        extra: dict[str, Any] = {}
+        reg = self.plugins
+        if reg is not None:
+            for src in (self.consumers.group_plugins(consumer), consumer.plugins):
+                for name, conf in src.items():
+                    p = reg.get(name)
+                    if p is None or p.type == "auth":
+                        continue
+                    try:
+                        reg.validate(name, conf, pointer=f"/plugins/{name}", kind="consumers", id=consumer.username)
+                    except ConfigError as e:
+                        log.error("consumer %s: plugin %s ignored: %s", consumer.username, name, e)
+                        continue
+                    extra[name] = conf
+        if not extra or reg is None:
+            got = (base, frozenset())
+        else:
+            entries = dict(base.entries) if base is not None else {}
+            added = frozenset(n for n in extra if n not in entries)
+            for name, conf in extra.items():
+                p = reg.get(name)
+                assert p is not None
+                entries[name] = (p, conf, None)
+            got = (reg.chain_from(entries), added)
+        if len(self._consumer_chains) > 65536:
+            self._consumer_chains.clear()
+        self._consumer_chains[key] = got
+        return got
+
+    def upstream_for(self, ref: Any) -> UpstreamRuntime | None:
+        """An upstream given by id (``str``/``int``) or as an inline conf (traffic-split);
+        inline confs are compiled once per config version."""
+        if isinstance(ref, Mapping):
+            got = self._extra_upstreams.get(id(ref))
+            if got is None or got.conf is not ref:
+                got = UpstreamRuntime(f"inline/{id(ref)}", ref)
+                self._extra_upstreams[id(ref)] = got
+            return got
+        return self.upstreams.get(f"upstreams/{ref}")
 
 
 def _msg(text: str) -> bytes:
-    return json.dumps({"error_msg": text}).encode()
+    return json.dumps({"error_msg": text}, separators=(",", ":")).encode() + b"\n"
 
 
 def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri",
@@ -166,6 +229,7 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 rr.error = (404, _msg("404 Route Not Found"))
             else:
                 svc = sres.value
+                rr.service_name = svc.get("name")
         merged_plugins: dict[str, Any] = {}
         if svc is not None:
             merged_plugins.update(svc.get("plugins") or {})
@@ -180,20 +244,21 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                     if name not in (conf.get("plugins") or {}):
                         merged_plugins[name] = pconf
         merged_plugins.update(conf.get("plugins") or {})
-        # Upstream: route inline > route upstream_id > service inline > service upstream_id.
+        # Upstream: route upstream_id > route inline > service upstream_id > service inline
+        # (APISIX: an upstream_id wins over an inline upstream on the same object).
         up: UpstreamRuntime | None = None
-        if conf.get("upstream") is not None:
-            up = upstream_for(f"routes/{id}", conf["upstream"])
-        elif conf.get("upstream_id") is not None:
+        if conf.get("upstream_id") is not None:
             up = upstreams.get(f"upstreams/{conf['upstream_id']}")
             if up is None:
                 rr.error = rr.error or (502, _msg("missing upstream configuration in Route or Service"))
-        elif svc is not None and svc.get("upstream") is not None:
-            up = upstream_for(f"services/{sid}", svc["upstream"])
+        elif conf.get("upstream") is not None:
+            up = upstream_for(f"routes/{id}", conf["upstream"])
         elif svc is not None and svc.get("upstream_id") is not None:
             up = upstreams.get(f"upstreams/{svc['upstream_id']}")
             if up is None:
                 rr.error = rr.error or (502, _msg("missing upstream configuration in Route or Service"))
+        elif svc is not None and svc.get("upstream") is not None:
+            up = upstream_for(f"services/{sid}", svc["upstream"])
         rr.upstream = up
         rr.timeouts = _timeouts(conf.get("timeout")) if conf.get("timeout") else None
         ews = conf.get("enable_websocket")
@@ -226,5 +291,25 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 global_chain = plugins.compile_chain(merged, pointer="/plugins", kind="global_rules", id="*")
             except ConfigError as e:
                 errors.append(e)
+        if global_chain is not None:
+            preferred = {n for n in global_chain.names
+                         if (p := plugins.get(n)) is not None and p.run_policy == "prefer_route"}
+            for rr in routes.values():
+                mine = preferred & set(rr.chain.names) if rr.chain is not None and preferred else set()
+                rr.gchain = global_chain.without(mine) if mine else global_chain
+    metadata: dict[str, Mapping[str, Any]] = {}
+    for pid, res in snapshot.items("plugin_metadata").items():
+        if plugins is not None and pid in plugins:
+            try:
+                plugins.validate(pid, dict(res.value), pointer="", kind="plugin_metadata", id=pid,
+                                 schema_type="metadata")
+            except ConfigError as e:
+                errors.append(e)
+                log.error("plugin_metadata %s rejected: %s", pid, e)
+                continue
+        metadata[pid] = {k: v for k, v in res.value.items() if k != "id"}
+    consumers = ConsumerSet({k: r.value for k, r in snapshot.items("consumers").items()},
+                            {k: r.value for k, r in snapshot.items("consumer_groups").items()})
     return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
-                   upstreams=upstreams, global_chain=global_chain, errors=errors)
+                   upstreams=upstreams, global_chain=global_chain, errors=errors, consumers=consumers,
+                   plugin_metadata=metadata, plugins=plugins)

@@ -35,7 +35,7 @@ class ProxyServer:
                  passive_report: Callable[[str, str, str, int], None] | None = None) -> None:
         self.settings = settings
         self.runtime = runtime
-        self.loop = asyncio.get_event_loop()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         self.connections: set[ClientConnection] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
         self.pool = Pool()

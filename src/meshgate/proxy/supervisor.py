@@ -15,6 +15,14 @@ active prober per upstream node, passive events reported by workers folded into 
 state machine, and every health change broadcast back to all workers.  A worker that
 dies is restarted with the current Snapshot.  Draining sends ``drain`` to workers
 and waits for them to exit within the grace period.
+
+Metrics: each worker records into its own registry.  The supervisor serves the
+Prometheus page (``plugin_attr.prometheus.export_addr``, as APISIX's export server) and,
+per scrape, sends ``{"op": "metrics", "id": n}`` to every live worker, waits a bounded
+time for the ``{"op": "metrics", "id": n, "samples": [...]}`` answers (a worker that is
+late counts with its previous answer) and adds them up.  A worker that exits sends its
+final samples first; their cumulative part (counters, histograms) is kept in a
+``retired`` total so the gateway's counters never go backwards on a reload or a crash.
 """
 
 from __future__ import annotations
@@ -28,14 +36,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import __version__
 from ..model import Snapshot
+from ..observability import CONTENT_TYPE, Family, merge, render
 from ..plugins import PluginRegistry
 from ..upstream import ActiveProber, HealthState, Node, probe_plan
+from .common import HTML, error_body
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
 from .worker import snapshot_to_wire
 
-__all__ = ["Supervisor", "HealthOwner", "WorkerHandle"]
+__all__ = ["Supervisor", "HealthOwner", "WorkerHandle", "MetricsExport"]
 
 log = logging.getLogger("meshgate.supervisor")
 
@@ -152,12 +163,30 @@ class WorkerHandle:
     version: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: bool = False
+    samples: list[Family] | None = None      # the worker's last metrics answer
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsExport:
+    """``plugin_attr.prometheus``: where the supervisor serves the summed metrics page."""
+
+    ip: str = "127.0.0.1"
+    port: int = 9091
+    uri: str = "/apisix/prometheus/metrics"
+    prefix: str = "apisix_"
+    scrape_timeout: float = 2.0               # bounded wait for the workers' answers
+
+
+def _cumulative(fams: list[Family]) -> list[Family]:
+    """What of a worker's samples outlives it: counters, histograms, running totals."""
+    return [f for f in fams if f.type != "gauge" or f.aggregate == "total"]
 
 
 class Supervisor:
     def __init__(self, *, workers: int, listen: list[tuple[str, int]], settings: dict[str, Any],
                  router_kind: str = "radixtree_host_uri", plugin_dirs: tuple[str, ...] = (),
-                 log_level: str = "WARNING", grace: float = 240.0) -> None:
+                 log_level: str = "WARNING", grace: float = 240.0,
+                 metrics_export: MetricsExport | None = None) -> None:
         self.nworkers = max(1, workers)
         self.listen = listen
         self.settings = settings
@@ -178,6 +207,12 @@ class Supervisor:
         self._wire: dict[str, Any] | None = None
         # (host, port) -> one listening socket per worker slot
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
+        self.metrics_export = metrics_export
+        self.metrics_server: asyncio.AbstractServer | None = None
+        self._handles: list[WorkerHandle] = []   # every worker not yet exited (old generations too)
+        self._retired: list[Family] = []         # cumulative samples of exited workers
+        self._scrape_seq = 0
+        self._scrapes: dict[int, tuple[dict[int, list[Family]], set[int], asyncio.Future[None]]] = {}
 
     def _bind(self) -> None:
         """Bind what the current node config asks for; keep sockets that already exist."""
@@ -238,13 +273,17 @@ class Supervisor:
                 h.version = int(msg["version"])
             elif op == "passive":
                 self.health.passive(msg["key"], msg["addr"], msg["kind"], int(msg["status"]))
+            elif op == "metrics":
+                self._on_metrics(h, msg)
 
         def on_lost() -> None:
             h.exited = True
+            self._retire(h)
             h.ready.set()
             if not self.stopping:
                 asyncio.get_running_loop().create_task(self._respawn(h))
 
+        self._handles.append(h)
         h.channel = await open_channel(parent, on_message, on_lost)
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
@@ -274,6 +313,7 @@ class Supervisor:
         if dead:
             raise RuntimeError(f"worker {dead[0].index} failed to start (exit code {dead[0].proc.poll()}); "
                                "see the log above (is the port already in use?)")
+        await self._start_metrics_server()
 
     async def replace_workers(self, *, listen: list[tuple[str, int]], settings: dict[str, Any], workers: int,
                               router_kind: str) -> None:
@@ -316,6 +356,9 @@ class Supervisor:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         # Stop accepting first: nothing new lands in a queue nobody will serve.
         for socks in self.sockets.values():
             for s in socks:
@@ -326,3 +369,143 @@ class Supervisor:
 
     def worker_versions(self) -> list[dict[str, Any]]:
         return [{"worker": w.index, "pid": w.pid, "version": w.version, "alive": not w.exited} for w in self.workers]
+
+    # -- metrics -----------------------------------------------------------------------------
+    def _on_metrics(self, h: WorkerHandle, msg: dict[str, Any]) -> None:
+        samples = msg.get("samples")
+        if not isinstance(samples, list):
+            return
+        h.samples = samples
+        rid = msg.get("id")
+        pending = self._scrapes.get(rid) if isinstance(rid, int) else None
+        if pending is not None:
+            got, want, fut = pending
+            got[id(h)] = samples
+            if want <= got.keys() and not fut.done():
+                fut.set_result(None)
+
+    def _retire(self, h: WorkerHandle) -> None:
+        """A worker is gone: keep what it counted (its final answer, else its last one)."""
+        if h in self._handles:
+            self._handles.remove(h)
+        if h.samples:
+            self._retired = merge([self._retired, _cumulative(h.samples)])
+            h.samples = None
+        for got, want, fut in self._scrapes.values():
+            want.discard(id(h))
+            if want <= got.keys() and not fut.done():
+                fut.set_result(None)
+
+    async def collect_metrics(self, timeout: float | None = None) -> list[Family]:
+        """One scrape: every worker's samples (asked now, bounded wait) summed, plus the
+        supervisor's own gauges (node info, upstream health)."""
+        if timeout is None:
+            timeout = self.metrics_export.scrape_timeout if self.metrics_export else 2.0
+        loop = asyncio.get_running_loop()
+        self._scrape_seq += 1
+        seq = self._scrape_seq
+        live = [h for h in self._handles if not h.exited and h.channel is not None]
+        got: dict[int, list[Family]] = {}
+        fut: asyncio.Future[None] = loop.create_future()
+        self._scrapes[seq] = (got, {id(h) for h in live}, fut)
+        try:
+            for h in live:
+                assert h.channel is not None
+                h.channel.send({"op": "metrics", "id": seq})
+            if live:
+                await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            late = [h.index for h in live if id(h) not in got]
+            log.warning("metrics: worker(s) %s did not answer within %.1fs; using their previous samples",
+                        late, timeout)
+        finally:
+            del self._scrapes[seq]
+        groups: list[list[Family]] = [self._retired]
+        for h in live:
+            if h.exited:  # its final samples are in _retired already
+                continue
+            samples = got.get(id(h), h.samples)
+            if samples:
+                groups.append(samples)
+        groups.append(self._own_metrics())
+        return merge(groups)
+
+    def _own_metrics(self) -> list[Family]:
+        info = Family("node_info", "gauge", "Info of APISIX node", ("hostname", "version"),
+                      {(socket.gethostname(), __version__): 1.0}, aggregate="max")
+        # APISIX: 1 when the health checker sees the node healthy (or mostly healthy), else 0.
+        ups = Family("upstream_status", "gauge", "Upstream status from health check", ("name", "ip", "port"),
+                     aggregate="max")
+        for checker in self.health.status():
+            for node in checker["nodes"]:
+                ok = node.get("status") in ("healthy", "mostly_healthy")
+                ups.series[(str(checker["name"]), str(node.get("ip", "")), str(node.get("port", "")))] = \
+                    1.0 if ok else 0.0
+        return [info, ups]
+
+    async def metrics_page(self) -> str:
+        prefix = self.metrics_export.prefix if self.metrics_export else "apisix_"
+        return render(await self.collect_metrics(), prefix=prefix)
+
+    async def _start_metrics_server(self) -> None:
+        exp = self.metrics_export
+        if exp is None or self.metrics_server is not None:
+            return
+        try:
+            self.metrics_server = await asyncio.start_server(self._serve_metrics, exp.ip, exp.port,
+                                                             limit=16 * 1024)
+        except OSError as e:
+            # The page is an aid, not the service: traffic is served even when its port is taken.
+            log.error("prometheus: cannot listen on %s:%d: %s; metrics are not exported", exp.ip, exp.port,
+                      e.strerror)
+
+    async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.1 server: ``GET <export_uri>`` is the page, anything else 404."""
+        exp = self.metrics_export
+        assert exp is not None
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60.0)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+                        ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split(" ")
+                headers = {}
+                for line in lines[1:]:
+                    k, sep, v = line.partition(":")
+                    if sep:
+                        headers[k.strip().lower()] = v.strip().lower()
+                if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or "transfer-encoding" in headers:
+                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    return
+                method, target, version = parts
+                try:
+                    clen = int(headers.get("content-length", "0"))
+                except ValueError:
+                    clen = -1
+                if clen < 0 or clen > 65536:
+                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    return
+                if clen:
+                    await asyncio.wait_for(reader.readexactly(clen), 60.0)
+                keep = headers.get("connection") != "close" and not (version == "HTTP/1.0" and
+                                                                     headers.get("connection") != "keep-alive")
+                path = target.split("?", 1)[0]
+                if method == "GET" and path == exp.uri:
+                    status, ctype, body = "200 OK", CONTENT_TYPE.encode(), (await self.metrics_page()).encode()
+                else:
+                    # APISIX's export server answers 404 to any other method or path.
+                    status, ctype, body = "404 Not Found", HTML, error_body(404)
+                writer.write(f"HTTP/1.1 {status}\r\nServer: meshgate\r\nContent-Type: ".encode() + ctype +
+                             f"\r\nContent-Length: {len(body)}\r\n"
+                             f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n".encode() +
+                             (body if method != "HEAD" else b""))
+                await writer.drain()
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
+            return
+        finally:
+            writer.close()

@@ -20,7 +20,8 @@ from typing import Any
 
 from ..model import Resource, Snapshot
 from ..plugins import PluginRegistry
-from .common import ProxySettings
+from ..observability import REGISTRY as METRICS
+from .common import S_HEAD, S_IDLE, ProxySettings
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
 from .server import ProxyServer
@@ -28,6 +29,10 @@ from .server import ProxyServer
 __all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_from_wire", "main"]
 
 log = logging.getLogger("meshgate.worker")
+
+# Always on the page, as APISIX's exporter has them (prometheus plugin used or not).
+CONNECTIONS = ("nginx_http_current_connections", "Number of HTTP connections", ("state",))
+REQUESTS = ("http_requests_total", "The total number of client requests since APISIX started")
 
 
 def snapshot_to_wire(snap: Snapshot) -> dict[str, Any]:
@@ -86,6 +91,8 @@ class WorkerMain:
         elif op == "drain":
             self.grace = float(msg.get("grace", self.grace))
             self.stop.set()
+        elif op == "metrics":
+            self.send_metrics(msg.get("id"))
 
     def apply_snapshot(self, msg: dict[str, Any]) -> None:
         snap = snapshot_from_wire(msg, self.snapshot)
@@ -104,6 +111,34 @@ class WorkerMain:
             self.server.set_runtime(rt)
         if self.channel is not None:
             self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version})
+
+    def send_metrics(self, req_id: Any, *, final: bool = False) -> None:
+        """Answer the supervisor's scrape with this worker's samples (it sums all workers).
+
+        The connection gauges are nginx's stub_status as APISIX exports them: a connection
+        reading its request head is ``reading``, an idle keep-alive one ``waiting``, any
+        other ``writing``; ``active`` is all of them.
+        """
+        if self.channel is None:
+            return
+        srv = self.server
+        if srv is not None:
+            reading = waiting = 0
+            for conn in srv.connections:
+                st = conn.state
+                if st == S_HEAD:
+                    reading += 1
+                elif st == S_IDLE:
+                    waiting += 1
+            active = len(srv.connections)
+            conns = METRICS.gauge(*CONNECTIONS)
+            conns.set(("active",), active)
+            conns.set(("reading",), reading)
+            conns.set(("writing",), active - reading - waiting)
+            conns.set(("waiting",), waiting)
+            METRICS.gauge(*REQUESTS, aggregate="total").set((), srv.requests_total)
+        self.channel.send({"op": "metrics", "id": req_id, "worker": self.worker_id, "pid": os.getpid(),
+                           "final": final, "samples": METRICS.collect()})
 
     def passive(self, key: str, addr: str, kind: str, status: int) -> None:
         if self.channel is not None:
@@ -134,6 +169,12 @@ class WorkerMain:
         self.channel.send({"op": "ready", "worker": self.worker_id, "pid": os.getpid()})
         await self.stop.wait()
         await self.server.drain(self.grace)
+        # Last samples, so the gateway's totals survive this worker (reload, scale down).
+        self.send_metrics(None, final=True)
+        t = self.channel.transport
+        deadline = loop.time() + 2.0
+        while t is not None and not t.is_closing() and t.get_write_buffer_size() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         return 0
 
 

@@ -1,0 +1,188 @@
+"""prometheus: per-request HTTP metrics with APISIX's names and labels.
+
+In the log phase each request adds to (APISIX ``apisix/plugins/prometheus/exporter.lua``):
+
+- ``apisix_http_status{code,route,matched_uri,matched_host,service,consumer,node,
+  request_type,request_llm_model,llm_model,response_source}`` (counter),
+- ``apisix_http_latency{type=request|upstream|apisix,route,service,consumer,node,
+  request_type,request_llm_model,llm_model}`` (histogram, milliseconds, APISIX's default
+  buckets 1 ms .. 60 s; ``upstream`` only when the request reached an upstream),
+- ``apisix_bandwidth{type=ingress|egress,...}`` (counter, bytes).
+
+Label values follow APISIX: ``route``/``service`` are the ids (their names with
+``prefer_name: true``), absent values are ``""``, ``request_type`` defaults to
+``traditional_http``, model names are cut to 128 characters.  ``plugin_metadata``
+``disabled_labels`` blanks the named labels of a metric (structural labels such as
+``code`` or ``type`` cannot be disabled).  ``RUN_POLICY = "prefer_route"``: a global
+rule's prometheus is skipped when the route configures its own, so a request counts once.
+
+Recording is a dict update in this worker's :data:`meshgate.observability.REGISTRY`;
+the supervisor's export server (``plugin_attr.prometheus.export_addr``) sums all workers
+per scrape.  Each metric caps its label sets (see ``observability.metrics``) and folds
+the excess into an overflow series instead of losing it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...observability import REGISTRY
+
+NAME = "prometheus"
+PRIORITY = 500
+VERSION = "0.2"
+RUN_POLICY = "prefer_route"
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prefer_name": {"type": "boolean", "default": False},
+    },
+}
+
+# APISIX exporter.lua: DEFAULT_BUCKETS, 1 ms to 60 s.
+DEFAULT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000)
+# Client-supplied model names are cut before they become label values (APISIX MAX_MODEL_LABEL_LEN).
+MAX_MODEL_LABEL_LEN = 128
+
+METRIC_LABELS: dict[str, tuple[str, ...]] = {
+    "http_status": ("code", "route", "matched_uri", "matched_host", "service", "consumer", "node",
+                    "request_type", "request_llm_model", "llm_model", "response_source"),
+    "http_latency": ("type", "route", "service", "consumer", "node", "request_type", "request_llm_model",
+                     "llm_model"),
+    "bandwidth": ("type", "route", "service", "consumer", "node", "request_type", "request_llm_model",
+                  "llm_model"),
+}
+# Labels that make a metric what it is (APISIX structural_labels): never disabled, and kept
+# in the overflow series so that, e.g., request and upstream latencies never mix.
+STRUCTURAL = {"http_status": ("code",), "http_latency": ("type",), "bandwidth": ("type",)}
+
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "disabled_labels": {
+            "type": "object",
+            "properties": {
+                metric: {"type": "array",
+                         "items": {"type": "string", "enum": [ln for ln in labels if ln not in STRUCTURAL[metric]]}}
+                for metric, labels in METRIC_LABELS.items()
+            },
+            "additionalProperties": False,
+        },
+    },
+}
+
+STATUS = REGISTRY.counter("http_status", "HTTP status codes per service in APISIX", METRIC_LABELS["http_status"],
+                          keep_on_overflow=STRUCTURAL["http_status"])
+LATENCY = REGISTRY.histogram("http_latency", "HTTP request latency in milliseconds per service in APISIX",
+                             METRIC_LABELS["http_latency"], buckets=DEFAULT_BUCKETS,
+                             keep_on_overflow=STRUCTURAL["http_latency"])
+BANDWIDTH = REGISTRY.counter("bandwidth", "Total bandwidth in bytes consumed per service in APISIX",
+                             METRIC_LABELS["bandwidth"], keep_on_overflow=STRUCTURAL["bandwidth"])
+
+# disabled_labels, compiled once per metadata object: metric -> positions to blank.
+_disabled_cache: tuple[Any, dict[str, tuple[int, ...]]] = (None, {})
+
+
+def _disabled(meta: Any) -> dict[str, tuple[int, ...]]:
+    global _disabled_cache
+    if _disabled_cache[0] is meta:
+        return _disabled_cache[1]
+    out: dict[str, tuple[int, ...]] = {}
+    dl = meta.get("disabled_labels") if isinstance(meta, dict) else None
+    if isinstance(dl, dict):
+        for metric, names in dl.items():
+            labels = METRIC_LABELS.get(metric)
+            if labels and isinstance(names, list):
+                out[metric] = tuple(i for i, ln in enumerate(labels) if ln in names and ln not in STRUCTURAL[metric])
+    _disabled_cache = (meta, out)
+    return out
+
+
+def _blank(labels: tuple[str, ...], positions: tuple[int, ...]) -> tuple[str, ...]:
+    return tuple("" if i in positions else v for i, v in enumerate(labels))
+
+
+_CODES = {c: str(c) for c in range(100, 600)}
+
+
+def _model(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (str, int, float)):
+        return str(v)[:MAX_MODEL_LABEL_LEN]
+    return "<non-scalar>"
+
+
+def _num(v: Any) -> float:
+    if v is None or v == "":
+        return 0.0
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if f == f else 0.0
+
+
+def log(conf: dict[str, Any], ctx: Any) -> None:
+    var = ctx.var
+    route = var("route_id") or ""
+    service = var("service_id") or ""
+    if conf.get("prefer_name") is True:
+        route = var("route_name") or route
+        if service:
+            service = var("service_name") or service
+    consumer = var("consumer_name") or ""
+    node = var("balancer_ip") or ""
+    request_type = var("request_type") or "traditional_http"
+    req_model = _model(var("request_llm_model"))
+    llm_model = _model(var("llm_model"))
+    upstream_time = var("upstream_response_time")
+    # APISIX core.response.get_response_source: "upstream" when the upstream answered,
+    # else "apisix" (a local answer); the exchange may name it exactly.
+    source = var("response_source") or ("upstream" if upstream_time is not None else "apisix")
+    # A request logged without a status never got an answer: the client went away first,
+    # which nginx (and so APISIX) logs as 499.
+    code = var("status") or 499
+    if type(code) is not str:
+        code = _CODES.get(code) or str(code)
+
+    # Values are strings already (ids, names, addresses); a label value of another type
+    # is converted by the registry on the slow path, never mixed up with its string.
+    status_labels: tuple[str, ...] = (code, route, var("matched_uri") or "", var("matched_host") or "", service,
+                                      consumer, node, request_type, req_model, llm_model, source)
+    tail: tuple[str, ...] = (route, service, consumer, node, request_type, req_model, llm_model)
+    lat_req = ("request",) + tail
+    lat_up = ("upstream",) + tail
+    lat_apisix = ("apisix",) + tail
+    bw_in = ("ingress",) + tail
+    bw_out = ("egress",) + tail
+
+    meta = ctx.plugin_metadata(NAME)
+    if meta is not None:
+        dis = _disabled(meta)
+        if dis:
+            p = dis.get("http_status")
+            if p:
+                status_labels = _blank(status_labels, p)
+            p = dis.get("http_latency")
+            if p:
+                lat_req, lat_up, lat_apisix = _blank(lat_req, p), _blank(lat_up, p), _blank(lat_apisix, p)
+            p = dis.get("bandwidth")
+            if p:
+                bw_in, bw_out = _blank(bw_in, p), _blank(bw_out, p)
+
+    STATUS.inc(status_labels)
+    # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
+    # take, never negative (nginx's clocks differ slightly between the two variables).
+    latency = _num(var("request_time")) * 1000.0
+    LATENCY.observe(lat_req, latency)
+    if upstream_time is not None:
+        up_ms = _num(upstream_time) * 1000.0
+        LATENCY.observe(lat_up, up_ms)
+        apisix_ms = latency - up_ms
+        LATENCY.observe(lat_apisix, apisix_ms if apisix_ms > 0 else 0.0)
+    else:
+        LATENCY.observe(lat_apisix, latency)
+    BANDWIDTH.inc(bw_in, _num(var("request_length")))
+    BANDWIDTH.inc(bw_out, _num(var("bytes_sent")))

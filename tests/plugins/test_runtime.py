@@ -1,0 +1,268 @@
+"""The plugin runtime through the real gateway: order, merge precedence, consumers, _meta,
+async hooks, body access, filters, third-party plugins (docs/plugins.md)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from gwtools import Upstream, http, start_gateway
+
+# Test plugins: each appends "<name>:<tag>" to the X-Order request header in its rewrite
+# (or access) phase, so the upstream sees the order and which conf won.
+ORDER_PLUGIN = '''
+NAME = "{name}"
+PRIORITY = {prio}
+SCHEMA = {{"type": "object", "properties": {{"tag": {{"type": "string"}}}}}}
+
+def {phase}(conf, ctx):
+    prev = ctx.req_header("x-order")
+    item = "{name}:" + conf.get("tag", "-")
+    ctx.set_req_header("X-Order", prev + "," + item if prev else item)
+'''
+
+AUTH_PLUGIN = '''
+NAME = "t-auth"
+PRIORITY = 2500
+TYPE = "auth"
+SCHEMA = {"type": "object"}
+CONSUMER_SCHEMA = {"type": "object", "properties": {"user": {"type": "string"}}, "required": ["user"]}
+
+def rewrite(conf, ctx):
+    user = ctx.req_header("x-user")
+    if user is None:
+        return 401, {"message": "Missing user"}
+    found = ctx.find_consumer("t-auth", "user", user)
+    if found is None:
+        return 401, {"message": "Invalid user/key"}
+    ctx.attach_consumer(found[0], found[1])
+'''
+
+ASYNC_PLUGIN = '''
+import asyncio
+NAME = "t-async"
+PRIORITY = 50
+SCHEMA = {"type": "object"}
+
+async def access(conf, ctx):
+    body = await ctx.read_body()
+    await asyncio.sleep(0.01)
+    if body == b"deny":
+        return 403, "denied by body\\n", {"X-Why": "body"}
+    if body:
+        ctx.set_body(body.upper())
+    ctx.set_req_header("X-Async", "done")
+'''
+
+FILTER_PLUGIN = '''
+NAME = "t-filter"
+PRIORITY = 40
+SCHEMA = {"type": "object"}
+
+def rewrite(conf, ctx):
+    ctx.set_resp_header("X-Early", "1")
+
+def header_filter(conf, ctx):
+    ctx.set_resp_header("X-Status-Seen", str(ctx.resp_status))
+    ctx.body_modified()
+
+def body_filter(conf, ctx):
+    ctx.chunk = ctx.chunk.replace(b"GET", b"got")
+    if ctx.eof:
+        ctx.chunk += b"[end]"
+'''
+
+
+def write_plugins(d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for name, prio, phase in (("p-a", 300, "rewrite"), ("p-b", 200, "rewrite"), ("p-c", 100, "rewrite"),
+                              ("p-g", 250, "rewrite"), ("p-x", 150, "access")):
+        (d / f"{name.replace('-', '_')}.py").write_text(ORDER_PLUGIN.format(name=name, prio=prio, phase=phase))
+    (d / "t_auth.py").write_text(AUTH_PLUGIN)
+    (d / "t_async.py").write_text(ASYNC_PLUGIN)
+    (d / "t_filter.py").write_text(FILTER_PLUGIN)
+    return d
+
+
+def gateway(tmp_path: Path, routes: dict, **kw):
+    plugins = write_plugins(tmp_path / "plugins")
+    return start_gateway(tmp_path / "gw", routes, node={"apisix": {"plugin_dirs": [str(plugins)]}}, **kw)
+
+
+def ups(up: Upstream) -> dict:
+    return {"type": "roundrobin", "nodes": {up.addr: 1}}
+
+
+async def test_priority_order_and_merge_precedence(tmp_path, up):
+    doc = {
+        "services": [{"id": "s1", "upstream": ups(up),
+                      "plugins": {"p-a": {"tag": "service"}, "p-b": {"tag": "service"}, "p-c": {"tag": "service"}}}],
+        "plugin_configs": [{"id": "pc1", "plugins": {"p-b": {"tag": "plugin_config"}, "p-c": {"tag": "plugin_config"}}}],
+        "routes": [{"id": "r1", "uri": "/*", "service_id": "s1", "plugin_config_id": "pc1",
+                    "plugins": {"p-c": {"tag": "route"}, "p-x": {"tag": "route"}}}],
+        "global_rules": [{"id": "g1", "plugins": {"p-g": {"tag": "global"}}}],
+    }
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "GET", "/x")
+        assert r.status == 200
+        # global rewrite first, then the route's rewrite by priority; access (p-x) after;
+        # route > plugin_config > service for the same plugin
+        assert up.requests[-1].header("x-order") == \
+            "p-g:global,p-a:service,p-b:plugin_config,p-c:route,p-x:route"
+    finally:
+        gw.stop()
+
+
+async def test_global_rules_run_when_no_route_matches(tmp_path, up):
+    doc = {"routes": [{"id": "r1", "uri": "/only", "upstream": ups(up)}],
+           "global_rules": [{"id": "g1", "plugins": {"t-filter": {}}}]}
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "GET", "/nope")
+        assert r.status == 404
+        assert r.body == b'{"error_msg":"404 Route Not Found"}\n[end]'
+        assert r.header("x-early") == "1" and r.header("x-status-seen") == "404"
+    finally:
+        gw.stop()
+
+
+async def test_consumer_and_group_plugins_override_route(tmp_path, up):
+    doc = {
+        "consumer_groups": [{"id": "gold", "plugins": {"p-b": {"tag": "group"}, "p-c": {"tag": "group"}}}],
+        "consumers": [{"username": "jack", "group_id": "gold",
+                       "plugins": {"t-auth": {"user": "jack"}, "p-c": {"tag": "consumer"}, "p-x": {"tag": "consumer"}}},
+                      {"username": "rose", "plugins": {"t-auth": {"user": "rose"}}}],
+        "routes": [{"id": "r1", "uri": "/*", "upstream": ups(up),
+                    "plugins": {"t-auth": {}, "p-b": {"tag": "route"}, "p-c": {"tag": "route"}}}],
+    }
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "GET", "/x")
+        assert r.status == 401
+        assert r.body == b'{"message":"Missing user"}\n'
+        assert r.header("content-type") == "text/plain"
+        r = await http(gw.addr, "GET", "/x", headers={"X-User": "nobody"})
+        assert (r.status, r.body) == (401, b'{"message":"Invalid user\\/key"}\n')   # cjson escapes "/"
+        assert up.requests == []
+
+        r = await http(gw.addr, "GET", "/x", headers={"X-User": "rose"})
+        assert r.status == 200
+        got = up.requests[-1]
+        assert got.header("x-consumer-username") == "rose"
+        assert got.header("x-order") == "p-b:route,p-c:route"
+
+        r = await http(gw.addr, "GET", "/x", headers={"X-User": "jack"})
+        assert r.status == 200
+        got = up.requests[-1]
+        assert got.header("x-consumer-username") == "jack"
+        # the route's rewrite ran with the route's confs before jack was known; then the
+        # plugins jack's side added (p-x) ran their rewrite... p-x has only access, which runs
+        # with jack's conf, as does everything after authentication
+        assert got.header("x-order") == "p-b:route,p-c:route,p-x:consumer"
+    finally:
+        gw.stop()
+
+
+async def test_meta_disable_filter_priority_error_response(tmp_path, up):
+    doc = {"routes": [
+        {"id": "r1", "uri": "/meta/*", "upstream": ups(up),
+         "plugins": {"p-a": {"tag": "a", "_meta": {"disable": True}},
+                     "p-b": {"tag": "b", "_meta": {"filter": [["arg_b", "==", "1"]]}},
+                     "p-c": {"tag": "c", "_meta": {"priority": 1000}}}},
+        {"id": "r2", "uri": "/auth", "upstream": ups(up),
+         "plugins": {"t-auth": {"_meta": {"error_response": {"message": "nope"}}}}},
+    ]}
+    gw = gateway(tmp_path, doc)
+    try:
+        await http(gw.addr, "GET", "/meta/x")
+        assert up.requests[-1].header("x-order") == "p-c:c"
+        await http(gw.addr, "GET", "/meta/x?b=1")
+        assert up.requests[-1].header("x-order") == "p-c:c,p-b:b"
+        r = await http(gw.addr, "GET", "/auth")
+        assert (r.status, r.body) == (401, b'{"message":"nope"}\n')
+    finally:
+        gw.stop()
+
+
+async def test_async_hook_reads_and_replaces_the_body(tmp_path, up):
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-async": {}}}]}
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "POST", "/b", body=b"hello body")
+        assert r.status == 200
+        got = up.requests[-1]
+        assert got.body == b"HELLO BODY" and got.header("content-length") == "10"
+        assert got.header("x-async") == "done"
+        r = await http(gw.addr, "POST", "/b", body=b"deny")
+        assert (r.status, r.body, r.header("x-why")) == (403, b"denied by body\n", "body")
+        r = await http(gw.addr, "GET", "/b")
+        assert r.status == 200 and up.requests[-1].header("x-async") == "done"
+        # chunked request body, read whole by the plugin
+        import asyncio
+        reader, writer = await asyncio.open_connection(*gw.addr)
+        writer.write(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        from gwtools import read_response
+        resp = await read_response(reader)
+        writer.close()
+        assert resp is not None and resp.status == 200
+        assert up.requests[-1].body == b"ABCDE"
+    finally:
+        gw.stop()
+
+
+async def test_header_and_body_filters_on_upstream_response(tmp_path, up):
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-filter": {}}}]}
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "GET", "/f")
+        assert r.status == 200
+        assert r.header("x-status-seen") == "200" and r.header("x-early") == "1"
+        assert r.header("content-length") is None and r.header("transfer-encoding") == "chunked"
+        assert r.body.endswith(b"[end]")
+        assert json.loads(r.body[:-5])["method"] == "got"
+    finally:
+        gw.stop()
+
+
+async def test_broken_third_party_plugin_is_refused_and_the_rest_serves(tmp_path, up):
+    plugins = write_plugins(tmp_path / "plugins")
+    (plugins / "broken.py").write_text("NAME = 'broken'\nPRIORITY = 'high'\ndef rewrite(conf, ctx):\n    pass\n")
+    (plugins / "crash.py").write_text("raise RuntimeError('boom at import')\n")
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"p-a": {"tag": "ok"}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(plugins)]}})
+    try:
+        r = await http(gw.addr, "GET", "/x")
+        assert r.status == 200 and up.requests[-1].header("x-order") == "p-a:ok"
+        log = gw.log()
+        assert "broken.py refused: plugin broken" in log and "PRIORITY must be an integer" in log
+        assert "crash.py refused: boom at import" in log
+    finally:
+        gw.stop()
+
+
+def test_contract_checks(tmp_path):
+    from meshgate.errors import PluginError
+    from meshgate.plugins import PluginRegistry
+
+    reg = PluginRegistry()
+    cases = {
+        "noname.py": ("PRIORITY = 1\n", "has no NAME"),
+        "arity.py": ("NAME = 'x'\nPRIORITY = 1\ndef access(conf):\n    pass\n", "access must take (conf, ctx)"),
+        "asyncfilter.py": ("NAME = 'y'\nPRIORITY = 1\nasync def header_filter(conf, ctx):\n    pass\n",
+                           "header_filter cannot be async"),
+        "schema.py": ("NAME = 'z'\nPRIORITY = 1\nSCHEMA = {'type': 'nope'}\n", "invalid SCHEMA"),
+    }
+    for f, (src, _) in cases.items():
+        (tmp_path / f).write_text(src)
+    (tmp_path / "fine.py").write_text("NAME = 'fine'\nPRIORITY = 1\nimport logging\nlog = logging.getLogger('x')\n"
+                                      "def rewrite(conf, ctx):\n    return None\n")
+    assert reg.load_directory(tmp_path) == ["fine"]
+    for f, (_, msg) in cases.items():
+        assert any(f in e and msg in e for e in reg.errors), (f, reg.errors)
+    assert reg.get("fine") is not None and reg.get("fine").phases == ("rewrite",)
+    with pytest.raises(PluginError):
+        import types
+        reg.register_module(types.ModuleType("m"))
