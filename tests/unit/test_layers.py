@@ -13,13 +13,14 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "meshgate"
 BASE = {"errors", "__init__", "__main__", "__version__", "_accel"}
 LOWER = {
     "model": set(),
+    "shared": set(),   # state shared by worker processes (shared-memory dicts): a leaf
     "http": {"model"},
     "router": {"model", "http"},
     "upstream": {"model", "http"},
-    "observability": {"model", "http"},
-    "plugins": {"model", "http", "router", "upstream", "observability"},
+    "observability": {"model", "http", "shared"},
+    "plugins": {"model", "http", "router", "upstream", "observability", "shared"},
 }
-PEER_BASE = {"model", "http", "router", "upstream", "observability", "plugins"}
+PEER_BASE = {"model", "http", "router", "upstream", "observability", "plugins", "shared"}
 ALLOWED = {
     **LOWER,
     "proxy": PEER_BASE,

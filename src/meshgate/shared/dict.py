@@ -1,0 +1,451 @@
+"""Numeric shared dicts: one state for every worker process (APISIX's ``ngx.shared.DICT``).
+
+Theory of operation
+-------------------
+A dict is a fixed-size open-addressing hash table in a file under ``/dev/shm``, mapped
+with ``mmap`` by every process that opens it.  The file name carries the *namespace*
+(the supervisor's pid and start time, so a recycled pid never meets a stale file) and
+the dict name; the first process to open it creates and sizes it, the others map what
+is there.
+
+Layout (little endian)::
+
+    header  (64 bytes): magic, layout version, slot count, capacity, live, tombstones
+    slot[i] (40 bytes): state u8, 7 pad, key digest 16 bytes, expire f64, value f64
+
+Keys are stored as a 128-bit BLAKE2b digest (fixed-size slots; keys like
+``route:conf:remote_addr`` have no length bound).  ``state`` is EMPTY, USED or
+TOMB (deleted).  ``expire`` is ``time.monotonic()`` seconds (CLOCK_MONOTONIC is one
+clock for the whole machine on Linux) or 0 for no expiry; an expired USED slot reads
+as absent and is reused by the next insertion that probes it.
+
+Every operation takes an exclusive ``flock`` on the file for the few microseconds it
+runs: a read-modify-write (``incr``, or several steps inside :meth:`SharedDict.locked`)
+is atomic for the whole gateway, which is what makes "100 requests a minute" mean 100
+for the gateway and not per worker.  A process that dies holding the lock releases it
+(the kernel drops flocks with the file description).
+
+Capacity: ``capacity`` live keys in ``2 * capacity`` slots (rounded up to a power of
+two).  When live keys plus tombstones pass 3/4 of the slots the table is rebuilt in
+place (tombstones and expired keys dropped).  Inserting a new key when ``capacity``
+live, unexpired keys exist raises :class:`SharedDictFull`: unlike nginx we never evict a
+live counter silently.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import re
+import struct
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from ..errors import MeshgateError
+
+flock, LOCK_EX, LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
+
+__all__ = ["SharedDict", "SharedDictError", "SharedDictFull", "Txn", "open_dict", "cleanup", "namespace",
+           "own_namespace", "shm_dir", "now"]
+
+_MAGIC = b"MGSHDCT1"
+_HEADER = struct.Struct("<8sIIIIII")      # magic, layout, slots, capacity, live, tombs, reserved
+_HEADER_SIZE = 64
+_SLOT = struct.Struct("<B7x16sdd")        # state, digest, expire, value
+_SLOT_SIZE = _SLOT.size                   # 40
+_LAYOUT = 1
+_EMPTY, _USED, _TOMB = 0, 1, 2
+_OFF_LIVE = 8 + 4 + 4 + 4                 # byte offset of the live counter in the header
+_LIVE_TOMBS = struct.Struct("<II")
+_OFF_MINEXP = 32                          # f64: earliest expiry of any live key (inf: none)
+_F64 = struct.Struct("<d")
+
+now = time.monotonic
+
+
+class SharedDictError(MeshgateError):
+    """A shared dict cannot be opened or used."""
+
+
+class SharedDictFull(SharedDictError):
+    """The dict holds ``capacity`` live keys and a new key was inserted."""
+
+
+def shm_dir() -> str:
+    d = "/dev/shm"
+    return d if os.path.isdir(d) and os.access(d, os.W_OK) else tempfile.gettempdir()
+
+
+def _start_time(pid: int) -> str:
+    """The process start time (clock ticks since boot, /proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return "0"
+
+
+def namespace() -> str:
+    """Whose dicts this process uses: ``MESHGATE_SHM_NS`` if set, else the parent's.
+
+    Workers are started by the supervisor (``python -m meshgate.proxy.worker``), so the
+    parent is the supervisor and every worker of one gateway lands in the same
+    namespace, while two gateways on one machine stay apart."""
+    ns = os.environ.get("MESHGATE_SHM_NS")
+    if ns:
+        return ns
+    ppid = os.getppid()
+    return f"{ppid}-{_start_time(ppid)}"
+
+
+def own_namespace() -> str:
+    """The namespace this process's children (workers) land in: for the supervisor itself,
+    should it ever open a dict (``open_dict(name, ns=own_namespace())``)."""
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid)}"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _path(ns: str, name: str) -> str:
+    return os.path.join(shm_dir(), f"meshgate-{_SAFE.sub('_', ns)}-{_SAFE.sub('_', name)}")
+
+
+def _digest(key: str | bytes) -> bytes:
+    if isinstance(key, str):
+        key = key.encode()
+    return hashlib.blake2b(key, digest_size=16).digest()
+
+
+class Txn:
+    """Operations run while the dict's lock is held (see :meth:`SharedDict.locked`)."""
+
+    __slots__ = ("_d", "_now")
+
+    def __init__(self, d: SharedDict, t: float) -> None:
+        self._d = d
+        self._now = t
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def get(self, key: str) -> float | None:
+        return self._d._get(_digest(key), self._now)
+
+    def ttl(self, key: str) -> float | None:
+        return self._d._ttl(_digest(key), self._now)
+
+    def set(self, key: str, value: float, ttl: float | None = None) -> None:
+        self._d._set(_digest(key), float(value), ttl, self._now)
+
+    def incr(self, key: str, delta: float, init: float | None = None, ttl: float | None = None) -> float:
+        return self._d._incr(_digest(key), float(delta), init, ttl, self._now)
+
+    def delete(self, key: str) -> None:
+        self._d._delete(_digest(key), self._now)
+
+
+class SharedDict:
+    """One named dict of float counters, shared by the processes of a namespace."""
+
+    def __init__(self, name: str, *, capacity: int = 65536, ns: str | None = None) -> None:
+        if capacity < 1:
+            raise SharedDictError(f"shared dict {name!r}: capacity must be >= 1")
+        self.name = name
+        self.path = _path(ns if ns is not None else namespace(), name)
+        slots = 8
+        while slots < 2 * capacity:
+            slots *= 2
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise SharedDictError(f"shared dict {name!r}: cannot open {self.path}: {e.strerror}") from e
+        self._fd = fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                size = os.fstat(fd).st_size
+                if size == 0:  # first opener creates and sizes it
+                    os.ftruncate(fd, _HEADER_SIZE + slots * _SLOT_SIZE)
+                    hdr = _HEADER.pack(_MAGIC, _LAYOUT, slots, capacity, 0, 0, 0)
+                    os.pwrite(fd, hdr + _F64.pack(float("inf")), 0)
+                    size = _HEADER_SIZE + slots * _SLOT_SIZE
+                magic, layout, fslots, fcap, _, _, _ = _HEADER.unpack(os.pread(fd, _HEADER.size, 0))
+                if magic != _MAGIC or layout != _LAYOUT or size != _HEADER_SIZE + fslots * _SLOT_SIZE:
+                    raise SharedDictError(f"shared dict {name!r}: {self.path} is not a meshgate shared dict "
+                                          f"(layout {_LAYOUT})")
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._mm = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        # the creator's sizing wins: every process must agree on the table shape
+        self.slots: int = fslots
+        self.capacity: int = fcap
+        self._mask = fslots - 1
+
+    # -- public API (each call: one lock round trip) -------------------------------------------
+    def get(self, key: str) -> float | None:
+        """The value, or None when absent or expired."""
+        d = _digest(key)
+        flock(self._fd, LOCK_EX)
+        try:
+            return self._get(d, now())
+        finally:
+            flock(self._fd, LOCK_UN)
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires: None when absent, 0.0 when it never expires."""
+        d = _digest(key)
+        with self._lock():
+            return self._ttl(d, now())
+
+    def set(self, key: str, value: float, ttl: float | None = None) -> None:
+        """Store ``value``; ``ttl`` seconds (None or 0: no expiry)."""
+        d = _digest(key)
+        with self._lock():
+            self._set(d, float(value), ttl, now())
+
+    def incr(self, key: str, delta: float, init: float | None = None, ttl: float | None = None) -> float:
+        """Add ``delta`` atomically and return the new value (ngx.shared.DICT:incr).
+
+        An absent key starts at ``init`` (``KeyError`` when ``init`` is None) and then
+        expires after ``ttl`` seconds; an existing key keeps its expiry."""
+        d = _digest(key)
+        flock(self._fd, LOCK_EX)   # not the _lock() context manager: this is the hot path
+        try:
+            return self._incr(d, float(delta), init, ttl, now())
+        finally:
+            flock(self._fd, LOCK_UN)
+
+    def delete(self, key: str) -> None:
+        d = _digest(key)
+        with self._lock():
+            self._delete(d, now())
+
+    @contextmanager
+    def locked(self) -> Iterator[Txn]:
+        """Several operations as one atomic step: ``with d.locked() as tx: tx.get(..); tx.set(..)``."""
+        with self._lock():
+            yield Txn(self, now())
+
+    def __len__(self) -> int:
+        with self._lock():
+            t = now()
+            return sum(1 for i in range(self.slots) if self._live_at(i, t))
+
+    def flush_all(self) -> None:
+        with self._lock():
+            self._mm[_HEADER_SIZE:] = bytes(self.slots * _SLOT_SIZE)
+            _LIVE_TOMBS.pack_into(self._mm, _OFF_LIVE, 0, 0)
+            _F64.pack_into(self._mm, _OFF_MINEXP, float("inf"))
+
+    def close(self) -> None:
+        try:
+            self._mm.close()
+        finally:
+            os.close(self._fd)
+
+    # -- internals (lock held) -----------------------------------------------------------------
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _live_at(self, i: int, t: float) -> bool:
+        state, _, exp, _ = _SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)
+        return bool(state == _USED and (exp == 0.0 or exp > t))
+
+    def _find(self, d: bytes, t: float) -> tuple[int, int, bool]:
+        """Probe for ``d``: (slot of the key or -1, first reusable slot or -1, key expired)."""
+        mm, mask = self._mm, self._mask
+        i = int.from_bytes(d[:8], "little") & mask
+        reuse = -1
+        for _ in range(self.slots):
+            state, kd, exp, _ = _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)
+            if state == _EMPTY:
+                return -1, (reuse if reuse >= 0 else i), False
+            if state == _USED:
+                if kd == d:
+                    return i, reuse, exp != 0.0 and exp <= t
+                if reuse < 0 and exp != 0.0 and exp <= t:
+                    reuse = i
+            elif reuse < 0:
+                reuse = i
+            i = (i + 1) & mask
+        return -1, reuse, False
+
+    def _get(self, d: bytes, t: float) -> float | None:
+        i, _, expired = self._find(d, t)
+        if i < 0 or expired:
+            return None
+        return float(_SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)[3])
+
+    def _ttl(self, d: bytes, t: float) -> float | None:
+        i, _, expired = self._find(d, t)
+        if i < 0 or expired:
+            return None
+        exp = float(_SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)[2])
+        return 0.0 if exp == 0.0 else exp - t
+
+    def _write(self, i: int, d: bytes, exp: float, value: float) -> None:
+        _SLOT.pack_into(self._mm, _HEADER_SIZE + i * _SLOT_SIZE, _USED, d, exp, value)
+
+    def _note_expiry(self, exp: float) -> None:
+        if exp != 0.0 and exp < _F64.unpack_from(self._mm, _OFF_MINEXP)[0]:
+            _F64.pack_into(self._mm, _OFF_MINEXP, exp)
+
+    def _insert(self, d: bytes, exp: float, value: float, t: float) -> None:
+        """Insert a key known to be absent (lock held)."""
+        live, tombs = _LIVE_TOMBS.unpack_from(self._mm, _OFF_LIVE)
+        full = live >= self.capacity
+        if full and _F64.unpack_from(self._mm, _OFF_MINEXP)[0] > t:
+            # nothing can have expired yet: refuse without an O(slots) rebuild
+            raise SharedDictFull(f"shared dict {self.name!r} is full ({self.capacity} live keys); "
+                                 "raise its capacity")
+        if full or live + tombs + 1 > self.slots * 3 // 4:
+            self._rebuild(t)
+            live, tombs = _LIVE_TOMBS.unpack_from(self._mm, _OFF_LIVE)
+            if live >= self.capacity:
+                raise SharedDictFull(f"shared dict {self.name!r} is full ({self.capacity} live keys); "
+                                     "raise its capacity")
+        _, reuse, _ = self._find(d, t)
+        state = _SLOT.unpack_from(self._mm, _HEADER_SIZE + reuse * _SLOT_SIZE)[0]
+        if state == _EMPTY:
+            live += 1
+        elif state == _TOMB:
+            live, tombs = live + 1, tombs - 1
+        # else: an expired USED slot taken over; live unchanged
+        self._write(reuse, d, exp, value)
+        self._note_expiry(exp)
+        _LIVE_TOMBS.pack_into(self._mm, _OFF_LIVE, live, tombs)
+
+    def _rebuild(self, t: float) -> None:
+        """Rehash in place, dropping tombstones and expired keys."""
+        mm = self._mm
+        keep = []
+        min_exp = float("inf")
+        for i in range(self.slots):
+            state, kd, exp, val = _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)
+            if state == _USED and (exp == 0.0 or exp > t):
+                keep.append((kd, exp, val))
+                if exp != 0.0 and exp < min_exp:
+                    min_exp = exp
+        mm[_HEADER_SIZE:] = bytes(self.slots * _SLOT_SIZE)
+        mask = self._mask
+        for kd, exp, val in keep:
+            i = int.from_bytes(kd[:8], "little") & mask
+            while _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)[0] != _EMPTY:
+                i = (i + 1) & mask
+            self._write(i, kd, exp, val)
+        _LIVE_TOMBS.pack_into(mm, _OFF_LIVE, len(keep), 0)
+        _F64.pack_into(mm, _OFF_MINEXP, min_exp)
+
+    @staticmethod
+    def _expiry(ttl: float | None, t: float) -> float:
+        return t + ttl if ttl else 0.0
+
+    def _set(self, d: bytes, value: float, ttl: float | None, t: float) -> None:
+        i, _, _ = self._find(d, t)
+        if i >= 0:
+            exp = self._expiry(ttl, t)
+            self._write(i, d, exp, value)
+            self._note_expiry(exp)
+        else:
+            self._insert(d, self._expiry(ttl, t), value, t)
+
+    def _incr(self, d: bytes, delta: float, init: float | None, ttl: float | None, t: float) -> float:
+        i, _, expired = self._find(d, t)
+        if i >= 0 and not expired:
+            off = _HEADER_SIZE + i * _SLOT_SIZE
+            _, _, exp, val = _SLOT.unpack_from(self._mm, off)
+            val += delta
+            self._write(i, d, exp, val)
+            return float(val)
+        if init is None:
+            raise KeyError("not found")
+        val = init + delta
+        if i >= 0:  # expired: restart it in place
+            exp = self._expiry(ttl, t)
+            self._write(i, d, exp, val)
+            self._note_expiry(exp)
+        else:
+            self._insert(d, self._expiry(ttl, t), val, t)
+        return float(val)
+
+    def _delete(self, d: bytes, t: float) -> None:
+        i, _, _ = self._find(d, t)
+        if i < 0:
+            return
+        _SLOT.pack_into(self._mm, _HEADER_SIZE + i * _SLOT_SIZE, _TOMB, bytes(16), 0.0, 0.0)
+        live, tombs = _LIVE_TOMBS.unpack_from(self._mm, _OFF_LIVE)
+        _LIVE_TOMBS.pack_into(self._mm, _OFF_LIVE, live - 1, tombs + 1)
+
+
+_open: dict[tuple[str, str], SharedDict] = {}
+
+
+def open_dict(name: str, *, capacity: int = 65536, ns: str | None = None) -> SharedDict:
+    """The process-wide handle of dict ``name`` (opened, and created if needed, once)."""
+    nsv = ns if ns is not None else namespace()
+    d = _open.get((nsv, name))
+    if d is None:
+        d = _open[(nsv, name)] = SharedDict(name, capacity=capacity, ns=nsv)
+    return d
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cleanup(pid: int | None = None) -> list[str]:
+    """Remove the dicts of the gateway whose supervisor is ``pid`` (default: this process).
+
+    The supervisor calls this once at exit.  It also sweeps files left by supervisors
+    that died without cleaning up (killed with SIGKILL): their pid is gone, or was
+    reused by a process with another start time.  Returns the removed paths."""
+    me = os.getpid() if pid is None else pid
+    mine = f"meshgate-{me}-{_start_time(me)}-"
+    removed: list[str] = []
+    d = shm_dir()
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return removed
+    for fn in names:
+        if not fn.startswith("meshgate-"):
+            continue
+        stale = False
+        if not fn.startswith(mine):
+            parts = fn.split("-", 3)
+            if len(parts) < 4 or not parts[1].isdigit():
+                continue  # a namespace set by MESHGATE_SHM_NS: not ours to judge
+            owner = int(parts[1])
+            stale = not _alive(owner) or _start_time(owner) != parts[2]
+            if not stale:
+                continue
+        try:
+            os.unlink(os.path.join(d, fn))
+            removed.append(os.path.join(d, fn))
+        except OSError:
+            pass
+    for key in [k for k, v in _open.items() if v.path in removed]:
+        _open.pop(key).close()
+    return removed

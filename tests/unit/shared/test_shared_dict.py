@@ -1,0 +1,210 @@
+"""meshgate.shared: numeric dicts in shared memory, one state for several processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from meshgate.shared import SharedDict, SharedDictFull, cleanup, namespace, open_dict, shm_dir
+from meshgate.shared import dict as shd
+
+SRC = str(Path(__file__).resolve().parents[3] / "src")
+
+
+@pytest.fixture
+def ns():
+    n = f"t{uuid.uuid4().hex[:12]}"
+    yield n
+    for f in os.listdir(shm_dir()):
+        if f.startswith(f"meshgate-{n}-"):
+            os.unlink(os.path.join(shm_dir(), f))
+
+
+def test_incr_get_set_delete(ns):
+    d = SharedDict("basic", capacity=16, ns=ns)
+    assert d.get("a") is None
+    with pytest.raises(KeyError):
+        d.incr("a", 1)                     # no init: absent stays absent (ngx: "not found")
+    assert d.incr("a", 1, 0) == 1
+    assert d.incr("a", 2.5, 0) == 3.5      # init only applies to an absent key
+    d.set("b", 7)
+    assert d.get("b") == 7
+    d.delete("b")
+    assert d.get("b") is None
+    d.delete("missing")                    # no error
+    assert len(d) == 1
+
+
+def test_second_opener_sees_the_same_table(ns):
+    a = SharedDict("two", capacity=16, ns=ns)
+    b = SharedDict("two", capacity=999, ns=ns)   # the creator's sizing wins
+    assert b.capacity == 16 and b.slots == a.slots
+    a.incr("k", 5, 0)
+    assert b.get("k") == 5
+    b.delete("k")
+    assert a.get("k") is None
+
+
+def test_names_and_namespaces_are_apart(ns):
+    a = SharedDict("x", ns=ns)
+    b = SharedDict("y", ns=ns)
+    c = SharedDict("x", ns=ns + "other")
+    try:
+        a.set("k", 1)
+        assert b.get("k") is None and c.get("k") is None
+    finally:
+        os.unlink(c.path)
+
+
+def test_expiry(ns, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(shd, "now", lambda: clock[0])
+    d = SharedDict("ttl", capacity=16, ns=ns)
+    assert d.incr("k", 1, 0, ttl=10) == 1
+    clock[0] += 4
+    assert d.incr("k", 1, 0, ttl=10) == 2       # an existing key keeps its expiry
+    assert d.ttl("k") == pytest.approx(6)
+    clock[0] += 6
+    assert d.get("k") is None                   # expired exactly at its deadline
+    assert d.ttl("k") is None
+    assert d.incr("k", 1, 0, ttl=10) == 1       # starts over
+    d.set("p", 3)                               # no ttl: never expires
+    assert d.ttl("p") == 0.0
+    clock[0] += 1e6
+    assert d.get("p") == 3
+
+
+def test_full_is_a_clear_error_and_expired_keys_make_room(ns, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(shd, "now", lambda: clock[0])
+    d = SharedDict("cap", capacity=4, ns=ns)
+    for i in range(4):
+        d.set(f"k{i}", i, ttl=10 if i < 2 else None)
+    with pytest.raises(SharedDictFull, match=r"shared dict 'cap' is full \(4 live keys\)"):
+        d.incr("new", 1, 0)
+    d.set("k3", 33)                             # updating an existing key still works
+    clock[0] = 11                               # k0, k1 expired: their room is reusable
+    d.set("n1", 1)
+    d.set("n2", 2)
+    with pytest.raises(SharedDictFull):
+        d.set("n3", 3)
+    d.delete("n1")
+    d.set("n3", 3)
+    assert [d.get(k) for k in ("k2", "k3", "n2", "n3", "k0")] == [2, 33, 2, 3, None]
+
+
+def test_many_deletes_do_not_degrade(ns):
+    """Tombstones are purged by in-place rebuilds; every key stays reachable."""
+    d = SharedDict("churn", capacity=64, ns=ns)
+    for rnd in range(50):
+        for i in range(60):
+            d.set(f"r{rnd}-{i}", i)
+        for i in range(60):
+            if i % 3:
+                d.delete(f"r{rnd}-{i}")
+        for i in range(0, 60, 3):
+            assert d.get(f"r{rnd}-{i}") == i
+        for i in range(0, 60, 3):
+            d.delete(f"r{rnd}-{i}")
+    assert len(d) == 0
+
+
+def test_locked_makes_read_modify_write_atomic(ns):
+    d = SharedDict("tx", ns=ns)
+    with d.locked() as tx:
+        assert tx.get("a") is None
+        tx.set("a", 1, ttl=5)
+        tx.incr("a", 1)
+        assert tx.get("a") == 2
+        assert 0 < (tx.ttl("a") or 0) <= 5
+        tx.delete("a")
+        assert tx.get("a") is None
+
+
+HAMMER = r"""
+import sys
+sys.path.insert(0, {src!r})
+from meshgate.shared import SharedDict
+d = SharedDict("hammer", ns={ns!r})
+n = int(sys.argv[1])
+for _ in range(n):
+    d.incr("total", 1, 0)
+    with d.locked() as tx:           # a non-atomic-looking read-modify-write, made atomic
+        tx.set("rmw", (tx.get("rmw") or 0) + 1)
+print("ok")
+"""
+
+
+def test_processes_hammering_one_counter_get_an_exact_total(ns):
+    procs, per = 6, 3000
+    code = HAMMER.format(src=SRC, ns=ns)
+    ps = [subprocess.Popen([sys.executable, "-c", code, str(per)], stdout=subprocess.PIPE) for _ in range(procs)]
+    for p in ps:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.strip() == b"ok"
+    d = SharedDict("hammer", ns=ns)
+    assert d.get("total") == procs * per
+    assert d.get("rmw") == procs * per
+
+
+def test_namespace_is_the_parent_process_by_default(monkeypatch):
+    monkeypatch.delenv("MESHGATE_SHM_NS", raising=False)
+    assert namespace().startswith(f"{os.getppid()}-")
+    monkeypatch.setenv("MESHGATE_SHM_NS", "abc")
+    assert namespace() == "abc"
+
+
+def test_worker_children_share_the_supervisor_namespace_and_cleanup_removes_it(tmp_path):
+    """Children of one parent (as workers of the supervisor) open the same file; the
+    parent's cleanup() removes it."""
+    code = (f"import sys, os; sys.path.insert(0, {SRC!r}); os.environ.pop('MESHGATE_SHM_NS', None)\n"
+            "from meshgate.shared import open_dict, cleanup\n"
+            "import subprocess\n"
+            "child = ('import sys, os; sys.path.insert(0, %r); os.environ.pop(\"MESHGATE_SHM_NS\", None);'\n"
+            "         'from meshgate.shared import open_dict; print(open_dict(\"sup\").incr(\"k\", 1, 0))' % sys.path[0])\n"
+            "outs = [subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True).stdout"
+            " for _ in range(3)]\n"
+            "print(sorted(float(o) for o in outs))\n"
+            "removed = cleanup()\n"
+            "print(len([r for r in removed if r.endswith('-sup')]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == ["[1.0, 2.0, 3.0]", "1"]
+
+
+def test_cleanup_sweeps_files_of_dead_supervisors():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    stale = os.path.join(shm_dir(), f"meshgate-{p.pid}-1-plugin-limit-count")
+    Path(stale).write_bytes(b"x")
+    try:
+        assert stale in cleanup()
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.unlink(stale)
+
+
+def test_open_dict_is_one_handle_per_process(ns):
+    assert open_dict("h", ns=ns) is open_dict("h", ns=ns)
+
+
+def test_cost_per_operation(ns, capsys):
+    """Not a benchmark gate: prints the per-op cost (lock + probe) for the report, and
+    fails only if it is absurd (> 200 us)."""
+    d = SharedDict("cost", ns=ns)
+    n = 20000
+    t0 = time.perf_counter()
+    for i in range(n):
+        d.incr("k", 1, 0, ttl=60)
+    per = (time.perf_counter() - t0) / n * 1e6
+    with capsys.disabled():
+        print(f"\nshared dict incr: {per:.2f} us/op")
+    assert per < 200
