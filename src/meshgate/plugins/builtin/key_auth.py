@@ -1,0 +1,129 @@
+"""key-auth: identify the consumer by an API key sent in a header or a query argument.
+
+APISIX semantics: the header wins over the query argument; a missing key is
+``401 {"message":"Missing API key in request"}``, an unknown one
+``401 {"message":"Invalid API key in request"}``, both with
+``WWW-Authenticate: apikey realm="<realm>"``. With ``anonymous_consumer`` a failed
+authentication attaches that consumer instead (``401 {"message":"Invalid user
+authorization"}`` when it does not exist). ``hide_credentials`` removes the key the
+consumer was found with before the request goes upstream (and, on the anonymous
+fallback, the key from both places).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+NAME = "key-auth"
+PRIORITY = 2500
+VERSION = "0.1"
+TYPE = "auth"
+
+logger = logging.getLogger("meshgate.plugins.key-auth")
+
+# APISIX schema_def.get_realm_schema: printable ASCII except '"' and '\'
+REALM_PATTERN = "^[\\x20-\\x21\\x23-\\x5B\\]-\\x7E]+$"
+
+
+def realm_schema(default: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": REALM_PATTERN, "default": default, "minLength": 1, "maxLength": 128}
+
+
+ANONYMOUS_CONSUMER_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "header": {"type": "string", "default": "apikey"},
+        "query": {"type": "string", "default": "apikey"},
+        "realm": realm_schema("key"),
+        "hide_credentials": {"type": "boolean", "default": False},
+        "anonymous_consumer": ANONYMOUS_CONSUMER_SCHEMA,
+    },
+}
+
+CONSUMER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"key": {"type": "string"}},
+    "required": ["key"],
+}
+
+UNDER_MULTI_AUTH = "_under_multi_auth"
+
+
+def prepare(conf: dict[str, Any]) -> dict[str, Any]:
+    out = dict(conf)
+    out.setdefault("header", "apikey")
+    out.setdefault("query", "apikey")
+    out.setdefault("realm", "key")
+    out.setdefault("hide_credentials", False)
+    out["_www_authenticate"] = f'apikey realm="{out["realm"]}"'
+    return out
+
+
+def found(res: Any) -> tuple[Any, Any] | None:
+    """Normalise what ``ctx.find_consumer`` answers into ``(consumer, conf)`` or None."""
+    if res is None:
+        return None
+    consumer, cconf = res
+    if consumer is None:
+        return None
+    return consumer, cconf
+
+
+def anonymous(ctx: Any, name: str) -> Any:
+    lookup = getattr(ctx, "consumer_by_name", None)
+    return lookup(name) if lookup is not None else None
+
+
+def _strip_key(conf: dict[str, Any], ctx: Any, *, header: bool, query: bool) -> None:
+    if header and ctx.req_header(conf["header"]) is not None:
+        ctx.set_req_header(conf["header"], None)
+    if query:
+        args = dict(ctx.args() or {})
+        if conf["query"] in args:
+            del args[conf["query"]]
+            ctx.set_args(args)
+
+
+def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
+    multi = conf.get(UNDER_MULTI_AUTH, False)
+    key = ctx.req_header(conf["header"])
+    from_header = key is not None
+    if key is None:
+        key = (ctx.args() or {}).get(conf["query"])
+
+    hit = None
+    if key is None:
+        err = "Missing API key in request"
+    else:
+        hit = found(ctx.find_consumer(NAME, "key", key)) if isinstance(key, str) else None
+        if hit is None:
+            detail = "failed to find consumer: invalid api key"
+            if multi:
+                err = detail
+            else:
+                logger.warning("%s", detail)
+                err = "Invalid API key in request"
+        elif conf["hide_credentials"]:
+            _strip_key(conf, ctx, header=from_header, query=not from_header)
+
+    if hit is None:
+        www = {"WWW-Authenticate": conf["_www_authenticate"]}
+        anon_name = conf.get("anonymous_consumer")
+        if not anon_name:
+            return 401, {"message": err}, www
+        if conf["hide_credentials"]:
+            _strip_key(conf, ctx, header=True, query=True)
+        consumer = anonymous(ctx, anon_name)
+        if consumer is None:
+            detail = f"failed to get anonymous consumer {anon_name}"
+            if multi:
+                return 401, detail, www
+            logger.error("key-auth failed to authenticate the request, code: 401. error: %s", detail)
+            return 401, {"message": "Invalid user authorization"}, www
+        hit = (consumer, {})
+
+    ctx.attach_consumer(*hit)
+    return None
