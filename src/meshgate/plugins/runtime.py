@@ -33,7 +33,7 @@ from ..errors import ConfigError, PluginError
 from ..router import compile_expr
 
 __all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA", "Pending", "Answer",
-           "encode_body", "to_answer"]
+           "encode_body", "to_answer", "schema_message"]
 
 log = logging.getLogger("meshgate.plugins")
 
@@ -371,7 +371,7 @@ class PluginRegistry:
         err = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(body))
         if err is not None:
             raise ConfigError(pointer + "".join(f"/{x}" for x in err.absolute_path),
-                              f"failed to check the configuration of plugin {name} err: {_schema_msg(err)}",
+                              f"failed to check the configuration of plugin {name} err: {schema_message(err)}",
                               kind=kind, id=id)
         check = getattr(p.module, "check_schema", None)
         if check is not None:
@@ -450,7 +450,7 @@ def _num(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
-def _schema_msg(err: Any) -> str:
+def schema_message(err: Any) -> str:
     """A jsonschema error in lua-jsonschema's words, as APISIX reports plugin conf errors:
     ``property "count" validation failed: expected 0 to be greater than 0``."""
     v, inst, val = err.validator, err.instance, err.validator_value

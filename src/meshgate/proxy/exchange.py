@@ -158,7 +158,7 @@ class Exchange:
     collect_limit = 0
     body_waiter: Any = None                  # future: the request body is complete
     resp_ops: list[tuple[int, str, str | None]] | None = None   # response header edits before a response
-    in_resp = False                          # response headers exist (resp_headers is live)
+    in_resp = False                          # response headers exist (resp_fields is live)
     body_mod = False                         # a header_filter said the body changes length
     body_filters = False                     # the response body goes through body_filter hooks
     chunk = b""                              # body_filter: the current chunk ...
@@ -300,7 +300,7 @@ class Exchange:
     def resp_header(self, name: str) -> str | None:
         lname = name.lower().encode("latin-1")
         if self.in_resp:
-            for n, v in reversed(self.resp_headers):
+            for n, v in reversed(self.resp_fields):
                 if n.lower() == lname:
                     return v.decode("latin-1")
             return None
@@ -318,7 +318,7 @@ class Exchange:
     def _resp_op(self, op: int, name: str, value: Any) -> None:
         sval = None if value is None else (value if isinstance(value, str) else str(value))
         if self.in_resp:
-            _apply_op(self.resp_headers, op, name, sval)
+            _apply_op(self.resp_fields, op, name, sval)
         else:
             if self.resp_ops is None:
                 self.resp_ops = []
@@ -824,16 +824,28 @@ class Exchange:
             self._report(node, "tcp_failure", 0)
         self._failed(502)
 
+    def resp_headers(self) -> dict[str, str]:
+        """The response's header fields as the client gets them (lower-case names, repeated
+        ones joined with ", "); empty before a response exists."""
+        out: dict[str, str] = {}
+        if not self.in_resp and self._resp_headers is None and not self._resp_fields:
+            return out
+        for n, v in self.resp_fields:
+            k = n.decode("latin-1").lower()
+            val = v.decode("latin-1")
+            out[k] = out[k] + ", " + val if k in out else val
+        return out
+
     @property
-    def resp_headers(self) -> list[tuple[bytes, bytes]]:
+    def resp_fields(self) -> list[tuple[bytes, bytes]]:
         """Response header fields as (name, value) for plugins; settable in header_filter."""
         h = self._resp_headers
         if h is None:
             h = self._resp_headers = split_fields(self._resp_fields)
         return h
 
-    @resp_headers.setter
-    def resp_headers(self, value: list[tuple[bytes, bytes]]) -> None:
+    @resp_fields.setter
+    def resp_fields(self, value: list[tuple[bytes, bytes]]) -> None:
         self._resp_headers = value
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
@@ -871,7 +883,7 @@ class Exchange:
         if chain is not None or gchain is not None or self.resp_ops is not None:
             self.in_resp = True
             if self.resp_ops is not None:
-                hl = self.resp_headers
+                hl = self.resp_fields
                 for op, hn, hv in self.resp_ops:
                     _apply_op(hl, op, hn, hv)
             if gchain is not None and gchain.has("header_filter"):
@@ -882,10 +894,10 @@ class Exchange:
             if self._resp_headers is not None:
                 fields = b"".join(b"\r\n" + n + b": " + v for n, v in self._resp_headers)
             if (gchain is not None and gchain.has("body_filter")) or (chain is not None and chain.has("body_filter")):
-                # the filters may change the body: its length is known only at the end
                 self.body_filters = True
-                cl = None
-            elif self.body_mod:
+            if self.body_mod:
+                # a header_filter said the body changes: its length is known only at the end
+                # (APISIX: core.response.clear_header_as_body_modified)
                 cl = None
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         if no_body:
