@@ -183,7 +183,7 @@ async def test_fast_path_takes_plain_requests_and_responses() -> None:
     assert (split.server.fast_requests, split.server.fast_responses) == (0, 0)
     assert whole.to_upstream == (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nX-Real-IP: 127.0.0.1\r\n"
                                  b"X-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
-                                 b"X-Forwarded-Port: 9080\r\nX-Forwarded-Host: 127.0.0.1\r\n\r\n")
+                                 b"X-Forwarded-Port: 9080\r\nX-Forwarded-Host: 127.0.0.1:9080\r\n\r\n")
     assert whole.upconn in whole.server.pool.idle[whole.upconn.key]  # back in the pool
 
 

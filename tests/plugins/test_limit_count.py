@@ -220,6 +220,18 @@ async def test_routes_count_apart_unless_grouped(tmp_path, up):
         gw.stop()
 
 
+async def test_global_rule_counts_once_for_every_route(tmp_path, up):
+    # APISIX scopes a global rule's counter by the rule (conf_type global_rule), not by route
+    node = {"type": "roundrobin", "nodes": {up.addr: 1}}
+    doc = {"routes": [{"id": "a", "uri": "/a", "upstream": node}, {"id": "b", "uri": "/b", "upstream": node}],
+           "global_rules": [{"id": "g", "plugins": {NAME: {"count": 2, "time_window": 60}}}]}
+    gw = start_gateway(tmp_path, doc, workers=2)
+    try:
+        assert await statuses(gw, 1, "/a") + await statuses(gw, 2, "/b") == [200, 200, 503]
+    finally:
+        gw.stop()
+
+
 async def test_window_expires(tmp_path, up):
     gw = start_gateway(tmp_path, routes(up, {"count": 1, "time_window": 1}))
     try:

@@ -94,7 +94,18 @@ async def test_http_to_https(tmp_path, up):
         assert r.status == 301
         r = await http(gw.addr, "POST", "/hello", host="foo.com")
         assert r.status == 308 and r.header("location") == "https://foo.com/hello"
-        # already https behind a proxy: proxied
+        # an X-Forwarded-Proto from a client outside trusted_addresses does not count
+        r = await http(gw.addr, "GET", "/hello", host="foo.com", headers={"X-Forwarded-Proto": "https"})
+        assert r.status == 301 and up.requests == []
+    finally:
+        gw.stop()
+
+
+async def test_http_to_https_behind_a_trusted_proxy(tmp_path, up):
+    gw = start_gateway(tmp_path, routes(up, {"http_to_https": True}),
+                       node={"apisix": {"trusted_addresses": ["127.0.0.1"]}})
+    try:
+        # already https at the trusted proxy in front: proxied
         r = await http(gw.addr, "GET", "/hello", host="foo.com", headers={"X-Forwarded-Proto": "https"})
         assert r.status == 200 and len(up.requests) == 1
     finally:

@@ -75,6 +75,19 @@ def body_filter(conf, ctx):
 '''
 
 
+DENY_PLUGIN = '''
+NAME = "t-deny"
+PRIORITY = 60
+SCHEMA = {"type": "object"}
+
+def access(conf, ctx):
+    if ctx.req_header("x-deny") == "bare":
+        return 403
+    if ctx.req_header("x-deny") == "nobody":
+        return 429, None, {"Retry-After": "1"}
+'''
+
+
 def write_plugins(d: Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for name, prio, phase in (("p-a", 300, "rewrite"), ("p-b", 200, "rewrite"), ("p-c", 100, "rewrite"),
@@ -83,6 +96,7 @@ def write_plugins(d: Path) -> Path:
     (d / "t_auth.py").write_text(AUTH_PLUGIN)
     (d / "t_async.py").write_text(ASYNC_PLUGIN)
     (d / "t_filter.py").write_text(FILTER_PLUGIN)
+    (d / "t_deny.py").write_text(DENY_PLUGIN)
     return d
 
 
@@ -266,3 +280,17 @@ def test_contract_checks(tmp_path):
     with pytest.raises(PluginError):
         import types
         reg.register_module(types.ModuleType("m"))
+
+
+async def test_answer_without_body_is_nginx_page(tmp_path, up):
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-deny": {}}}]}
+    gw = gateway(tmp_path, doc)
+    try:
+        r = await http(gw.addr, "GET", "/x", headers={"X-Deny": "bare"})
+        assert r.status == 403 and r.header("content-type") == "text/html; charset=utf-8"
+        assert b"<h1>403 Forbidden</h1>" in r.body
+        r = await http(gw.addr, "GET", "/x", headers={"X-Deny": "nobody"})
+        assert r.status == 429 and r.header("retry-after") == "1"
+        assert up.requests == []
+    finally:
+        gw.stop()

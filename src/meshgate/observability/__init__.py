@@ -1,4 +1,6 @@
-"""Observability: metrics (APISIX and Istio standard names), access log, tracing."""
+"""Observability: metrics (APISIX and Istio standard names), batched loggers, tracing."""
+
+from .batch import flush_all
 
 from .metrics import (CONTENT_TYPE, DEFAULT_MAX_SERIES, OVERFLOW, OVERFLOW_METRIC, REGISTRY, Counter, Family, Gauge,
                       Histogram, Registry, merge, render)
@@ -11,7 +13,7 @@ from .tracing import (AlwaysOff, AlwaysOn, AttrValue, B3Headers, ParentBased, Sa
 
 __all__ = ["CONTENT_TYPE", "DEFAULT_MAX_SERIES", "OVERFLOW", "OVERFLOW_METRIC", "REGISTRY", "Counter", "Family",
            "Gauge", "Histogram", "Registry", "merge", "render",
-           "Exporter", "close_exporters", "get_exporter",
+           "Exporter", "close_exporters", "get_exporter", "flush_all",
            "AlwaysOff", "AlwaysOn", "AttrValue", "B3Headers", "ParentBased", "Sampler", "Span", "SpanKind",
            "SpanStatus", "TraceContext", "TraceIdRatio", "ZipkinEndpoint", "encode_otlp", "encode_zipkin_v2",
            "format_b3_multi", "format_b3_single", "format_traceparent", "format_tracestate", "is_valid_span_id",

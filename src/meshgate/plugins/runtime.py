@@ -97,7 +97,7 @@ def encode_body(body: Any) -> bytes:
 
 
 Headers = list[tuple[str, str]]
-Answer = tuple[int, bytes, "Headers | None"]
+Answer = tuple[int, "bytes | None", "Headers | None"]
 
 
 def to_answer(res: Any, err_resp: Any) -> Answer:
@@ -114,7 +114,8 @@ def to_answer(res: Any, err_resp: Any) -> Answer:
     status = int(status)
     if err_resp is not None and status >= 400:
         body = err_resp
-    return status, encode_body(body), headers
+    # no body: None, so the gateway sends nginx's page for the status (APISIX: ngx.exit(code))
+    return status, (None if body is None else encode_body(body)), headers
 
 
 class Pending:
@@ -384,16 +385,20 @@ class PluginRegistry:
                                   kind=kind, id=id)
 
     def compile_chain(self, plugins: Mapping[str, Any], *, pointer: str = "/plugins", kind: str | None = None,
-                      id: str | None = None) -> PluginChain | None:
+                      id: str | None = None, owner: str = "", owners: Mapping[str, str] | None = None
+                      ) -> PluginChain | None:
+        """``owner`` names the object the confs run for (``route:1``, ``global_rule:g``; per
+        plugin in ``owners``): a plugin whose ``prepare`` takes two arguments gets it, so state
+        such as limit counters is scoped as APISIX scopes it (conf_type + conf_id)."""
         entries: dict[str, tuple[Plugin, Any, Any]] = {}
         for name, conf in plugins.items():
             ptr = f"{pointer}/{name}"
             self.validate(name, conf, pointer=ptr, kind=kind, id=id)
             entries[name] = (self._plugins[name], conf, None)
-        return self.chain_from(entries, pointer=pointer)
+        return self.chain_from(entries, pointer=pointer, owner=owner, owners=owners)
 
-    def chain_from(self, entries: Mapping[str, tuple[Plugin, Any, Any]], *, pointer: str = "/plugins"
-                   ) -> PluginChain | None:
+    def chain_from(self, entries: Mapping[str, tuple[Plugin, Any, Any]], *, pointer: str = "/plugins",
+                   owner: str = "", owners: Mapping[str, str] | None = None) -> PluginChain | None:
         """A chain from already validated confs (name -> (plugin, conf, prepared or None))."""
         rows = []
         kept: dict[str, tuple[Plugin, Any, Any]] = {}
@@ -407,7 +412,12 @@ class PluginRegistry:
                 body = {k: v for k, v in conf.items() if k != "_meta"}
                 prep = getattr(p.module, "prepare", None)
                 # optional: precompute per-Snapshot state from the conf
-                prepared = prep(body) if prep is not None else body
+                if prep is None:
+                    prepared = body
+                elif _arity(prep) >= 2:
+                    prepared = prep(body, (owners or {}).get(name, owner))
+                else:
+                    prepared = prep(body)
             kept[name] = (p, conf, prepared)
             rows.append((int(meta.get("priority", p.priority)), name, p, prepared, flt, meta.get("error_response")))
         if not rows:

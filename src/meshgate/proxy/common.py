@@ -124,6 +124,8 @@ class ProxySettings:
     trusted_addresses: tuple[str, ...] = ()
     show_upstream_status: bool = False
     drain_grace: float = 240.0
+    plugin_attr: dict[str, Any] = field(default_factory=dict)   # config.yaml plugin_attr (ctx.plugin_attr)
+    node_ssl: dict[str, Any] | None = None                      # config.yaml apisix.ssl (ctx.node_ssl)
     _real_nets: tuple[Any, ...] = field(default=(), repr=False)
     _trusted_nets: tuple[Any, ...] = field(default=(), repr=False)
 

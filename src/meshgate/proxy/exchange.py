@@ -93,7 +93,7 @@ class Downstream(Protocol):
     peer_ip: str
     peer_trusted: bool          # peer in apisix.trusted_addresses
     peer_real_ip_ok: bool       # peer in real_ip_from
-    fwd_lines: bytes            # X-Real-IP/X-Forwarded-* block for a request with no forwarding headers
+    fwd_lines: bytes            # X-Real-IP/-For/-Proto lines for a request with no forwarding headers
 
     def write(self, data: bytes) -> None: ...
     def send_continue(self) -> None: ...
@@ -160,6 +160,7 @@ class Exchange:
     resp_ops: list[tuple[int, str, str | None]] | None = None   # response header edits before a response
     in_resp = False                          # response headers exist (resp_fields is live)
     body_mod = False                         # a header_filter said the body changes length
+    resp_len: int | None = None              # the response body's length when known (header filters)
     body_filters = False                     # the response body goes through body_filter hooks
     chunk = b""                              # body_filter: the current chunk ...
     eof = False                              # ... and whether it is the last
@@ -266,7 +267,8 @@ class Exchange:
         req = self.req
         if not req.chunked and not req.content_length:
             return b""
-        limit = max_size or self.server.settings.client_max_body_size or MAX_READ_BODY
+        node_limit = self.server.settings.client_max_body_size
+        limit = min(max_size, node_limit) if max_size and node_limit else max_size or node_limit or MAX_READ_BODY
         if self.collect is None:
             buf = self.body_buf or []
             data = buf[1::3] if req.chunked else buf
@@ -299,6 +301,9 @@ class Exchange:
 
     def resp_header(self, name: str) -> str | None:
         lname = name.lower().encode("latin-1")
+        if lname == b"content-length" and self.in_resp:
+            # the codec writes the framing; filters still see the length (gzip's min_length)
+            return None if self.resp_len is None or self.body_mod else str(self.resp_len)
         if self.in_resp:
             for n, v in reversed(self.resp_fields):
                 if n.lower() == lname:
@@ -350,6 +355,14 @@ class Exchange:
 
     def plugin_metadata(self, name: str) -> Any:
         return self.runtime.plugin_metadata.get(name)
+
+    def plugin_attr(self, name: str) -> Any:
+        """``plugin_attr.<name>`` of the node config (config.yaml), or None."""
+        return self.server.settings.plugin_attr.get(name)
+
+    def node_ssl(self) -> Any:
+        """The node config's ``apisix.ssl`` section (redirect's http_to_https port), or None."""
+        return self.server.settings.node_ssl
 
     def set_upstream(self, ref: Any) -> None:
         """Send this request to another upstream: an upstream id or an inline conf (traffic-split)."""
@@ -484,6 +497,13 @@ class Exchange:
         if headers:
             for name, value in headers:
                 self._resp_op(0, name, value)
+        if body is None:
+            # APISIX: core.response.exit(code) without a body is nginx's page for the code
+            if status >= 300:
+                self.respond(status, error_body(status), content_type=HTML)
+            else:
+                self.respond(status, b"", content_type=b"")
+            return
         self.respond(status, body, content_type=b"")
 
     def _proxy(self) -> None:
@@ -712,22 +732,24 @@ class Exchange:
                 ap(b"\r\n" + name + b": " + value)
         ap(b"\r\n")
         conn = self.conn
+        # APISIX: X-Forwarded-Host is the Host as sent (port included), X-Forwarded-Port the
+        # port it carries, else the port the request came in on
+        hh = req.http_host
+        obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
+        obs_port = _host_port(hh) or b"%d" % req.server_port
         if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip and self.fwd_set is None:
-            # common case: no forwarding headers to honour; the block is per connection
+            # common case: no forwarding headers to honour; the first lines are per connection
             ap(conn.fwd_lines)
-            ap(b"X-Forwarded-Host: " + req.host.encode("latin-1") + b"\r\n")
+            ap(b"X-Forwarded-Port: " + obs_port + b"\r\nX-Forwarded-Host: " + obs_host + b"\r\n")
         else:
             remote = req.remote_addr.encode()
-            if xff_prev is not None and (conn.peer_trusted or conn.peer_real_ip_ok):
-                xff = xff_prev + b", " + conn.peer_ip.encode()
-            else:
-                xff = remote
+            # the client's chain is kept (and extended) unless it was dropped as untrusted
+            xff = xff_prev + b", " + remote if xff_prev is not None else remote
             if not conn.peer_trusted:
                 fproto = fhost = fport = None
             fwdh: dict[bytes, bytes | None] = {
                 b"x-real-ip": remote, b"x-forwarded-for": xff, b"x-forwarded-proto": fproto or req.scheme.encode(),
-                b"x-forwarded-port": fport or b"%d" % req.server_port,
-                b"x-forwarded-host": fhost or req.host.encode("latin-1")}
+                b"x-forwarded-port": fport or obs_port, b"x-forwarded-host": fhost or obs_host}
             if self.fwd_set:
                 fwdh.update(self.fwd_set)   # set by a plugin (proxy-rewrite), after the gateway's own
             for k, label in _FWD_OUT:
@@ -882,6 +904,7 @@ class Exchange:
         gchain = self.gchain
         if chain is not None or gchain is not None or self.resp_ops is not None:
             self.in_resp = True
+            self.resp_len = cl
             if self.resp_ops is not None:
                 hl = self.resp_fields
                 for op, hn, hv in self.resp_ops:
@@ -1052,6 +1075,7 @@ class Exchange:
             hl: list[tuple[bytes, bytes]] = [(b"Content-Type", content_type or _TEXT)]
             self._resp_headers = hl
             self.in_resp = True
+            self.resp_len = len(body)
             if self.resp_ops is not None:
                 for op, name, value in self.resp_ops:
                     _apply_op(hl, op, name, value)
@@ -1099,6 +1123,15 @@ class Exchange:
             access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
                             req.request_uri, req.version, self.resp_status,
                             self.node.addr if self.node else "-", self.route.id if self.route else "-")
+
+
+def _host_port(hh: str) -> bytes | None:
+    """The port a Host value carries ("a:8080" -> b"8080", "[::1]:81" -> b"81"), else None."""
+    i = hh.rfind(":")
+    if i < 0 or "]" in hh[i:]:
+        return None
+    p = hh[i + 1:]
+    return p.encode() if p.isdigit() else None
 
 
 def _route_attr(attr: str) -> Callable[[Exchange], Any]:

@@ -60,7 +60,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -100,6 +100,9 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = False
         self.peer_real_ip_ok = False
         self.fwd_lines = b""
+        self.fwd_drop = False
+        self.special = server.req_special
+        self.real_ip_xff = server.real_ip_xff
         self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_request)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -123,8 +126,11 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = server.is_trusted(self.peer_ip)
         self.peer_real_ip_ok = server.is_real_ip_source(self.peer_ip)
         ip = self.peer_ip.encode()
-        self.fwd_lines = (b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\n"
-                          % (ip, ip, self.scheme.encode(), self.local_port))
+        self.fwd_lines = (b"X-Real-IP: %s\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+                          % (ip, ip, self.scheme.encode()))
+        # APISIX 3.x trusted_addresses: once configured, a client outside it has every
+        # forwarding header it sent dropped before routing and plugins see the request
+        self.fwd_drop = bool(server.settings._trusted_nets) and not self.peer_trusted
         self.since = server.loop.time()
         server.connections.add(self)
 
@@ -248,7 +254,7 @@ class ClientConnection(asyncio.Protocol):
         if len(data) > LITE_MAX:
             return False
         ld = data.lower()
-        if _LITE_SKIP_RE.search(ld) is not None:
+        if self.server.lite_skip.search(ld) is not None:
             return False
         hs = ld.find(b"\r\nhost:")
         if hs < 0 or ld.find(b"\r\nhost:", hs + 7) >= 0:
@@ -329,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
         if value[-1:] in OWS:
             value = value.rstrip(b" \t")  # llhttp keeps trailing OWS; it is not part of the value
         ln = name.lower()
-        kind = _REQ_SPECIAL.get(ln)
+        kind = self.special.get(ln)
         if kind is not None:
             if not self._special_header(kind, name, value):
                 return
@@ -368,6 +374,21 @@ class ClientConnection(asyncio.Protocol):
             return False
         elif kind == H_FORWARDING:
             return self.peer_trusted
+        elif kind == H_XFWD:
+            # APISIX 3.x: X-Forwarded-Proto/-Host/-Port count only from trusted_addresses; so does
+            # X-Forwarded-For once trusted_addresses is set (unset, it is kept and extended)
+            if self.real_ip_xff and name.lower() == b"x-forwarded-for":
+                last = value.rsplit(b",", 1)[-1]
+                req.real_ip = last   # real_ip_header X-Forwarded-For: the last (nearest) address
+            if not self.peer_trusted:
+                if name.lower() != b"x-forwarded-for":
+                    return False
+                if self.fwd_drop:
+                    # still readable by plugins as $original_x_forwarded_for (APISIX)
+                    prev = req.ctx.get("original_x_forwarded_for")
+                    v = value.decode("latin-1")
+                    req.ctx["original_x_forwarded_for"] = prev + ", " + v if prev else v
+                    return False
         return True
 
     def on_headers_complete(self) -> None:
@@ -639,7 +660,7 @@ class ClientConnection(asyncio.Protocol):
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 # request headers that need a look (value of _REQ_SPECIAL)
-H_HOST, H_TE, H_CL, H_CONNECTION, H_UPGRADE, H_EXPECT, H_REAL_IP, H_STRIP, H_FORWARDING = range(9)
+H_HOST, H_TE, H_CL, H_CONNECTION, H_UPGRADE, H_EXPECT, H_REAL_IP, H_STRIP, H_FORWARDING, H_XFWD = range(10)
 _REQ_SPECIAL: dict[bytes, int] = {
     b"host": H_HOST, b"transfer-encoding": H_TE, b"content-length": H_CL, b"connection": H_CONNECTION,
     b"upgrade": H_UPGRADE, b"expect": H_EXPECT, b"x-real-ip": H_REAL_IP,
@@ -647,6 +668,8 @@ _REQ_SPECIAL: dict[bytes, int] = {
     **{h: H_STRIP for h in (b"x-userinfo", b"x-id-token", b"x-access-token", b"x-credential-identifier")},
     # forwarding headers honoured only from trusted_addresses (hardening case 31)
     b"forwarded": H_FORWARDING, b"x-forwarded-prefix": H_FORWARDING,
+    # X-Forwarded-For/-Proto/-Host/-Port: dropped from clients outside trusted_addresses (when set)
+    **{h: H_XFWD for h in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")},
 }
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
 
@@ -662,6 +685,18 @@ _LITE_SKIP_RE = re.compile(
 _LITE_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
+def header_tables(real_ip_header: str) -> tuple[dict[bytes, int], Any]:
+    """The special-header table and the fast path's skip pattern for a worker whose
+    ``nginx_config.http.real_ip_header`` is ``real_ip_header`` (nginx: X-Real-IP by default;
+    X-Forwarded-For takes the last address of the chain, as nginx's realip does)."""
+    name = real_ip_header.strip().lower().encode("latin-1")
+    if name in (b"", b"x-real-ip"):
+        return _REQ_SPECIAL, _LITE_SKIP_RE
+    table = dict(_REQ_SPECIAL)
+    if name != b"x-forwarded-for" and name not in table:
+        table[name] = H_REAL_IP
+    skip = re.compile(_LITE_SKIP_RE.pattern[:-1] + rb"|" + re.escape(name) + rb"[ \t]*:)")
+    return table, skip
 
 
 def _real_ip(value: bytes) -> str | None:

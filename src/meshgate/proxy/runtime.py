@@ -160,7 +160,8 @@ class Runtime:
                 p = reg.get(name)
                 assert p is not None
                 entries[name] = (p, conf, None)
-            got = (reg.chain_from(entries), added)
+            owner = f"route:{route.id}&consumer:{consumer.username}"
+            got = (reg.chain_from(entries, owner=owner), added)
         if len(self._consumer_chains) > 65536:
             self._consumer_chains.clear()
         self._consumer_chains[key] = got
@@ -267,7 +268,8 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
         rr.enable_websocket = bool(ews)
         if merged_plugins and plugins is not None:
             try:
-                rr.chain = plugins.compile_chain(merged_plugins, pointer="/plugins", kind="routes", id=id)
+                rr.chain = plugins.compile_chain(merged_plugins, pointer="/plugins", kind="routes", id=id,
+                                                 owner=f"route:{id}")
             except ConfigError as e:
                 errors.append(e)
                 log.error("route %s rejected: %s", id, e)
@@ -279,6 +281,7 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     global_chain = None
     if plugins is not None:
         merged: dict[str, Any] = {}
+        owners: dict[str, str] = {}
         for gid, g in snapshot.items("global_rules").items():
             for name, pconf in (g.value.get("plugins") or {}).items():
                 if name in merged:
@@ -286,9 +289,11 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                                               kind="global_rules", id=gid))
                     continue
                 merged[name] = pconf
+                owners[name] = f"global_rule:{gid}"
         if merged:
             try:
-                global_chain = plugins.compile_chain(merged, pointer="/plugins", kind="global_rules", id="*")
+                global_chain = plugins.compile_chain(merged, pointer="/plugins", kind="global_rules", id="*",
+                                                     owners=owners)
             except ConfigError as e:
                 errors.append(e)
         if global_chain is not None:

@@ -15,7 +15,7 @@ import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from .common import S_IDLE, ProxySettings, ip_in
-from .http1 import ClientConnection
+from .http1 import ClientConnection, header_tables
 from .upstream_conn import Pool
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ class ProxyServer:
         self.settings = settings
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        # nginx_config.http.real_ip_header decides which request field carries the real IP
+        self.req_special, self.lite_skip = header_tables(settings.real_ip_header)
+        self.real_ip_xff = settings.real_ip_header.strip().lower() == "x-forwarded-for"
         self.connections: set[ClientConnection] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
         self.pool = Pool()

@@ -40,6 +40,7 @@ from .. import __version__
 from ..model import Snapshot
 from ..observability import CONTENT_TYPE, Family, merge, render
 from ..plugins import PluginRegistry
+from ..shared import cleanup as shared_cleanup
 from ..upstream import ActiveProber, HealthState, Node, probe_plan
 from .common import HTML, error_body
 from .ipc import Channel, open_channel
@@ -366,6 +367,11 @@ class Supervisor:
         self.sockets = {}
         await self._drain(self.workers, self.grace)
         await self.health.stop()
+        # the shared-memory dicts of this gateway's workers (limit counters): gone with them
+        try:
+            shared_cleanup()
+        except OSError as e:
+            log.warning("cannot remove the shared dicts: %s", e)
 
     def worker_versions(self) -> list[dict[str, Any]]:
         return [{"worker": w.index, "pid": w.pid, "version": w.version, "alive": not w.exited} for w in self.workers]

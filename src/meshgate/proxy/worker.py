@@ -21,7 +21,7 @@ from typing import Any
 from ..model import Resource, Snapshot
 from ..plugins import PluginRegistry
 from ..observability import REGISTRY as METRICS
-from ..observability.batch import flush_all
+from ..observability import close_exporters, flush_all
 from .common import S_HEAD, S_IDLE, ProxySettings
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
@@ -170,8 +170,8 @@ class WorkerMain:
         self.channel.send({"op": "ready", "worker": self.worker_id, "pid": os.getpid()})
         await self.stop.wait()
         await self.server.drain(self.grace)
-        # what loggers still buffer goes out before the worker exits (bounded)
-        await flush_all(min(5.0, self.grace))
+        # what loggers and tracers still buffer goes out before the worker exits (bounded)
+        await asyncio.gather(flush_all(min(5.0, self.grace)), close_exporters(min(5.0, self.grace)))
         # Last samples, so the gateway's totals survive this worker (reload, scale down).
         self.send_metrics(None, final=True)
         t = self.channel.transport

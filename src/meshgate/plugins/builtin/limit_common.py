@@ -4,8 +4,10 @@
 - key resolution (``key_type`` var / var_combination / constant, falling back to the
   client address when the key is empty, as APISIX does),
 - the counter scope: APISIX prefixes every key with the conf's parent resource and the
-  plugin conf version (so two routes with the same conf count apart and a changed conf
-  starts over); here the route id and a digest of the conf,
+  plugin conf version (so two routes with the same conf count apart, a global rule counts
+  once for every route, and a changed conf starts over); here the owner the runtime passes
+  to ``prepare`` (``route:1``, ``global_rule:g``, ``route:1&consumer:jack``) and a digest of
+  the conf,
 - one ``redis.asyncio`` client per distinct connection setting, per worker process.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from ...shared import SharedDict, open_dict
 
-__all__ = ["REDIS_SCHEMA", "REDIS_CLUSTER_SCHEMA", "resolve_template", "resolve_key", "conf_digest",
+__all__ = ["REDIS_SCHEMA", "REDIS_CLUSTER_SCHEMA", "resolve_template", "resolve_key", "conf_digest", "conf_id",
            "scope_key", "fmt_num", "shared", "redis_client", "RedisFailure", "client_ip", "run_script", "run_command"]
 
 REDIS_SCHEMA: dict[str, Any] = {
@@ -100,8 +102,15 @@ def conf_digest(conf: Any) -> str:
     return hashlib.blake2b(json.dumps(conf, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
+def conf_id(conf: Any, owner: str) -> str:
+    """The counters' scope: the owner (when the runtime named it) and the conf's digest."""
+    return f"{owner}#{conf_digest(conf)}" if owner else conf_digest(conf)
+
+
 def scope_key(conf_id: str, ctx: Any, key: str) -> str:
-    route = ctx.var("route_id")
+    if "#" in conf_id:
+        return f"{conf_id}:{key}"
+    route = ctx.var("route_id")   # no owner given: the route the request matched
     return f"{route if route is not None else ''}:{conf_id}:{key}"
 
 

@@ -66,12 +66,12 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def prepare(conf: dict[str, Any]) -> dict[str, Any]:
+def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
     c = copy.deepcopy(conf)
     for k, v in (("key_type", "var"), ("policy", "local"), ("rejected_code", 503), ("allow_degradation", False),
                  ("only_use_default_delay", False), ("key_ttl", 3600)):
         c.setdefault(k, v)
-    c["_id"] = lc.conf_digest(conf)
+    c["_id"] = lc.conf_id(conf, owner)
     return c
 
 

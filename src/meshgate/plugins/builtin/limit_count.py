@@ -143,7 +143,7 @@ def check_schema(conf: dict[str, Any], schema_type: str | None = None) -> str | 
     return None
 
 
-def prepare(conf: dict[str, Any]) -> dict[str, Any]:
+def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
     c = copy.deepcopy(conf)
     c.setdefault("window_type", "fixed")
     c.setdefault("key", "remote_addr")
@@ -156,7 +156,7 @@ def prepare(conf: dict[str, Any]) -> dict[str, Any]:
         for k, v in (("redis_port", 6379), ("redis_database", 0), ("redis_timeout", 1000),
                      ("redis_keepalive_pool", 100)):
             c.setdefault(k, v)
-    c["_id"] = lc.conf_digest(conf)
+    c["_id"] = lc.conf_id(conf, owner)
     return c
 
 

@@ -49,7 +49,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def prepare(conf: dict[str, Any]) -> dict[str, Any]:
+def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
     c = copy.deepcopy(conf)
     for k, v in (("key_type", "var"), ("policy", "local"), ("rejected_code", 503), ("nodelay", False),
                  ("allow_degradation", False)):
@@ -58,7 +58,7 @@ def prepare(conf: dict[str, Any]) -> dict[str, Any]:
     c["_rate"] = math.floor(c["rate"] * 1000)
     c["_burst"] = math.floor(c["burst"] * 1000)
     c["_ttl"] = math.ceil(c["burst"] / c["rate"]) + 1
-    c["_id"] = lc.conf_digest(conf)
+    c["_id"] = lc.conf_id(conf, owner)
     return c
 
 
