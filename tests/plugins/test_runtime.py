@@ -294,3 +294,60 @@ async def test_answer_without_body_is_nginx_page(tmp_path, up):
         assert up.requests == []
     finally:
         gw.stop()
+
+
+VERSIONED = '''
+NAME = "t-ver"
+PRIORITY = 10
+SCHEMA = {{"type": "object"}}
+
+def rewrite(conf, ctx):
+    ctx.set_req_header("X-Ver", "{ver}")
+'''
+
+
+async def test_plugin_reload_while_traffic_flows(tmp_path, up):
+    import asyncio
+    import time
+    import urllib.request
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "t_ver.py").write_text(VERSIONED.format(ver=1))
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-ver": {}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, workers=2, node={"apisix": {"plugin_dirs": [str(plugins)]}})
+    try:
+        listed = gw.control("/v1/plugins")
+        mine = [p for p in listed["plugins"] if p["name"] == "t-ver"]
+        assert mine and mine[0]["source"].endswith("t_ver.py") and mine[0]["phases"] == ["rewrite"]
+        assert {"key-auth", "limit-count", "prometheus"} <= {p["name"] for p in listed["plugins"]}
+
+        statuses: list[int] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            deadline = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < deadline:
+                statuses.append((await http(gw.addr, "GET", "/x")).status)
+
+        tasks = [asyncio.create_task(client()) for _ in range(4)]
+        await asyncio.sleep(0.3)
+        (plugins / "t_ver.py").write_text(VERSIONED.format(ver=2))
+        (plugins / "t_bad.py").write_text("NAME = 'bad'\n")   # refused at reload, the rest serves
+        req = urllib.request.Request(f"http://127.0.0.1:{gw.control_port}/v1/plugins/reload", method="PUT")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and r.read() == b"done"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            recent = [q.header("x-ver") for q in up.requests[-8:]]
+            if len(recent) == 8 and set(recent) == {"2"}:
+                break
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert statuses and set(statuses) == {200}, set(statuses)
+        assert {q.header("x-ver") for q in up.requests} == {"1", "2"}
+        assert [q.header("x-ver") for q in up.requests[-8:]] == ["2"] * 8
+        assert any("t_bad.py" in e and "PRIORITY" in e for e in gw.control("/v1/plugins")["errors"])
+    finally:
+        gw.stop()

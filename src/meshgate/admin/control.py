@@ -1,9 +1,9 @@
 """Control API (APISIX ``127.0.0.1:9090``): read-only views of the running gateway.
 
 ``/v1/healthcheck``, ``/v1/routes``, ``/v1/route/{id}``, ``/v1/services``,
-``/v1/upstreams``, ``/v1/upstream/{id}`` as APISIX, plus Meshgate's ``/v1/config``
-(the config version each worker runs) and ``/v1/match`` (which route a request would
-take, and why).
+``/v1/upstreams``, ``/v1/upstream/{id}``, ``PUT /v1/plugins/reload`` as APISIX, plus
+Meshgate's ``/v1/config`` (the config version each worker runs), ``/v1/match`` (which route
+a request would take, and why) and ``/v1/plugins`` (the loaded plugins and those refused).
 """
 
 from __future__ import annotations
@@ -23,10 +23,17 @@ class ControlAPI:
     store_revision: Callable[[], int] = lambda: 0
 
     async def handle(self, req: ApiRequest) -> Response:
-        if req.method not in ("GET", "HEAD"):
-            return json_response(405, {"error_msg": f"method {req.method} not allowed"})
         p = req.path.rstrip("/") or "/"
         sup = self.supervisor
+        if p == "/v1/plugins/reload":
+            # APISIX's plugin reload: re-import third-party plugins, recompile, tell every worker
+            if req.method != "PUT":
+                return json_response(405, {"error_msg": f"method {req.method} not allowed"})
+            if sup.reload_plugins() is None:
+                return json_response(503, {"error_msg": "no configuration loaded"})
+            return 200, {"Content-Type": "text/plain"}, b"done"
+        if req.method not in ("GET", "HEAD"):
+            return json_response(405, {"error_msg": f"method {req.method} not allowed"})
         snap = sup.snapshot
         if p == "/v1/healthcheck":
             return json_response(200, sup.health.status())
@@ -53,6 +60,8 @@ class ControlAPI:
                 return json_response(200, self._item(res))
         if p == "/v1/match":
             return self._match(req)
+        if p == "/v1/plugins":
+            return json_response(200, {"plugins": sup.plugins.describe(), "errors": list(sup.plugins.errors)})
         if p == "/v1/schema":
             from ..model import SCHEMAS
 

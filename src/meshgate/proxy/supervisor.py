@@ -247,6 +247,21 @@ class Supervisor:
         for p in self.health.update(rt):
             asyncio.get_running_loop().create_task(p.stop())
 
+    def reload_plugins(self) -> list[str] | None:
+        """Re-import the directory plugins here and in every worker, and recompile the current
+        config with them (APISIX ``PUT /v1/plugins/reload``); requests in flight finish with the
+        chains they started with.  Returns the plugins now loaded from directories."""
+        loaded = self.plugins.reload()
+        log.warning("plugins reloaded: %s%s", ", ".join(loaded) or "none",
+                    "".join(f"; {e}" for e in self.plugins.errors))
+        for w in self.workers:
+            if w.channel is not None:
+                w.channel.send({"op": "reload_plugins"})
+        if self.snapshot is None:
+            return None
+        self.runtime = self.compile(self.snapshot)
+        return loaded
+
     def _broadcast_health(self, key: str, unhealthy: list[str]) -> None:
         self.health_view[key] = unhealthy
         for w in self.workers:

@@ -94,6 +94,27 @@ class WorkerMain:
             self.stop.set()
         elif op == "metrics":
             self.send_metrics(msg.get("id"))
+        elif op == "reload_plugins":
+            self.reload_plugins()
+
+    def reload_plugins(self) -> None:
+        """Re-import the directory plugins and recompile the running config with them."""
+        self.plugins.reload()
+        if self.snapshot is None:
+            return
+        try:
+            rt = build_runtime(self.snapshot, router_kind=self.router_kind, plugins=self.plugins,
+                               previous=self.runtime)
+        except Exception:
+            log.exception("worker %d: cannot recompile after the plugin reload; keeping the old chains",
+                          self.worker_id)
+            return
+        for key, up in rt.upstreams.items():
+            if key in self.health:
+                up.unhealthy = self.health[key]
+        self.runtime = rt
+        if self.server is not None:
+            self.server.set_runtime(rt)
 
     def apply_snapshot(self, msg: dict[str, Any]) -> None:
         snap = snapshot_from_wire(msg, self.snapshot)
