@@ -47,6 +47,29 @@ def test_validate_reports_kind_id_pointer(tmp_path):
     assert meshgate("validate", str(good)).returncode == 0
 
 
+def test_validate_runs_every_check_the_gateway_runs(tmp_path):
+    f = tmp_path / "apisix.yaml"
+    f.write_text("routes:\n"
+                 "  - {id: r1, uri: /a, vars: [[arg_x, '<>', '1']], upstream: {nodes: {'127.0.0.1:1': 1}}}\n"
+                 "  - {id: r2, uri: /b, service_id: nope, plugins: {key-auth: {header: 5}}}\n"
+                 "  - {id: r3, uri: /c, upstream_id: missing}\n"
+                 "consumers:\n  - {username: jack, plugins: {key-auth: {}}}\n#END\n")
+    r = meshgate("validate", str(f))
+    assert r.returncode == 1, r.stderr
+    err = r.stderr
+    assert "routes id=r1: /vars/0/1: unknown operator '<>'" in err            # the router's check
+    assert 'routes id=r2: /plugins/key-auth/header: failed to check the configuration of plugin key-auth' in err
+    assert 'consumers id=jack: /plugins/key-auth: failed to check the configuration of plugin key-auth err: ' \
+           'property "key" is required' in err                                # the consumer schema
+    # dangling references are warnings, as APISIX accepts them from files
+    assert 'warning: ' in err and 'routes id=r3: /upstream_id: references upstream "missing"' in err
+    assert "invalid: 3 error(s)" in err
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("routes:\n  - {id: r3, uri: /c, upstream_id: missing}\n#END\n")
+    r = meshgate("validate", str(ok))
+    assert r.returncode == 0 and "references upstream" in r.stderr
+
+
 def test_port_in_use_is_a_clear_error(tmp_path):
     import socket
 

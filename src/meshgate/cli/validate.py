@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 from ..config import NodeConfigErrors, load_node_config, parse_apisix_yaml
 from ..errors import ConfigError
-
+from ..model import Resource, Snapshot, check_references
 from ..plugins import PluginRegistry
+from ..proxy import build_runtime
 
 __all__ = ["validate"]
 
@@ -30,16 +32,29 @@ def validate(config: str | None, routes_file: str | None) -> int:
             text = rpath.read_text(encoding="utf-8")
             parsed = parse_apisix_yaml(text, env=os.environ, source=str(rpath))
             errors += [f"{rpath}: {e}" for e in parsed.errors]
-            # Plugin confs are checked by the plugin registry, as the gateway would.
+            # Everything the gateway checks when it loads the file: the config is compiled
+            # exactly as a worker compiles it (router, plugin chains with their schemas,
+            # consumers' credentials, upstreams, plugin metadata).
             reg = PluginRegistry()
             reg.load_builtin()
-            for kind in ("routes", "services", "plugin_configs", "global_rules", "consumers", "consumer_groups"):
-                for id, value in parsed.items.get(kind, {}).items():
-                    for name, pconf in (value.get("plugins") or {}).items():
-                        try:
-                            reg.validate(name, pconf, pointer=f"/plugins/{name}", kind=kind, id=id)
-                        except ConfigError as e:
-                            errors.append(f"{rpath}: {e}")
+            for d in (node.plugin_dirs if node is not None else ()):
+                reg.load_directory(d)
+            errors += [f"{rpath}: {e}" for e in reg.errors]
+            snap = Snapshot(version=1, resources={
+                kind: {id: Resource(kind=kind, id=id, value=value) for id, value in items.items()}
+                for kind, items in parsed.items.items()})
+            quiet = logging.getLogger("meshgate.proxy")   # its errors are listed below, once
+            level = quiet.level
+            quiet.setLevel(logging.CRITICAL)
+            try:
+                rt = build_runtime(snap, router_kind=node.router_http if node is not None else "radixtree_host_uri",
+                                   plugins=reg)
+            finally:
+                quiet.setLevel(level)
+            errors += [f"{rpath}: {e}" for e in rt.errors]
+            # APISIX accepts dangling references from files (the request fails at run time)
+            for ref in check_references(parsed.items):
+                print(f"warning: {rpath}: {ref}", file=sys.stderr)
             n = parsed.count()
         except ConfigError as e:
             errors.append(f"{rpath}: {e}")

@@ -183,6 +183,31 @@ def _msg(text: str) -> bytes:
     return json.dumps({"error_msg": text}, separators=(",", ":")).encode() + b"\n"
 
 
+def _checked_plugins(snapshot: Snapshot, kind: str, plugins: PluginRegistry | None,
+                     errors: list[ConfigError]) -> dict[str, Mapping[str, Any]]:
+    """Consumers (or consumer groups) whose plugin confs pass their schemas; a bad one is
+    rejected alone.  An auth plugin's conf on a consumer is checked against its consumer
+    schema (the credential), any other plugin against its route schema."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for cid, res in snapshot.items(kind).items():
+        ok = True
+        if plugins is not None:
+            for name, pconf in (res.value.get("plugins") or {}).items():
+                p = plugins.get(name)
+                try:
+                    plugins.validate(name, pconf, pointer=f"/plugins/{name}", kind=kind, id=cid,
+                                     schema_type="consumer" if p is not None and p.type == "auth"
+                                     and kind == "consumers" else "route")
+                except ConfigError as e:
+                    errors.append(e)
+                    log.error("%s %s rejected: %s", kind, cid, e)
+                    ok = False
+                    break
+        if ok:
+            out[cid] = res.value
+    return out
+
+
 def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri",
                   plugins: PluginRegistry | None = None, previous: Runtime | None = None) -> Runtime:
     errors: list[ConfigError] = []
@@ -313,8 +338,8 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 log.error("plugin_metadata %s rejected: %s", pid, e)
                 continue
         metadata[pid] = {k: v for k, v in res.value.items() if k != "id"}
-    consumers = ConsumerSet({k: r.value for k, r in snapshot.items("consumers").items()},
-                            {k: r.value for k, r in snapshot.items("consumer_groups").items()})
+    consumers = ConsumerSet(_checked_plugins(snapshot, "consumers", plugins, errors),
+                            _checked_plugins(snapshot, "consumer_groups", plugins, errors))
     return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
                    upstreams=upstreams, global_chain=global_chain, errors=errors, consumers=consumers,
                    plugin_metadata=metadata, plugins=plugins)
