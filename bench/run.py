@@ -1144,7 +1144,13 @@ def write_reports(res: dict[str, Any], md_path: Path | None) -> None:
     png = md_path.with_suffix(".png")
     ok = render_plot(res, png)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.write_text(render_markdown(res, png.name if ok else None))
+    text = render_markdown(res, png.name if ok else None)
+    # keep the section bench/plugins.py writes (its own run, between its markers)
+    old = md_path.read_text() if md_path.exists() else ""
+    m = re.search(r"<!-- plugins:begin -->.*?<!-- plugins:end -->\n?", old, re.S)
+    if m:
+        text = text.rstrip("\n") + "\n\n" + m.group(0)
+    md_path.write_text(text)
     log(f"wrote {md_path}" + (f" and {png}" if ok else ""))
 
 

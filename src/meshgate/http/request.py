@@ -59,6 +59,7 @@ class Request:
     real_ip: bytes | None = None       # the real_ip_header value as received
     params: dict[str, str] | None = None
     _hindex: dict[str, str] | None = None
+    _lfields: bytes | None = None
     _args: dict[str, str] | None = None
     _cookies: dict[str, str] | None = None
     start_time = 0.0
@@ -113,6 +114,21 @@ class Request:
         return idx
 
     def header(self, name: str) -> str | None:
+        idx = self._hindex
+        if idx is None and self._headers is None:
+            # the raw field block of the fast path: find one field without splitting them all
+            # (auth plugins read one header per request); repeated fields take the full index
+            lf = self._lfields
+            if lf is None:
+                lf = self._lfields = self.fields.lower()
+            needle = b"\r\n" + name.lower().encode("latin-1") + b":"
+            i = lf.find(needle)
+            if i < 0:
+                return None
+            if lf.find(needle, i + len(needle)) < 0:
+                start = i + len(needle)
+                end = lf.find(b"\r\n", start)
+                return _decode(self.fields[start:end if end >= 0 else len(lf)].strip(b" \t"))
         return self.header_index().get(name.lower())
 
     def set_header(self, name: str, value: str | None) -> None:

@@ -153,6 +153,7 @@ class Exchange:
     added: frozenset[str] = frozenset()      # plugins a consumer added (their rewrite runs after auth)
     no_route = False
     fwd_set: dict[bytes, bytes | None] | None = None   # X-Forwarded-*/X-Real-IP set by plugins
+    up_extra = b""                           # header lines the gateway adds upstream (X-Consumer-*)
     collect: list[bytes] | None = None       # raw request body, once a plugin asked for it
     collect_size = 0
     collect_limit = 0
@@ -231,6 +232,10 @@ class Exchange:
         return self.route.conf if self.route is not None else None
 
     def req_header(self, name: str) -> str | None:
+        if self.up_extra:
+            got = _extra_field(self.up_extra, name)
+            if got is not None:
+                return got
         return self.req.header(name)
 
     def req_headers(self) -> dict[str, str]:
@@ -238,6 +243,9 @@ class Exchange:
 
     def set_req_header(self, name: str, value: Any) -> None:
         ln = name.lower()
+        if self.up_extra and _extra_field(self.up_extra, name) is not None:
+            self.up_extra = b"".join(line + b"\r\n" for line in self.up_extra.split(b"\r\n")
+                                     if line and not line.lower().startswith(ln.encode("latin-1") + b":"))
         if ln == "host":
             self.set_var("upstream_host", None if value is None else str(value))
             return
@@ -336,13 +344,17 @@ class Exchange:
         self.body_mod = True
 
     def attach_consumer(self, consumer: Consumer, conf: Any = None) -> None:
+        """Identify the consumer: its plugins merge in after the rewrite phase, and the
+        upstream gets X-Consumer-Username (+ X-Credential-Identifier, X-Consumer-Custom-ID),
+        as APISIX sends them.  A client's own X-Consumer-* fields never got this far (they
+        are stripped when the request is parsed), so these lines are added, not replaced."""
         self.consumer = consumer
-        req = self.req
-        req.set_header("X-Consumer-Username", consumer.username)
+        lines = [b"X-Consumer-Username: " + consumer.username.encode("latin-1") + b"\r\n"]
         if consumer.credential_id:
-            req.set_header("X-Credential-Identifier", consumer.credential_id)
+            lines.append(b"X-Credential-Identifier: " + consumer.credential_id.encode("latin-1") + b"\r\n")
         if consumer.custom_id:
-            req.set_header("X-Consumer-Custom-ID", str(consumer.custom_id))
+            lines.append(b"X-Consumer-Custom-ID: " + str(consumer.custom_id).encode("latin-1") + b"\r\n")
+        self.up_extra = b"".join(lines)
 
     def find_consumer(self, plugin: str, field: str, value: Any) -> tuple[Consumer, Any] | None:
         return self.runtime.consumers.find(plugin, field, value)
@@ -756,6 +768,8 @@ class Exchange:
                 fv = fwdh.get(k)
                 if fv is not None:
                     ap(label + fv + b"\r\n")
+        if self.up_extra:
+            ap(self.up_extra)
         if req.chunked:
             ap(b"Transfer-Encoding: chunked\r\n")
         elif req.content_length is not None:
@@ -905,10 +919,21 @@ class Exchange:
         if chain is not None or gchain is not None or self.resp_ops is not None:
             self.in_resp = True
             self.resp_len = cl
-            if self.resp_ops is not None:
-                hl = self.resp_fields
-                for op, hn, hv in self.resp_ops:
-                    _apply_op(hl, op, hn, hv)
+            ops = self.resp_ops
+            if ops is not None:
+                filters = (gchain is not None and gchain.has("header_filter")) or \
+                    (chain is not None and chain.has("header_filter"))
+                if not filters and _appendable(ops, lh):
+                    # headers the upstream did not send, and nobody looks at the list: append
+                    # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
+                    fields = self._resp_fields = fields + b"".join(
+                        b"\r\n" + hn.encode("latin-1") + b": " + hv.encode("latin-1")
+                        for _, hn, hv in ops if hv is not None)
+                    ops = None
+                else:
+                    hl = self.resp_fields
+                    for op, hn, hv in ops:
+                        _apply_op(hl, op, hn, hv)
             if gchain is not None and gchain.has("header_filter"):
                 gchain.run_filters("header_filter", self)
             if chain is not None and chain.has("header_filter"):
@@ -1123,6 +1148,26 @@ class Exchange:
             access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
                             req.request_uri, req.version, self.resp_status,
                             self.node.addr if self.node else "-", self.route.id if self.route else "-")
+
+
+def _appendable(ops: list[tuple[int, str, str | None]], lower_head: bytes) -> bool:
+    """Whether header edits only add fields the (lower-cased) upstream head does not have."""
+    seen = set()
+    for op, name, _ in ops:
+        ln = name.lower()
+        if (op == 0 and ln in seen) or b"\r\n" + ln.encode("latin-1") + b":" in lower_head:
+            return False
+        seen.add(ln)
+    return True
+
+
+def _extra_field(block: bytes, name: str) -> str | None:
+    """One field of a block of "Name: value\\r\\n" lines (the gateway's own additions)."""
+    lb = name.lower().encode("latin-1") + b":"
+    for line in block.split(b"\r\n"):
+        if line.lower().startswith(lb):
+            return line[len(lb):].strip().decode("latin-1")
+    return None
 
 
 def _host_port(hh: str) -> bytes | None:

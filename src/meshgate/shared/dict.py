@@ -100,7 +100,13 @@ def namespace() -> str:
     if ns:
         return ns
     ppid = os.getppid()
-    return f"{ppid}-{_start_time(ppid)}"
+    got = _ns_cache.get(ppid)
+    if got is None:   # one /proc read per parent, not one per lookup (open_dict runs per request)
+        got = _ns_cache[ppid] = f"{ppid}-{_start_time(ppid)}"
+    return got
+
+
+_ns_cache: dict[int, str] = {}
 
 
 def own_namespace() -> str:
@@ -117,10 +123,18 @@ def _path(ns: str, name: str) -> str:
     return os.path.join(shm_dir(), f"meshgate-{_SAFE.sub('_', ns)}-{_SAFE.sub('_', name)}")
 
 
+_DIGESTS: dict[str | bytes, bytes] = {}
+
+
 def _digest(key: str | bytes) -> bytes:
-    if isinstance(key, str):
-        key = key.encode()
-    return hashlib.blake2b(key, digest_size=16).digest()
+    # limit keys repeat (one per client address and route): a bounded cache saves the hash
+    got = _DIGESTS.get(key)
+    if got is None:
+        got = hashlib.blake2b(key.encode() if isinstance(key, str) else key, digest_size=16).digest()
+        if len(_DIGESTS) >= 65536:
+            _DIGESTS.clear()
+        _DIGESTS[key] = got
+    return got
 
 
 class Txn:
@@ -225,6 +239,19 @@ class SharedDict:
             return self._incr(d, float(delta), init, ttl, now())
         finally:
             flock(self._fd, LOCK_UN)
+
+    def incr_ttl(self, key: str, delta: float, init: float, ttl: float | None = None) -> tuple[float, float]:
+        """:meth:`incr` and the key's remaining seconds (0.0: no expiry) in one lock round trip:
+        what a fixed-window limiter needs per request."""
+        d = _digest(key)
+        fd = self._fd
+        flock(fd, LOCK_EX)
+        try:
+            t = now()
+            val, exp = self._incr_exp(d, float(delta), init, ttl, t)
+            return val, (0.0 if exp == 0.0 else exp - t)
+        finally:
+            flock(fd, LOCK_UN)
 
     def delete(self, key: str) -> None:
         d = _digest(key)
@@ -366,23 +393,28 @@ class SharedDict:
             self._insert(d, self._expiry(ttl, t), value, t)
 
     def _incr(self, d: bytes, delta: float, init: float | None, ttl: float | None, t: float) -> float:
+        return self._incr_exp(d, delta, init, ttl, t)[0]
+
+    def _incr_exp(self, d: bytes, delta: float, init: float | None, ttl: float | None,
+                  t: float) -> tuple[float, float]:
+        """The new value and the key's expiry (0.0: none)."""
         i, _, expired = self._find(d, t)
         if i >= 0 and not expired:
             off = _HEADER_SIZE + i * _SLOT_SIZE
             _, _, exp, val = _SLOT.unpack_from(self._mm, off)
             val += delta
             self._write(i, d, exp, val)
-            return float(val)
+            return float(val), float(exp)
         if init is None:
             raise KeyError("not found")
         val = init + delta
+        exp = self._expiry(ttl, t)
         if i >= 0:  # expired: restart it in place
-            exp = self._expiry(ttl, t)
             self._write(i, d, exp, val)
             self._note_expiry(exp)
         else:
-            self._insert(d, self._expiry(ttl, t), val, t)
-        return float(val)
+            self._insert(d, exp, val, t)
+        return float(val), exp
 
     def _delete(self, d: bytes, t: float) -> None:
         i, _, _ = self._find(d, t)

@@ -121,9 +121,16 @@ def fmt_num(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".")
 
 
+_HANDLES: dict[str, SharedDict] = {}
+
+
 def shared(name: str) -> SharedDict:
-    """APISIX's ``ngx.shared["plugin-<name>"]``: one dict for every worker."""
-    return open_dict(name)
+    """APISIX's ``ngx.shared["plugin-<name>"]``: one dict for every worker (the handle is
+    looked up once per process: this runs per request)."""
+    d = _HANDLES.get(name)
+    if d is None:
+        d = _HANDLES[name] = open_dict(name)
+    return d
 
 
 class RedisFailure(Exception):

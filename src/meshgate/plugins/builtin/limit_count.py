@@ -157,6 +157,8 @@ def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
                      ("redis_keepalive_pool", 100)):
             c.setdefault(k, v)
     c["_id"] = lc.conf_id(conf, owner)
+    if c.get("rules") is None and isinstance(c.get("count"), int) and isinstance(c.get("time_window"), int):
+        c["_static"] = (c["count"], c["time_window"], str(c["count"]))   # nothing to resolve per request
     return c
 
 
@@ -200,10 +202,7 @@ def _rules(conf: dict[str, Any], ctx: Any) -> list[tuple[int, int, str, str | No
 
 # -- counters --------------------------------------------------------------------------------
 def _local_fixed(key: str, count: int, window: int, cost: int) -> tuple[bool, int, float]:
-    d = lc.shared(_DICT)
-    with d.locked() as tx:
-        used = tx.incr(key, cost, 0, ttl=window)
-        reset = tx.ttl(key) or 0.0
+    used, reset = lc.shared(_DICT).incr_ttl(key, cost, 0, ttl=window)   # one lock round trip
     remaining = count - int(used)
     return remaining >= 0, remaining, reset
 
@@ -331,6 +330,14 @@ def _full_key(conf: dict[str, Any], ctx: Any, key: str) -> str:
 
 def _limit_local(conf: dict[str, Any], ctx: Any, cost: int) -> Any:
     count_fn = _local_sliding if conf["window_type"] == "sliding" else _local_fixed
+    static = conf.get("_static")
+    if static is not None:   # the common conf: one rule, numbers given
+        try:
+            key = _full_key(conf, ctx, lc.resolve_key(conf["key_type"], conf["key"], ctx))
+            ok, remaining, reset = count_fn(key, static[0], static[1], cost)
+        except SharedDictError as e:
+            return _failed(conf, e)
+        return _finish(conf, ctx, static[0], None, ok, remaining, reset, static[2])
     try:
         rules = _rules(conf, ctx)
         if not rules:
@@ -364,11 +371,11 @@ async def _limit_redis(conf: dict[str, Any], ctx: Any, cost: int) -> Any:
 
 
 def _finish(conf: dict[str, Any], ctx: Any, count: int, prefix: str | None, ok: bool, remaining: int,
-            reset: float) -> Any:
+            reset: float, count_str: str | None = None) -> Any:
     reset = math.floor(reset * 100) / 100
     if conf["show_limit_quota_header"]:
         h_limit, h_remaining, h_reset = _header_names(ctx, prefix)
-        ctx.set_resp_header(h_limit, str(count))
+        ctx.set_resp_header(h_limit, count_str or str(count))
         ctx.set_resp_header(h_remaining, str(remaining) if ok else "0")
         ctx.set_resp_header(h_reset, lc.fmt_num(reset))
     if ok:
