@@ -351,3 +351,34 @@ async def test_plugin_reload_while_traffic_flows(tmp_path, up):
         assert any("t_bad.py" in e and "PRIORITY" in e for e in gw.control("/v1/plugins")["errors"])
     finally:
         gw.stop()
+
+
+async def test_entry_point_plugin_and_the_enabled_list(tmp_path, up, monkeypatch):
+    site = tmp_path / "site"
+    (site / "acme_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "acme_plugin.py").write_text(
+        "NAME = 'acme'\nPRIORITY = 5\ndef rewrite(conf, ctx):\n    ctx.set_req_header('X-Acme', 'yes')\n")
+    (site / "acme_plugin-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\n"
+                                                                  "Version: 1.0\n")
+    (site / "acme_plugin-1.0.dist-info" / "entry_points.txt").write_text("[meshgate.plugins]\nacme = acme_plugin\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"acme": {}}},
+                      {"id": "r2", "uri": "/limited", "upstream": ups(up), "plugins": {"limit-count": {
+                          "count": 1, "time_window": 60}}}]}
+    gw = start_gateway(tmp_path / "gw", doc)
+    try:
+        await http(gw.addr, "GET", "/x")
+        assert up.requests[-1].header("x-acme") == "yes"
+        mine = [p for p in gw.control("/v1/plugins")["plugins"] if p["name"] == "acme"]
+        assert mine and mine[0]["source"] == "entry point acme"
+    finally:
+        gw.stop()
+    # config.yaml `plugins:` enables only the listed ones (APISIX): a route naming another is refused
+    gw = start_gateway(tmp_path / "gw2", doc, node={"plugins": ["acme", "prometheus"]})
+    try:
+        assert (await http(gw.addr, "GET", "/x")).status == 200
+        assert (await http(gw.addr, "GET", "/limited")).status == 404
+        assert "unknown plugin 'limit-count'" in gw.log()
+        assert {p["name"] for p in gw.control("/v1/plugins")["plugins"]} == {"acme", "prometheus"}
+    finally:
+        gw.stop()

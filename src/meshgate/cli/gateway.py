@@ -96,7 +96,8 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         raise GatewayError(f"{ypath}: {source.last_error}")
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
-                     metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs)
+                     metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs,
+                     enabled_plugins=node.plugins)
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:

@@ -36,9 +36,8 @@ def validate(config: str | None, routes_file: str | None) -> int:
             # exactly as a worker compiles it (router, plugin chains with their schemas,
             # consumers' credentials, upstreams, plugin metadata).
             reg = PluginRegistry()
-            reg.load_builtin()
-            for d in (node.plugin_dirs if node is not None else ()):
-                reg.load_directory(d)
+            reg.load_all(node.plugin_dirs if node is not None else (),
+                         enabled=node.plugins if node is not None else None)
             errors += [f"{rpath}: {e}" for e in reg.errors]
             snap = Snapshot(version=1, resources={
                 kind: {id: Resource(kind=kind, id=id, value=value) for id, value in items.items()}

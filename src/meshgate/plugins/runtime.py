@@ -242,6 +242,7 @@ class PluginRegistry:
     def __init__(self) -> None:
         self._plugins: dict[str, Plugin] = {}
         self._dirs: list[Path] = []
+        self._enabled: frozenset[str] | None = None
         self.errors: list[str] = []      # plugins refused at the last load, one line each
 
     def __contains__(self, name: str) -> bool:
@@ -266,6 +267,23 @@ class PluginRegistry:
         if callable(init) and source != "builtin":
             init()
         return p
+
+    def load_all(self, dirs: Iterable[str | Path] = (), *, enabled: Iterable[str] | None = None) -> None:
+        """What a gateway loads: the built-ins, installed entry points and ``apisix.plugin_dirs``,
+        then, when ``config.yaml`` lists ``plugins``, only those (APISIX enables just the listed
+        plugins; a conf naming another is refused as an unknown plugin)."""
+        self.load_builtin()
+        self.load_entry_points()
+        for d in dirs:
+            self.load_directory(d)
+        if enabled is not None:
+            self._enabled = frozenset(enabled)
+            self._keep_enabled()
+
+    def _keep_enabled(self) -> None:
+        if self._enabled is not None:
+            for name in [n for n in self._plugins if n not in self._enabled]:
+                del self._plugins[name]
 
     def load_builtin(self) -> None:
         from . import builtin
@@ -335,7 +353,8 @@ class PluginRegistry:
         loaded: list[str] = []
         for d in list(self._dirs):
             loaded += self.load_directory(d)
-        return loaded
+        self._keep_enabled()
+        return [n for n in loaded if n in self._plugins]
 
     def describe(self) -> list[dict[str, Any]]:
         """What the Control API lists: name, priority, version, type, phases, source."""

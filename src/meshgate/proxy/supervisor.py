@@ -187,7 +187,7 @@ class Supervisor:
     def __init__(self, *, workers: int, listen: list[tuple[str, int]], settings: dict[str, Any],
                  router_kind: str = "radixtree_host_uri", plugin_dirs: tuple[str, ...] = (),
                  log_level: str = "WARNING", grace: float = 240.0,
-                 metrics_export: MetricsExport | None = None) -> None:
+                 metrics_export: MetricsExport | None = None, enabled_plugins: tuple[str, ...] | None = None) -> None:
         self.nworkers = max(1, workers)
         self.listen = listen
         self.settings = settings
@@ -198,10 +198,9 @@ class Supervisor:
         self.workers: list[WorkerHandle] = []
         self.snapshot: Snapshot | None = None
         self.runtime: Runtime | None = None
+        self.enabled_plugins = enabled_plugins
         self.plugins = PluginRegistry()
-        self.plugins.load_builtin()
-        for d in plugin_dirs:
-            self.plugins.load_directory(d)
+        self.plugins.load_all(plugin_dirs, enabled=enabled_plugins)
         self.health = HealthOwner(self._broadcast_health)
         self.health_view: dict[str, list[str]] = {}
         self.stopping = False
@@ -304,6 +303,7 @@ class Supervisor:
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
                         "listen": listen_fds, "plugin_dirs": list(self.plugin_dirs),
+                        "enabled_plugins": self.enabled_plugins,
                         "snapshot": {"op": "snapshot", **(self._wire or snapshot_to_wire(self.snapshot))}})
         for key, unhealthy in self.health_view.items():
             h.channel.send({"op": "health", "key": key, "unhealthy": unhealthy})

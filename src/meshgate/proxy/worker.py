@@ -174,9 +174,7 @@ class WorkerMain:
         init = self.init_msg
         self.worker_id = int(init.get("worker", 0))
         self.router_kind = init.get("router", self.router_kind)
-        self.plugins.load_builtin()
-        for d in init.get("plugin_dirs", ()):
-            self.plugins.load_directory(d)
+        self.plugins.load_all(init.get("plugin_dirs", ()), enabled=init.get("enabled_plugins"))
         settings = ProxySettings(**init.get("settings", {}))
         self.grace = settings.drain_grace
         if self.runtime is None:
