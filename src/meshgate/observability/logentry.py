@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .. import __version__
 
-__all__ = ["LogOptions", "Predicate", "LogContext", "compile_log_format", "get_log_entry", "get_full_log",
+__all__ = ["LOG_BODY_PROPERTIES", "req_body_hook", "resp_body_hook", "LogOptions", "Predicate", "LogContext", "compile_log_format", "get_log_entry", "get_full_log",
            "get_custom_format_log", "read_req_body", "collect_resp_body", "encode_json", "rfc3339_zulu",
            "parse_query", "MAX_LOG_FORMAT_DEPTH", "check_log_exprs", "conf_key", "max_pending"]
 
@@ -411,3 +411,28 @@ def collect_resp_body(opts: LogOptions, ctx: Any) -> None:
                 except zlib.error as e:
                     log.warning("try decode compressed data err: %s", e)
         ctx.set_var(key, body)
+
+
+_EXPR_ARRAY: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"type": "array"}}
+
+# The schema properties every logger shares (APISIX's log-util options).
+LOG_BODY_PROPERTIES: dict[str, Any] = {
+    "log_format": {"type": "object"},
+    "log_format_extra": {"type": "object"},
+    "include_req_body": {"type": "boolean", "default": False},
+    "include_req_body_expr": _EXPR_ARRAY,
+    "include_resp_body": {"type": "boolean", "default": False},
+    "include_resp_body_expr": _EXPR_ARRAY,
+    "max_req_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
+    "max_resp_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
+}
+
+
+def req_body_hook(conf: Any, ctx: Any) -> Any:
+    """A logger's access hook: read the request body when its conf includes it (``conf.opts``)."""
+    return read_req_body(conf.opts, ctx)
+
+
+def resp_body_hook(conf: Any, ctx: Any) -> None:
+    """A logger's body_filter hook: collect the response body when its conf includes it."""
+    collect_resp_body(conf.opts, ctx)

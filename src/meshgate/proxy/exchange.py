@@ -1231,6 +1231,9 @@ _EX_VARS: dict[str, Callable[[Exchange], Any]] = {
     "balancer_ip": lambda ex: _node_attr(ex, 1),
     "balancer_port": lambda ex: _node_attr(ex, 2),
     "upstream_scheme": lambda ex: ex.up.scheme if ex.up is not None else None,
+    # APISIX core.response.get_response_source: the upstream answered, the gateway failed to
+    # reach the node it picked ("nginx"), or the gateway answered by itself (a plugin, no route)
+    "response_source": lambda ex: "upstream" if ex.upstream_status else "nginx" if ex.node is not None else "apisix",
     "upstream_uri": _upstream_uri,
     "request_time": _request_time,
     "upstream_response_time": _upstream_time,

@@ -23,7 +23,7 @@ import logging
 import re
 from typing import Any
 
-from .key_auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
+from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous_fallback, found, realm_schema
 
 NAME = "basic-auth"
 PRIORITY = 2520
@@ -117,18 +117,11 @@ def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
                     err = "Invalid user authorization"
 
     if hit is None:
-        www = {"WWW-Authenticate": conf["_www_authenticate"]}
-        anon_name = conf.get("anonymous_consumer")
-        if not anon_name:
-            return 401, {"message": err}, www
-        consumer = anonymous(ctx, anon_name)
-        if consumer is None:
-            detail = f"failed to get anonymous consumer {anon_name}"
-            if multi:
-                return 401, detail, www
-            logger.error("basic-auth failed to authenticate the request, code: 401. error: %s", detail)
-            return 401, {"message": "Invalid user authorization"}, www
-        hit = (consumer, {})
+        res = anonymous_fallback(ctx, conf, err, multi, lambda d: logger.error(
+            "basic-auth failed to authenticate the request, code: 401. error: %s", d))
+        if len(res) == 3:
+            return res
+        hit = (res[0], res[1])
 
     if conf["hide_credentials"]:
         ctx.set_req_header("Authorization", None)

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...observability.logentry import LogOptions, check_log_exprs, collect_resp_body, encode_json, get_log_entry, \
-    read_req_body
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, encode_json, get_log_entry,
+                                       req_body_hook, resp_body_hook)
 from ...router import compile_expr
 
 NAME = "file-logger"
@@ -25,20 +25,11 @@ VERSION = "0.1"
 
 logger = logging.getLogger("meshgate.plugins.file-logger")
 
-_EXPR_ARRAY = {"type": "array", "minItems": 1, "items": {"type": "array"}}
-
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "path": {"type": "string"},
-        "log_format": {"type": "object"},
-        "log_format_extra": {"type": "object"},
-        "include_req_body": {"type": "boolean", "default": False},
-        "include_req_body_expr": _EXPR_ARRAY,
-        "include_resp_body": {"type": "boolean", "default": False},
-        "include_resp_body_expr": _EXPR_ARRAY,
-        "max_req_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
-        "max_resp_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
+        **LOG_BODY_PROPERTIES,
         "match": {"type": "array", "maxItems": 20, "items": {"type": "array"}},
     },
 }
@@ -131,12 +122,10 @@ def write_file_data(path: str, entry: Mapping[str, Any]) -> None:
         logger.error("failed to write file: %s, error info: %s", path, e.strerror or e)
 
 
-def access(conf: Conf, ctx: Any) -> Any:
-    return read_req_body(conf.opts, ctx)
-
-
-def body_filter(conf: Conf, ctx: Any) -> None:
-    collect_resp_body(conf.opts, ctx)
+# the request body is read in access and the response body collected in body_filter only
+# when the conf asks for them (APISIX log-util): the same two hooks for every logger
+access = req_body_hook
+body_filter = resp_body_hook
 
 
 def log(conf: Conf, ctx: Any) -> None:

@@ -26,7 +26,7 @@ import time
 from email.utils import parsedate_tz
 from typing import Any, Callable
 
-from .key_auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
+from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous_fallback, found, realm_schema
 
 NAME = "hmac-auth"
 PRIORITY = 2530
@@ -205,18 +205,9 @@ async def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
                 res = "client request can't be validated"
 
     if isinstance(res, str):
-        www = {"WWW-Authenticate": conf["_www_authenticate"]}
-        anon_name = conf.get("anonymous_consumer")
-        if not anon_name:
-            return 401, {"message": res}, www
-        consumer = anonymous(ctx, anon_name)
-        if consumer is None:
-            detail = f"failed to get anonymous consumer {anon_name}"
-            if multi:
-                return 401, detail, www
-            logger.error("%s", detail)
-            return 401, {"message": "Invalid user authorization"}, www
-        res = (consumer, {})
+        res = anonymous_fallback(ctx, conf, res, multi, lambda d: logger.error("%s", d))
+        if len(res) == 3:
+            return res
 
     if conf["hide_credentials"]:
         ctx.set_req_header("Authorization", None)

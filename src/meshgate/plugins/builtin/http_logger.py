@@ -21,8 +21,8 @@ import httptools
 
 from ...observability.batch import (BatchConfig, BatchProcessorManager, Process, ProcessError, wrap_metadata_schema,
                                     wrap_schema)
-from ...observability.logentry import (LogOptions, check_log_exprs, collect_resp_body, conf_key, encode_json,
-                                       get_log_entry, max_pending, read_req_body)
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, conf_key, encode_json,
+                                       get_log_entry, max_pending, req_body_hook, resp_body_hook)
 from ...router import compile_expr
 
 NAME = "http-logger"
@@ -31,8 +31,6 @@ VERSION = "0.1"
 
 logger = logging.getLogger("meshgate.plugins.http-logger")
 
-_EXPR_ARRAY = {"type": "array", "minItems": 1, "items": {"type": "array"}}
-
 SCHEMA: dict[str, Any] = wrap_schema({
     "type": "object",
     "properties": {
@@ -40,14 +38,7 @@ SCHEMA: dict[str, Any] = wrap_schema({
         "uri": {"type": "string", "pattern": r"^[^\/]+:\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?"},
         "auth_header": {"type": "string"},
         "timeout": {"type": "integer", "minimum": 1, "default": 3},
-        "log_format": {"type": "object"},
-        "log_format_extra": {"type": "object"},
-        "include_req_body": {"type": "boolean", "default": False},
-        "include_req_body_expr": _EXPR_ARRAY,
-        "include_resp_body": {"type": "boolean", "default": False},
-        "include_resp_body_expr": _EXPR_ARRAY,
-        "max_req_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
-        "max_resp_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
+        **LOG_BODY_PROPERTIES,
         "concat_method": {"type": "string", "default": "json", "enum": ["json", "new_line"]},
         "ssl_verify": {"type": "boolean", "default": False},
     },
@@ -110,12 +101,10 @@ def prepare(conf: dict[str, Any]) -> Conf:
                 headers=hdrs.encode("latin-1", "replace"), new_line=new_line)
 
 
-def access(conf: Conf, ctx: Any) -> Any:
-    return read_req_body(conf.opts, ctx)
-
-
-def body_filter(conf: Conf, ctx: Any) -> None:
-    collect_resp_body(conf.opts, ctx)
+# the request body is read in access and the response body collected in body_filter only
+# when the conf asks for them (APISIX log-util): the same two hooks for every logger
+access = req_body_hook
+body_filter = resp_body_hook
 
 
 def log(conf: Conf, ctx: Any) -> None:

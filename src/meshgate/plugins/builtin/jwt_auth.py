@@ -28,7 +28,7 @@ import time
 from email.utils import formatdate
 from typing import Any, Callable
 
-from .key_auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
+from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous_fallback, found, realm_schema
 
 NAME = "jwt-auth"
 PRIORITY = 2510
@@ -347,17 +347,9 @@ def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
     multi = conf.get(UNDER_MULTI_AUTH, False)
     res = _find(conf, ctx, multi)
     if isinstance(res, str):
-        www = {"WWW-Authenticate": conf["_www_authenticate"]}
-        anon_name = conf.get("anonymous_consumer")
-        if not anon_name:
-            return 401, {"message": res}, www
-        consumer = anonymous(ctx, anon_name)
-        if consumer is None:
-            detail = f"failed to get anonymous consumer {anon_name}"
-            if multi:
-                return 401, detail, www
-            logger.error("jwt-auth failed to authenticate the request, code: 401. error: %s", detail)
-            return 401, {"message": "Invalid user authorization"}, www
-        res = (consumer, {})
+        res = anonymous_fallback(ctx, conf, res, multi, lambda d: logger.error(
+            "jwt-auth failed to authenticate the request, code: 401. error: %s", d))
+        if len(res) == 3:
+            return res
     ctx.attach_consumer(*res)
     return None

@@ -15,22 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
+
 NAME = "key-auth"
 PRIORITY = 2500
 VERSION = "0.1"
 TYPE = "auth"
 
 logger = logging.getLogger("meshgate.plugins.key-auth")
-
-# APISIX schema_def.get_realm_schema: printable ASCII except '"' and '\'
-REALM_PATTERN = "^[\\x20-\\x21\\x23-\\x5B\\]-\\x7E]+$"
-
-
-def realm_schema(default: str) -> dict[str, Any]:
-    return {"type": "string", "pattern": REALM_PATTERN, "default": default, "minLength": 1, "maxLength": 128}
-
-
-ANONYMOUS_CONSUMER_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,9 +41,6 @@ CONSUMER_SCHEMA: dict[str, Any] = {
     "required": ["key"],
 }
 
-UNDER_MULTI_AUTH = "_under_multi_auth"
-
-
 def prepare(conf: dict[str, Any]) -> dict[str, Any]:
     out = dict(conf)
     out.setdefault("header", "apikey")
@@ -60,21 +49,6 @@ def prepare(conf: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("hide_credentials", False)
     out["_www_authenticate"] = f'apikey realm="{out["realm"]}"'
     return out
-
-
-def found(res: Any) -> tuple[Any, Any] | None:
-    """Normalise what ``ctx.find_consumer`` answers into ``(consumer, conf)`` or None."""
-    if res is None:
-        return None
-    consumer, cconf = res
-    if consumer is None:
-        return None
-    return consumer, cconf
-
-
-def anonymous(ctx: Any, name: str) -> Any:
-    lookup = getattr(ctx, "consumer_by_name", None)
-    return lookup(name) if lookup is not None else None
 
 
 def _strip_key(conf: dict[str, Any], ctx: Any, *, header: bool, query: bool) -> None:

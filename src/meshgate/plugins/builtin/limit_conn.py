@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Any
 
-from . import limit_common as lc
+from . import _limit_common as lc
 from ...shared import SharedDictError
 
 NAME = "limit-conn"

@@ -24,7 +24,7 @@ import copy
 import math
 from typing import Any
 
-from . import limit_common as lc
+from . import _limit_common as lc
 from ...shared import SharedDictError
 
 NAME = "limit-count"

@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from ..runtime import schema_message  # APISIX's wording of schema errors
-from .key_auth import UNDER_MULTI_AUTH
+from ._auth import UNDER_MULTI_AUTH
 
 NAME = "multi-auth"
 PRIORITY = 2600

@@ -312,12 +312,6 @@ def rewrite(conf: Conf, ctx: Any) -> None:
     ctx.set_req_header("tracestate", tracestate)
 
 
-def _response_source(ctx: Any) -> str:
-    if ctx.var("upstream_status"):
-        return "upstream"
-    if ctx.var("upstream_addr"):
-        return "nginx"
-    return "apisix"
 
 
 def log(conf: Conf, ctx: Any) -> None:
@@ -326,7 +320,7 @@ def log(conf: Conf, ctx: Any) -> None:
         return
     span = st.span
     a = span.attributes
-    source = _response_source(ctx)
+    source = ctx.var("response_source")
     a["apisix.response_source"] = source
     status_v = ctx.var("status")
     status = int(status_v) if status_v else 0

@@ -138,8 +138,7 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     req_model = _model(var("request_llm_model"))
     llm_model = _model(var("llm_model"))
     upstream_time = var("upstream_response_time")
-    # APISIX core.response.get_response_source: "upstream" when the upstream answered,
-    # else "apisix" (a local answer); the exchange may name it exactly.
+    # APISIX core.response.get_response_source (the exchange provides it; a bare ctx: inferred)
     source = var("response_source") or ("upstream" if upstream_time is not None else "apisix")
     # A request logged without a status never got an answer: the client went away first,
     # which nginx (and so APISIX) logs as 499.

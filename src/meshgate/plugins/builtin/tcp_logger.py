@@ -17,8 +17,8 @@ from typing import Any, Hashable
 
 from ...observability.batch import BatchConfig, BatchProcessorManager, Process, ProcessError, wrap_metadata_schema, \
     wrap_schema
-from ...observability.logentry import (LogOptions, check_log_exprs, collect_resp_body, conf_key, encode_json,
-                                       get_log_entry, max_pending, read_req_body)
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, conf_key, encode_json,
+                                       get_log_entry, max_pending, req_body_hook, resp_body_hook)
 from ...router import compile_expr
 
 NAME = "tcp-logger"
@@ -26,8 +26,6 @@ PRIORITY = 405
 VERSION = "0.1"
 
 logger = logging.getLogger("meshgate.plugins.tcp-logger")
-
-_EXPR_ARRAY = {"type": "array", "minItems": 1, "items": {"type": "array"}}
 
 SCHEMA: dict[str, Any] = wrap_schema({
     "type": "object",
@@ -37,14 +35,7 @@ SCHEMA: dict[str, Any] = wrap_schema({
         "tls": {"type": "boolean", "default": False},
         "tls_options": {"type": "string"},
         "timeout": {"type": "integer", "minimum": 1, "default": 1000},
-        "log_format": {"type": "object"},
-        "log_format_extra": {"type": "object"},
-        "include_req_body": {"type": "boolean", "default": False},
-        "include_req_body_expr": _EXPR_ARRAY,
-        "include_resp_body": {"type": "boolean", "default": False},
-        "include_resp_body_expr": _EXPR_ARRAY,
-        "max_req_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
-        "max_resp_body_bytes": {"type": "integer", "minimum": 1, "default": 524288},
+        **LOG_BODY_PROPERTIES,
     },
     "required": ["host", "port"],
 }, "tcp logger")
@@ -84,12 +75,10 @@ def prepare(conf: dict[str, Any]) -> Conf:
                 tls=bool(conf.get("tls", False)), server_name=conf.get("tls_options"))
 
 
-def access(conf: Conf, ctx: Any) -> Any:
-    return read_req_body(conf.opts, ctx)
-
-
-def body_filter(conf: Conf, ctx: Any) -> None:
-    collect_resp_body(conf.opts, ctx)
+# the request body is read in access and the response body collected in body_filter only
+# when the conf asks for them (APISIX log-util): the same two hooks for every logger
+access = req_body_hook
+body_filter = resp_body_hook
 
 
 def log(conf: Conf, ctx: Any) -> None:

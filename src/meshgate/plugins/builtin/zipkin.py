@@ -197,14 +197,6 @@ def header_filter(conf: Conf, ctx: Any) -> None:
         st.spans.append(st.response)
 
 
-def _response_source(ctx: Any) -> str:
-    # core.response.get_response_source: an upstream answered, nginx failed to reach it, or
-    # APISIX answered by itself (a plugin, no route)
-    if ctx.var("upstream_status"):
-        return "upstream"
-    if ctx.var("upstream_addr"):
-        return "nginx"
-    return "apisix"
 
 
 def log(conf: Conf, ctx: Any) -> None:
@@ -223,7 +215,7 @@ def log(conf: Conf, ctx: Any) -> None:
     status = ctx.var("status")
     req = st.request
     req.attributes["http.status_code"] = int(status) if status else 0
-    req.attributes["apisix.response_source"] = _response_source(ctx)
+    req.attributes["apisix.response_source"] = ctx.var("response_source")
     req.finish(end)
     st.exporter.submit(req)
     for s in st.spans:
