@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 # The per-request modules, compiled with mypyc when a C compiler is there (src/meshgate/_accel.py);
 # without one, or when a build fails, the same modules run as pure Python.
 ACCEL := $(VENV)/.accel
-HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/server.py _accel.py)
+HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/server.py \
+	shared/dict.py observability/metrics.py plugins/builtin/_auth.py plugins/builtin/_limit_common.py \
+	plugins/builtin/key_auth.py plugins/builtin/limit_count.py plugins/builtin/prometheus.py _accel.py)
 
 .PHONY: demo test unit integration e2e bench clean venv peers
 
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 $(ACCEL): $(STAMP) $(HOT)
-	@echo "compiling the request hot path with mypyc (once per change, about 30 s)..."
+	@echo "compiling the request hot path with mypyc (once per change, about a minute)..."
 	@$(PY) -c 'from meshgate._accel import build; raise SystemExit(build(quiet=True))' >/dev/null || true
 	@$(VENV)/bin/meshgate version | tail -1
 	@touch $(ACCEL)
@@ -29,15 +31,18 @@ venv: $(ACCEL)
 demo: $(ACCEL)
 	$(VENV)/bin/meshgate demo
 
-# The suite runs on the compiled hot path; the fast-path differential test, the proxy tests and
-# the hot modules' unit tests run once more as pure Python (the fallback must stay correct too).
+# The suite runs on the compiled hot path; the fast-path differential test, the proxy tests, the
+# hot modules' unit tests and the compiled plugins' tests run once more as pure Python (the
+# fallback must stay correct too).
 peers:
 	bash tools/peers.sh
 
 test: $(ACCEL) peers
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/plugins
 	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
-		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py
+		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py \
+		tests/unit/shared tests/unit/observability/test_metrics.py tests/plugins/test_key_auth.py \
+		tests/plugins/test_limit_count.py tests/plugins/test_prometheus.py
 
 unit: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -30,7 +30,8 @@ from typing import Sequence
 
 __all__ = ["MODULES", "compiled", "install", "status"]
 
-# the modules every request runs through, leaves first
+# the modules every request runs through, leaves first, then the plugins most routes run
+# (key-auth, limit-count, prometheus) and what they use per request
 MODULES = (
     "meshgate.http.path",
     "meshgate.http.request",
@@ -41,6 +42,13 @@ MODULES = (
     "meshgate.proxy.exchange",
     "meshgate.proxy.http1",
     "meshgate.proxy.server",
+    "meshgate.shared.dict",
+    "meshgate.observability.metrics",
+    "meshgate.plugins.builtin._auth",
+    "meshgate.plugins.builtin._limit_common",
+    "meshgate.plugins.builtin.key_auth",
+    "meshgate.plugins.builtin.limit_count",
+    "meshgate.plugins.builtin.prometheus",
 )
 GROUP = "meshgate._hotpath"            # the shared library: meshgate/_hotpath__mypyc.<suffix>
 _SRC = Path(__file__).resolve().parent.parent    # the directory holding the meshgate package
