@@ -1223,6 +1223,12 @@ _EX_VARS: dict[str, Callable[[Exchange], Any]] = {
     "service_id": _route_attr("service_id"),
     "service_name": _route_attr("service_name"),
     "matched_uri": _route_attr("matched_uri"),
+    "matched_host": _route_attr("matched_host"),
+    # APISIX variables of features Meshgate does not have (AI proxying): answered at once
+    # instead of falling through every lookup of the request's own variables
+    "request_type": lambda ex: None,
+    "request_llm_model": lambda ex: None,
+    "llm_model": lambda ex: None,
     "consumer_name": lambda ex: ex.consumer.username if ex.consumer is not None else None,
     "consumer_group_id": lambda ex: ex.consumer.group_id if ex.consumer is not None else None,
     "status": lambda ex: ex.resp_status or None,

@@ -91,13 +91,14 @@ class RouteRuntime:
     """A route after APISIX's service / plugin_config merge (apisix-semantics.md 5.2)."""
 
     __slots__ = ("id", "conf", "service_id", "service_name", "upstream", "timeouts", "enable_websocket", "chain",
-                 "gchain", "error", "name", "matched_uri")
+                 "gchain", "error", "name", "matched_uri", "matched_host")
 
     def __init__(self, id: str, conf: Mapping[str, Any]) -> None:
         self.id = id
         self.conf = conf
         self.name: str | None = conf.get("name")
         self.matched_uri: str | None = conf.get("uri") or (conf.get("uris") or [None])[0]
+        self.matched_host: str | None = conf.get("host") or (conf.get("hosts") or [None])[0]
         self.service_id: str | None = None
         self.service_name: str | None = None
         self.upstream: UpstreamRuntime | None = None
