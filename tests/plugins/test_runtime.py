@@ -382,3 +382,48 @@ async def test_entry_point_plugin_and_the_enabled_list(tmp_path, up, monkeypatch
         assert {p["name"] for p in gw.control("/v1/plugins")["plugins"]} == {"acme", "prometheus"}
     finally:
         gw.stop()
+
+
+FAULTY = '''
+NAME = "t-faulty"
+PRIORITY = 70
+SCHEMA = {"type": "object"}
+
+def access(conf, ctx):
+    if ctx.req_header("x-boom") == "access":
+        raise RuntimeError("boom in access")
+
+async def rewrite(conf, ctx):
+    if ctx.req_header("x-boom") == "async":
+        raise ValueError("boom after an await")
+
+def header_filter(conf, ctx):
+    if ctx.req_header("x-boom") == "header":
+        raise KeyError("boom in header_filter")
+
+def log(conf, ctx):
+    raise RuntimeError("boom in log")
+'''
+
+
+async def test_a_failing_plugin_never_takes_the_gateway_down(tmp_path, up):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "t_faulty.py").write_text(FAULTY)
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-faulty": {}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(plugins)]}})
+    try:
+        for boom in ("access", "async"):
+            r = await http(gw.addr, "GET", "/x", headers={"X-Boom": boom})
+            assert r.status == 500 and b"500 Internal Server Error" in r.body
+        assert up.requests == []
+        # a filter or log hook failing: the response is already decided and still goes out
+        r = await http(gw.addr, "GET", "/x", headers={"X-Boom": "header"})
+        assert r.status == 200 and r.json()["path"] == "/x"
+        r = await http(gw.addr, "GET", "/x")
+        assert r.status == 200
+        log = gw.log()
+        assert "boom in access" in log and "boom after an await" in log and "boom in log" in log
+        assert "plugin t-faulty failed in header_filter" in log
+    finally:
+        assert gw.stop() == 0
