@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from urllib.parse import urlencode
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Protocol, Sequence
 
 from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
@@ -72,7 +72,17 @@ _FWD_OUT = ((b"x-real-ip", b"X-Real-IP: "), (b"x-forwarded-for", b"X-Forwarded-F
             (b"x-forwarded-host", b"X-Forwarded-Host: "))
 
 # the pipeline's steps (Exchange._pipeline)
-ST_MATCH, ST_GREWRITE, ST_REWRITE, ST_CONSUMER, ST_GACCESS, ST_ACCESS, ST_UPSTREAM, ST_BEFORE, ST_PROXY = range(9)
+# (Final: compiled as constants, not global lookups)
+ST_MATCH: Final = 0
+ST_GREWRITE: Final = 1
+ST_REWRITE: Final = 2
+ST_CONSUMER: Final = 3
+ST_GACCESS: Final = 4
+ST_ACCESS: Final = 5
+ST_UPSTREAM: Final = 6
+ST_BEFORE: Final = 7
+ST_PROXY: Final = 8
+_NO_NAMES: Final[frozenset[str]] = frozenset()
 
 
 def _apply_op(headers: list[tuple[bytes, bytes]], op: int, name: str, value: str | None) -> None:
@@ -94,6 +104,8 @@ class Downstream(Protocol):
     peer_trusted: bool          # peer in apisix.trusted_addresses
     peer_real_ip_ok: bool       # peer in real_ip_from
     fwd_lines: bytes            # X-Real-IP/-For/-Proto lines for a request with no forwarding headers
+    fwd_host: str               # the Host value fwd_tail was built for
+    fwd_tail: bytes             # X-Forwarded-Port/-Host lines for that Host
 
     def write(self, data: bytes) -> None: ...
     def send_continue(self) -> None: ...
@@ -150,7 +162,7 @@ class Exchange:
     # plugin pipeline state
     chain: PluginChain | None = None         # the route's chain (merged with the consumer's once known)
     gchain: PluginChain | None = None        # the global rules' chain as it runs for this route
-    added: frozenset[str] = frozenset()      # plugins a consumer added (their rewrite runs after auth)
+    added: frozenset[str] = _NO_NAMES        # plugins a consumer added (their rewrite runs after auth)
     no_route = False
     fwd_set: dict[bytes, bytes | None] | None = None   # X-Forwarded-*/X-Real-IP set by plugins
     up_extra = b""                           # header lines the gateway adds upstream (X-Consumer-*)
@@ -747,13 +759,19 @@ class Exchange:
         # APISIX: X-Forwarded-Host is the Host as sent (port included), X-Forwarded-Port the
         # port it carries, else the port the request came in on
         hh = req.http_host
-        obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
-        obs_port = _host_port(hh) or b"%d" % req.server_port
         if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip and self.fwd_set is None:
-            # common case: no forwarding headers to honour; the first lines are per connection
+            # common case: no forwarding headers to honour; the lines are per connection (and
+            # per Host value: clients repeat theirs)
             ap(conn.fwd_lines)
-            ap(b"X-Forwarded-Port: " + obs_port + b"\r\nX-Forwarded-Host: " + obs_host + b"\r\n")
+            if hh != conn.fwd_host or not hh:
+                obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
+                conn.fwd_host = hh
+                conn.fwd_tail = (b"X-Forwarded-Port: " + (_host_port(hh) or b"%d" % req.server_port)
+                                 + b"\r\nX-Forwarded-Host: " + obs_host + b"\r\n")
+            ap(conn.fwd_tail)
         else:
+            obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
+            obs_port = _host_port(hh) or b"%d" % req.server_port
             remote = req.remote_addr.encode()
             # the client's chain is kept (and extended) unless it was dropped as untrusted
             xff = xff_prev + b", " + remote if xff_prev is not None else remote
@@ -1004,7 +1022,6 @@ class Exchange:
         if self.resp_chunked:
             self.out.append(b"0\r\n\r\n")
         self.finished = True
-        self.t_up_end = self.server.loop.time()
         self.flush()
         server = self.server
         server.waiting.discard(self)
@@ -1022,6 +1039,7 @@ class Exchange:
             else:
                 conn.transport.close()
         if self.chain is not None or self.gchain is not None or server.access_log_on:
+            self.t_up_end = server.loop.time()   # upstream_response_time, for loggers and metrics
             self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
 

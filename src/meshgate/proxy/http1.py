@@ -60,7 +60,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -100,6 +100,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = False
         self.peer_real_ip_ok = False
         self.fwd_lines = b""
+        self.fwd_host = ""
+        self.fwd_tail = b""
         self.fwd_drop = False
         self.special = server.req_special
         self.real_ip_xff = server.real_ip_xff
