@@ -427,3 +427,25 @@ async def test_a_failing_plugin_never_takes_the_gateway_down(tmp_path, up):
         assert "plugin t-faulty failed in header_filter" in log
     finally:
         assert gw.stop() == 0
+
+
+async def test_read_body_answers_expect_100_continue(tmp_path, up):
+    import asyncio
+
+    from gwtools import read_response
+
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-async": {}}}]}
+    gw = gateway(tmp_path, doc)
+    try:
+        reader, writer = await asyncio.open_connection(*gw.addr)
+        writer.write(b"POST /e HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        # the plugin waits for the body: the gateway must say 100 Continue first, and only once
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert first.startswith(b"HTTP/1.1 100 Continue")
+        writer.write(b"hello")
+        resp = await read_response(reader)
+        writer.close()
+        assert resp is not None and resp.status == 200
+        assert up.requests[-1].body == b"HELLO"
+    finally:
+        gw.stop()

@@ -299,6 +299,10 @@ class Exchange:
         if self.collect_size > limit:
             raise ProtocolError(413, "request body too large")
         if not self.req_done:
+            if req.expect_continue and not self.continue_sent:
+                # the client waits for this before it sends the body the plugin is waiting for
+                self.conn.send_continue()
+                self.continue_sent = True
             fut = self.body_waiter
             if fut is None:
                 fut = self.body_waiter = self.server.loop.create_future()
@@ -535,7 +539,7 @@ class Exchange:
         assert route is not None
         if self.wants_tunnel and not route.enable_websocket:
             self.wants_tunnel = False
-        if self.req.expect_continue and not self.req_done:
+        if self.req.expect_continue and not self.req_done and not self.continue_sent:
             self.conn.send_continue()
             self.continue_sent = True
         self.first_try_at = self.req.start_time
@@ -1077,6 +1081,9 @@ class Exchange:
         self._failed(502)
 
     def on_client_lost(self) -> None:
+        fut = self.body_waiter
+        if fut is not None and not fut.done():
+            fut.cancel()   # a plugin awaiting the body of a request that will never complete
         if self.finished:
             return
         self.finished = True
