@@ -20,8 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,18 +61,7 @@ def meshgate_files(d: Path, port: int, up_port: int, prom_port: int, plugins: di
 
 
 def run_wrk(port: int, path: str, conns: int, duration: float, cpu: str, lua: Path) -> tuple[str, str, int]:
-    argv = (["taskset", "-c", cpu] if cpu else []) + [
-        "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "2s",
-        "-H", f"apikey: {API_KEY}", "-s", str(lua), f"http://{B.LOOPBACK}:{port}{path}"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, preexec_fn=B._child_setup)
-    try:
-        out, err = p.communicate(timeout=duration + 30)
-    except BaseException:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        raise
-    return out, err, p.returncode
+    return B.run_wrk(port, path, conns, duration, cpu, lua, headers=[f"apikey: {API_KEY}"])
 
 
 def get_status(port: int, path: str, headers: dict[str, str]) -> int:

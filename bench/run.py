@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
@@ -568,10 +568,11 @@ def parse_wrk(out: str) -> dict[str, Any]:
     return r
 
 
-def run_wrk(port: int, path: str, conns: int, duration: float, cpu: str, lua: Path) -> tuple[str, str, int]:
+def run_wrk(port: int, path: str, conns: int, duration: float, cpu: str, lua: Path,
+            headers: Sequence[str] = ()) -> tuple[str, str, int]:
     argv = (["taskset", "-c", cpu] if cpu else []) + [
         "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "2s",
-        "-s", str(lua), f"http://{LOOPBACK}:{port}{path}"]
+        *(a for h in headers for a in ("-H", h)), "-s", str(lua), f"http://{LOOPBACK}:{port}{path}"]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True, preexec_fn=_child_setup)
     try:

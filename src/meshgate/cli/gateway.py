@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable
 
 from ..admin.control import ControlAPI
 from ..admin.httpserver import ApiServer
@@ -40,18 +40,9 @@ def proxy_settings(node: NodeConfig) -> dict[str, Any]:
         "show_upstream_status": node.show_upstream_status_in_response_header,
         "drain_grace": node.worker_shutdown_timeout,
         # what plugins may read of the node config (ctx.plugin_attr / ctx.node_ssl)
-        "plugin_attr": _plain(node.plugin_attr),
-        "node_ssl": _plain(node.raw.get("apisix", {}).get("ssl")),
+        "plugin_attr": node.plain("plugin_attr") or {},
+        "node_ssl": node.plain("apisix", "ssl"),
     }
-
-
-def _plain(v: Any) -> Any:
-    """Read-only mappings as plain dicts (they cross to the workers pickled)."""
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
 
 
 def resolve_node_config(path: str | None) -> NodeConfig:

@@ -240,6 +240,10 @@ class NodeConfig:
         """Where the standalone routes file lives: ``apisix.yaml`` next to the node config."""
         return self.config_dir / "apisix.yaml"
 
+    def plain(self, *path: str) -> Any:
+        """A subtree of the merged document as plain dicts and lists (to send to workers)."""
+        return _plain(_get(self.raw, path))
+
     def plugin_conf(self, name: str) -> Mapping[str, Any]:
         """``plugin_attr.<name>`` (empty mapping when absent)."""
         got = self.plugin_attr.get(name)

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from .describe import short_value, type_name
 from .kinds import KIND_NAMES, KINDS, Kind
 from .schemas import SCHEMAS, schema_for
 from .snapshot import EMPTY, Resource, Snapshot
@@ -22,6 +23,8 @@ __all__ = [
     "check_references",
     "normalize_id",
     "json_pointer",
+    "type_name",
+    "short_value",
 ]
 
 # The validators pull in jsonschema (~0.15 s to import); processes that only consume

@@ -16,8 +16,10 @@ object with ``eval(getvar) -> bool`` will do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import ssl
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .. import __version__
 
-__all__ = ["LOG_BODY_PROPERTIES", "req_body_hook", "resp_body_hook", "LogOptions", "Predicate", "LogContext", "compile_log_format", "get_log_entry", "get_full_log",
+__all__ = ["LOG_BODY_PROPERTIES", "LOG_FORMAT_METADATA", "req_body_hook", "resp_body_hook", "check_log_schema",
+           "send_error_reason", "unverified_tls_context", "LogOptions", "Predicate", "LogContext", "compile_log_format", "get_log_entry", "get_full_log",
            "get_custom_format_log", "read_req_body", "collect_resp_body", "encode_json", "rfc3339_zulu",
            "parse_query", "MAX_LOG_FORMAT_DEPTH", "check_log_exprs", "conf_key", "max_pending"]
 
@@ -436,3 +439,40 @@ def req_body_hook(conf: Any, ctx: Any) -> Any:
 def resp_body_hook(conf: Any, ctx: Any) -> None:
     """A logger's body_filter hook: collect the response body when its conf includes it."""
     collect_resp_body(conf.opts, ctx)
+
+
+# plugin_metadata of the loggers: a log_format shared by every route (batch fields added by
+# observability.batch.wrap_metadata_schema)
+LOG_FORMAT_METADATA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"log_format_extra": {"type": "object"}, "log_format": {"type": "object"}},
+}
+
+
+def check_log_schema(conf: Any, schema_type: str, compile_expr: Callable[[Any], Any]) -> str | None:
+    """A logger's ``check_schema``: its body expressions compile (nothing to check in metadata)."""
+    if schema_type == "metadata":
+        return None
+    return check_log_exprs(conf, compile_expr)
+
+
+def send_error_reason(e: BaseException) -> str:
+    """How a logger's send failure reads in the error log (APISIX's wording where it has one)."""
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+        return "timeout"
+    return str(e) or type(e).__name__
+
+
+_UNVERIFIED: list[ssl.SSLContext] = []
+
+
+def unverified_tls_context() -> ssl.SSLContext:
+    """TLS without certificate checks, as APISIX's tcp-logger/syslog handshake (one per process)."""
+    if not _UNVERIFIED:
+        c = ssl.create_default_context()
+        c.check_hostname = False
+        c.verify_mode = ssl.CERT_NONE
+        _UNVERIFIED.append(c)
+    return _UNVERIFIED[0]

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 
 from ..errors import ConfigError, PluginError
+from ..model import type_name
 from ..router import compile_expr
 
 __all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA", "Pending", "Answer",
@@ -459,20 +460,9 @@ def _arity(fn: Callable[..., Any]) -> int:
 
 
 def _lua_type(v: Any) -> str:
-    # lua-jsonschema names a JSON array "array" and an object "object"; numbers by value
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "number" if not isinstance(v, bool) else "boolean"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return "null"
+    # lua-jsonschema's names: JSON's, with every number a "number"
+    t = type_name(v, json=True)
+    return "number" if t == "integer" else t
 
 
 def _num(v: Any) -> str:

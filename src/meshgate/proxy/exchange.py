@@ -943,9 +943,7 @@ class Exchange:
             self.resp_len = cl
             ops = self.resp_ops
             if ops is not None:
-                filters = (gchain is not None and gchain.has("header_filter")) or \
-                    (chain is not None and chain.has("header_filter"))
-                if not filters and _appendable(ops, lh):
+                if not self._has_phase("header_filter") and _appendable(ops, lh):
                     # headers the upstream did not send, and nobody looks at the list: append
                     # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
                     fields = self._resp_fields = fields + b"".join(
@@ -956,14 +954,11 @@ class Exchange:
                     hl = self.resp_fields
                     for op, hn, hv in ops:
                         _apply_op(hl, op, hn, hv)
-            if gchain is not None and gchain.has("header_filter"):
-                gchain.run_filters("header_filter", self)
-            if chain is not None and chain.has("header_filter"):
-                chain.run_filters("header_filter", self)
+            self._run_header_filters()
             status = self.resp_status
             if self._resp_headers is not None:
                 fields = b"".join(b"\r\n" + n + b": " + v for n, v in self._resp_headers)
-            if (gchain is not None and gchain.has("body_filter")) or (chain is not None and chain.has("body_filter")):
+            if self._has_phase("body_filter"):
                 self.body_filters = True
             if self.body_mod:
                 # a header_filter said the body changes: its length is known only at the end
@@ -978,6 +973,21 @@ class Exchange:
         self.client_keep = keep
         self.out.append(head_bytes)
         self.resp_started = True
+
+    def _has_phase(self, phase: str) -> bool:
+        """Whether a plugin in force (global rules or the route's chain) hooks ``phase``."""
+        g = self.gchain
+        c = self.chain
+        return (g is not None and g.has(phase)) or (c is not None and c.has(phase))
+
+    def _run_header_filters(self) -> None:
+        """The header_filter hooks, global rules first (upstream and local answers alike)."""
+        g = self.gchain
+        if g is not None and g.has("header_filter"):
+            g.run_filters("header_filter", self)
+        c = self.chain
+        if c is not None and c.has("header_filter"):
+            c.run_filters("header_filter", self)
 
     def _filter_body(self, chunk: bytes, eof: bool) -> bytes:
         """Run the body_filter hooks (global rules first) over one chunk."""
@@ -1129,12 +1139,9 @@ class Exchange:
             if self.resp_ops is not None:
                 for op, name, value in self.resp_ops:
                     _apply_op(hl, op, name, value)
-            if gchain is not None and gchain.has("header_filter"):
-                gchain.run_filters("header_filter", self)
-            if chain is not None and chain.has("header_filter"):
-                chain.run_filters("header_filter", self)
+            self._run_header_filters()
             status = self.resp_status
-            if (gchain is not None and gchain.has("body_filter")) or (chain is not None and chain.has("body_filter")):
+            if self._has_phase("body_filter"):
                 body = self._filter_body(body, True)
             content_type = b""
             lines = []

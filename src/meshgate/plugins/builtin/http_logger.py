@@ -21,8 +21,9 @@ import httptools
 
 from ...observability.batch import (BatchConfig, BatchProcessorManager, Process, ProcessError, wrap_metadata_schema,
                                     wrap_schema)
-from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, conf_key, encode_json,
-                                       get_log_entry, max_pending, req_body_hook, resp_body_hook)
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LOG_FORMAT_METADATA, check_log_schema, conf_key,
+                                       encode_json, get_log_entry, LogOptions, max_pending, req_body_hook,
+                                       resp_body_hook, send_error_reason)
 from ...router import compile_expr
 
 NAME = "http-logger"
@@ -45,18 +46,13 @@ SCHEMA: dict[str, Any] = wrap_schema({
     "required": ["uri"],
 }, "http logger")
 
-METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema({
-    "type": "object",
-    "properties": {"log_format_extra": {"type": "object"}, "log_format": {"type": "object"}},
-})
+METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema(LOG_FORMAT_METADATA)
 
 _manager = BatchProcessorManager("http logger")
 
 
 def check_schema(conf: dict[str, Any], schema_type: str = "route") -> str | None:
-    if schema_type == "metadata":
-        return None
-    return check_log_exprs(conf, compile_expr)
+    return check_log_schema(conf, schema_type, compile_expr)
 
 
 @dataclass(slots=True)
@@ -136,13 +132,6 @@ def _make_process(conf: Conf) -> Process:
     return process
 
 
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-        return "timeout"
-    return str(e) or type(e).__name__
-
 
 class _Resp:
     def __init__(self) -> None:
@@ -171,7 +160,7 @@ async def send_http_data(conf: Conf, body: bytes) -> None:
     except ssl.SSLError as e:
         raise ProcessError(f"failed to perform SSL with host[{host}] port[{port}] {e}") from None
     except (OSError, asyncio.TimeoutError) as e:
-        raise ProcessError(f"failed to connect to host[{host}] port[{port}] {_reason(e)}") from None
+        raise ProcessError(f"failed to connect to host[{host}] port[{port}] {send_error_reason(e)}") from None
     try:
         head = (b"POST " + conf.target.encode("latin-1", "replace") + b" HTTP/1.1\r\n" + conf.headers
                 + b"Content-Length: %d\r\nConnection: close\r\nUser-Agent: meshgate-http-logger\r\n\r\n" % len(body))
@@ -186,7 +175,7 @@ async def send_http_data(conf: Conf, body: bytes) -> None:
                     break
                 parser.feed_data(data)
         except (OSError, asyncio.TimeoutError, httptools.HttpParserError) as e:
-            raise ProcessError(f"error while sending data to [{host}] port[{port}] {_reason(e)}") from None
+            raise ProcessError(f"error while sending data to [{host}] port[{port}] {send_error_reason(e)}") from None
         if not resp.done and not parser.get_status_code():
             raise ProcessError(f"error while sending data to [{host}] port[{port}] closed")
         status = parser.get_status_code()

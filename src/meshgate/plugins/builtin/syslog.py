@@ -23,8 +23,9 @@ from typing import Any, Hashable
 
 from ...observability.batch import BatchConfig, BatchProcessorManager, Process, ProcessError, wrap_metadata_schema, \
     wrap_schema
-from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, conf_key, encode_json,
-                                       get_log_entry, max_pending, req_body_hook, resp_body_hook, rfc3339_zulu)
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LOG_FORMAT_METADATA, check_log_schema, conf_key,
+                                       encode_json, get_log_entry, LogOptions, max_pending, req_body_hook,
+                                       resp_body_hook, rfc3339_zulu, send_error_reason, unverified_tls_context)
 from ...router import compile_expr
 
 NAME = "syslog"
@@ -49,13 +50,9 @@ SCHEMA: dict[str, Any] = wrap_schema({
     "required": ["host", "port"],
 }, "sys logger")
 
-METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema({
-    "type": "object",
-    "properties": {"log_format_extra": {"type": "object"}, "log_format": {"type": "object"}},
-})
+METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema(LOG_FORMAT_METADATA)
 
 _manager = BatchProcessorManager("sys logger")
-_TLS: list[ssl.SSLContext] = []
 
 # RFC 5424 section 6.2.1: PRI = facility * 8 + severity
 FACILITY = {"KERN": 0, "USER": 1, "MAIL": 2, "DAEMON": 3, "AUTH": 4, "SYSLOG": 5, "LPR": 6, "NEWS": 7,
@@ -75,9 +72,7 @@ def rfc5424_encode(facility: str, severity: str, hostname: str | None, appname: 
 
 
 def check_schema(conf: dict[str, Any], schema_type: str = "route") -> str | None:
-    if schema_type == "metadata":
-        return None
-    return check_log_exprs(conf, compile_expr)
+    return check_log_schema(conf, schema_type, compile_expr)
 
 
 @dataclass(slots=True)
@@ -134,21 +129,6 @@ def _make_process(conf: Conf) -> Process:
     return process
 
 
-def _tls_context() -> ssl.SSLContext:
-    if not _TLS:
-        c = ssl.create_default_context()
-        c.check_hostname = False
-        c.verify_mode = ssl.CERT_NONE
-        _TLS.append(c)
-    return _TLS[0]
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-        return "timeout"
-    return str(e) or type(e).__name__
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -220,7 +200,7 @@ class SyslogSender:
             except ProcessError:
                 raise
             except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
-                raise ProcessError(f"failed to log message: {_reason(e)}") from None
+                raise ProcessError(f"failed to log message: {send_error_reason(e)}") from None
 
     async def _send_tcp(self, data: bytes) -> None:
         conf = self.conf
@@ -232,10 +212,10 @@ class SyslogSender:
             else:
                 try:
                     _, w = await asyncio.wait_for(asyncio.open_connection(
-                        conf.host, conf.port, ssl=_tls_context() if conf.tls else None,
+                        conf.host, conf.port, ssl=unverified_tls_context() if conf.tls else None,
                         server_hostname=conf.host if conf.tls else None), conf.timeout)
                 except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
-                    raise ProcessError(f"failed to log message: failed to connect: {_reason(e)}") from None
+                    raise ProcessError(f"failed to log message: failed to connect: {send_error_reason(e)}") from None
                 self._writer = w
             try:
                 w.write(data)

@@ -17,8 +17,9 @@ from typing import Any, Hashable
 
 from ...observability.batch import BatchConfig, BatchProcessorManager, Process, ProcessError, wrap_metadata_schema, \
     wrap_schema
-from ...observability.logentry import (LOG_BODY_PROPERTIES, LogOptions, check_log_exprs, conf_key, encode_json,
-                                       get_log_entry, max_pending, req_body_hook, resp_body_hook)
+from ...observability.logentry import (LOG_BODY_PROPERTIES, LOG_FORMAT_METADATA, check_log_schema, conf_key,
+                                       encode_json, get_log_entry, LogOptions, max_pending, req_body_hook,
+                                       resp_body_hook, send_error_reason, unverified_tls_context)
 from ...router import compile_expr
 
 NAME = "tcp-logger"
@@ -40,19 +41,13 @@ SCHEMA: dict[str, Any] = wrap_schema({
     "required": ["host", "port"],
 }, "tcp logger")
 
-METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema({
-    "type": "object",
-    "properties": {"log_format_extra": {"type": "object"}, "log_format": {"type": "object"}},
-})
+METADATA_SCHEMA: dict[str, Any] = wrap_metadata_schema(LOG_FORMAT_METADATA)
 
 _manager = BatchProcessorManager("tcp logger")
-_TLS: list[ssl.SSLContext] = []
 
 
 def check_schema(conf: dict[str, Any], schema_type: str = "route") -> str | None:
-    if schema_type == "metadata":
-        return None
-    return check_log_exprs(conf, compile_expr)
+    return check_log_schema(conf, schema_type, compile_expr)
 
 
 @dataclass(slots=True)
@@ -104,21 +99,6 @@ def _make_process(conf: Conf) -> Process:
     return process
 
 
-def _tls_context() -> ssl.SSLContext:
-    if not _TLS:
-        c = ssl.create_default_context()
-        c.check_hostname = False
-        c.verify_mode = ssl.CERT_NONE
-        _TLS.append(c)
-    return _TLS[0]
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
-        return "timeout"
-    return str(e) or type(e).__name__
 
 
 async def send_tcp_data(conf: Conf, data: bytes) -> None:
@@ -127,20 +107,20 @@ async def send_tcp_data(conf: Conf, data: bytes) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), conf.timeout)
     except (OSError, asyncio.TimeoutError) as e:
-        raise ProcessError(f"failed to connect to TCP server: host[{host}] port[{port}] err: {_reason(e)}") from None
+        raise ProcessError(f"failed to connect to TCP server: host[{host}] port[{port}] err: {send_error_reason(e)}") from None
     try:
         if conf.tls:
             try:
-                await asyncio.wait_for(writer.start_tls(_tls_context(), server_hostname=conf.server_name or None),
+                await asyncio.wait_for(writer.start_tls(unverified_tls_context(), server_hostname=conf.server_name or None),
                                        conf.timeout)
             except (OSError, ssl.SSLError, asyncio.TimeoutError) as e:
                 raise ProcessError(f"failed to perform TLS handshake to TCP server: host[{host}] port[{port}] "
-                                   f"err: {_reason(e)}") from None
+                                   f"err: {send_error_reason(e)}") from None
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), conf.timeout)
         except (OSError, asyncio.TimeoutError) as e:
-            raise ProcessError(f"failed to send data to TCP server: host[{host}] port[{port}] err: {_reason(e)}") \
+            raise ProcessError(f"failed to send data to TCP server: host[{host}] port[{port}] err: {send_error_reason(e)}") \
                 from None
     finally:
         writer.close()
