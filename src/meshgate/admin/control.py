@@ -21,6 +21,7 @@ __all__ = ["ControlAPI"]
 class ControlAPI:
     supervisor: Any                  # proxy.Supervisor (duck-typed: snapshot, runtime, health, worker_versions())
     store_revision: Callable[[], int] = lambda: 0
+    source: Any = None               # config.EtcdSource when the gateway follows etcd
 
     async def handle(self, req: ApiRequest) -> Response:
         p = req.path.rstrip("/") or "/"
@@ -44,10 +45,16 @@ class ControlAPI:
                     return json_response(200, item)
             return json_response(404, {"error_msg": "not found"})
         if p == "/v1/config":
-            return json_response(200, {"version": snap.version if snap else 0, "revision": self.store_revision(),
-                                       "workers": sup.worker_versions(),
-                                       "counts": snap.counts() if snap else {},
-                                       "errors": [str(e) for e in (sup.runtime.errors if sup.runtime else [])]})
+            body: dict[str, Any] = {"version": snap.version if snap else 0, "revision": self.store_revision(),
+                                    "workers": sup.worker_versions(),
+                                    "counts": snap.counts() if snap else {},
+                                    "errors": [str(e) for e in (sup.runtime.errors if sup.runtime else [])]}
+            src = self.source
+            if src is not None:
+                body["etcd"] = {"connected": src.connected, "revision": src.revision, "resyncs": src.resyncs,
+                                "last_error": src.last_error,
+                                "rejected": [str(e) for errs in src.rejected.values() for e in errs]}
+            return json_response(200, body)
         for kind, single in (("routes", "route"), ("services", "service"), ("upstreams", "upstream"),
                              ("plugin_metadata", "plugin_metadata")):
             if p == f"/v1/{kind}" or (kind == "plugin_metadata" and p == "/v1/plugin_metadatas"):

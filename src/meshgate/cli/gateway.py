@@ -6,15 +6,24 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ..admin.control import ControlAPI
 from ..admin.httpserver import ApiServer
 from ..config import ConfigStore, FileSource, NodeConfig, NodeConfigErrors, load_node_config
 from ..errors import ConfigError
+from ..plugins import PluginRegistry
 from ..proxy.supervisor import MetricsExport, Supervisor
 
-__all__ = ["proxy_settings", "run_gateway", "GatewayError", "resolve_node_config"]
+__all__ = ["proxy_settings", "run_gateway", "run_control_plane", "GatewayError", "resolve_node_config",
+           "check_admin_keys", "WELL_KNOWN_KEYS"]
+
+if TYPE_CHECKING:
+    # Imported where used: a standalone data plane never loads grpc, aetcd or the Admin API.
+    from ..admin.admin_api import AdminAPI
+    from ..config import FieldCipher
+    from ..config.etcd import EtcdClient
+    from ..config.etcd_source import EtcdSource
 
 log = logging.getLogger("meshgate")
 
@@ -67,24 +76,151 @@ def _listen(node: NodeConfig) -> list[tuple[str, int]]:
     return [(l.ip, l.port) for l in node.node_listen]
 
 
+# APISIX 2.x shipped these keys enabled (CVE-2020-13945): never accept them.
+WELL_KNOWN_KEYS = ("edd1c9f034335f136f87ad84b625c8f1", "4054f7cf07e344346cd3f287985e76a2")
+
+
+def check_admin_keys(node: NodeConfig) -> None:
+    """The Admin API refuses to start without a key of its own (CONTRACT.md)."""
+    adm = node.admin
+    if not adm.admin_key_required:
+        log.warning("%s: deployment.admin.admin_key_required is false: the Admin API accepts requests "
+                    "without a key", node.source)
+        return
+    if not adm.admin_key:
+        raise GatewayError(f"{node.source}: the Admin API needs deployment.admin.admin_key "
+                           "([{name, key, role}]); there is no built-in default key")
+    for i, k in enumerate(adm.admin_key):
+        if not k.key:
+            raise GatewayError(f"{node.source}: deployment.admin.admin_key[{i}] ({k.name}): empty key")
+        if k.key in WELL_KNOWN_KEYS:
+            raise GatewayError(f"{node.source}: deployment.admin.admin_key[{i}] ({k.name}) is APISIX's published "
+                               "default key (CVE-2020-13945); choose a random key")
+
+
+def etcd_client(node: NodeConfig) -> EtcdClient:
+    from ..config.etcd import EtcdClient
+
+    e = node.etcd
+    tls = e.tls
+    if tls is not None and not tls.verify:
+        log.warning("deployment.etcd.tls.verify: false is not supported by the gRPC client; the etcd server "
+                    "certificate is verified against the system's trusted roots")
+    try:
+        return EtcdClient(list(e.host), user=e.user, password=e.password, timeout=e.timeout,
+                          cert_file=tls.cert if tls else None, key_file=tls.key if tls else None,
+                          sni=tls.sni if tls else None)
+    except ValueError as err:
+        raise GatewayError(f"{node.source}: {err}") from None
+
+
+def field_cipher(node: NodeConfig, plugins: PluginRegistry) -> FieldCipher:
+    from ..config import FieldCipher
+
+    de = node.data_encryption
+    return FieldCipher(de.keyring, plugins, enabled=de.enable_encrypt_fields)
+
+
+async def load_from_etcd(node: NodeConfig, source: EtcdSource) -> None:
+    """The first full read; APISIX retries ``startup_retry`` times before giving up."""
+    from ..config.etcd import EtcdError
+
+    tries = max(1, node.etcd.startup_retry)
+    for attempt in range(1, tries + 1):
+        try:
+            await source.load()
+            return
+        except EtcdError as e:
+            if attempt == tries:
+                raise GatewayError(f"cannot read the configuration from etcd ({', '.join(node.etcd.host)}, "
+                                   f"prefix {node.etcd.prefix}) after {tries} attempt(s): {e}") from None
+            log.error("etcd: %s; retrying (%d/%d)", e, attempt, tries)
+            await asyncio.sleep(1.0)
+
+
+async def _serve_admin(node: NodeConfig, api: AdminAPI) -> ApiServer:
+    server = ApiServer(api.handle)
+    lst = node.admin.admin_listen
+    try:
+        await server.listen(lst.ip, lst.port)
+    except OSError as e:
+        raise GatewayError(f"cannot listen on the Admin API address {lst.ip}:{lst.port}: {e.strerror}") from None
+    log.warning("Admin API on http://%s:%d/apisix/admin", lst.ip, lst.port)
+    return server
+
+
+async def run_control_plane(node: NodeConfig, *, stop_event: asyncio.Event | None = None) -> int:
+    """``role: control_plane``: the Admin API over etcd, no data plane."""
+    from ..admin.admin_api import AdminAPI
+
+    check_admin_keys(node)
+    plugins = PluginRegistry()
+    plugins.load_all(node.plugin_dirs, enabled=node.plugins)
+    client = etcd_client(node)
+    api = AdminAPI(etcd=client, prefix=node.etcd.prefix, admin=node.admin, plugins=plugins,
+                   cipher=field_cipher(node, plugins), config_provider="etcd",
+                   reload_plugins=lambda: plugins.reload())
+    server = await _serve_admin(node, api)
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.close()
+    await client.close()
+    return 0
+
+
 async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
                       on_ready: Callable[[Supervisor], Awaitable[None]] | None = None,
                       stop_event: asyncio.Event | None = None) -> int:
-    if node.config_provider != "yaml":
+    """Start the gateway in the node's deployment role (APISIX 3.x):
+
+    * ``data_plane`` + ``yaml``: standalone ``apisix.yaml``, reloaded on change;
+    * ``data_plane`` + ``etcd``: follow etcd, no Admin API;
+    * ``traditional`` + ``etcd``: follow etcd and serve the Admin API, which writes to it;
+    * ``traditional`` + ``yaml``: API-driven standalone, state pushed to ``/apisix/admin/configs``;
+    * ``control_plane``: the Admin API only (:func:`run_control_plane`).
+    """
+    if node.role == "control_plane":
+        return await run_control_plane(node, stop_event=stop_event)
+    if node.config_provider not in ("yaml", "etcd"):
         raise GatewayError(
             f"{node.source}: deployment config_provider {node.config_provider!r} (role {node.role}) is not "
-            "available in this version; use deployment.role: data_plane with role_data_plane.config_provider: yaml")
+            "available for 'meshgate run'; use yaml or etcd (xDS is 'meshgate mesh')")
+    admin = node.role == "traditional" and node.admin.enable_admin
+    if admin:
+        check_admin_keys(node)
     store = ConfigStore()
-    ypath = node.apisix_yaml_path()
-    if not ypath.exists():
-        if node.path is None:
-            ypath.parent.mkdir(parents=True, exist_ok=True)
-            ypath.write_text(EMPTY_APISIX_YAML)
-        else:
-            log.warning("%s does not exist yet; serving no routes until it appears", ypath)
-    source = FileSource(ypath, store)
-    if ypath.exists() and not source.load():
-        raise GatewayError(f"{ypath}: {source.last_error}")
+    file_source: FileSource | None = None
+    etcd_source: EtcdSource | None = None
+    client: EtcdClient | None = None
+    where = ""
+    if node.config_provider == "etcd":
+        from ..config.etcd_source import EtcdSource
+
+        client = etcd_client(node)
+        # the cipher needs the plugins' encrypt_fields: the same plugin set the workers load
+        reg = PluginRegistry()
+        reg.load_all(node.plugin_dirs, enabled=node.plugins)
+        etcd_source = EtcdSource(client, store, prefix=node.etcd.prefix, cipher=field_cipher(node, reg),
+                                 resync_delay=node.etcd.resync_delay)
+        await load_from_etcd(node, etcd_source)
+        where = f"etcd {', '.join(node.etcd.host)} {node.etcd.prefix}"
+    elif node.role == "data_plane":
+        ypath = node.apisix_yaml_path()
+        if not ypath.exists():
+            if node.path is None:
+                ypath.parent.mkdir(parents=True, exist_ok=True)
+                ypath.write_text(EMPTY_APISIX_YAML)
+            else:
+                log.warning("%s does not exist yet; serving no routes until it appears", ypath)
+        file_source = FileSource(ypath, store)
+        if ypath.exists() and not file_source.load():
+            raise GatewayError(f"{ypath}: {file_source.last_error}")
+        where = str(ypath)
+    else:
+        where = "API-driven standalone (PUT /apisix/admin/configs)"
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
                      metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs,
@@ -94,20 +230,47 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:
         sup.stopping = True
         await sup.stop()
+        if client is not None:
+            await client.close()
         raise GatewayError(str(e) or "workers did not become ready") from None
     store.subscribe(sup.publish)
-    source.start()
-    control: ApiServer | None = None
+    if file_source is not None:
+        file_source.start()
+    if etcd_source is not None:
+        etcd_source.start()
+    servers: list[ApiServer] = []
+
+    async def fail(msg: str) -> GatewayError:
+        for srv in servers:
+            await srv.close()
+        if etcd_source is not None:
+            await etcd_source.stop()
+        await sup.stop()
+        return GatewayError(msg)
+
     if node.enable_control:
-        control = ApiServer(ControlAPI(sup, store_revision=lambda: store.revision).handle)
+        control = ApiServer(ControlAPI(sup, store_revision=lambda: store.revision, source=etcd_source).handle)
         try:
             await control.listen(node.control.ip, node.control.port)
         except OSError as e:
-            await sup.stop()
-            raise GatewayError(f"cannot listen on control API {node.control.ip}:{node.control.port}: {e.strerror}")
+            raise await fail(f"cannot listen on control API {node.control.ip}:{node.control.port}: {e.strerror}")
+        servers.append(control)
+    if admin:
+        from ..admin.admin_api import AdminAPI
+        from ..admin.standalone import StandaloneAPI
+
+        standalone = StandaloneAPI(store, sup.plugins) if node.config_provider == "yaml" else None
+        api = AdminAPI(etcd=client, prefix=node.etcd.prefix, admin=node.admin, plugins=sup.plugins,
+                       cipher=field_cipher(node, sup.plugins) if client is not None else None,
+                       standalone=standalone, config_provider=node.config_provider,
+                       reload_plugins=sup.reload_plugins)
+        try:
+            servers.append(await _serve_admin(node, api))
+        except GatewayError as e:
+            raise await fail(str(e))
     addrs = ", ".join(f"{h}:{p}" for h, p in _listen(node))
     log.warning("meshgate %d worker(s) serving on %s (config version %d, %s)", sup.nworkers, addrs,
-                store.snapshot.version, ypath)
+                store.snapshot.version, where)
     loop = asyncio.get_running_loop()
     stop = stop_event or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -132,8 +295,11 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         await on_ready(sup)
     await stop.wait()
     log.warning("meshgate: draining (grace %.0fs)", sup.grace)
-    await source.stop()
-    if control is not None:
-        await control.close()
+    if file_source is not None:
+        await file_source.stop()
+    if etcd_source is not None:
+        await etcd_source.stop()
+    for srv in servers:
+        await srv.close()
     await sup.stop()
     return 0

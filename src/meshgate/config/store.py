@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Every source (standalone file, Admin API, etcd, xDS, Kubernetes) hands the store
 *validated* items.  The store keeps a monotonic revision counter with etcd's meaning
-(``createdIndex`` / ``modifiedIndex``), builds a new immutable :class:`Snapshot` for each
+(``createdIndex`` / ``modifiedIndex``); a source that has real revisions (etcd) passes
+them along and they are kept as they are.  It builds a new immutable :class:`Snapshot` for each
 accepted change and notifies subscribers with it.  Unchanged items keep the very same
 ``Resource`` object across versions, so workers can reuse compiled state (balancers,
 health checkers, connection pools) by identity.
@@ -30,6 +31,8 @@ class Change:
     kind: str
     id: str
     value: Mapping[str, Any] | None
+    created_index: int = 0     # etcd's create_revision / mod_revision when the source has them
+    modified_index: int = 0
 
 
 Subscriber = Callable[[Snapshot], None]
@@ -62,17 +65,27 @@ class ConfigStore:
                 log.exception("config subscriber failed")
         return snap
 
-    def _put(self, old: Resource | None, kind: str, id: str, value: Mapping[str, Any]) -> Resource:
+    def _put(self, old: Resource | None, kind: str, id: str, value: Mapping[str, Any],
+             indexes: tuple[int, int] | None = None) -> Resource:
+        if indexes is not None:
+            if old is not None and old.modified_index == indexes[1] and old.value == value:
+                return old
+            self._revision = max(self._revision, indexes[1])
+            return Resource(kind=kind, id=id, value=value, created_index=indexes[0], modified_index=indexes[1])
         if old is not None and old.value == value:
             return old
         self._revision += 1
         created = old.created_index if old is not None else self._revision
         return Resource(kind=kind, id=id, value=value, created_index=created, modified_index=self._revision)
 
-    def replace_all(self, items: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Snapshot | None:
-        """Full-state replace (standalone file, ``PUT /apisix/admin/configs``).
+    def replace_all(self, items: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
+                    indexes: Mapping[tuple[str, str], tuple[int, int]] | None = None,
+                    revision: int | None = None) -> Snapshot | None:
+        """Full-state replace (standalone file, ``PUT /apisix/admin/configs``, etcd re-list).
 
-        Returns the new snapshot, or None when nothing changed (no new version).
+        ``indexes`` gives (created, modified) revisions per (kind, id) when the source has
+        them, ``revision`` the source's revision of the whole read.  Returns the new
+        snapshot, or None when nothing changed (no new version).
         """
         cur = self._snapshot.resources
         new: dict[str, dict[str, Resource]] = {}
@@ -82,18 +95,24 @@ class ConfigStore:
             want = items.get(kind, {})
             out: dict[str, Resource] = {}
             for id, value in want.items():
-                res = self._put(old_items.get(id), kind, id, value)
+                res = self._put(old_items.get(id), kind, id, value,
+                                indexes.get((kind, id)) if indexes is not None else None)
                 changed |= res is not old_items.get(id)
                 out[id] = res
             if list(out) != list(old_items):
                 changed = True
-            new[kind] = out
+            # an unchanged kind keeps its mapping object: compiles reuse what did not change
+            new[kind] = old_items if isinstance(old_items, dict) and _same(old_items, out) else out
+        if revision is not None:
+            self._revision = max(self._revision, revision)
         if not changed:
             return None
         return self._publish(new)
 
-    def apply(self, changes: Iterable[Change]) -> Snapshot | None:
-        """Incremental changes (Admin API, etcd watch).  Order of new ids is arrival order."""
+    def apply(self, changes: Iterable[Change], *, revision: int | None = None) -> Snapshot | None:
+        """Incremental changes (Admin API, etcd watch).  Order of new ids is arrival order.
+
+        Returns the new snapshot, or None when nothing changed."""
         cur = self._snapshot.resources
         touched: dict[str, dict[str, Resource]] = {}   # copies of the kinds this batch changes
         for ch in changes:
@@ -104,9 +123,20 @@ class ConfigStore:
                 bucket = touched[ch.kind] = dict(cur.get(ch.kind, {}))
             if ch.value is None:
                 if bucket.pop(ch.id, None) is not None:
-                    self._revision += 1
+                    self._revision = max(self._revision + 1, ch.modified_index)
             else:
-                bucket[ch.id] = self._put(bucket.get(ch.id), ch.kind, ch.id, ch.value)
-        if not touched:
+                bucket[ch.id] = self._put(bucket.get(ch.id), ch.kind, ch.id, ch.value,
+                                          (ch.created_index, ch.modified_index) if ch.modified_index else None)
+        if revision is not None:
+            self._revision = max(self._revision, revision)
+        cur_kinds = {k: cur.get(k, {}) for k in touched}
+        if all(_same(cur_kinds[k], b) for k, b in touched.items()):
             return None
         return self._publish({**cur, **touched})
+
+
+def _same(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:
+    """Same items, same objects, same order."""
+    if len(a) != len(b):
+        return False
+    return all(ka == kb and va is vb for (ka, va), (kb, vb) in zip(a.items(), b.items()))

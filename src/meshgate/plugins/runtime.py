@@ -245,6 +245,7 @@ class PluginRegistry:
         self._dirs: list[Path] = []
         self._enabled: frozenset[str] | None = None
         self.errors: list[str] = []      # plugins refused at the last load, one line each
+        self.generation = 0              # bumped whenever the set of plugins changes
 
     def __contains__(self, name: str) -> bool:
         return name in self._plugins
@@ -264,6 +265,7 @@ class PluginRegistry:
         if old is not None and old.source != source and old.source == "builtin" and source != "builtin":
             log.warning("plugin %s from %s replaces the built-in one", p.name, source)
         self._plugins[p.name] = p
+        self.generation += 1
         init = getattr(module, "init", None)
         if callable(init) and source != "builtin":
             init()
@@ -285,6 +287,7 @@ class PluginRegistry:
         if self._enabled is not None:
             for name in [n for n in self._plugins if n not in self._enabled]:
                 del self._plugins[name]
+                self.generation += 1
 
     def load_builtin(self) -> None:
         from . import builtin
@@ -350,6 +353,7 @@ class PluginRegistry:
                     except Exception:
                         log.exception("plugin %s: destroy failed", name)
                 del self._plugins[name]
+        self.generation += 1
         self.errors = []
         loaded: list[str] = []
         for d in list(self._dirs):

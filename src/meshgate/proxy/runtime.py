@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from ..model import Snapshot
+from ..model import Resource, Snapshot
 from ..plugins import Consumer, ConsumerSet, PluginChain, PluginRegistry
 from ..router import Router, compile_router
 from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
@@ -124,6 +124,7 @@ class Runtime:
     consumers: ConsumerSet = field(default_factory=lambda: ConsumerSet({}))
     plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     plugins: PluginRegistry | None = None
+    plugins_generation: int = 0
     # built on first use and kept for this config version only
     _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
     _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)
@@ -209,6 +210,17 @@ def _checked_plugins(snapshot: Snapshot, kind: str, plugins: PluginRegistry | No
     return out
 
 
+def _route_gchain(global_chain: PluginChain | None, rr: RouteRuntime,
+                  plugins: PluginRegistry | None) -> PluginChain | None:
+    """The global rules' chain as it runs for this route: minus the prefer_route plugins
+    (prometheus) the route configures itself (APISIX run_policy)."""
+    if global_chain is None or rr.chain is None or plugins is None:
+        return global_chain
+    mine = {n for n in global_chain.names
+            if n in rr.chain.names and (p := plugins.get(n)) is not None and p.run_policy == "prefer_route"}
+    return global_chain.without(mine) if mine else global_chain
+
+
 def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri",
                   plugins: PluginRegistry | None = None, previous: Runtime | None = None) -> Runtime:
     errors: list[ConfigError] = []
@@ -244,8 +256,25 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     services = snapshot.items("services")
     plugin_configs = snapshot.items("plugin_configs")
     routes: dict[str, RouteRuntime] = {}
+    # A route whose own value and everything it merges with (services, plugin_configs,
+    # upstreams, global rules, the plugins loaded) are the very objects of the previous
+    # version keeps its RouteRuntime: one changed route among thousands is one compile.
+    reuse: Mapping[str, RouteRuntime] = {}
+    prev_routes: Mapping[str, Resource] = {}
+    if previous is not None and previous.plugins is plugins and (
+            plugins is None or previous.plugins_generation == plugins.generation):
+        ps = previous.snapshot
+        if all(ps.items(k) is snapshot.items(k) for k in ("services", "plugin_configs", "upstreams", "global_rules")):
+            reuse = previous.routes
+            prev_routes = ps.items("routes")
     for id, res in snapshot.items("routes").items():
         conf = res.value
+        old_rr = reuse.get(id)
+        if old_rr is not None and old_rr.conf is conf and prev_routes.get(id) is res:
+            routes[id] = old_rr
+            if old_rr.upstream is not None and old_rr.upstream.key.startswith(("routes/", "services/")):
+                upstreams.setdefault(old_rr.upstream.key, old_rr.upstream)
+            continue
         rr = RouteRuntime(id, conf)
         svc: Mapping[str, Any] | None = None
         sid = conf.get("service_id")
@@ -302,10 +331,17 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 continue
         routes[id] = rr
 
-    router = compile_router(snapshot, kind=router_kind)  # type: ignore[arg-type]
+    router = compile_router(snapshot, kind=router_kind,  # type: ignore[arg-type]
+                            previous=previous.router if previous is not None else None)
     errors.extend(getattr(router, "errors", []))
     global_chain = None
-    if plugins is not None:
+    if reuse and previous is not None:
+        # same global rules, same plugins: the same chain (and reused routes keep their gchain)
+        global_chain = previous.global_chain
+        for id, rr in routes.items():
+            if rr is not reuse.get(id):
+                rr.gchain = _route_gchain(global_chain, rr, plugins)
+    elif plugins is not None:
         merged: dict[str, Any] = {}
         owners: dict[str, str] = {}
         for gid, g in snapshot.items("global_rules").items():
@@ -322,12 +358,8 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                                                      owners=owners)
             except ConfigError as e:
                 errors.append(e)
-        if global_chain is not None:
-            preferred = {n for n in global_chain.names
-                         if (p := plugins.get(n)) is not None and p.run_policy == "prefer_route"}
-            for rr in routes.values():
-                mine = preferred & set(rr.chain.names) if rr.chain is not None and preferred else set()
-                rr.gchain = global_chain.without(mine) if mine else global_chain
+        for rr in routes.values():
+            rr.gchain = _route_gchain(global_chain, rr, plugins)
     metadata: dict[str, Mapping[str, Any]] = {}
     for pid, res in snapshot.items("plugin_metadata").items():
         if plugins is not None and pid in plugins:
@@ -343,4 +375,5 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                             _checked_plugins(snapshot, "consumer_groups", plugins, errors))
     return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
                    upstreams=upstreams, global_chain=global_chain, errors=errors, consumers=consumers,
-                   plugin_metadata=metadata, plugins=plugins)
+                   plugin_metadata=metadata, plugins=plugins,
+                   plugins_generation=plugins.generation if plugins is not None else 0)

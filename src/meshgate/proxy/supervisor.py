@@ -45,7 +45,7 @@ from ..upstream import ActiveProber, HealthState, Node, probe_plan
 from .common import HTML, error_body
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
-from .worker import snapshot_to_wire
+from .worker import snapshot_delta, snapshot_to_wire
 
 __all__ = ["Supervisor", "HealthOwner", "WorkerHandle", "MetricsExport"]
 
@@ -233,18 +233,31 @@ class Supervisor:
         return build_runtime(snapshot, router_kind=self.router_kind, plugins=self.plugins, previous=self.runtime)
 
     def publish(self, snapshot: Snapshot) -> None:
-        rt = self.compile(snapshot)
-        for e in rt.errors:
-            log.error("config version %d: %s", snapshot.version, e)
+        # Workers first (only what changed crosses the socket), so they compile while the
+        # supervisor compiles its own copy (health checks, Control API).
+        prev = self.snapshot
         self.snapshot = snapshot
+        self._wire = None
+        if self.workers:
+            body = snapshot_delta(prev, snapshot) if prev is not None else snapshot_to_wire(snapshot)
+            msg = {"op": "snapshot", **body}
+            for w in self.workers:
+                if w.channel is not None:
+                    w.channel.send(msg)
+        rt = self.compile(snapshot)
+        seen = {str(e) for e in self.runtime.errors} if self.runtime is not None else set()
+        for e in rt.errors:
+            if str(e) not in seen:   # each problem once, not again with every later version
+                log.error("config version %d: %s", snapshot.version, e)
         self.runtime = rt
-        self._wire = snapshot_to_wire(snapshot)
-        msg = {"op": "snapshot", **self._wire}
-        for w in self.workers:
-            if w.channel is not None:
-                w.channel.send(msg)
         for p in self.health.update(rt):
             asyncio.get_running_loop().create_task(p.stop())
+
+    def _full_wire(self) -> dict[str, Any]:
+        assert self.snapshot is not None
+        if self._wire is None or self._wire["version"] != self.snapshot.version:
+            self._wire = snapshot_to_wire(self.snapshot)
+        return self._wire
 
     def reload_plugins(self) -> list[str] | None:
         """Re-import the directory plugins here and in every worker, and recompile the current
@@ -290,6 +303,8 @@ class Supervisor:
                 self.health.passive(msg["key"], msg["addr"], msg["kind"], int(msg["status"]))
             elif op == "metrics":
                 self._on_metrics(h, msg)
+            elif op == "resync" and h.channel is not None and self.snapshot is not None:
+                h.channel.send({"op": "snapshot", **self._full_wire()})
 
         def on_lost() -> None:
             h.exited = True
@@ -304,7 +319,7 @@ class Supervisor:
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
                         "listen": listen_fds, "plugin_dirs": list(self.plugin_dirs),
                         "enabled_plugins": self.enabled_plugins,
-                        "snapshot": {"op": "snapshot", **(self._wire or snapshot_to_wire(self.snapshot))}})
+                        "snapshot": {"op": "snapshot", **self._full_wire()}})
         for key, unhealthy in self.health_view.items():
             h.channel.send({"op": "health", "key": key, "unhealthy": unhealthy})
         return h
