@@ -206,13 +206,7 @@ def render(res: dict[str, Any], s: dict[str, Any], cmd: str) -> str:
 
 
 def write_section(md: Path, section: str) -> None:
-    text = md.read_text() if md.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in text and MARK_END in text:
-        text = re.sub(re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END) + r"\n?", section.replace("\\", "\\\\"),
-                      text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md.write_text(text)
+    B.write_section(md, section, "plugins")
 
 
 def main(argv: list[str]) -> int:

@@ -1139,6 +1139,18 @@ def render_plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def write_section(md: Path, section: str, name: str) -> None:
+    """Replace (or append) the ``<!-- name:begin -->`` ... ``<!-- name:end -->`` section of a page."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = md.read_text() if md.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", section.replace("\\", "\\\\"),
+                      text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md.write_text(text)
+
+
 def write_reports(res: dict[str, Any], md_path: Path | None) -> None:
     if md_path is None:
         return
@@ -1146,10 +1158,10 @@ def write_reports(res: dict[str, Any], md_path: Path | None) -> None:
     ok = render_plot(res, png)
     md_path.parent.mkdir(parents=True, exist_ok=True)
     text = render_markdown(res, png.name if ok else None)
-    # keep the section bench/plugins.py writes (its own run, between its markers)
+    # keep the sections other benchmarks write (bench/plugins.py, bench/etcd.py: their own
+    # runs, each between its markers)
     old = md_path.read_text() if md_path.exists() else ""
-    m = re.search(r"<!-- plugins:begin -->.*?<!-- plugins:end -->\n?", old, re.S)
-    if m:
+    for m in re.finditer(r"<!-- (\w+):begin -->.*?<!-- \1:end -->\n?", old, re.S):
         text = text.rstrip("\n") + "\n\n" + m.group(0)
     md_path.write_text(text)
     log(f"wrote {md_path}" + (f" and {png}" if ok else ""))

@@ -125,6 +125,7 @@ class Runtime:
     plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     plugins: PluginRegistry | None = None
     plugins_generation: int = 0
+    route_errors: dict[str, list[ConfigError]] = field(default_factory=dict)   # by route id
     # built on first use and kept for this config version only
     _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
     _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)
@@ -224,6 +225,7 @@ def _route_gchain(global_chain: PluginChain | None, rr: RouteRuntime,
 def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri",
                   plugins: PluginRegistry | None = None, previous: Runtime | None = None) -> Runtime:
     errors: list[ConfigError] = []
+    route_errors: dict[str, list[ConfigError]] = {}   # by route id: what a later version may carry over
     prev_up = previous.upstreams if previous is not None else {}
     upstreams: dict[str, UpstreamRuntime] = {}
 
@@ -238,7 +240,7 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
         try:
             rt = UpstreamRuntime(key, conf)
         except ConfigError as e:
-            errors.append(e)
+            (route_errors.setdefault(key[7:], []) if key.startswith("routes/") else errors).append(e)
             log.error("upstream %s rejected: %s", key, e)
             return None
         except Exception as e:  # never let one bad item stop the compile
@@ -255,26 +257,34 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
 
     services = snapshot.items("services")
     plugin_configs = snapshot.items("plugin_configs")
-    routes: dict[str, RouteRuntime] = {}
+    cur_routes = snapshot.items("routes")
     # A route whose own value and everything it merges with (services, plugin_configs,
     # upstreams, global rules, the plugins loaded) are the very objects of the previous
-    # version keeps its RouteRuntime: one changed route among thousands is one compile.
-    reuse: Mapping[str, RouteRuntime] = {}
-    prev_routes: Mapping[str, Resource] = {}
+    # version keeps its RouteRuntime, and only the changed routes are compiled: one
+    # changed route among thousands is one route's work (plus dict copies).
+    reuse = False
     if previous is not None and previous.plugins is plugins and (
             plugins is None or previous.plugins_generation == plugins.generation):
         ps = previous.snapshot
-        if all(ps.items(k) is snapshot.items(k) for k in ("services", "plugin_configs", "upstreams", "global_rules")):
-            reuse = previous.routes
-            prev_routes = ps.items("routes")
-    for id, res in snapshot.items("routes").items():
+        reuse = all(ps.items(k) is snapshot.items(k)
+                    for k in ("services", "plugin_configs", "upstreams", "global_rules"))
+    routes: dict[str, RouteRuntime]
+    todo: list[tuple[str, Resource]]
+    if reuse and previous is not None:
+        prev_routes = previous.snapshot.items("routes")
+        routes = dict(previous.routes)
+        route_errors.update(previous.route_errors)
+        upstreams.update(previous.upstreams)   # same upstreams: named ones and the routes' inline ones
+        todo = [(id, res) for id, res in cur_routes.items() if prev_routes.get(id) is not res]
+        for id in [id for id in prev_routes if id not in cur_routes] + [id for id, _ in todo]:
+            routes.pop(id, None)
+            route_errors.pop(id, None)
+            upstreams.pop(f"routes/{id}", None)
+    else:
+        routes, todo = {}, list(cur_routes.items())
+    for id, res in todo:
         conf = res.value
-        old_rr = reuse.get(id)
-        if old_rr is not None and old_rr.conf is conf and prev_routes.get(id) is res:
-            routes[id] = old_rr
-            if old_rr.upstream is not None and old_rr.upstream.key.startswith(("routes/", "services/")):
-                upstreams.setdefault(old_rr.upstream.key, old_rr.upstream)
-            continue
+        mine = route_errors.setdefault(id, [])
         rr = RouteRuntime(id, conf)
         svc: Mapping[str, Any] | None = None
         sid = conf.get("service_id")
@@ -326,10 +336,14 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 rr.chain = plugins.compile_chain(merged_plugins, pointer="/plugins", kind="routes", id=id,
                                                  owner=f"route:{id}")
             except ConfigError as e:
-                errors.append(e)
+                mine.append(e)
                 log.error("route %s rejected: %s", id, e)
                 continue
         routes[id] = rr
+        if not mine:
+            del route_errors[id]
+    for errs in route_errors.values():
+        errors.extend(errs)
 
     router = compile_router(snapshot, kind=router_kind,  # type: ignore[arg-type]
                             previous=previous.router if previous is not None else None)
@@ -338,9 +352,10 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     if reuse and previous is not None:
         # same global rules, same plugins: the same chain (and reused routes keep their gchain)
         global_chain = previous.global_chain
-        for id, rr in routes.items():
-            if rr is not reuse.get(id):
-                rr.gchain = _route_gchain(global_chain, rr, plugins)
+        for id, _ in todo:
+            rr2 = routes.get(id)
+            if rr2 is not None:
+                rr2.gchain = _route_gchain(global_chain, rr2, plugins)
     elif plugins is not None:
         merged: dict[str, Any] = {}
         owners: dict[str, str] = {}
@@ -376,4 +391,5 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
                    upstreams=upstreams, global_chain=global_chain, errors=errors, consumers=consumers,
                    plugin_metadata=metadata, plugins=plugins,
-                   plugins_generation=plugins.generation if plugins is not None else 0)
+                   plugins_generation=plugins.generation if plugins is not None else 0,
+                   route_errors=route_errors)

@@ -43,6 +43,7 @@ from ..plugins import PluginRegistry
 from ..shared import cleanup as shared_cleanup
 from ..upstream import ActiveProber, HealthState, Node, probe_plan
 from .common import HTML, error_body
+from . import heap
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
 from .worker import snapshot_delta, snapshot_to_wire
@@ -162,6 +163,7 @@ class WorkerHandle:
     channel: Channel | None = None
     pid: int = 0
     version: int = 0
+    applied_at: float = 0.0          # wall clock when the worker started serving ``version``
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: bool = False
     samples: list[Family] | None = None      # the worker's last metrics answer
@@ -184,6 +186,8 @@ def _cumulative(fams: list[Family]) -> list[Family]:
 
 
 class Supervisor:
+    COMPILE_DELAY = 0.2   # seconds between a publish and the supervisor's own compile
+
     def __init__(self, *, workers: int, listen: list[tuple[str, int]], settings: dict[str, Any],
                  router_kind: str = "radixtree_host_uri", plugin_dirs: tuple[str, ...] = (),
                  log_level: str = "WARNING", grace: float = 240.0,
@@ -197,7 +201,8 @@ class Supervisor:
         self.grace = grace
         self.workers: list[WorkerHandle] = []
         self.snapshot: Snapshot | None = None
-        self.runtime: Runtime | None = None
+        self._runtime: Runtime | None = None
+        self._catch_up_handle: asyncio.TimerHandle | None = None
         self.enabled_plugins = enabled_plugins
         self.plugins = PluginRegistry()
         self.plugins.load_all(plugin_dirs, enabled=enabled_plugins)
@@ -230,11 +235,43 @@ class Supervisor:
 
     # -- config ----------------------------------------------------------------------------
     def compile(self, snapshot: Snapshot) -> Runtime:
-        return build_runtime(snapshot, router_kind=self.router_kind, plugins=self.plugins, previous=self.runtime)
+        return build_runtime(snapshot, router_kind=self.router_kind, plugins=self.plugins, previous=self._runtime)
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The supervisor's own compile of the current Snapshot (health checks, Control API).
+
+        Built a moment after the workers got the Snapshot (they serve traffic; this copy
+        does not), or right away when something asks for it."""
+        if self.snapshot is not None and (self._runtime is None or self._runtime.version != self.snapshot.version):
+            self._catch_up()
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, rt: Runtime | None) -> None:
+        self._runtime = rt
+
+    def _catch_up(self) -> None:
+        if self._catch_up_handle is not None:
+            self._catch_up_handle.cancel()
+            self._catch_up_handle = None
+        snap = self.snapshot
+        if snap is None or (self._runtime is not None and self._runtime.version == snap.version):
+            return
+        rt = self.compile(snap)
+        seen = {str(e) for e in self._runtime.errors} if self._runtime is not None else set()
+        for e in rt.errors:
+            if str(e) not in seen:   # each problem once, not again with every later version
+                log.error("config version %d: %s", snap.version, e)
+        self._runtime = rt
+        heap.settle()
+        for p in self.health.update(rt):
+            asyncio.get_running_loop().create_task(p.stop())
 
     def publish(self, snapshot: Snapshot) -> None:
-        # Workers first (only what changed crosses the socket), so they compile while the
-        # supervisor compiles its own copy (health checks, Control API).
+        # Workers first, and only what changed crosses the socket; the supervisor's own
+        # compile waits a little (coalescing bursts) so it does not compete with theirs
+        # for the CPU while the change is on its way to traffic.
         prev = self.snapshot
         self.snapshot = snapshot
         self._wire = None
@@ -244,14 +281,10 @@ class Supervisor:
             for w in self.workers:
                 if w.channel is not None:
                     w.channel.send(msg)
-        rt = self.compile(snapshot)
-        seen = {str(e) for e in self.runtime.errors} if self.runtime is not None else set()
-        for e in rt.errors:
-            if str(e) not in seen:   # each problem once, not again with every later version
-                log.error("config version %d: %s", snapshot.version, e)
-        self.runtime = rt
-        for p in self.health.update(rt):
-            asyncio.get_running_loop().create_task(p.stop())
+        if self._runtime is None or not self.workers:
+            self._catch_up()
+        elif self._catch_up_handle is None:
+            self._catch_up_handle = asyncio.get_running_loop().call_later(self.COMPILE_DELAY, self._catch_up)
 
     def _full_wire(self) -> dict[str, Any]:
         assert self.snapshot is not None
@@ -299,6 +332,7 @@ class Supervisor:
                 h.ready.set()
             elif op == "applied":
                 h.version = int(msg["version"])
+                h.applied_at = float(msg.get("at", 0.0))
             elif op == "passive":
                 self.health.passive(msg["key"], msg["addr"], msg["kind"], int(msg["status"]))
             elif op == "metrics":
@@ -387,6 +421,9 @@ class Supervisor:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self._catch_up_handle is not None:
+            self._catch_up_handle.cancel()
+            self._catch_up_handle = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
@@ -404,7 +441,8 @@ class Supervisor:
             log.warning("cannot remove the shared dicts: %s", e)
 
     def worker_versions(self) -> list[dict[str, Any]]:
-        return [{"worker": w.index, "pid": w.pid, "version": w.version, "alive": not w.exited} for w in self.workers]
+        return [{"worker": w.index, "pid": w.pid, "version": w.version, "applied_at": w.applied_at,
+                 "alive": not w.exited} for w in self.workers]
 
     # -- metrics -----------------------------------------------------------------------------
     def _on_metrics(self, h: WorkerHandle, msg: dict[str, Any]) -> None:

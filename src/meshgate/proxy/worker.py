@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any, Mapping
 
 from ..model import Resource, Snapshot
@@ -23,6 +24,7 @@ from ..plugins import PluginRegistry
 from ..observability import REGISTRY as METRICS
 from ..observability import close_exporters, flush_all
 from .common import S_HEAD, S_IDLE, ProxySettings
+from . import heap
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
 from .server import ProxyServer
@@ -180,8 +182,10 @@ class WorkerMain:
         self.runtime = rt
         if self.server is not None:
             self.server.set_runtime(rt)
+        heap.settle()
         if self.channel is not None:
-            self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version})
+            self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version,
+                               "at": time.time()})
 
     def send_metrics(self, req_id: Any, *, final: bool = False) -> None:
         """Answer the supervisor's scrape with this worker's samples (it sums all workers).

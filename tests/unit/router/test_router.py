@@ -660,7 +660,7 @@ def test_router_package_imports_only_model_errors_and_stdlib() -> None:
 def test_radix_tree_finds_every_prefix_key() -> None:
     import random
 
-    from meshgate.router.radixtree import _UriTree, _Entry, _Route
+    from meshgate.router.radixtree import _Entry, _Route, build_tree
 
     rng = random.Random(1234)
     alphabet = "ab/"
@@ -671,7 +671,7 @@ def test_radix_tree_finds_every_prefix_key() -> None:
             r = _Route()
             r.id = k
             entries.append(_Entry(r, k + "*", k, "prefix", None, (), None, None))
-        tree = _UriTree(entries)
+        tree = build_tree(entries)
         for _ in range(30):
             path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8)))
             got = [lst[0].key for lst in tree._nodes(path)]
