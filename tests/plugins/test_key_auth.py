@@ -150,3 +150,40 @@ async def test_meta_disable_and_error_response(tmp_path, up):
         assert r.status == 200 and up.requests[-1].header("X-Consumer-Username") is None
     finally:
         gw.stop()
+
+
+async def test_credential_identifies_its_consumer(tmp_path, up):
+    # APISIX 3.x credentials (t/node/credential-plugin-key-auth.t, ...-work-with-other-plugin.t,
+    # t/config-center-yaml/credentials.t): the credential's key identifies jack; the upstream is
+    # told which credential; jack's own non-auth plugins (limit-count) still apply.
+    consumers = [
+        {"id": "jack/credentials/34010989-ce4e-4d61-9493-b54cca8edb31",
+         "plugins": {"key-auth": {"key": "p7a3k6r4t9"}}},
+        {"username": "jack", "labels": {"custom_id": "c-42"},
+         "plugins": {"limit-count": {"count": 2, "time_window": 60, "rejected_code": 503, "key": "remote_addr"}}},
+        {"id": "jack/credentials/the-second-one", "plugins": {"key-auth": {"key": "v8p3q6r7t9"}}},
+        {"id": "ghost/credentials/x", "plugins": {"key-auth": {"key": "boo"}}},
+    ]
+    gw = start_gateway(tmp_path, doc(up, {"key-auth": {}}, consumers))
+    try:
+        r = await http(gw.addr, "GET", "/hello", headers={"apikey": "p7a3k6r4t9"})
+        assert r.status == 200
+        got = up.requests[-1]
+        assert got.header("X-Consumer-Username") == "jack"
+        assert got.header("X-Credential-Identifier") == "34010989-ce4e-4d61-9493-b54cca8edb31"
+        assert got.header("X-Consumer-Custom-ID") == "c-42"
+
+        r = await http(gw.addr, "GET", "/hello", headers={"apikey": "v8p3q6r7t9"})
+        assert r.status == 200
+        assert up.requests[-1].header("X-Credential-Identifier") == "the-second-one"
+
+        # jack's limit-count counts both credentials: the third request is over the limit
+        r = await http(gw.addr, "GET", "/hello", headers={"apikey": "p7a3k6r4t9"})
+        assert r.status == 503
+
+        # a credential whose consumer does not exist identifies nobody
+        r = await http(gw.addr, "GET", "/hello", headers={"apikey": "boo"})
+        assert (r.status, r.body) == (401, b'{"message":"Invalid API key in request"}\n')
+        assert "ghost/credentials/x" in gw.log()
+    finally:
+        gw.stop()

@@ -1,8 +1,10 @@
-"""config: node config (config.yaml), the ConfigStore, and its sources (standalone apisix.yaml).
+"""config: node config (config.yaml), the ConfigStore, its sources (standalone apisix.yaml), and
+the field cipher APISIX's etcd data needs (FieldCipher).
 
 The etcd source will join this package.
 """
 
+from .encryption import DEFAULT_KEYRING, FieldCipher
 from .node import (
     DEFAULTS,
     EMBEDDED_DEFAULT,
@@ -10,6 +12,7 @@ from .node import (
     AdminKey,
     AdminRole,
     ConfigProvider,
+    DataEncryption,
     EtcdConfig,
     EtcdTLS,
     HttpConfig,
@@ -30,6 +33,7 @@ from .file_source import FileSource, load_file
 from .store import Change, ConfigStore
 from .yaml_source import (
     END_FLAG,
+    DuplicateItemError,
     ParsedConfig,
     load_yaml,
     parse_apisix_yaml,
@@ -49,6 +53,9 @@ __all__ = [
     "EtcdConfig",
     "EtcdTLS",
     "PrometheusConfig",
+    "DataEncryption",
+    "FieldCipher",
+    "DEFAULT_KEYRING",
     "RouterName",
     "Role",
     "ConfigProvider",
@@ -60,6 +67,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "ParsedConfig",
+    "DuplicateItemError",
     "parse_apisix_yaml",
     "parse_config_document",
     "substitute_env_vars",

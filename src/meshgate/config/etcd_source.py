@@ -44,7 +44,7 @@ log = logging.getLogger("meshgate.config.etcd")
 
 
 class Cipher(Protocol):
-    def decrypt_item(self, kind: str, value: Mapping[str, Any]) -> dict[str, Any]: ...
+    def decrypt_item(self, kind: str, value: Mapping[str, Any], *, id: str | None = None) -> dict[str, Any]: ...
 
 
 def key_to_item(prefix: str, key: str) -> tuple[str, str] | None:
@@ -100,7 +100,7 @@ class EtcdSource:
             return ConfigError("", f"expected a JSON object, got {type(value).__name__}", kind=kind, id=id)
         if self.cipher is not None:
             try:
-                value = self.cipher.decrypt_item(kind, value)
+                value = self.cipher.decrypt_item(kind, value, id=id)
             except Exception as e:  # a cipher bug must not stop the gateway
                 return ConfigError("", f"cannot decrypt: {e}", kind=kind, id=id)
         errors = validate_item(kind, value, id=id)

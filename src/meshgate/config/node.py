@@ -15,6 +15,10 @@ dataclasses.
 * ``${{VAR}}`` / ``${{VAR:=default}}`` in string values are substituted from the
   environment (as APISIX does for config.yaml); a value that becomes a number or
   ``true``/``false`` takes that type.
+* ``apisix.data_encryption`` (the keyring of the fields APISIX stores encrypted in etcd) is
+  the one place where ``null`` removes a default, as APISIX's merge does: ``keyring: null``
+  is APISIX's way to store clear text, and a node keeping the default keyring would write
+  values that APISIX could not read.
 * Nothing checks here that an admin key exists: only the CLI knows whether the Admin API
   will run (``NodeConfig.admin_enabled``).
 
@@ -37,6 +41,7 @@ from typing import Any, Literal, cast, get_args
 from ..errors import ConfigError
 from ..model.describe import short_value as _short
 from ..model.describe import type_name as _type
+from .encryption import DEFAULT_KEYRING
 from .yaml_source import _ENV_REF, load_yaml
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "EtcdConfig",
     "EtcdTLS",
     "PrometheusConfig",
+    "DataEncryption",
     "RouterName",
     "Role",
     "ConfigProvider",
@@ -197,6 +203,17 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DataEncryption:
+    """``apisix.data_encryption``: the keyring of the fields APISIX stores encrypted in etcd
+    (:class:`~meshgate.config.FieldCipher`).  ``enable_encrypt_fields`` switches the plugin
+    fields; ssl private keys follow the keyring alone, as in APISIX.  An empty keyring
+    (``keyring: null``) stores everything in clear text."""
+
+    enable_encrypt_fields: bool = True
+    keyring: tuple[str, ...] = DEFAULT_KEYRING
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     path: Path | None
     config_dir: Path
@@ -211,6 +228,7 @@ class NodeConfig:
     normalize_uri_like_servlet: bool
     show_upstream_status_in_response_header: bool
     trusted_addresses: tuple[str, ...]
+    data_encryption: DataEncryption
     # nginx_config
     worker_processes: int
     worker_shutdown_timeout: float
@@ -265,6 +283,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "normalize_uri_like_servlet": False,
             "show_upstream_status_in_response_header": False,
             "trusted_addresses": [],
+            "data_encryption": {"enable_encrypt_fields": True, "keyring": list(DEFAULT_KEYRING)},
         },
         "nginx_config": {
             "worker_processes": "auto",
@@ -339,6 +358,7 @@ _KNOWN: dict[str, Any] = {
         "show_upstream_status_in_response_header": None,
         "trusted_addresses": None,
         "plugin_dirs": None,
+        "data_encryption": {"enable_encrypt_fields": None, "keyring": None},
     },
     "nginx_config": {
         "worker_processes": None,
@@ -568,6 +588,7 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
         normalize_uri_like_servlet=r.boolean(merged, ("apisix", "normalize_uri_like_servlet")),
         show_upstream_status_in_response_header=r.boolean(merged, ("apisix", "show_upstream_status_in_response_header")),
         trusted_addresses=r.addresses(merged, ("apisix", "trusted_addresses"), allow_unix=False),
+        data_encryption=r.data_encryption(data, merged, ("apisix", "data_encryption")),
         worker_processes=r.worker_processes(merged, ("nginx_config", "worker_processes")),
         worker_shutdown_timeout=r.duration(merged, ("nginx_config", "worker_shutdown_timeout")),
         http=http,
@@ -949,6 +970,46 @@ class _Reader:
             return v
         self.error(path, f"expected string starting with /, got {_short(v)}")
         return "/apisix"
+
+    def data_encryption(self, user: Mapping[str, Any], merged: Any, path: Key) -> DataEncryption:
+        """``apisix.data_encryption``.  Unlike the rest of the file, an explicit ``null`` here
+        removes the default, as APISIX's merge does (``apisix/cli/file.lua`` merge_conf):
+        ``keyring: null`` is how APISIX turns encryption off (t/admin/ssl4.t), and a node
+        that kept the default keyring would write values such an APISIX cannot read."""
+        def removed(p: Key) -> bool:
+            parent = _get(user, p[:-1])
+            return isinstance(parent, Mapping) and p[-1] in parent and parent[p[-1]] is None
+
+        if removed(path):
+            return DataEncryption(enable_encrypt_fields=False, keyring=())
+        flag, ring = path + ("enable_encrypt_fields",), path + ("keyring",)
+        return DataEncryption(enable_encrypt_fields=False if removed(flag) else self.boolean(merged, flag),
+                              keyring=() if removed(ring) else self.keyring(merged, ring))
+
+    def keyring(self, data: Any, path: Key) -> tuple[str, ...]:
+        """A key or a non-empty list of keys of 16 bytes (AES-128) or 32 bytes (AES-256), as
+        APISIX's CLI schema requires (``apisix/cli/schema.lua``).  Keys are secrets: messages
+        give their length, never their value."""
+        v = _get(data, path)
+        if isinstance(v, str):
+            items: list[Any] = [v]
+            here: list[Key] = [path]
+        elif isinstance(v, list) and v:
+            items = v
+            here = [path + (i,) for i in range(len(v))]
+        else:
+            got = "an empty list" if isinstance(v, list) else _type(v)
+            self.error(path, f"expected a 16 or 32 byte key, or a non-empty list of them, got {got}")
+            return ()
+        out = []
+        for item, p in zip(items, here):
+            if not isinstance(item, str):
+                self.error(p, f"expected a 16 or 32 byte key (string), got {_type(item)}")
+            elif len(item.encode()) not in (16, 32):
+                self.error(p, f"expected a 16 byte (AES-128) or 32 byte (AES-256) key, got {len(item.encode())} bytes")
+            else:
+                out.append(item)
+        return tuple(out)
 
     def etcd_tls(self, data: Any, path: Key) -> EtcdTLS | None:
         v = _get(data, path)

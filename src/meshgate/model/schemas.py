@@ -38,6 +38,7 @@ __all__ = [
     "SERVICE_SCHEMA",
     "CONSUMER_SCHEMA",
     "CREDENTIAL_SCHEMA",
+    "CREDENTIAL_ID_PATTERN",
     "CONSUMER_GROUP_SCHEMA",
     "PLUGIN_CONFIG_SCHEMA",
     "GLOBAL_RULE_SCHEMA",
@@ -376,6 +377,7 @@ SERVICE_SCHEMA: Schema = {
 CONSUMER_SCHEMA: Schema = {
     "type": "object",
     "properties": {
+        "id": ID_SCHEMA,   # APISIX's schema has it; the standalone file may key a consumer by it
         "username": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"^[a-zA-Z0-9_\-]+$"},
         "desc": _DESC,
         "labels": LABELS_SCHEMA,
@@ -388,10 +390,16 @@ CONSUMER_SCHEMA: Schema = {
     "additionalProperties": False,
 }
 
+# A credential's id: its own (``a``, as the Admin API stores it) or the full
+# ``<username>/credentials/<id>`` the standalone file and Meshgate's model key it by.
+CREDENTIAL_ID_PATTERN = r"^[a-zA-Z0-9-_]+/credentials/[a-zA-Z0-9-_.]+$"
+
 CREDENTIAL_SCHEMA: Schema = {
     "type": "object",
     "properties": {
         **_meta_fields(),
+        "id": {"oneOf": [ID_SCHEMA, {"type": "string", "minLength": 15, "maxLength": 128,
+                                     "pattern": CREDENTIAL_ID_PATTERN}]},
         "plugins": {"type": "object", "additionalProperties": {"type": "object"}, "maxProperties": 1},
     },
     "additionalProperties": False,

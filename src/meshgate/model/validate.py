@@ -32,6 +32,7 @@ from ..errors import ConfigError
 from .describe import type_name
 from .kinds import KINDS
 from .schemas import (
+    CREDENTIAL_ID_PATTERN,
     CREDENTIAL_SCHEMA,
     ROUTE_SCHEMA,
     SCHEMAS,
@@ -43,7 +44,7 @@ from .schemas import (
     _UPSTREAM_TLS,
 )
 
-__all__ = ["validate_item", "check_references", "normalize_id", "json_pointer"]
+__all__ = ["validate_item", "check_references", "normalize_id", "json_pointer", "credential_owner"]
 
 Path = list[str | int]
 _Add = Callable[[Path, str], None]
@@ -108,6 +109,20 @@ def json_pointer(path: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
+_CREDENTIAL_ID = re.compile(CREDENTIAL_ID_PATTERN)
+_CREDENTIALS_SEP = "/credentials/"
+
+
+def credential_owner(kind: str, id: str | None) -> tuple[str, str] | None:
+    """``(username, credential id)`` when ``id`` names a consumer's credential: APISIX 3.x
+    stores credentials under their consumer (``consumers/<username>/credentials/<id>``), so
+    in the one model they are items of the ``consumers`` kind with that id; else None."""
+    if kind != "consumers" or id is None or _CREDENTIALS_SEP not in id:
+        return None
+    username, _, cred = id.partition(_CREDENTIALS_SEP)
+    return username, cred
+
+
 # --- validate_item ------------------------------------------------------------------------
 
 
@@ -116,11 +131,17 @@ def validate_item(kind: str, value: Mapping[str, Any], *, id: str | None = None)
 
     ``id`` is the key the object is stored under (Admin API URL, etcd key): it names the
     object in errors and, when the value carries no ``id`` field of its own, is used as its
-    id for the schema (APISIX injects the URL id the same way).  Returns ``[]`` when valid.
+    id for the schema (APISIX injects the URL id the same way).  A ``consumers`` item whose
+    id is ``<username>/credentials/<id>`` is a credential and is checked as one (APISIX
+    ``consumer.lua`` check_consumer: the credential schema for keys under ``credentials``).
+    Returns ``[]`` when valid.
     """
     if kind not in _VALIDATORS:
         raise KeyError(f"unknown kind {kind!r}")
-    key_field = KINDS[kind].key_field if kind in KINDS else "id"
+    rule = kind
+    if credential_owner(kind, id) is not None:
+        rule = "credentials"
+    key_field = KINDS[kind].key_field if kind in KINDS and rule == kind else "id"
 
     err_id = id
     if err_id is None and isinstance(value, Mapping):
@@ -145,6 +166,9 @@ def validate_item(kind: str, value: Mapping[str, Any], *, id: str | None = None)
     doc: Mapping[str, Any] = value
     if id is not None and key_field == "id" and "id" not in value:
         doc = {**value, "id": id}
+    elif rule != kind and id is not None and not _CREDENTIAL_ID.match(id):
+        # the value has an id of its own: the key is still checked (the schema checks an injected one)
+        add([], f"expected id <username>/credentials/<id> matching {CREDENTIAL_ID_PATTERN}, got {_json(id)}")
 
     # Reloads (file, etcd resync, full-state push) re-validate mostly unchanged items:
     # remember which exact documents were valid.  Only JSON-shaped values are cached.
@@ -156,8 +180,8 @@ def validate_item(kind: str, value: Mapping[str, Any], *, id: str | None = None)
     if cache_key is not None and cache_key in _VALID_CACHE:
         return out
 
-    _schema_errors(_VALIDATORS[kind], doc, [], add)
-    _CHECKS.get(kind, _no_check)(doc, add, id)
+    _schema_errors(_VALIDATORS[rule], doc, [], add)
+    _CHECKS.get(rule, _no_check)(doc, add, id)
     if not out and cache_key is not None:
         if len(_VALID_CACHE) >= _VALID_CACHE_SIZE:
             try:
@@ -584,7 +608,9 @@ _INLINE_UPSTREAM = ("routes", "services", "stream_routes")
 
 def check_references(snapshot_like: Mapping[str, Mapping[str, Any]]) -> list[ConfigError]:
     """Dangling references between objects (``service_id``, ``upstream_id``,
-    ``plugin_config_id``, consumer ``group_id``, upstream ``tls.client_cert_id``).
+    ``plugin_config_id``, consumer ``group_id``, upstream ``tls.client_cert_id``, and the
+    consumer a credential belongs to: APISIX ignores such a credential with an error log,
+    ``consumer.lua`` construct_consumer_data).
 
     ``snapshot_like`` maps kind -> id -> value (plain dicts or objects with a ``.value``,
     such as :class:`~meshgate.model.snapshot.Resource`); a :class:`Snapshot` works too.
@@ -618,6 +644,12 @@ def check_references(snapshot_like: Mapping[str, Mapping[str, Any]]) -> list[Con
             v = unwrap(raw)
             if not isinstance(v, Mapping):
                 continue
+            owner = credential_owner(kind, str(item_id))
+            if owner is not None:
+                if owner[0] not in values("consumers"):
+                    out.append(ConfigError("", f"credential of consumer {_json(owner[0])}, which does not exist "
+                                               "(the credential is ignored)", kind=kind, id=str(item_id)))
+                continue  # a credential has no other references
             for field, target in refs:
                 if v.get(field) is None:
                     continue

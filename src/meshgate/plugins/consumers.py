@@ -6,14 +6,29 @@ consumer, cached on the consumers' conf version.  :class:`ConsumerSet` is that: 
 with the Snapshot, its indexes built lazily on the first lookup and kept until the next
 config version.  Consumer groups (``group_id``) are resolved here too, since a consumer's
 group plugins are merged with its own when it is identified.
+
+Credentials (APISIX 3.x): items of the ``consumers`` kind whose id is
+``<username>/credentials/<id>`` (their etcd key).  Each one identifies its consumer by the
+credential's auth plugin conf, as ``construct_consumer_data`` does: the consumer that
+attaches is a clone of the owner (username, group, labels and so ``custom_id``, desc, and
+its plugins, whose non-auth ones still merge into the route: t/node/credential-plugin-work-
+with-other-plugin.t), with ``credential_id`` set to the part after ``/credentials/`` so that
+the upstream gets ``X-Credential-Identifier``.  Only the credential's confs identify it; the
+owner's own auth confs identify the owner.  A credential whose consumer does not exist is
+ignored with an error log.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = ["Consumer", "ConsumerSet"]
+
+log = logging.getLogger("meshgate.plugins.consumers")
+
+_CREDENTIALS = "/credentials/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +40,9 @@ class Consumer:
     desc: str | None = None
     credential_id: str | None = None
     custom_id: str | None = None
+    # identified through a credential: the credential's plugins (the confs that identify
+    # it), while ``plugins`` stays the owner's (APISIX clones the owner: consumer.lua)
+    credential_plugins: Mapping[str, Any] | None = None
 
     @property
     def consumer_name(self) -> str:
@@ -34,21 +52,52 @@ class Consumer:
         """Dict-style access (APISIX plugins read ``consumer.username`` etc.)."""
         return getattr(self, key, default)
 
+    @property
+    def auth_plugins(self) -> Mapping[str, Any]:
+        """The plugin confs that identify this consumer: a credential's, or the consumer's own."""
+        return self.credential_plugins if self.credential_plugins is not None else self.plugins
+
 
 class ConsumerSet:
-    """All consumers of one config version, with per-(plugin, field) indexes."""
+    """All consumers of one config version, with per-(plugin, field) indexes.
 
-    __slots__ = ("by_name", "groups", "_index", "_lists")
+    ``consumers`` maps the ``consumers`` kind's ids to values: consumers by username, and
+    credentials by ``<username>/credentials/<id>``.  ``by_name`` holds the consumers only
+    (APISIX ``filter_consumers_list``); lookups by plugin see both, in the given order."""
+
+    __slots__ = ("by_name", "groups", "_all", "_index", "_lists")
 
     def __init__(self, consumers: Mapping[str, Mapping[str, Any]],
                  groups: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.by_name: dict[str, Consumer] = {}
-        for username, v in consumers.items():
+        order: list[tuple[str, str, Mapping[str, Any]]] = []   # (kind of entry, id, value)
+        for cid, v in consumers.items():
+            cid = str(cid)
+            if _CREDENTIALS in cid:
+                order.append(("credential", cid, v))
+                continue
+            order.append(("consumer", cid, v))
+            labels = v.get("labels") or {}
             gid = v.get("group_id")
-            self.by_name[str(username)] = Consumer(
-                username=str(v.get("username", username)), plugins=v.get("plugins") or {},
-                group_id=str(gid) if gid is not None else None, labels=v.get("labels") or {},
-                desc=v.get("desc"), custom_id=v.get("custom_id"))
+            self.by_name[cid] = Consumer(
+                username=str(v.get("username", cid)), plugins=v.get("plugins") or {},
+                group_id=str(gid) if gid is not None else None, labels=labels, desc=v.get("desc"),
+                # APISIX sets custom_id from the consumer's labels (consumer.lua)
+                custom_id=_custom_id(labels, v))
+        self._all: list[Consumer] = []
+        for what, cid, v in order:
+            if what == "consumer":
+                self._all.append(self.by_name[cid])
+                continue
+            username, _, cred_id = cid.partition(_CREDENTIALS)
+            owner = self.by_name.get(username)
+            if owner is None:
+                log.error("credential %s ignored: its consumer %s does not exist", cid, username)
+                continue
+            self._all.append(Consumer(
+                username=owner.username, plugins=owner.plugins, group_id=owner.group_id, labels=owner.labels,
+                desc=owner.desc, credential_id=cred_id, custom_id=owner.custom_id,
+                credential_plugins=v.get("plugins") or {}))
         self.groups: dict[str, Mapping[str, Any]] = {str(k): v for k, v in (groups or {}).items()}
         self._index: dict[tuple[str, str], dict[Any, tuple[Consumer, Any]]] = {}
         self._lists: dict[str, list[tuple[Consumer, Any]]] = {}
@@ -57,10 +106,11 @@ class ConsumerSet:
         return len(self.by_name)
 
     def configuring(self, plugin: str) -> list[tuple[Consumer, Any]]:
-        """Every (consumer, its conf of ``plugin``), in load order."""
+        """Every (consumer, its conf of ``plugin``), in load order; a consumer identified
+        through a credential appears once per credential configuring ``plugin``."""
         got = self._lists.get(plugin)
         if got is None:
-            got = [(c, c.plugins[plugin]) for c in self.by_name.values() if plugin in c.plugins]
+            got = [(c, c.auth_plugins[plugin]) for c in self._all if plugin in c.auth_plugins]
             self._lists[plugin] = got
         return got
 
@@ -82,3 +132,10 @@ class ConsumerSet:
             return {}
         g = self.groups.get(consumer.group_id)
         return (g.get("plugins") or {}) if g is not None else {}
+
+
+def _custom_id(labels: Any, v: Mapping[str, Any]) -> str | None:
+    got = labels.get("custom_id") if isinstance(labels, Mapping) else None
+    if got is None:
+        got = v.get("custom_id")
+    return None if got is None else str(got)

@@ -366,3 +366,60 @@ def test_load_file_errors(tmp_path: Path) -> None:
     with pytest.raises(NodeConfigErrors) as ei:
         load_node_config(lst)
     assert ei.value.errors[0].message == "expected a mapping at top level, got list"
+
+
+# --- apisix.data_encryption ---------------------------------------------------------------
+
+
+def test_data_encryption_defaults_are_apisix_ones() -> None:
+    from meshgate.config import DataEncryption
+
+    c = parse({})
+    assert c.data_encryption == DataEncryption(enable_encrypt_fields=True,
+                                               keyring=("qeddd145sfvddff3", "edd1c9f0985e76a2"))
+    with pytest.raises(AttributeError):
+        c.data_encryption.keyring = ()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("section, enable, keyring", [
+    ({"keyring": "edd1c9f0985e76a1"}, True, ("edd1c9f0985e76a1",)),          # t/admin/ssl4.t, old style
+    ({"keyring": ["edd1c9f0985e76a1", "qeddd145sfvddff3"]}, True, ("edd1c9f0985e76a1", "qeddd145sfvddff3")),
+    ({"keyring": ["qeddd145sfvddff3qeddd145sfvddff3"]}, True, ("qeddd145sfvddff3qeddd145sfvddff3",)),
+    ({"enable_encrypt_fields": False}, False, ("qeddd145sfvddff3", "edd1c9f0985e76a2")),
+    # null removes the default, as APISIX's merge does: keyring: null turns encryption off (ssl4.t TEST 8)
+    ({"keyring": None}, True, ()),
+    ({"enable_encrypt_fields": None}, False, ("qeddd145sfvddff3", "edd1c9f0985e76a2")),
+    (None, False, ()),
+])
+def test_data_encryption_forms(section: Any, enable: bool, keyring: tuple[str, ...]) -> None:
+    de = parse({"apisix": {"data_encryption": section}}).data_encryption
+    assert (de.enable_encrypt_fields, de.keyring) == (enable, keyring)
+
+
+def test_data_encryption_from_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text("apisix:\n  data_encryption:\n    enable_encrypt_fields: false\n    keyring:\n"
+                 "      - ${{KEY1}}\n      - edd1c9f0985e76a2\n")
+    de = load_node_config(f, env={"KEY1": "0123456789abcdef"}).data_encryption
+    assert (de.enable_encrypt_fields, de.keyring) == (False, ("0123456789abcdef", "edd1c9f0985e76a2"))
+
+
+def test_data_encryption_errors_never_show_the_keys() -> None:
+    got = errors_of({"apisix": {"data_encryption": {"enable_encrypt_fields": "yes",
+                                                    "keyring": ["short-secret", 5, "qeddd145sfvddff3"]}}})
+    assert got == [
+        ("/apisix/data_encryption/enable_encrypt_fields", 'expected boolean (true or false), got "yes"'),
+        ("/apisix/data_encryption/keyring/0", "expected a 16 byte (AES-128) or 32 byte (AES-256) key, got 12 bytes"),
+        ("/apisix/data_encryption/keyring/1", "expected a 16 or 32 byte key (string), got integer"),
+    ]
+    assert errors_of({"apisix": {"data_encryption": {"keyring": []}}}) == [
+        ("/apisix/data_encryption/keyring", "expected a 16 or 32 byte key, or a non-empty list of them, got an empty list")]
+    assert errors_of({"apisix": {"data_encryption": {"keyring": "x" * 20}}}) == [
+        ("/apisix/data_encryption/keyring", "expected a 16 byte (AES-128) or 32 byte (AES-256) key, got 20 bytes")]
+    assert errors_of({"apisix": {"data_encryption": "on"}}) == [
+        ("/apisix/data_encryption", 'expected mapping, got "on"')]
+
+
+def test_data_encryption_unknown_keys_warn() -> None:
+    c = parse({"apisix": {"data_encryption": {"enable_encrypt_fields": True, "salt": "x"}}})
+    assert c.warnings == ("unknown key apisix.data_encryption.salt (not supported by Meshgate; ignored)",)

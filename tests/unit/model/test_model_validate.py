@@ -354,3 +354,57 @@ def test_json_pointer_escapes() -> None:
 def test_every_kind_validates_something() -> None:
     for kind in KINDS:
         assert isinstance(validate_item(kind, {}), list)
+
+
+# --- credentials: consumers/<username>/credentials/<id> ------------------------------------
+
+
+def test_a_consumer_item_with_a_credential_id_is_a_credential() -> None:
+    # the value APISIX's Admin API stores (t/node/credential-plugin-key-auth.t) ...
+    assert errs("consumers", {"id": "34010989-ce4e-4d61-9493-b54cca8edb31",
+                              "plugins": {"key-auth": {"key": "fsFPtg7BtXMXkvSnS9e1zw=="}}},
+                id="jack/credentials/34010989-ce4e-4d61-9493-b54cca8edb31") == []
+    # ... the standalone file's form (t/config-center-yaml/credentials.t) ...
+    assert errs("consumers", {"id": "rose/credentials/542f7414-87f6-4793-a68e-99983dde9913", "name": "rose",
+                              "plugins": {"key-auth": {"key": "k"}}},
+                id="rose/credentials/542f7414-87f6-4793-a68e-99983dde9913") == []
+    # ... and no id at all: the key is the id
+    assert errs("consumers", {"plugins": {"key-auth": {"key": "k"}}, "desc": "d", "labels": {"a": "b"}},
+                id="jack/credentials/a") == []
+    # no username needed; consumer fields are not credential fields
+    assert errs("consumers", {"username": "jack", "plugins": {}}, id="jack/credentials/a") == [
+        ("/username", "unknown field; allowed fields: id, name, desc, labels, create_time, update_time, plugins")]
+    assert errs("consumers", {"plugins": {"key-auth": {"key": "k"}, "basic-auth": {}}}, id="jack/credentials/a") == [
+        ("/plugins", "expected at most 1 entry, got 2")]
+    # and the checks: no Lua from configuration
+    assert errs("consumers", {"plugins": {"key-auth": {"_meta": {"pre_function": "x"}}}}, id="jack/credentials/a") == [
+        ("/plugins/key-auth/_meta/pre_function",
+         "not supported: Meshgate does not execute Lua code supplied in configuration (CVE-2020-13945)")]
+    [e] = validate_item("consumers", {"username": "jack", "plugins": {}}, id="jack/credentials/a")
+    assert (e.kind, e.id) == ("consumers", "jack/credentials/a")
+
+
+def test_plain_consumer_ids_still_validate_as_consumers() -> None:
+    assert errs("consumers", {"username": "jack", "plugins": {"key-auth": {"key": "k"}}}, id="jack") == []
+    assert errs("consumers", {"plugins": {}}, id="jack")[0][0] == "/username"
+    # APISIX's consumer schema has an id (the standalone file keys a consumer by it)
+    assert errs("consumers", {"id": "rose", "username": "rose"}, id="rose") == []
+
+
+def test_a_bad_credential_key_is_reported() -> None:
+    assert errs("consumers", {"id": "a", "plugins": {}}, id="ja ck/credentials/a") == [
+        ("", 'expected id <username>/credentials/<id> matching ^[a-zA-Z0-9-_]+/credentials/[a-zA-Z0-9-_.]+$, '
+             'got "ja ck/credentials/a"')]
+    [(ptr, _)] = errs("consumers", {"plugins": {}}, id="ja ck/credentials/a")
+    assert ptr == "/id"
+
+
+def test_check_references_reports_a_credential_without_its_consumer() -> None:
+    snap = {"consumers": {
+        "jack": {"username": "jack"},
+        "jack/credentials/a": {"id": "a", "plugins": {"key-auth": {"key": "k"}}},
+        "rose/credentials/b": {"id": "b", "plugins": {"key-auth": {"key": "k2"}}},
+    }}
+    got = [(e.kind, e.id, e.pointer, e.message) for e in check_references(snap)]
+    assert got == [("consumers", "rose/credentials/b", "",
+                    'credential of consumer "rose", which does not exist (the credential is ignored)')]

@@ -46,6 +46,7 @@ CONSUMER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "work with consumer object",
     "properties": {"username": {"type": "string"}, "password": {"type": "string"}},
+    "encrypt_fields": ["password"],   # stored encrypted in etcd (APISIX data_encryption)
     "required": ["username", "password"],
 }
 

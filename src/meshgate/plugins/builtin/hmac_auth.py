@@ -69,6 +69,7 @@ CONSUMER_SCHEMA: dict[str, Any] = {
         "key_id": {"type": "string", "minLength": 1, "maxLength": 256},
         "secret_key": {"type": "string", "minLength": 1, "maxLength": 256},
     },
+    "encrypt_fields": ["secret_key"],   # stored encrypted in etcd (APISIX data_encryption)
     "required": ["key_id", "secret_key"],
 }
 

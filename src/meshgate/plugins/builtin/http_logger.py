@@ -43,6 +43,7 @@ SCHEMA: dict[str, Any] = wrap_schema({
         "concat_method": {"type": "string", "default": "json", "enum": ["json", "new_line"]},
         "ssl_verify": {"type": "boolean", "default": False},
     },
+    "encrypt_fields": ["auth_header"],   # stored encrypted in etcd (APISIX data_encryption)
     "required": ["uri"],
 }, "http logger")
 

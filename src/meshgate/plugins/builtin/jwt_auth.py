@@ -83,6 +83,8 @@ CONSUMER_SCHEMA: dict[str, Any] = {
             ]
         }
     },
+    # stored encrypted in etcd (APISIX data_encryption); APISIX lists only the secret
+    "encrypt_fields": ["secret"],
     "required": ["key"],
 }
 

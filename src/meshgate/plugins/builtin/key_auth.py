@@ -38,6 +38,7 @@ SCHEMA: dict[str, Any] = {
 CONSUMER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"key": {"type": "string"}},
+    "encrypt_fields": ["key"],   # stored encrypted in etcd (APISIX data_encryption)
     "required": ["key"],
 }
 

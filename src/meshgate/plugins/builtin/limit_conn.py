@@ -63,6 +63,7 @@ SCHEMA: dict[str, Any] = {
     "then": _with_ttl(lc.REDIS_SCHEMA),
     "else": {"if": {"properties": {"policy": {"enum": ["redis-cluster"]}}, "required": ["policy"]},
              "then": _with_ttl(lc.REDIS_CLUSTER_SCHEMA)},
+    "encrypt_fields": ["redis_password"],   # stored encrypted in etcd (APISIX data_encryption)
 }
 
 

@@ -91,6 +91,8 @@ SCHEMA: dict[str, Any] = {
         "else": {"if": {"properties": {"policy": {"enum": ["redis-sentinel"]}}, "required": ["policy"]},
                  "then": _SENTINEL_SCHEMA},
     },
+    # stored encrypted in etcd (APISIX data_encryption)
+    "encrypt_fields": ["redis_password", "sentinel_password"],
 }
 
 METADATA_SCHEMA: dict[str, Any] = {

@@ -46,6 +46,7 @@ SCHEMA: dict[str, Any] = {
     "then": lc.REDIS_SCHEMA,
     "else": {"if": {"properties": {"policy": {"enum": ["redis-cluster"]}}, "required": ["policy"]},
              "then": lc.REDIS_CLUSTER_SCHEMA},
+    "encrypt_fields": ["redis_password"],   # stored encrypted in etcd (APISIX data_encryption)
 }
 
 
