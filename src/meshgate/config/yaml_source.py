@@ -18,8 +18,11 @@ Rules (apisix-semantics.md 6.3, CONTRACT.md "Node config"):
 * ids are normalized to strings.  Items without an id (they cannot be referenced) are keyed
   ``<kind>#<n>`` with n the 1-based position, as APISIX standalone does; the key is not
   written into the value, so a document read back and pushed again keeps its shape.
-  Consumers are keyed by ``username``, plugin metadata by ``id`` (the plugin name).  The
-  first item with an id owns it: later items with the same id are rejected.
+  Consumers are keyed by ``username``, plugin metadata by ``id`` (the plugin name).  A
+  consumer's credential is an item of ``consumers`` with no ``username`` and an ``id`` of the
+  form ``<username>/credentials/<id>`` (APISIX stores it under that key, apisix/consumer.lua);
+  it is keyed by that id.  The first item with an id owns it: later items with the same id
+  are rejected (:class:`DuplicateItemError`).
 
 Fatal problems (missing ``#END``, unset variable, YAML syntax, a top level that is not a
 mapping) raise :class:`ConfigError`; everything else is collected in
@@ -42,10 +45,11 @@ from ..model.describe import short_value as _short
 from ..model.describe import type_name as _type
 from ..model import KIND_NAMES, KINDS
 from ..model.schemas import PLUGINS_LIST_SCHEMA
-from ..model.validate import json_pointer, normalize_id, validate_item
+from ..model.validate import credential_owner, json_pointer, normalize_id, validate_item
 
 __all__ = [
     "ParsedConfig",
+    "DuplicateItemError",
     "parse_apisix_yaml",
     "parse_config_document",
     "substitute_env_vars",
@@ -77,6 +81,15 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+class DuplicateItemError(ConfigError):
+    """An item whose key an earlier item of the same kind already owns; ``field`` is the
+    field holding the key (``id``, or ``username`` for consumers)."""
+
+    def __init__(self, pointer: str, message: str, *, kind: str, id: str, field: str) -> None:
+        super().__init__(pointer, message, kind=kind, id=id)
+        self.field = field
+
+
 @dataclass(slots=True)
 class ParsedConfig:
     """The outcome of parsing one standalone document.
@@ -85,6 +98,7 @@ class ParsedConfig:
     maps id -> value in document order.  ``errors`` lists the rejected items and bad keys.
     ``plugins`` is the document's ``plugins`` list (``[{name, stream?}]``) or ``None`` when
     absent or invalid.  ``conf_versions`` holds ``<kind>_conf_version`` counters by kind.
+    ``positions`` gives, per kind, each accepted item's index in the document's list.
     """
 
     items: dict[str, dict[str, dict[str, Any]]]
@@ -92,6 +106,7 @@ class ParsedConfig:
     plugins: list[dict[str, Any]] | None = None
     conf_versions: dict[str, int] = field(default_factory=dict)
     source: str = "apisix.yaml"
+    positions: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -213,8 +228,8 @@ def _parse_kind(kind: str, val: Any, parsed: ParsedConfig) -> None:
     if not isinstance(val, list):
         parsed.errors.append(ConfigError(f"/{kind}", f"expected a list of items, got {_type(val)}", kind=kind))
         return
-    key_field = KINDS[kind].key_field
     table = parsed.items[kind]
+    positions = parsed.positions.setdefault(kind, {})
     owner: dict[str, int] = {}
     for i, item in enumerate(val):
         base = f"/{kind}/{i}"
@@ -222,6 +237,10 @@ def _parse_kind(kind: str, val: Any, parsed: ParsedConfig) -> None:
             parsed.errors.append(ConfigError(base, f"expected object, got {_type(item)}", kind=kind))
             continue
 
+        key_field = KINDS[kind].key_field
+        cred_id = item.get("id")
+        if item.get(key_field) is None and isinstance(cred_id, str) and credential_owner(kind, cred_id) is not None:
+            key_field = "id"  # a consumer's credential: keyed <username>/credentials/<id>
         raw_id = item.get(key_field)
         item_id: str | None
         generated = False
@@ -244,11 +263,12 @@ def _parse_kind(kind: str, val: Any, parsed: ParsedConfig) -> None:
         if item_id is not None:
             if item_id in owner:
                 parsed.errors.append(
-                    ConfigError(
+                    DuplicateItemError(
                         f"{base}/{key_field}",
                         f"duplicate {key_field} {_short(item_id)}: already used by /{kind}/{owner[item_id]}; item ignored",
                         kind=kind,
                         id=item_id,
+                        field=key_field,
                     )
                 )
                 continue
@@ -264,6 +284,7 @@ def _parse_kind(kind: str, val: Any, parsed: ParsedConfig) -> None:
         if key_field == "id" and not generated:
             item["id"] = item_id  # stored ids are strings, as APISIX standalone stores them
         table[item_id] = item
+        positions[item_id] = i
 
 
 _PLUGINS_LIST = Draft7Validator(PLUGINS_LIST_SCHEMA)

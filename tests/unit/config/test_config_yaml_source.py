@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from meshgate.config import ParsedConfig, parse_apisix_yaml, parse_config_document, substitute_env_vars
+from meshgate.config import (DuplicateItemError, ParsedConfig, parse_apisix_yaml, parse_config_document,
+                             substitute_env_vars)
 from meshgate.errors import ConfigError
 from meshgate.model import KIND_NAMES
 
@@ -219,6 +220,46 @@ def test_duplicate_ids_first_wins() -> None:
     ]
 
 
+def test_duplicates_are_typed_and_positions_kept() -> None:
+    # the Admin API words duplicates as APISIX does and maps items back to their index
+    p = parse("""\
+        routes:
+          - {id: a, uri: /a, plugins: {}}
+          - {id: bad, uri: 5, plugins: {}}
+          - {id: b, uri: /b, plugins: {}}
+          - {id: a, uri: /c, plugins: {}}
+        consumers:
+          - {username: jack}
+          - {username: jack}
+        #END
+        """)
+    assert p.positions["routes"] == {"a": 0, "b": 2}
+    assert p.positions["consumers"] == {"jack": 0}
+    dups = [e for e in p.errors if isinstance(e, DuplicateItemError)]
+    assert [(e.kind, e.id, e.field, e.pointer) for e in dups] == [
+        ("routes", "a", "id", "/routes/3/id"), ("consumers", "jack", "username", "/consumers/1/username")]
+    assert not isinstance(next(e for e in p.errors if e.id == "bad"), DuplicateItemError)
+
+
+def test_credentials_are_consumers_keyed_by_their_id() -> None:
+    # APISIX stores a credential under its consumer: /consumers/<username>/credentials/<id>
+    p = parse("""\
+        consumers:
+          - username: john
+          - id: john/credentials/a
+            plugins: {key-auth: {key: auth-a}}
+          - id: john/credentials/a
+            plugins: {key-auth: {key: auth-b}}
+        #END
+        """)
+    assert list(p.items["consumers"]) == ["john", "john/credentials/a"]
+    assert p.items["consumers"]["john/credentials/a"]["plugins"] == {"key-auth": {"key": "auth-a"}}
+    assert p.positions["consumers"] == {"john": 0, "john/credentials/a": 1}
+    assert errors(p) == [("consumers", "john/credentials/a", "/consumers/2/id",
+                          'duplicate id "john/credentials/a": already used by /consumers/1; item ignored')]
+    assert isinstance(p.errors[0], DuplicateItemError) and p.errors[0].field == "id"
+
+
 def test_consumers_keyed_by_username_and_metadata_by_plugin_name() -> None:
     p = parse("""\
         consumers:
@@ -306,3 +347,36 @@ def test_yaml_alias_bomb_is_bounded() -> None:
     with pytest.raises(ConfigError) as ei:
         parse_apisix_yaml(text, env={})
     assert "document too large" in ei.value.message
+
+
+def test_consumer_credentials_in_the_file() -> None:
+    # t/config-center-yaml/credentials.t: a credential listed before its consumer
+    p = parse("""\
+        consumers:
+          - id: rose/credentials/542f7414-87f6-4793-a68e-99983dde9913
+            name: rose
+            plugins:
+              key-auth:
+                key: csdt8UPw76/SG+WlHBoFeg==
+          - id: rose
+            username: rose
+            plugins:
+              limit-count:
+                time_window: 3
+                count: 100000000
+          - id: jack/credentials/bad
+            username: jack
+          - id: jack/credentials/two
+            plugins:
+              key-auth: {key: a}
+              basic-auth: {username: b, password: c}
+        #END
+        """)
+    assert list(p.items["consumers"]) == ["rose/credentials/542f7414-87f6-4793-a68e-99983dde9913", "rose"]
+    assert p.items["consumers"]["rose/credentials/542f7414-87f6-4793-a68e-99983dde9913"]["plugins"] == {
+        "key-auth": {"key": "csdt8UPw76/SG+WlHBoFeg=="}}
+    got = [(e.id, e.pointer) for e in p.errors]
+    # an id of the credential form with a username is a consumer with a bad id; two plugins are one too many
+    assert ("jack/credentials/two", "/consumers/3/plugins") in got
+    assert any(ptr.startswith("/consumers/2/") for _, ptr in got), got
+    assert len(got) == 2, got
