@@ -98,18 +98,26 @@ def check_admin_keys(node: NodeConfig) -> None:
                                "default key (CVE-2020-13945); choose a random key")
 
 
+def _beside(node: NodeConfig, p: str | None) -> str | None:
+    """A file named in config.yaml: relative to the config file's directory."""
+    if p is None:
+        return None
+    return p if Path(p).is_absolute() else str(node.config_dir / p)
+
+
 def etcd_client(node: NodeConfig) -> EtcdClient:
     from ..config.etcd import EtcdClient
 
     e = node.etcd
     tls = e.tls
+    ca = node.ssl.ssl_trusted_certificate
     if tls is not None and not tls.verify:
         log.warning("deployment.etcd.tls.verify: false is not supported by the gRPC client; the etcd server "
-                    "certificate is verified against the system's trusted roots")
+                    "certificate is verified against %s", ca or "the system's trusted roots")
     try:
-        return EtcdClient(list(e.host), user=e.user, password=e.password, timeout=e.timeout,
-                          cert_file=tls.cert if tls else None, key_file=tls.key if tls else None,
-                          sni=tls.sni if tls else None)
+        return EtcdClient(list(e.host), user=e.user, password=e.password, timeout=e.timeout, ca_file=ca,
+                          cert_file=_beside(node, tls.cert) if tls else None,
+                          key_file=_beside(node, tls.key) if tls else None, sni=tls.sni if tls else None)
     except ValueError as err:
         raise GatewayError(f"{node.source}: {err}") from None
 

@@ -240,7 +240,9 @@ class EtcdClient:
     async def _call(self, what: str, fn: Any) -> Any:
         """Run ``fn(client)``; on a connection-level failure try the next endpoint."""
         errors: list[str] = []
-        for _ in range(len(self.endpoints)):
+        # every endpoint once, plus one more try: an expired auth token costs a reconnect
+        # (which authenticates again), not a failed call
+        for _ in range(len(self.endpoints) + 1):
             ep = self.endpoint
             c: _Client | None = None
             try:

@@ -122,6 +122,9 @@ class SSLConfig:
     enable: bool = True
     listen: tuple[Listen, ...] = (Listen(port=9443),)
     ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    # CA bundle for the certificates Meshgate verifies as a client (APISIX: etcd's among
+    # them); None = the system's trusted roots
+    ssl_trusted_certificate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +352,7 @@ _KNOWN: dict[str, Any] = {
     "apisix": {
         "node_listen": None,
         "enable_admin": None,
-        "ssl": {"enable": None, "listen": None, "ssl_protocols": None},
+        "ssl": {"enable": None, "listen": None, "ssl_protocols": None, "ssl_trusted_certificate": None},
         "router": {"http": None, "ssl": None},
         "enable_control": None,
         "control": {"ip": None, "port": None},
@@ -494,6 +497,14 @@ def load_node_config(path: str | Path | None, *, env: Mapping[str, str] | None =
     return parse_node_config(data, source=source, path=p)
 
 
+def _trusted_ca(value: str | None, base: Path) -> str | None:
+    """``apisix.ssl.ssl_trusted_certificate``: a PEM bundle path (relative to the config
+    file's directory) or ``system`` (the system's roots, as without the key)."""
+    if value is None or value == "system":
+        return None
+    return str(base / value) if not Path(value).is_absolute() else value
+
+
 def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path | None = None) -> NodeConfig:
     """Check an already-parsed node config; see the module docstring.
 
@@ -507,10 +518,13 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
     merged = _merge(_plain(DEFAULTS), data)
 
     node_listen = r.listen_list(merged, ("apisix", "node_listen"), "0.0.0.0")
+    base = Path(path).absolute().parent if path is not None else Path.cwd() / "conf"
     ssl = SSLConfig(
         enable=r.boolean(merged, ("apisix", "ssl", "enable")),
         listen=r.listen_list(merged, ("apisix", "ssl", "listen"), "0.0.0.0"),
         ssl_protocols=r.string(merged, ("apisix", "ssl", "ssl_protocols")),
+        ssl_trusted_certificate=_trusted_ca(r.opt_string(merged, ("apisix", "ssl", "ssl_trusted_certificate")),
+                                            base),
     )
     router_http = cast(RouterName, r.choice(merged, ("apisix", "router", "http"), get_args(RouterName)))
     r.string(merged, ("apisix", "router", "ssl"))
