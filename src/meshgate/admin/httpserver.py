@@ -62,6 +62,8 @@ class _Conn(asyncio.Protocol):
         self.queue: asyncio.Queue[ApiRequest | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.peer = ""
+        self.discarding = False
+        self.discarded = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -89,12 +91,43 @@ class _Conn(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        # refuse an announced oversized body before reading it
+        try:
+            size = int(self.headers.get("content-length", "0"))
+        except ValueError:
+            return
+        if size > MAX_BODY:
+            self._too_large(size)
+
     def on_body(self, body: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.discarding:
+            # read what the client still sends (as nginx's lingering close) so that it
+            # sees the answer instead of a reset; bounded
+            self.discarded += len(body)
+            if self.discarded > 16 * MAX_BODY:
+                self.transport.close()
+            return
         self.body += body
         if len(self.body) > MAX_BODY:
-            self._write(413, {"Content-Type": "application/json"}, b'{"error_msg":"request body too large"}', close=True)
+            self._too_large(len(self.body))
+
+    def _too_large(self, size: int) -> None:
+        self.body = bytearray()
+        self.discarding = True
+        if self.server.too_large is not None:
+            status, headers, body = self.server.too_large(size)
+        else:
+            status, headers, body = 413, {"Content-Type": "application/json"}, b'{"error_msg":"request body too large"}'
+        self._write(status, {**headers, "Connection": "close"}, body)
 
     def on_message_complete(self) -> None:
+        if self.discarding:       # answered already (body too large): done with this connection
+            if self.transport is not None:
+                self.transport.close()
+            return
         parsed = httptools.parse_url(self.url)
         path = unquote(parsed.path.decode("latin-1"))
         query = parse_qs(parsed.query.decode("latin-1"), keep_blank_values=True) if parsed.query else {}
@@ -140,6 +173,8 @@ def _reason(status: int) -> str:
 class ApiServer:
     handler: Handler
     servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    # the answer to a body over MAX_BODY (given its size); default 413 (the Admin API: 400 as APISIX)
+    too_large: Callable[[int], Response] | None = None
 
     async def listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()

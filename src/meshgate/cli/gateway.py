@@ -147,7 +147,7 @@ async def load_from_etcd(node: NodeConfig, source: EtcdSource) -> None:
 
 
 async def _serve_admin(node: NodeConfig, api: AdminAPI) -> ApiServer:
-    server = ApiServer(api.handle)
+    server = ApiServer(api.handle, too_large=api.too_large)
     lst = node.admin.admin_listen
     try:
         await server.listen(lst.ip, lst.port)

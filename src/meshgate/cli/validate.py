@@ -26,6 +26,13 @@ def validate(config: str | None, routes_file: str | None) -> int:
                 print(f"warning: {node.source}: {w}", file=sys.stderr)
         except NodeConfigErrors as e:
             errors += [f"{e.source}: {err}" for err in e.errors]
+        if node is not None and node.admin_enabled:
+            from .gateway import GatewayError, check_admin_keys
+
+            try:
+                check_admin_keys(node)   # what 'meshgate run' would refuse
+            except GatewayError as e:
+                errors.append(str(e))
     rpath: Path | None = Path(routes_file) if routes_file else (node.apisix_yaml_path() if node else None)
     if rpath is not None and (routes_file or rpath.exists()):
         try:

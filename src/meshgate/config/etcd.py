@@ -227,15 +227,18 @@ class EtcdClient:
             return self._client
 
     async def _drop(self, c: _Client | None) -> None:
-        """Forget a failed channel and move to the next endpoint."""
+        """Forget a failed channel and move to the next endpoint.  The channel is closed
+        outside the lock and with a bound: a close that waits for a stuck call must never
+        hold up the calls that would use the next endpoint."""
         async with self._lock:
-            if c is not None and self._client is c:
-                self._client = None
-                self._idx = (self._idx + 1) % len(self.endpoints)
-                try:
-                    await c.close()
-                except Exception:  # closing a broken channel may itself fail
-                    pass
+            if c is None or self._client is not c:
+                return
+            self._client = None
+            self._idx = (self._idx + 1) % len(self.endpoints)
+        try:
+            await asyncio.wait_for(c.close(), 5.0)
+        except Exception:  # closing a broken channel may itself fail or hang
+            pass
 
     async def _call(self, what: str, fn: Any) -> Any:
         """Run ``fn(client)``; on a connection-level failure try the next endpoint."""
@@ -348,25 +351,29 @@ class EtcdClient:
 
         md = tuple(c.metadata or ()) + (("hasleader", "true"),)
         call = rpc.WatchStub(c.channel).Watch(requests(), metadata=md)
+        broken = False
         try:
             async for resp in call:
                 if resp.compact_revision:
                     raise EtcdCompacted(int(resp.compact_revision))
                 if resp.canceled:
-                    await self._drop(c)
+                    broken = True
                     raise EtcdUnavailable(f"etcd watch cancelled by {ep}: {resp.cancel_reason or 'no reason given'}")
                 if resp.created and not resp.events:
                     continue
                 events = tuple(WatchEvent("delete" if ev.type == 1 else "put", _kv(ev.kv)) for ev in resp.events)
                 yield WatchBatch(int(resp.header.revision), events)
-            await self._drop(c)
+            broken = True
             raise EtcdUnavailable(f"etcd watch stream ended by {ep}")
         except grpc.RpcError as e:
-            await self._drop(c)
+            broken = True
             raise EtcdUnavailable(f"etcd watch failed: {ep}: {_reason(e)}") from None
         finally:
+            # end the call first: closing the channel waits for the calls on it
             stop.set()
             call.cancel()
+            if broken:
+                await self._drop(c)
 
 
 class _Failed(Exception):

@@ -474,8 +474,13 @@ def _num(v: Any) -> str:
 
 
 def schema_message(err: Any) -> str:
-    """A jsonschema error in lua-jsonschema's words, as APISIX reports plugin conf errors:
-    ``property "count" validation failed: expected 0 to be greater than 0``."""
+    """A jsonschema error in lua-jsonschema's words, as APISIX reports schema errors:
+    ``property "count" validation failed: expected 0 to be greater than 0``.
+
+    The wrapping follows the schema path as lua-jsonschema nests its messages
+    (``property "x" validation failed: ``, ``failed to validate item N: ``,
+    ``failed to validate K (matching "P"): `` for patternProperties, ``allOf N failed: ``,
+    ``failed to validate dependent schema for P: ``)."""
     v, inst, val = err.validator, err.instance, err.validator_value
     if v == "required":
         missing = [k for k in val if isinstance(inst, dict) and k not in inst]
@@ -512,15 +517,88 @@ def schema_message(err: Any) -> str:
         msg = f"expect object to have at least {val} properties"
     elif v == "maxProperties":
         msg = f"expect object to have at most {val} properties"
-    elif v in ("oneOf", "anyOf"):
-        msg = "value should match only one schema, but matches none" if v == "oneOf" else \
-            "object matches none of the required"
+    elif v == "oneOf":
+        both = _matching_branches(val, inst) if not err.context else []
+        msg = (f"value should match only one schema, but matches both schemas {both[0] + 1} and {both[1] + 1}"
+               if len(both) >= 2 else "value should match only one schema, but matches none")
+    elif v == "anyOf":
+        msg = "object matches none of the required"
+    elif v == "dependencies":
+        msg = _dependency_message(val, inst) or str(err.message)
+    elif v == "not":
+        msg = "value wasn't supposed to match schema"
+    elif v == "const":
+        msg = "failed to check const value"
+    elif v == "format" and val in ("ipv4", "ipv6", "email"):
+        msg = f"expect valid {val} address but got: {inst}"
     else:
         msg = str(err.message)
-    for part in reversed(list(err.absolute_path)):
-        msg = f'property "{part}" validation failed: {msg}' if isinstance(part, str) else \
-            f"failed to validate item {part + 1}: {msg}"
-    return msg
+    return _wrap_schema_path(err, msg)
+
+
+def _wrap_schema_path(err: Any, msg: str) -> str:
+    """Prefix ``msg`` with lua-jsonschema's nesting, walking the schema path of ``err``
+    alongside its instance path (each of properties / patternProperties /
+    additionalProperties / items consumes one instance path element)."""
+    tokens = list(err.absolute_schema_path)
+    path = list(err.absolute_path)
+    prefixes: list[str] = []
+    i = j = 0
+    last = len(tokens) - 1          # the failing keyword itself
+    while i < last:
+        t, nxt = tokens[i], tokens[i + 1]
+        here = path[j] if j < len(path) else "?"
+        if t == "properties":
+            prefixes.append(f'property "{nxt}" validation failed: ')
+            i, j = i + 2, j + 1
+        elif t == "patternProperties":
+            prefixes.append(f'failed to validate {here} (matching "{nxt}"): ')
+            i, j = i + 2, j + 1
+        elif t == "additionalProperties":
+            prefixes.append(f"failed to validate additional property {here}: ")
+            i, j = i + 1, j + 1
+        elif t == "items":
+            idx = nxt if isinstance(nxt, int) else here
+            prefixes.append(f"failed to validate item {idx + 1 if isinstance(idx, int) else idx}: ")
+            i, j = i + (2 if isinstance(nxt, int) else 1), j + 1
+        elif t == "additionalItems":
+            prefixes.append(f"failed to validate additional item {here + 1 if isinstance(here, int) else here}: ")
+            i, j = i + 1, j + 1
+        elif t == "allOf" and isinstance(nxt, int):
+            prefixes.append(f"allOf {nxt + 1} failed: ")
+            i += 2
+        elif t == "dependencies":
+            prefixes.append(f"failed to validate dependent schema for {nxt}: ")
+            i += 2
+        elif t in ("then", "else"):   # jsonschema files if/then errors under "then"/"else"
+            return "".join(prefixes) + f"{t} clause did not match"
+        else:   # anyOf/oneOf branch indexes (best_match digs into them), $ref...
+            i += 1
+    if not tokens:   # an error built by hand: nest by the instance path alone
+        for part in reversed(path):
+            msg = f'property "{part}" validation failed: {msg}' if isinstance(part, str) else \
+                f"failed to validate item {part + 1}: {msg}"
+        return msg
+    return "".join(prefixes) + msg
+
+
+def _matching_branches(branches: Any, inst: Any) -> list[int]:
+    import jsonschema
+
+    if not isinstance(branches, list):
+        return []
+    return [i for i, b in enumerate(branches) if jsonschema.Draft7Validator(b).is_valid(inst)]
+
+
+def _dependency_message(deps: Any, inst: Any) -> str | None:
+    if not isinstance(deps, Mapping) or not isinstance(inst, dict):
+        return None
+    for prop, need in deps.items():
+        if prop in inst and isinstance(need, list):
+            for d in need:
+                if d not in inst:
+                    return f'property "{d}" is required when {prop} is set'
+    return None
 
 
 def _check_contract(module: ModuleType, source: str) -> Plugin:
