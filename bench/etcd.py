@@ -88,10 +88,10 @@ class Gateway:
         self.dir.mkdir(parents=True)
         self.port, self.control_port, self.admin_port = free_port(), free_port(), free_port()
         dep: dict[str, Any] = {"role": role, "etcd": {"host": [etcd_url], "prefix": PREFIX}}
-        if role == "traditional":
+        if role in ("traditional", "control_plane"):
             dep["admin"] = {"admin_key": [{"name": "admin", "key": ADMIN_KEY, "role": "admin"}],
                             "admin_listen": {"ip": "127.0.0.1", "port": self.admin_port}}
-        else:
+        if role == "data_plane":
             dep["role_data_plane"] = {"config_provider": "etcd"}
         conf = {"apisix": {"node_listen": [{"ip": "127.0.0.1", "port": self.port}], "ssl": {"enable": False},
                            "control": {"ip": "127.0.0.1", "port": self.control_port}},
@@ -262,29 +262,50 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             return {"routes": args.routes, "changes": args.changes, "load_s": load_s, "cold_start_s": cold,
                     "propagation_ms": lat, "propagation_median_ms": statistics.median(lat),
                     "propagation_p99_ms": pct(lat, 99), "propagation_max_ms": max(lat), "via": "etcd"}
-        # Admin API writes per second
-        t0 = time.monotonic()
-        for j in range(args.writes):
-            admin.put(f"/routes/w{j}", route(j, up_port, f"/w/{j}"))
-        seq = args.writes / (time.monotonic() - t0)
+        # Admin API writes per second: on gateway A while both gateways apply every write, then
+        # on a control_plane node alone (the gateways stopped: the Admin API and etcd only)
+        def writes(port: int, tag: str) -> tuple[float, float]:
+            ad = Admin(port)
+            t0 = time.monotonic()
+            for j in range(args.writes):
+                ad.put(f"/routes/{tag}s{j}", {**route(j, up_port, f"/{tag}s/{j}"), "id": f"{tag}s{j}"})
+            seq = args.writes / (time.monotonic() - t0)
 
-        def writer(start: int, count: int) -> None:
-            ad = Admin(a.admin_port)
-            for j in range(start, start + count):
-                ad.put(f"/routes/p{j}", route(j, up_port, f"/p/{j}"))
-        per = args.writes // 8
-        threads = [threading.Thread(target=writer, args=(t * per, per)) for t in range(8)]
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        par = per * 8 / (time.monotonic() - t0)
-        B.log(f"Admin API writes: {seq:.0f}/s (1 connection), {par:.0f}/s (8 connections)")
+            def writer(start: int, count: int) -> None:
+                ad = Admin(port)
+                for j in range(start, start + count):
+                    ad.put(f"/routes/{tag}p{j}", {**route(j, up_port, f"/{tag}p/{j}"), "id": f"{tag}p{j}"})
+            per = args.writes // 8
+            threads = [threading.Thread(target=writer, args=(t * per, per)) for t in range(8)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return seq, per * 8 / (time.monotonic() - t0)
+        seq, par = writes(a.admin_port, "a")
+        B.log(f"Admin API writes, gateways following: {seq:.0f}/s (1 connection), {par:.0f}/s (8 connections)")
+        for gw in gws:
+            gw.stop()
+        cp = Gateway(tmp, "cp", url, role="control_plane")
+        gws.append(cp)
+        cp.start()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", cp.admin_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("control plane did not start")
+                time.sleep(0.05)
+        cseq, cpar = writes(cp.admin_port, "c")
+        B.log(f"Admin API writes, control_plane alone: {cseq:.0f}/s (1 connection), {cpar:.0f}/s (8 connections)")
         return {"routes": args.routes, "changes": args.changes, "load_s": load_s, "cold_start_s": cold,
                 "propagation_ms": lat, "propagation_median_ms": statistics.median(lat),
                 "propagation_p99_ms": pct(lat, 99), "propagation_max_ms": max(lat),
-                "admin_writes_per_s_1conn": seq, "admin_writes_per_s_8conn": par, "writes": args.writes}
+                "admin_writes_per_s_1conn": seq, "admin_writes_per_s_8conn": par,
+                "admin_cp_writes_per_s_1conn": cseq, "admin_cp_writes_per_s_8conn": cpar, "writes": args.writes}
     finally:
         for gw in gws:
             gw.stop()
@@ -309,8 +330,12 @@ def section(res: dict[str, Any], cmd: str) -> str:
          f"{med:.1f} ms | ≤ {GOALS['propagation_ms']:.0f} ms | {ok(med <= GOALS['propagation_ms'])} |",
          f"| same, p99 (max {res['propagation_max_ms']:.1f} ms) | {p99:.1f} ms | ≤ {GOALS['propagation_ms']:.0f} ms | "
          f"{ok(p99 <= GOALS['propagation_ms'])} |",
-         f"| Admin API route PUTs, 1 keep-alive connection | {res['admin_writes_per_s_1conn']:.0f}/s | | |",
-         f"| Admin API route PUTs, 8 connections | {res['admin_writes_per_s_8conn']:.0f}/s | | |",
+         f"| Admin API route PUTs on A, both gateways applying each one; 1 keep-alive connection | "
+         f"{res['admin_writes_per_s_1conn']:.0f}/s | | |",
+         f"| same, 8 connections | {res['admin_writes_per_s_8conn']:.0f}/s | | |",
+         f"| Admin API route PUTs on a `control_plane` node, no gateway following; 1 connection | "
+         f"{res['admin_cp_writes_per_s_1conn']:.0f}/s | | |",
+         f"| same, 8 connections | {res['admin_cp_writes_per_s_8conn']:.0f}/s | | |",
          "",
          "Propagation is timed from the moment the Admin API request is sent to the moment the last worker "
          "starts serving the new version (each worker stamps it; `/v1/config` reports it), and every change is "

@@ -55,8 +55,9 @@ class ConfigStore:
     def subscribe(self, cb: Subscriber) -> None:
         self._subscribers.append(cb)
 
-    def _publish(self, resources: Mapping[str, Mapping[str, Resource]]) -> Snapshot:
-        snap = Snapshot(version=self._snapshot.version + 1, resources=resources)
+    def _publish(self, resources: Mapping[str, Mapping[str, Resource]],
+                 changed: Mapping[str, tuple[tuple[str, bool], ...]] | None = None) -> Snapshot:
+        snap = Snapshot(version=self._snapshot.version + 1, resources=resources, changed=changed)
         self._snapshot = snap
         for cb in list(self._subscribers):
             try:
@@ -112,27 +113,42 @@ class ConfigStore:
     def apply(self, changes: Iterable[Change], *, revision: int | None = None) -> Snapshot | None:
         """Incremental changes (Admin API, etcd watch).  Order of new ids is arrival order.
 
-        Returns the new snapshot, or None when nothing changed."""
+        Returns the new snapshot, or None when nothing changed.  The snapshot records the
+        ids it changed (``Snapshot.changed``), so what reaches the workers costs the size
+        of the change, not of the config."""
         cur = self._snapshot.resources
         touched: dict[str, dict[str, Resource]] = {}   # copies of the kinds this batch changes
+        # per kind: id -> "removed at some point of this batch", ordered so that the ids
+        # appended to the kind (new, or removed and put again) come in the order they were
+        changed: dict[str, dict[str, bool]] = {}
         for ch in changes:
             if ch.kind not in KINDS:
                 raise KeyError(f"unknown kind {ch.kind!r}")
             bucket = touched.get(ch.kind)
             if bucket is None:
                 bucket = touched[ch.kind] = dict(cur.get(ch.kind, {}))
+            order = changed.setdefault(ch.kind, {})
             if ch.value is None:
                 if bucket.pop(ch.id, None) is not None:
                     self._revision = max(self._revision + 1, ch.modified_index)
+                    order.pop(ch.id, None)
+                    order[ch.id] = True
             else:
-                bucket[ch.id] = self._put(bucket.get(ch.id), ch.kind, ch.id, ch.value,
-                                          (ch.created_index, ch.modified_index) if ch.modified_index else None)
+                old = bucket.get(ch.id)
+                res = bucket[ch.id] = self._put(old, ch.kind, ch.id, ch.value,
+                                                (ch.created_index, ch.modified_index) if ch.modified_index else None)
+                if old is None:             # appended: moves to the end of the order too
+                    removed = order.pop(ch.id, False)
+                    order[ch.id] = removed
+                elif res is not old:
+                    order.setdefault(ch.id, False)
         if revision is not None:
             self._revision = max(self._revision, revision)
-        cur_kinds = {k: cur.get(k, {}) for k in touched}
-        if all(_same(cur_kinds[k], b) for k, b in touched.items()):
+        changed = {k: v for k, v in changed.items() if v}
+        if not changed:
             return None
-        return self._publish({**cur, **touched})
+        return self._publish({**cur, **{k: touched[k] for k in changed}},
+                             changed={k: tuple(v.items()) for k, v in changed.items()})
 
 
 def _same(a: Mapping[str, Resource], b: Mapping[str, Resource]) -> bool:

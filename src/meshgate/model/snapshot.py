@@ -36,6 +36,10 @@ _EMPTY_KIND: Mapping[str, Resource] = MappingProxyType({})
 class Snapshot:
     version: int
     resources: Mapping[str, Mapping[str, Resource]] = field(default_factory=dict)
+    # When set: the only ids that differ from version - 1, per kind, as (id, removed at some
+    # point): removing those marked, then putting every id still present in this order (in
+    # place if it is there, else at the end) turns version - 1 into this one.  None: unknown.
+    changed: Mapping[str, tuple[tuple[str, bool], ...]] | None = None
 
     def items(self, kind: str) -> Mapping[str, Resource]:
         if kind not in KINDS:

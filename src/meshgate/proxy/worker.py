@@ -54,6 +54,14 @@ def snapshot_delta(prev: Snapshot, snap: Snapshot) -> dict[str, Any]:
     is one item on the wire."""
     full: dict[str, list[tuple[str, Any, int, int]]] = {}
     changes: dict[str, tuple[list[tuple[str, Any, int, int]], list[str]]] = {}
+    if snap.changed is not None and snap.version == prev.version + 1:
+        # the store says what changed: the cost is the change's, not the config's
+        for kind, ids in snap.changed.items():
+            items = snap.resources.get(kind, {})
+            puts = [(r.id, r.value, r.created_index, r.modified_index)
+                    for id, _ in ids if (r := items.get(id)) is not None]
+            changes[kind] = (puts, [id for id, removed in ids if removed])
+        return {"version": snap.version, "base": prev.version, "resources": full, "changes": changes}
     for kind, items in snap.resources.items():
         old = prev.resources.get(kind, {})
         if items is old:
@@ -117,6 +125,8 @@ class WorkerMain:
         self.grace = 240.0
         self.health: dict[str, frozenset[str]] = {}
         self.init_done = asyncio.Event()
+        self._received: Snapshot | None = None    # the last Snapshot received (maybe not compiled yet)
+        self._compile_soon = False
         self.init_msg: dict[str, Any] = {}
 
     def on_message(self, msg: dict[str, Any]) -> None:
@@ -125,7 +135,10 @@ class WorkerMain:
             self.init_msg = msg
             self.init_done.set()
         elif op == "snapshot":
-            self.apply_snapshot(msg)
+            if self.init_done.is_set() and self.runtime is not None:
+                self.on_snapshot(msg)
+            else:
+                self.apply_snapshot(msg)
         elif op == "health":
             self.health[msg["key"]] = frozenset(msg["unhealthy"])
             if self.runtime is not None:
@@ -159,16 +172,39 @@ class WorkerMain:
         if self.server is not None:
             self.server.set_runtime(rt)
 
-    def apply_snapshot(self, msg: dict[str, Any]) -> None:
+    def receive_snapshot(self, msg: dict[str, Any]) -> Snapshot | None:
+        """Decode a full or delta Snapshot message against the last one received."""
+        have = self._received or self.snapshot
         base = msg.get("base")
-        if base is not None and (self.snapshot is None or self.snapshot.version != base):
+        if base is not None and (have is None or have.version != base):
             # a delta against a version this worker never had (it was starting when the
             # supervisor published): ask for the whole state
             if self.channel is not None:
                 self.channel.send({"op": "resync", "worker": self.worker_id,
-                                   "have": self.snapshot.version if self.snapshot else None})
-            return
-        snap = snapshot_from_wire(msg, self.snapshot)
+                                   "have": have.version if have else None})
+            return None
+        self._received = snapshot_from_wire(msg, have)
+        return self._received
+
+    def on_snapshot(self, msg: dict[str, Any]) -> None:
+        """Messages that arrive together (a burst of writes) are compiled once, as the last."""
+        if self.receive_snapshot(msg) is not None and not self._compile_soon:
+            self._compile_soon = True
+            asyncio.get_running_loop().call_soon(self._compile_received)
+
+    def _compile_received(self) -> None:
+        self._compile_soon = False
+        snap = self._received
+        if snap is not None and (self.snapshot is None or snap.version != self.snapshot.version):
+            self.install(snap)
+
+    def apply_snapshot(self, msg: dict[str, Any]) -> None:
+        """Decode and compile now (the first Snapshot, before serving)."""
+        snap = self.receive_snapshot(msg)
+        if snap is not None:
+            self.install(snap)
+
+    def install(self, snap: Snapshot) -> None:
         try:
             rt = build_runtime(snap, router_kind=self.router_kind, plugins=self.plugins, previous=self.runtime)
         except Exception:
