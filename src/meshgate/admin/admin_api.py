@@ -31,7 +31,6 @@ or failed request writes nothing (POST may have consumed an id, as in APISIX).
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import inspect
 import ipaddress
@@ -45,7 +44,8 @@ from typing import Any
 from ..config import AdminConfig
 from ..config.etcd import EtcdClient, EtcdError
 from ..plugins import META_SCHEMA, PluginRegistry, encode_body
-from .checks import CheckInput, check_item, item_schema, safety_net, schema_error
+from .checks import item_schema, safety_net, schema_error
+from .config_doc import check_document, validation_answer
 from .httpserver import MAX_BODY, ApiRequest, Response
 from .resources import RESOURCES, Cipher, Resources, Store
 
@@ -63,11 +63,6 @@ _CRUD_METHODS = frozenset(("GET", "PUT", "POST", "DELETE", "PATCH"))
 # GET /apisix/admin/schema/<name>: the names of APISIX's core.schema
 _CORE_SCHEMAS = ("route", "service", "consumer", "credential", "upstream", "ssl", "proto", "global_rule",
                  "stream_route", "plugins", "plugin_config", "consumer_group")
-
-# what /apisix/admin/configs/validate checks (apisix/constants.lua, HTTP + stream directories)
-_CONFIG_KEYS = ("routes", "services", "upstreams", "consumers", "ssls", "global_rules", "plugin_configs",
-                "consumer_groups", "plugin_metadata", "protos", "secrets", "stream_routes", "plugins")
-
 
 def _nginx_page(status: int, reason: str) -> Response:
     body = (f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
@@ -431,68 +426,9 @@ class AdminAPI:
             doc, bad = self._body(req)
             if bad is not None:
                 return self._answer(400, {"error_msg": json.loads(bad[2])["error_msg"]})
-        if not isinstance(doc, dict):
-            return self._answer(400, {"error_msg": "Configuration validation failed",
-                                      "errors": [{"error": "expected a JSON object"}]})
-        errors = await self._config_errors(doc)
-        if errors:
-            return self._answer(400, {"error_msg": "Configuration validation failed", "errors": errors})
-        return self._answer(200, {})
-
-    async def _config_errors(self, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for key in _CONFIG_KEYS:
-            ver = doc.get(f"{key}_conf_version")
-            if ver is not None and (not isinstance(ver, (int, float)) or isinstance(ver, bool)):
-                out.append({"resource_type": key,
-                            "error": f"{key}_conf_version must be a number, got {_lua_type(ver)}"})
-            items = doc.get(key)
-            if key == "plugins" or not isinstance(items, list):
-                continue
-            seen: set[str] = set()
-            for index, item in enumerate(items):
-                rid = item.get("id", item.get("username", "")) if isinstance(item, dict) else ""
-                err = await self._config_item_error(key, item)
-                if err is not None:
-                    out.append({"resource_type": key, "resource_id": rid, "index": index, "error": err})
-                if isinstance(item, dict):
-                    ident, what = (item.get("id") or item.get("username"),
-                                   "credential id" if item.get("id") else "username") if key == "consumers" \
-                        else (item.get("id"), "id")
-                    if ident is not None:
-                        if str(ident) in seen:
-                            out.append({"resource_type": key, "resource_id": rid, "index": index,
-                                        "error": f"found duplicate {what} {ident} in {key}"})
-                        seen.add(str(ident))
-        return out
-
-    async def _config_item_error(self, key: str, item: Any) -> str | None:
-        if not isinstance(item, dict):
-            return "invalid configuration: wrong type: expected object, got " + _lua_type(item)
-        item = copy.deepcopy(item)
-        rid = item.get("id")
-        res, typ, consumer = key, None, None
-        if key == "consumers" and isinstance(rid, str) and "/credentials/" in rid:
-            # a credential in a full configuration: id "<consumer>/credentials/<id>"
-            consumer, rid = rid.split("/credentials/", 1)
-            res = "credentials"
-            item["id"] = rid
-        if key == "secrets":
-            if not isinstance(rid, str) or "/" not in rid:
-                return f"invalid secret id: {'' if rid is None else rid}"
-            typ = rid.split("/", 1)[0]
-        ci = CheckInput(res, None if rid is None else str(rid), item, need_id=False, secret_type=typ,
-                        consumer=consumer, skip_refs=True)
-        store = self._resources.store if self._resources is not None else _NoRefs()
-        return await check_item(ci, self.plugins, store)
-
-
-class _NoRefs:
-    async def fetch(self, path: str) -> Any | None:
-        return None
-
-    async def values(self, path: str) -> list[tuple[str, Any]]:
-        return []
+        checked = await check_document(doc, self.plugins, standalone=False,
+                                       source="POST /apisix/admin/configs/validate")
+        return self._answer(*validation_answer(checked))
 
 
 def _number(s: str) -> float | None:
@@ -500,18 +436,6 @@ def _number(s: str) -> float | None:
         return float(s)
     except ValueError:
         return None
-
-
-def _lua_type(v: Any) -> str:
-    if v is None:
-        return "nil"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    return "table"
 
 
 def _with_meta(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from ..plugins import META_SCHEMA, PluginRegistry, schema_message
 from ..router import compile_expr
 
 __all__ = ["Refs", "CheckInput", "check_item", "schema_error", "plugins_error", "SECRET_REF", "item_schema",
-           "cjson", "safety_net"]
+           "cjson", "safety_net", "model_message"]
 
 
 class Refs(Protocol):
@@ -229,7 +229,13 @@ def safety_net(model_kind: str, conf: Mapping[str, Any], id: str | None) -> str 
         return None
     # the refusal of config-supplied Lua says more than what follows from it
     e = next((x for x in errors if x.message.startswith("not supported")), errors[0])
-    return "invalid configuration: " + _chain(conf, e.pointer, e.message)
+    return model_message(conf, e.pointer, e.message)
+
+
+def model_message(conf: Any, pointer: str, message: str) -> str:
+    """A finding of Meshgate's validator at ``pointer`` (relative to ``conf``) in APISIX's shape:
+    ``invalid configuration: property "upstream" validation failed: ...``."""
+    return "invalid configuration: " + _chain(conf, pointer, message)
 
 
 # --- plugins ---------------------------------------------------------------------------------

@@ -27,14 +27,12 @@ Behaviour matched (APISIX 3.18, ``apisix/admin/standalone.lua``, ``apisix/admin/
 Anything else
     nginx's 404 page (APISIX's admin router has no other route in this mode).
 
-Validation is Meshgate's own, the same the rest of Meshgate applies: the document is read by
-:func:`meshgate.config.parse_config_document` (``validate_item`` per item, ids, duplicates), every
-plugin conf goes through :meth:`PluginRegistry.validate` as a worker compiles it, route ``vars``
-compile.  Texts APISIX fixes (``unknown plugin [x]``, ``found duplicate id r1 in routes``, the
-conf_version messages...) are APISIX's; schema problems read ``invalid configuration: <JSON
-pointer in the document>: <what was expected>``.  Dangling references (``upstream_id`` ...) are
-accepted and logged: APISIX validates pushes with ``skip_references_check`` (the request fails at
-run time), and one missing object must not block the rest of a controller's state.
+Validation is :func:`.config_doc.check_document`, the one the etcd-mode validate endpoint uses
+too: each item through the Admin API's checker of its kind (:mod:`.checks`), in APISIX's words
+(``invalid configuration: property "uri" validation failed: ...``, ``unknown plugin [x]``,
+``found duplicate id r1 in routes``...).  Dangling references (``upstream_id`` ...) are accepted
+and logged: APISIX validates pushes with ``skip_references_check`` (the request fails at run
+time), and one missing object must not block the rest of a controller's state.
 
 The counters, the document and the digest live as long as the process, shared by every
 ``StandaloneAPI`` built on the same :class:`ConfigStore` (APISIX keeps them in the
@@ -45,31 +43,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from ..config import ConfigStore, DuplicateItemError, ParsedConfig, load_yaml, parse_config_document
+from ..config import ConfigStore, load_yaml
 from ..errors import ConfigError
-from ..model import KIND_NAMES, KINDS, check_references, json_pointer, short_value, type_name
-from ..model.validate import credential_owner
+from ..model import KINDS, check_references, type_name
 from ..plugins import PluginRegistry
-from ..router import compile_expr
+from .config_doc import (CONFIG_KEYS, VERSION_SUFFIX, CheckedDocument, Number, check_document, is_number,
+                         lua_tostring, validation_answer)
 from .httpserver import ApiRequest, Response, json_response
 
 __all__ = ["StandaloneAPI"]
 
 log = logging.getLogger("meshgate.admin")
 
-# Every key of the document: the kinds plus the ``plugins`` list (APISIX: the etcd
-# directories of apisix/constants.lua, each with its ``<key>_conf_version``).
-CONFIG_KEYS: tuple[str, ...] = (*KIND_NAMES, "plugins")
-VERSION_SUFFIX = "_conf_version"
 # Not the standard Last-Modified: APISIX avoids it so client caches are not affected.
 LAST_MODIFIED = "X-Last-Modified"
 DIGEST = "X-Digest"
@@ -78,8 +71,6 @@ MAX_VALIDATE_BODY = 1572864  # config_validate.lua: 1.5 MiB, as other Admin API 
 _NOT_FOUND_PAGE = (b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n"
                    b"<center><h1>404 Not Found</h1></center>\r\n<hr><center>meshgate</center>\r\n"
                    b"</body>\r\n</html>\r\n")
-
-Number = int | float
 
 
 @dataclass(slots=True)
@@ -91,41 +82,11 @@ class _State:
 
     def version(self, key: str) -> Number:
         v = self.config.get(key + VERSION_SUFFIX, 0) if self.config is not None else 0
-        return v if _is_number(v) else 0
+        return v if is_number(v) else 0
 
 
 # One state per store, for the life of the process, whoever builds the handler.
 _STATES: weakref.WeakKeyDictionary[ConfigStore, _State] = weakref.WeakKeyDictionary()
-
-
-@dataclass(slots=True)
-class _Problem:
-    """One validation problem; ``message`` is what PUT answers, ``detail`` (when set) what the
-    validate endpoint lists."""
-
-    resource_type: str | None
-    message: str
-    index: int | None = None
-    resource_id: Any = None
-    detail: str | None = None
-
-    def entry(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.resource_type is not None:
-            out["resource_type"] = self.resource_type
-        if self.index is not None:
-            out["resource_id"] = self.resource_id if self.resource_id is not None else ""
-            out["index"] = self.index
-        out["error"] = self.detail if self.detail is not None else self.message
-        return out
-
-
-@dataclass(slots=True)
-class _Checked:
-    problems: list[_Problem] = field(default_factory=list)
-    parsed: ParsedConfig | None = None
-    versions: dict[str, Number] = field(default_factory=dict)        # <key>_conf_version given
-    modified: dict[tuple[str, int], int] = field(default_factory=dict)  # (kind, index) -> modifiedIndex
 
 
 class StandaloneAPI:
@@ -163,9 +124,9 @@ class StandaloneAPI:
             if method == "HEAD":
                 return 200, self._meta_headers(), b""
             if method == "PUT":
-                return self._put(req)
+                return await self._put(req)
         elif sub == "/validate" and method == "POST":
-            return self._validate(req)
+            return await self._validate(req)
         # APISIX's admin router has no route for it: ngx.exit(404), nginx's page
         return 404, {"Content-Type": "text/html"}, _NOT_FOUND_PAGE
 
@@ -192,7 +153,7 @@ class StandaloneAPI:
 
     # --- PUT ---------------------------------------------------------------------------------
 
-    def _put(self, req: ApiRequest) -> Response:
+    async def _put(self, req: ApiRequest) -> Response:
         digest = req.headers.get("x-digest")
         if digest is None:
             return _error(400, "missing digest header")
@@ -205,11 +166,10 @@ class StandaloneAPI:
             return 204, {}, b""
         if not isinstance(data, Mapping):
             return _error(400, f"invalid request body: expected an object at top level, got {type_name(data, json=True)}")
-        checked = self._check(data)
-        if checked.problems:
-            first = checked.problems[0]
-            log.warning("PUT /apisix/admin/configs refused: %s", first.message)
-            return _error(400, first.message)
+        checked = await check_document(data, self.plugins, standalone=True, source="PUT /apisix/admin/configs")
+        if checked.first_error is not None:
+            log.warning("PUT /apisix/admin/configs refused: %s", checked.first_error)
+            return _error(400, checked.first_error)
         assert checked.parsed is not None
 
         new_versions: dict[str, Number] = {}
@@ -219,7 +179,7 @@ class StandaloneAPI:
             if given is None:
                 new_versions[key] = cur + 1
             elif given < cur:
-                return _error(400, f"{key}{VERSION_SUFFIX} must be greater than or equal to ({_lua_num(cur)})")
+                return _error(400, f"{key}{VERSION_SUFFIX} must be greater than or equal to ({lua_tostring(cur)})")
             else:
                 new_versions[key] = given
 
@@ -255,7 +215,7 @@ class StandaloneAPI:
                  f"snapshot version {new_snap.version}" if new_snap is not None else "nothing changed")
         return 202, self._meta_headers(), b""
 
-    def _rebuild(self, kind: str, checked: _Checked, version: int,
+    def _rebuild(self, kind: str, checked: CheckedDocument, version: int,
                  indexes: dict[tuple[str, str], tuple[int, int]]) -> dict[str, Mapping[str, Any]]:
         """The new items of a rebuilt kind, with their (created, modified) indexes.
 
@@ -285,166 +245,16 @@ class StandaloneAPI:
 
     # --- validate ----------------------------------------------------------------------------
 
-    def _validate(self, req: ApiRequest) -> Response:
+    async def _validate(self, req: ApiRequest) -> Response:
         if len(req.body) > MAX_VALIDATE_BODY:
             return _error(400, f"invalid request body: request size {len(req.body)} is greater than the "
                                f"maximum size {MAX_VALIDATE_BODY} allowed")
         data, err = _decode(req)
         if err is not None:
             return _error(400, err)
-        if not isinstance(data, Mapping):
-            return json_response(400, {"error_msg": "Configuration validation failed", "errors": [
-                {"error": f"invalid configuration: expected an object at top level, got {type_name(data, json=True)}"}]})
-        checked = self._check(data)
-        if checked.problems:
-            return json_response(400, {"error_msg": "Configuration validation failed",
-                                       "errors": [p.entry() for p in checked.problems]})
-        return json_response(200, {})
-
-    # --- the checks --------------------------------------------------------------------------
-
-    def _check(self, data: Mapping[str, Any]) -> _Checked:
-        """Every problem of the document, in key order then item order."""
-        out = _Checked()
-        by_key: dict[str, list[_Problem]] = {key: [] for key in CONFIG_KEYS}
-        version_problems: dict[str, _Problem] = {}
-        doc: dict[str, Any] = {}
-        for key in CONFIG_KEYS:
-            vkey = key + VERSION_SUFFIX
-            if vkey in data:
-                v = data[vkey]
-                if _is_number(v):
-                    out.versions[key] = int(v) if isinstance(v, float) and v.is_integer() else v
-                else:
-                    version_problems[key] = _Problem(key, f"{vkey} must be a number",
-                                                     detail=f"{vkey} must be a number, got {_lua_type(v)}")
-            if key not in data:
-                continue
-            val = data[key]
-            if key in KINDS and isinstance(val, list):
-                # modifiedIndex is the push protocol's, not part of the object (APISIX adds it
-                # to the resource schemas in standalone mode only)
-                stripped: list[Any] = []
-                for i, item in enumerate(val):
-                    if isinstance(item, Mapping) and "modifiedIndex" in item:
-                        m = item["modifiedIndex"]
-                        if _is_integer(m):
-                            out.modified[(key, i)] = int(m)
-                        else:
-                            by_key[key].append(_Problem(
-                                key, f"invalid configuration: /{key}/{i}/modifiedIndex: expected integer, got "
-                                     f"{short_value(m)}", index=i, resource_id=_raw_id(item)))
-                        item = {k: v for k, v in item.items() if k != "modifiedIndex"}
-                    stripped.append(item)
-                val = stripped
-            doc[key] = val
-
-        try:
-            parsed = parse_config_document(doc, source="PUT /apisix/admin/configs")
-        except ConfigError as e:
-            out.problems.append(_Problem(None, f"invalid configuration: {e.pointer}: {e.message}"))
-            return out
-        out.parsed = parsed
-
-        for err in parsed.errors:
-            where, index = _locate(err.pointer)
-            raw = data.get(where) if where is not None else None
-            item = raw[index] if isinstance(raw, list) and index is not None and index < len(raw) else None
-            if isinstance(err, DuplicateItemError):
-                what = "credential id" if err.kind == "consumers" and err.field == "id" else err.field
-                text = f"found duplicate {what} {err.id} in {err.kind}"
-            else:
-                text = f"invalid configuration: {err.pointer}: {err.message}"
-            by_key.setdefault(where or "", []).append(_Problem(where, text, index=index, resource_id=_raw_id(item)))
-
-        for kind, table in parsed.items.items():
-            positions = parsed.positions.get(kind, {})
-            raw = data.get(kind)
-            for id, value in table.items():
-                i = positions[id]
-                msg = self._check_item(kind, id, value, f"/{kind}/{i}")
-                if msg is not None:
-                    item = raw[i] if isinstance(raw, list) else None
-                    by_key[kind].append(_Problem(kind, msg, index=i, resource_id=_raw_id(item)))
-
-        for key in [*CONFIG_KEYS, *(k for k in by_key if k not in CONFIG_KEYS)]:
-            if key in version_problems:
-                out.problems.append(version_problems[key])
-            out.problems.extend(sorted(by_key.get(key, []), key=lambda p: p.index if p.index is not None else -1))
-        return out
-
-    def _check_item(self, kind: str, id: str, value: Mapping[str, Any], base: str) -> str | None:
-        """What APISIX's checkers add to the schema: plugin confs (as a worker compiles them)
-        and route ``vars``; the first problem in APISIX's words, or None.  ``base`` is the
-        item's pointer in the document."""
-        if kind == "plugin_metadata":
-            return self._check_metadata(id, value, base)
-        if credential_owner(kind, id) is not None:
-            return self._check_credential(id, value, base)
-        if kind == "stream_routes":
-            return None  # stream plugins are not Meshgate's (no stream proxy): nothing to check against
-        plugins = value.get("plugins")
-        if isinstance(plugins, Mapping):
-            for name, conf in plugins.items():
-                p = self.plugins.get(name)
-                schema_type = "consumer" if kind == "consumers" and p is not None and p.type == "auth" else "route"
-                msg = self._check_plugin(kind, id, name, conf, schema_type, base)
-                if msg is not None:
-                    # apisix/admin/consumers.lua words its plugin problems so
-                    return f"invalid plugins configuration: {msg}" if kind == "consumers" else msg
-        if kind == "routes" and value.get("vars") is not None:
-            try:
-                compile_expr(value["vars"], f"{base}/vars")
-            except ConfigError as e:
-                return f"failed to validate the 'vars' expression: {e.pointer}: {e.message}"
-        return None
-
-    def _check_plugin(self, kind: str, id: str, name: str, conf: Any, schema_type: str, base: str) -> str | None:
-        # apisix/plugin.lua check_single_plugin_schema
-        if not isinstance(conf, dict):
-            return f"invalid plugin conf {json.dumps(conf)} for plugin [{name}]"
-        if name not in self.plugins:
-            return f"unknown plugin [{name}]"
-        try:
-            self.plugins.validate(name, conf, pointer=base + json_pointer(["plugins", name]), kind=kind, id=id,
-                                  schema_type=schema_type)
-        except ConfigError as e:
-            if "/_meta/filter" in e.pointer:
-                return f"failed to validate the 'vars' expression: {e.pointer}: {e.message}"
-            prefix = f"failed to check the configuration of plugin {name} err: "
-            if e.message.startswith(prefix):
-                return e.message
-            return f"{prefix}{e.pointer}: {e.message}"
-        return None
-
-    def _check_credential(self, id: str, value: Mapping[str, Any], base: str) -> str | None:
-        # apisix/admin/credentials.lua: auth plugins only, with their consumer schema
-        plugins = value.get("plugins")
-        if not isinstance(plugins, Mapping):
-            return None
-        for name, conf in plugins.items():
-            msg = self._check_plugin("consumers", id, name, conf, "consumer", base)
-            if msg is not None:
-                return f"invalid plugins configuration: {msg}"
-        for name in plugins:
-            p = self.plugins.get(name)
-            if p is None or p.type != "auth":
-                return "only supports auth type plugins in consumer credential"
-        return None
-
-    def _check_metadata(self, name: str, value: Mapping[str, Any], base: str) -> str | None:
-        # apisix/admin/plugin_metadata.lua: the plugin must exist, the body passes its metadata_schema
-        if name not in self.plugins:
-            return "invalid plugin name"
-        try:
-            # the value as the worker checks it (proxy build_runtime)
-            self.plugins.validate(name, dict(value), pointer=base, kind="plugin_metadata", id=name,
-                                  schema_type="metadata")
-        except ConfigError as e:
-            prefix = f"failed to check the configuration of plugin {name} err: "
-            return "invalid configuration: " + (e.message[len(prefix):] if e.message.startswith(prefix)
-                                                else f"{e.pointer}: {e.message}")
-        return None
+        checked = await check_document(data, self.plugins, standalone=True,
+                                       source="POST /apisix/admin/configs/validate")
+        return json_response(*validation_answer(checked))
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -480,49 +290,3 @@ def _decode(req: ApiRequest) -> tuple[Any, str | None]:
 def _copy(v: Any) -> Any:
     """A JSON-shaped deep copy (what APISIX's shared dict round trip keeps)."""
     return json.loads(json.dumps(v))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and not math.isfinite(v))
-
-
-def _is_integer(v: Any) -> bool:
-    return _is_number(v) and (isinstance(v, int) or float(v).is_integer())
-
-
-def _lua_type(v: Any) -> str:
-    """Lua's ``type()`` of a decoded JSON value (cjson's null is a userdata)."""
-    if v is None:
-        return "userdata"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    return "table"
-
-
-def _lua_num(v: Number) -> str:
-    """A number as Lua's ``..`` prints it (LuaJIT: ``%.14g``)."""
-    if isinstance(v, int) or v.is_integer():
-        return str(int(v))
-    return format(v, ".14g")
-
-
-def _raw_id(item: Any) -> Any:
-    """``item.id or item.username or ""`` (config_validate.lua)."""
-    if not isinstance(item, Mapping):
-        return ""
-    for k in ("id", "username"):
-        if item.get(k) not in (None, False):
-            return item[k]
-    return ""
-
-
-def _locate(pointer: str) -> tuple[str | None, int | None]:
-    """(key, item index) of a document pointer ``/routes/3/...``."""
-    parts = pointer.split("/")
-    key = parts[1].replace("~1", "/").replace("~0", "~") if len(parts) > 1 and parts[1] else None
-    index = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-    return key, index

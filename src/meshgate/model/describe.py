@@ -1,13 +1,14 @@
 """How error messages name a value and its type.
 
-Config files speak YAML (mapping, list); JSON Schema errors speak JSON (object, array).
+Config files speak YAML (mapping, list); JSON Schema errors speak JSON (object, array);
+texts reproduced from APISIX speak Lua (table, nil).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["type_name", "short_value"]
+__all__ = ["type_name", "short_value", "lua_type"]
 
 
 def type_name(v: Any, *, json: bool = False) -> str:
@@ -40,3 +41,20 @@ def short_value(v: Any) -> str:
     if isinstance(v, (Mapping, list)):
         return type_name(v)
     return str(v)
+
+
+def lua_type(v: Any, *, null: str = "nil") -> str:
+    """Lua's ``type()`` of a decoded JSON/YAML value, as APISIX's messages print it.
+
+    Objects and arrays are both ``table``.  ``None`` reads ``null``: ``"nil"`` where APISIX
+    sees a missing value, ``"userdata"`` where it sees lua-cjson's ``null`` (a JSON ``null``
+    in a request body)."""
+    if v is None:
+        return null
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return "table"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshgate.admin.config_doc import check_document
 from meshgate.admin.httpserver import ApiRequest
 from meshgate.admin.standalone import StandaloneAPI
 from meshgate.config import ConfigStore
@@ -327,9 +328,10 @@ async def test_modified_index_of_a_consumer(api: StandaloneAPI, store: ConfigSto
 
 
 async def test_modified_index_must_be_an_integer(api: StandaloneAPI, store: ConfigStore) -> None:
+    # standalone.lua patch_schema adds modifiedIndex {type: integer} to the resource schemas
     status, _, body = await push(api, {"routes": [{**ROUTE_R1, "modifiedIndex": "x"}]}, "1")
-    assert (status, body) == (400, {"error_msg": 'invalid configuration: /routes/0/modifiedIndex: expected integer, '
-                                                 'got "x"'})
+    assert (status, body) == (400, {"error_msg": 'invalid configuration: property "modifiedIndex" validation failed: '
+                                                 "wrong type: expected integer, got string"})
     assert store.snapshot.version == 0
 
 
@@ -361,8 +363,9 @@ async def test_invalid_item_refuses_the_whole_push(api: StandaloneAPI, store: Co
            "upstreams": [{"id": "u1", **UPSTREAM}]}
     status, _, body = await push(api, bad, "2")
     assert status == 400
-    assert body == {"error_msg": "invalid configuration: /routes/1/uri: expected string of 1..4096 characters, "
-                                 "got 123"}
+    # t/admin/standalone.spec.ts "update config (not compliant with jsonschema)"
+    assert body == {"error_msg": 'invalid configuration: property "uri" validation failed: wrong type: expected string, '
+                                 "got number"}
     # nothing applied: same snapshot, same document, counters and digest
     assert store.snapshot.version == version
     assert served(store) == {"r1": ROUTE_R1}
@@ -377,8 +380,9 @@ async def test_invalid_upstream_in_a_service(api: StandaloneAPI, store: ConfigSt
                                                    "key": "args_invalid"}}]}
     status, _, body = await push(api, bad, "1")
     assert status == 400
-    assert body["error_msg"].startswith("invalid configuration: /services/0/upstream/key: ")
-    assert '"args_invalid"' in body["error_msg"]
+    # t/admin/standalone.spec.ts "update config (invalid upstream)" (upstream.lua check_upstream_conf)
+    assert body["error_msg"].startswith('invalid configuration: failed to match pattern "^((uri|server_name|')
+    assert body["error_msg"].endswith(')$" with "args_invalid"')
     assert store.snapshot.version == 0
 
 
@@ -425,7 +429,8 @@ async def test_plugin_conf_errors(api: StandaloneAPI, store: ConfigStore) -> Non
     meta = {"_meta": {"filter": [["arg_a", "bogus", "1"]]}}
     doc = {"routes": [{**ROUTE_R1, "plugins": {"proxy-rewrite": {"uri": "/x", **meta}}}]}
     msg = (await push(api, doc, "5"))[2]["error_msg"]
-    assert msg.startswith("failed to validate the 'vars' expression: /routes/0/plugins/proxy-rewrite/_meta/filter")
+    # plugin.lua check_single_plugin_schema: "failed to validate the 'vars' expression: " .. err
+    assert msg.startswith("failed to validate the 'vars' expression: ") and "'bogus'" in msg
     assert store.snapshot.version == 0
 
 
@@ -445,7 +450,9 @@ async def test_route_vars_are_compiled(api: StandaloneAPI, store: ConfigStore) -
     doc = {"routes": [{**ROUTE_R1, "vars": [["arg_a", "bogus", "1"]]}]}
     status, _, body = await push(api, doc, "1")
     assert status == 400
-    assert body["error_msg"].startswith("failed to validate the 'vars' expression: /routes/0/vars/0/1: ")
+    # routes.lua check_conf: "failed to validate the 'vars' expression: " .. err
+    assert body["error_msg"].startswith("failed to validate the 'vars' expression: ")
+    assert "'bogus'" in body["error_msg"]
     assert store.snapshot.version == 0
 
 
@@ -464,6 +471,26 @@ async def test_dangling_reference_is_accepted_as_apisix_does(api: StandaloneAPI,
     with caplog.at_level(logging.WARNING, logger="meshgate.admin"):
         assert (await push(api, {**doc, "upstreams": [{"id": "missing", **UPSTREAM}]}, "2"))[0] == 202
     assert not [r for r in caplog.records if "dangling" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("doc", "error"), [
+    # config_validate.lua check_conf: tostring(item.id) names the secret manager
+    ({"secrets": [{"uri": "http://127.0.0.1:8200", "prefix": "kv/apisix", "token": "t"}]}, "invalid secret id: nil"),
+    ({"plugin_metadata": [{"log_format": {"host": "$host"}}]}, "missing plugin name"),   # plugin_metadata.lua
+    ({"consumers": [{"username": "jack", "id": "bob"}]}, "wrong username"),   # consumers.lua: item.id is the name
+    # credentials.lua with the credential schema (schema_def.lua: id is id_schema or <user>/credentials/<id>)
+    ({"consumers": [{"id": "a.b/credentials/x", "plugins": {"key-auth": {"key": "k"}}}]},
+     'invalid configuration: property "id" validation failed: value should match only one schema, but matches none'),
+    ({"routes": "r1"}, "invalid configuration: wrong type: expected array, got string"),
+])
+async def test_the_checks_are_the_etcd_mode_validate_endpoints(api: StandaloneAPI, store: ConfigStore,
+                                                               registry: PluginRegistry, doc: dict[str, Any],
+                                                               error: str) -> None:
+    # one validation (admin/config_doc.py) behind PUT, and /validate in both modes
+    assert (await push(api, doc, "1"))[2] == {"error_msg": error}
+    assert (await call(api, "POST", doc, sub="/validate"))[2]["errors"][0]["error"] == error
+    assert (await check_document(doc, registry, standalone=False)).first_error == error
+    assert store.snapshot.version == 0
 
 
 # --- request bodies -------------------------------------------------------------------------
@@ -536,10 +563,10 @@ async def test_validate_lists_every_problem(api: StandaloneAPI, store: ConfigSto
         {"resource_type": "routes", "error": "routes_conf_version must be a number, got string"},
         {"resource_type": "routes", "resource_id": "r1", "index": 1, "error": "found duplicate id r1 in routes"},
         {"resource_type": "routes", "resource_id": "r3", "index": 2,
-         "error": body["errors"][2]["error"]},
+         "error": 'invalid configuration: property "upstream" validation failed: additional properties forbidden, '
+                  "found invalid_field"},
         {"resource_type": "services", "resource_id": 7, "index": 0, "error": "unknown plugin [invalid-plugin]"},
     ]}
-    assert body["errors"][2]["error"].startswith("invalid configuration: /routes/2/upstream/invalid_field: ")
     assert store.snapshot.version == 0
 
 

@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus
 
 from meshgate.errors import ProtocolError
 
+from ...model.describe import lua_type
 from ..runtime import schema_message
 
 if TYPE_CHECKING:
@@ -59,18 +60,6 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-def _lua_type(v: Any) -> str:
-    if isinstance(v, (dict, list)):
-        return "table"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    return "nil"
-
-
 def _schema_problem(schema: Any) -> str | None:
     """Why ``schema`` is not a valid JSON schema, in APISIX's words where they are known."""
     import jsonschema  # lazily, as the registry does: a worker without this plugin never loads it
@@ -82,7 +71,7 @@ def _schema_problem(schema: Any) -> str | None:
         if path and path[-1] == "type" and isinstance(e.instance, str):
             return f"invalid JSON type: {e.instance}"
         if e.validator == "type" and e.validator_value in ("array", "object"):
-            return f"table expected, got {_lua_type(e.instance)}"
+            return f"table expected, got {lua_type(e.instance)}"
         return str(e.message)
     return None
 
