@@ -48,7 +48,9 @@ What Meshgate adds, in the same shape:
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -162,6 +164,10 @@ async def _check_items(key: str, items: list[Any], plugins: PluginRegistry, stan
     seen: set[str] = set()
     kept: list[Any] = []
     for index, item in enumerate(items):
+        if index and index % 64 == 0:
+            # thousands of new items take seconds to check: let the process's other work
+            # (workers' messages, health checks, metrics) run in between
+            await asyncio.sleep(0)
         rid = _raw_id(item)
         err: str | None = None
         if standalone and key in KINDS and isinstance(item, Mapping) and "modifiedIndex" in item:
@@ -183,8 +189,31 @@ async def _check_items(key: str, items: list[Any], plugins: PluginRegistry, stan
     return kept
 
 
+# Controllers push the whole state again and again, mostly unchanged: an item already found
+# valid (same kind, same JSON, same plugins loaded) is not checked again.
+_VALID: dict[tuple[str, int, str], None] = {}
+_VALID_MAX = 65536
+
+
 async def _item_error(key: str, item: Any, plugins: PluginRegistry) -> str | None:
     """config_validate.lua ``check_conf``: the item through its kind's checker."""
+    try:
+        memo: tuple[str, int, str] | None = (key, plugins.generation,
+                                             json.dumps(item, sort_keys=True, separators=(",", ":"),
+                                                        allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        memo = None
+    if memo is not None and memo in _VALID:
+        return None
+    err = await _check_conf(key, item, plugins)
+    if err is None and memo is not None:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.pop(next(iter(_VALID)))
+        _VALID[memo] = None
+    return err
+
+
+async def _check_conf(key: str, item: Any, plugins: PluginRegistry) -> str | None:
     if key == "plugins":
         err = schema_error(PLUGINS_LIST_SCHEMA["items"], item)
         return None if err is None else "invalid configuration: " + err

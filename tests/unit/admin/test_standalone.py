@@ -594,3 +594,17 @@ async def test_other_methods_and_paths_are_not_found(api: StandaloneAPI, store: 
     assert headers["Content-Type"] == "text/html"
     assert b"404 Not Found" in body
     assert store.snapshot.version == 0
+
+
+async def test_items_found_valid_are_not_checked_again_unless_the_plugins_change() -> None:
+    reg = PluginRegistry()
+    reg.load_all()
+    up = {"type": "roundrobin", "nodes": {"127.0.0.1:1980": 1}}
+    doc = {"routes": [{"id": "r1", "uri": "/a", "upstream": up, "plugins": {"key-auth": {}}}]}
+    assert (await check_document(doc, reg, standalone=True)).problems == []
+    assert (await check_document(doc, reg, standalone=True)).problems == []
+    # the same item is judged again once the loaded plugins differ (a reload)
+    reg._plugins.pop("key-auth")
+    reg.generation += 1
+    problems = (await check_document(doc, reg, standalone=True)).problems
+    assert problems and "key-auth" in problems[0].error
