@@ -10,14 +10,6 @@ import time
 import pytest
 
 from admintools import Admin, running_admin, self_signed, up
-from etcdpeer import EtcdCluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = EtcdCluster.start(tmp_path_factory.mktemp("etcd"))
-    yield c
-    c.stop()
 
 
 @pytest.fixture

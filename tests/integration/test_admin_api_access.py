@@ -15,13 +15,6 @@ from meshgate.admin.admin_api import AdminAPI
 from meshgate.config import AdminConfig, AdminKey
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = EtcdCluster.start(tmp_path_factory.mktemp("etcd"))
-    yield c
-    c.stop()
-
-
 @pytest.fixture
 async def admin(cluster):
     async with running_admin(cluster.urls) as a:

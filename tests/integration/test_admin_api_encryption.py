@@ -6,14 +6,6 @@ from __future__ import annotations
 import pytest
 
 from admintools import Admin, registry, running_admin, self_signed, up
-from etcdpeer import EtcdCluster
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = EtcdCluster.start(tmp_path_factory.mktemp("etcd"))
-    yield c
-    c.stop()
 
 
 @pytest.fixture

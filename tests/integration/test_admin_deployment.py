@@ -29,18 +29,8 @@ KEY = "test-admin-key-7f3a9c"
 
 
 @pytest.fixture
-async def up():
-    u = Upstream()
-    await u.start()
-    yield u
-    await u.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path):
-    c = EtcdCluster.start(tmp_path / "etcd")
-    yield c
-    c.stop()
+def up(echo_up: Upstream) -> Upstream:
+    return echo_up
 
 
 def admin_node(urls: list[str], port: int, *, role: str = "traditional", provider: str = "etcd",

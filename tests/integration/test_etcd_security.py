@@ -22,11 +22,8 @@ ETCDCTL = str(Path(ETCD_BIN).parent / "etcdctl")
 
 
 @pytest.fixture
-async def up():
-    u = Upstream()
-    await u.start()
-    yield u
-    await u.close()
+def up(echo_up: Upstream) -> Upstream:
+    return echo_up
 
 
 def _route(rid: str, uri: str, up: Upstream) -> bytes:

@@ -23,18 +23,8 @@ PREFIX = "/apisix"
 
 
 @pytest.fixture
-async def up():
-    u = Upstream()
-    await u.start()
-    yield u
-    await u.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path):
-    c = EtcdCluster.start(tmp_path / "etcd")
-    yield c
-    c.stop()
+def up(echo_up: Upstream) -> Upstream:
+    return echo_up
 
 
 def etcd_node(urls: list[str], *, role: str = "data_plane", prefix: str = PREFIX) -> dict[str, Any]:

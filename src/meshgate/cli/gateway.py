@@ -16,7 +16,7 @@ from ..plugins import PluginRegistry
 from ..proxy.supervisor import MetricsExport, Supervisor
 
 __all__ = ["proxy_settings", "run_gateway", "run_control_plane", "GatewayError", "resolve_node_config",
-           "check_admin_keys", "WELL_KNOWN_KEYS"]
+           "check_admin_keys"]
 
 if TYPE_CHECKING:
     # Imported where used: a standalone data plane never loads grpc, aetcd or the Admin API.
@@ -76,12 +76,11 @@ def _listen(node: NodeConfig) -> list[tuple[str, int]]:
     return [(l.ip, l.port) for l in node.node_listen]
 
 
-# APISIX 2.x shipped these keys enabled (CVE-2020-13945): never accept them.
-WELL_KNOWN_KEYS = ("edd1c9f034335f136f87ad84b625c8f1", "4054f7cf07e344346cd3f287985e76a2")
-
-
 def check_admin_keys(node: NodeConfig) -> None:
-    """The Admin API refuses to start without a key of its own (CONTRACT.md)."""
+    """The Admin API refuses to start without a key of its own (CONTRACT.md), nor with one of
+    the keys APISIX 2.x shipped enabled (CVE-2020-13945)."""
+    from ..admin.admin_api import WELL_KNOWN_KEYS
+
     adm = node.admin
     if not adm.admin_key_required:
         log.warning("%s: deployment.admin.admin_key_required is false: the Admin API accepts requests "
