@@ -449,3 +449,50 @@ async def test_read_body_answers_expect_100_continue(tmp_path, up):
         assert up.requests[-1].body == b"HELLO"
     finally:
         gw.stop()
+
+
+FIELDS_PLUGIN = '''
+NAME = "t-fields"
+PRIORITY = 1
+SCHEMA = {"type": "object"}
+NAMES = ("route_id", "route_name", "service_id", "service_name", "matched_uri", "matched_host", "consumer_name",
+         "balancer_ip", "status", "upstream_response_time", "request_time", "request_length", "bytes_sent",
+         "response_source", "request_type", "request_llm_model", "llm_model")
+
+def rewrite(conf, ctx):
+    if ctx.req_header("x-set-var"):
+        ctx.set_var("route_name", "renamed")
+
+def log(conf, ctx):
+    got = ctx.metric_fields()
+    want = tuple(ctx.var(n) for n in NAMES)
+    with open(conf["out"], "a") as f:
+        f.write(repr(got == want) + " " + repr(got) + "\\n")
+'''
+
+
+async def test_metric_fields_answer_as_var_does(tmp_path, up):
+    """The one-call accessor the prometheus plugin uses gives what var() gives, name by name,
+    with and without variables set by a plugin."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "t_fields.py").write_text(FIELDS_PLUGIN)
+    out = tmp_path / "fields.txt"
+    doc = {"routes": [{"id": "r1", "name": "one", "uri": "/f", "upstream": ups(up),
+                       "plugins": {"t-fields": {"out": str(out)}}},
+                      {"id": "r2", "uri": "/nothing", "plugins": {"t-fields": {"out": str(out)}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(plugins)]}})
+    try:
+        assert (await http(gw.addr, "GET", "/f")).status == 200
+        assert (await http(gw.addr, "GET", "/f", headers={"X-Set-Var": "1"})).status == 200
+        assert (await http(gw.addr, "GET", "/nothing")).status in (502, 503)
+        import asyncio
+        for _ in range(100):
+            if out.exists() and len(out.read_text().splitlines()) == 3:
+                break
+            await asyncio.sleep(0.05)
+        lines = out.read_text().splitlines()
+        assert len(lines) == 3 and all(line.startswith("True ") for line in lines), lines
+        assert "'renamed'" in lines[1] and "'r1'" in lines[0] and "'upstream'" in lines[0]
+    finally:
+        gw.stop()

@@ -209,6 +209,31 @@ class Exchange:
             return f(self)
         return self.req.var(name)
 
+    def metric_fields(self) -> tuple[Any, ...]:
+        """What a metrics or logging plugin reads of a finished request, in one call:
+        ``(route_id, route_name, service_id, service_name, matched_uri, matched_host,
+        consumer_name, balancer_ip, status, upstream_response_time, request_time,
+        request_length, bytes_sent, response_source, request_type, request_llm_model,
+        llm_model)``, each what :meth:`var` answers for that name (thirteen variable
+        lookups cost the prometheus plugin more than its own work)."""
+        if self.vars is not None:      # a plugin set some variable: answer them as var() does
+            v = self.var
+            return (v("route_id"), v("route_name"), v("service_id"), v("service_name"), v("matched_uri"),
+                    v("matched_host"), v("consumer_name"), v("balancer_ip"), v("status"),
+                    v("upstream_response_time"), v("request_time"), v("request_length"), v("bytes_sent"),
+                    v("response_source"), v("request_type"), v("request_llm_model"), v("llm_model"))
+        r = self.route
+        c = self.consumer
+        n = self.node
+        return (r.id if r is not None else None, r.name if r is not None else None,
+                r.service_id if r is not None else None, r.service_name if r is not None else None,
+                r.matched_uri if r is not None else None, r.matched_host if r is not None else None,
+                c.username if c is not None else None, n.host if n is not None else None,
+                self.resp_status or None, _upstream_time(self), _request_time(self), _request_length(self),
+                self.bytes_sent,
+                "upstream" if self.upstream_status else "nginx" if n is not None else "apisix",
+                None, None, None)
+
     def set_var(self, name: str, value: Any) -> None:
         if self.vars is None:
             self.vars = {}

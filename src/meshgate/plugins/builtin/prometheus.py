@@ -125,30 +125,42 @@ def _num(v: Any) -> float:
 
 
 def log(conf: dict[str, Any], ctx: Any) -> None:
-    var = ctx.var
-    route = var("route_id") or ""
-    service = var("service_id") or ""
+    fields = getattr(ctx, "metric_fields", None)
+    if fields is not None:   # the exchange answers every variable below in one call
+        (route, route_name, service, service_name, matched_uri, matched_host, consumer, node, code,
+         upstream_time, request_time, request_length, bytes_sent, source, request_type, req_model,
+         llm_model) = fields()
+    else:
+        var = ctx.var
+        route, route_name, service, service_name = (var("route_id"), var("route_name"), var("service_id"),
+                                                    var("service_name"))
+        matched_uri, matched_host = var("matched_uri"), var("matched_host")
+        consumer, node, code = var("consumer_name"), var("balancer_ip"), var("status")
+        upstream_time, request_time = var("upstream_response_time"), var("request_time")
+        request_length, bytes_sent, source = var("request_length"), var("bytes_sent"), var("response_source")
+        request_type, req_model, llm_model = var("request_type"), var("request_llm_model"), var("llm_model")
+    route = route or ""
+    service = service or ""
     if conf.get("prefer_name") is True:
-        route = var("route_name") or route
+        route = route_name or route
         if service:
-            service = var("service_name") or service
-    consumer = var("consumer_name") or ""
-    node = var("balancer_ip") or ""
-    request_type = var("request_type") or "traditional_http"
-    req_model = _model(var("request_llm_model"))
-    llm_model = _model(var("llm_model"))
-    upstream_time = var("upstream_response_time")
+            service = service_name or service
+    consumer = consumer or ""
+    node = node or ""
+    request_type = request_type or "traditional_http"
+    req_model = _model(req_model)
+    llm_model = _model(llm_model)
     # APISIX core.response.get_response_source (the exchange provides it; a bare ctx: inferred)
-    source = var("response_source") or ("upstream" if upstream_time is not None else "apisix")
+    source = source or ("upstream" if upstream_time is not None else "apisix")
     # A request logged without a status never got an answer: the client went away first,
     # which nginx (and so APISIX) logs as 499.
-    code = var("status") or 499
+    code = code or 499
     if type(code) is not str:
         code = _CODES.get(code) or str(code)
 
     # Values are strings already (ids, names, addresses); a label value of another type
     # is converted by the registry on the slow path, never mixed up with its string.
-    status_labels: tuple[str, ...] = (code, route, var("matched_uri") or "", var("matched_host") or "", service,
+    status_labels: tuple[str, ...] = (code, route, matched_uri or "", matched_host or "", service,
                                       consumer, node, request_type, req_model, llm_model, source)
     tail: tuple[str, ...] = (route, service, consumer, node, request_type, req_model, llm_model)
     lat_req = ("request",) + tail
@@ -174,7 +186,7 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     STATUS.inc(status_labels)
     # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
     # take, never negative (nginx's clocks differ slightly between the two variables).
-    latency = _num(var("request_time")) * 1000.0
+    latency = _num(request_time) * 1000.0
     LATENCY.observe(lat_req, latency)
     if upstream_time is not None:
         up_ms = _num(upstream_time) * 1000.0
@@ -183,5 +195,5 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
         LATENCY.observe(lat_apisix, apisix_ms if apisix_ms > 0 else 0.0)
     else:
         LATENCY.observe(lat_apisix, latency)
-    BANDWIDTH.inc(bw_in, _num(var("request_length")))
-    BANDWIDTH.inc(bw_out, _num(var("bytes_sent")))
+    BANDWIDTH.inc(bw_in, _num(request_length))
+    BANDWIDTH.inc(bw_out, _num(bytes_sent))
