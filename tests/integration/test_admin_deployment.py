@@ -242,3 +242,65 @@ def test_admin_api_listens_on_loopback_by_default(tmp_path: Path) -> None:
 
     node = parse_node_config({"deployment": {"role": "traditional"}}, source="t")
     assert node.admin.admin_listen.ip == "127.0.0.1" and node.admin.admin_listen.port == 9180
+
+
+VERSIONED = '''
+NAME = "t-ver"
+PRIORITY = 10
+SCHEMA = {{"type": "object"}}
+
+def rewrite(conf, ctx):
+    ctx.set_req_header("X-Ver", "{ver}")
+'''
+
+
+async def test_plugin_reload_reaches_every_gateway_through_etcd(tmp_path: Path, etcd: EtcdCluster,
+                                                               up: Upstream) -> None:
+    """APISIX: PUT /apisix/admin/plugins/reload on one node publishes its plugin list under
+    <prefix>/plugins, and every node following etcd reloads its plugins with that list."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "t_ver.py").write_text(VERSIONED.format(ver=1))
+    with_dir = {"apisix": {"plugin_dirs": [str(plugins)]}}
+    port = free_port()
+    a = start_gateway(tmp_path / "a", {"routes": []}, workers=2, node={**admin_node(etcd.urls, port), **with_dir})
+    b = start_gateway(tmp_path / "b", {"routes": []}, workers=2, node={**dp_node(etcd.urls), **with_dir})
+    try:
+        wait_admin(port)
+        ups = {"type": "roundrobin", "nodes": {f"127.0.0.1:{up.port}": 1}}
+        assert admin(port, "PUT", "/routes/v", {"uri": "/v", "upstream": ups, "plugins": {"t-ver": {}}})[0] == 201
+        for gw in (a, b):
+            await until(gw, "/v", 200)
+
+        async def versions(gw: Gateway) -> set[str | None]:
+            seen = set()
+            for _ in range(8):
+                await http(gw.addr, "GET", "/v")
+                seen.add(up.requests[-1].header("x-ver"))
+            return seen
+        assert await versions(b) == {"1"}
+        (plugins / "t_ver.py").write_text(VERSIONED.format(ver=2))
+        st, body, _ = admin(port, "PUT", "/plugins/reload")
+        assert (st, body) == (200, b"done")
+        st, body, _ = admin(port, "GET", "/plugins/list")
+        assert "t-ver" in body
+        deadline = time.monotonic() + 10
+        while await versions(b) != {"2"} and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for gw in (a, b):
+            assert await versions(gw) == {"2"}
+        # the list in etcd is what the nodes enable: a list without t-ver disables it everywhere
+        from meshgate.config.etcd import EtcdClient
+        client = EtcdClient(etcd.urls)
+        await client.put("/apisix/plugins", json.dumps([{"name": "key-auth"}, {"name": "mqtt-proxy",
+                                                                               "stream": True}]).encode())
+        await client.close()
+        deadline = time.monotonic() + 10
+        while (await http(b.addr, "GET", "/v")).status == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert (await http(b.addr, "GET", "/v")).status != 200   # the route's plugin is unknown now
+        assert "t-ver" not in [p["name"] for p in b.control("/v1/plugins")["plugins"]]
+        assert [p["name"] for p in b.control("/v1/plugins")["plugins"]] == ["key-auth"]
+    finally:
+        a.stop()
+        b.stop()

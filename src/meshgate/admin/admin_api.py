@@ -362,6 +362,11 @@ class AdminAPI:
         except Exception as e:   # a broken third-party plugin must not take the Admin API down
             log.exception("plugins reload failed")
             return self._answer(503, {"error_msg": f"failed to reload plugins: {e}"})
+        if self.etcd is not None and self.config_provider == "etcd":
+            # APISIX (admin/init.lua sync_local_conf_to_etcd): the reloading node publishes its
+            # plugin list under <prefix>/plugins; every node following etcd reloads with it
+            names = [{"name": n} for n in self.plugins.names()]
+            await self.etcd.put(f"{self.prefix}/plugins", json.dumps(names, separators=(",", ":")).encode())
         return self._answer(200, "done")
 
     def _schema_validate(self, req: ApiRequest, path: str) -> Response:

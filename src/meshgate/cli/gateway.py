@@ -228,10 +228,15 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         where = str(ypath)
     else:
         where = "API-driven standalone (PUT /apisix/admin/configs)"
+    # APISIX: a plugin list stored in etcd by a plugin reload wins over config.yaml's
+    local_plugins = node.plugins
+    enabled = local_plugins
+    if etcd_source is not None and etcd_source.plugin_names is not None:
+        enabled = tuple(etcd_source.plugin_names)
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
                      metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs,
-                     enabled_plugins=node.plugins)
+                     enabled_plugins=enabled)
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:
@@ -243,7 +248,10 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
     store.subscribe(sup.publish)
     if file_source is not None:
         file_source.start()
+    local_enabled = list(local_plugins) if local_plugins is not None else None
     if etcd_source is not None:
+        etcd_source.on_plugins = lambda names: sup.reload_plugins(enabled=names if names is not None
+                                                                  else local_enabled)
         etcd_source.start()
     servers: list[ApiServer] = []
 
@@ -270,7 +278,8 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         api = AdminAPI(etcd=client, prefix=node.etcd.prefix, admin=node.admin, plugins=sup.plugins,
                        cipher=field_cipher(node, sup.plugins) if client is not None else None,
                        standalone=standalone, config_provider=node.config_provider,
-                       reload_plugins=sup.reload_plugins)
+                       # APISIX reloads with config.yaml's list, then publishes the result
+                       reload_plugins=lambda: sup.reload_plugins(enabled=local_enabled))
         try:
             servers.append(await _serve_admin(node, api))
         except GatewayError as e:

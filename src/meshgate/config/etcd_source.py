@@ -31,7 +31,7 @@ import json
 import logging
 import random
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..errors import ConfigError
 from ..model import KINDS, validate_item
@@ -81,6 +81,11 @@ class EtcdSource:
         self.last_error: str | None = None
         self.rejected: dict[tuple[str, str], list[ConfigError]] = {}
         self.resyncs = 0                   # full re-lists after the first (compaction, outage)
+        # APISIX's <prefix>/plugins: the enabled plugin list a plugin reload publishes
+        # (None: the key is absent); on_plugins is called when it changes
+        self.plugin_names: list[str] | None = None
+        self.plugins_revision = 0
+        self.on_plugins: Callable[[list[str] | None], Any] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- decoding ----------------------------------------------------------------------------
@@ -115,6 +120,34 @@ class EtcdSource:
         for e in errs:
             log.error("etcd %s (revision %d): item rejected, %s", kv.key, kv.mod_revision, e)
 
+    # -- the plugin list ---------------------------------------------------------------------
+    def _plugins_key(self, kv: KV | None, mod_revision: int) -> None:
+        """``<prefix>/plugins`` put (``kv``) or deleted (None): APISIX's plugin reload, which
+        every node applies with the list it carries (``[{"name": "key-auth"}, {"name": "x",
+        "stream": true}]``; stream plugins are not Meshgate's)."""
+        if mod_revision == self.plugins_revision:
+            return
+        names: list[str] | None = None
+        if kv is not None:
+            try:
+                data = json.loads(kv.value)
+                if not isinstance(data, list) or not all(isinstance(p, dict) and isinstance(p.get("name"), str)
+                                                         for p in data):
+                    raise ValueError("expected a JSON array of {name, stream}")
+            except ValueError as e:
+                log.error("etcd %s (revision %d): plugin list ignored: %s", kv.key, kv.mod_revision, e)
+                return
+            names = [p["name"] for p in data if not p.get("stream")]
+        first = self.plugins_revision == 0 and self.plugin_names is None
+        self.plugins_revision = mod_revision
+        self.plugin_names = names
+        if self.on_plugins is not None and not (first and names is None):
+            log.warning("etcd: plugin list changed (revision %d): reloading plugins", mod_revision)
+            try:
+                self.on_plugins(names)
+            except Exception:   # a plugin that fails to load must not stop the watch
+                log.exception("plugin reload from etcd failed")
+
     # -- list --------------------------------------------------------------------------------
     async def load(self) -> None:
         """Read everything under the prefix and replace the store's state with it.
@@ -125,7 +158,11 @@ class EtcdSource:
         indexes: dict[tuple[str, str], tuple[int, int]] = {}
         cur = self.store.snapshot
         self.rejected = {}
+        plugins_kv = None
         for kv in kvs:
+            if kv.key == self.prefix + "/plugins":
+                plugins_kv = kv
+                continue
             got = self._decode(kv)
             if got is None:
                 continue
@@ -140,6 +177,8 @@ class EtcdSource:
             items[kind][id] = value
             indexes[(kind, id)] = (kv.create_revision, kv.mod_revision)
         snap = self.store.replace_all(items, indexes=indexes, revision=revision)
+        self._plugins_key(plugins_kv, plugins_kv.mod_revision if plugins_kv is not None else
+                          (0 if self.plugin_names is None else -revision))
         self.revision = revision
         self.connected = True
         self.last_error = None
@@ -152,6 +191,9 @@ class EtcdSource:
         out: list[Change] = []
         for ev in batch_events:
             kv = ev.kv
+            if kv.key == self.prefix + "/plugins":
+                self._plugins_key(kv if ev.type == "put" else None, kv.mod_revision)
+                continue
             if ev.type == "delete":
                 item = key_to_item(self.prefix, kv.key)
                 if item is not None:

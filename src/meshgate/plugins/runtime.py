@@ -341,9 +341,15 @@ class PluginRegistry:
                 log.error("%s", msg)
         return loaded
 
-    def reload(self) -> list[str]:
+    def reload(self, *, enabled: Iterable[str] | None | bool = True) -> list[str]:
         """Re-import the directory plugins (new, changed and removed files); returns the names
-        now loaded from directories.  Built-ins and entry points stay as they are."""
+        now loaded from directories.  Built-ins and entry points stay as they are, unless
+        ``enabled`` gives a new list of enabled plugins (``None``: all), as APISIX's reload
+        does with the list stored in etcd: then they are loaded again and filtered by it."""
+        if enabled is not True:
+            self._enabled = frozenset(enabled) if enabled is not None and enabled is not False else None
+            self.load_builtin()        # those an earlier list left out come back
+            self.load_entry_points()
         for name, p in list(self._plugins.items()):
             if p.source not in ("builtin",) and not p.source.startswith("entry point "):
                 destroy = getattr(p.module, "destroy", None)

@@ -292,16 +292,23 @@ class Supervisor:
             self._wire = snapshot_to_wire(self.snapshot)
         return self._wire
 
-    def reload_plugins(self) -> list[str] | None:
+    def reload_plugins(self, enabled: list[str] | None | bool = True) -> list[str] | None:
         """Re-import the directory plugins here and in every worker, and recompile the current
         config with them (APISIX ``PUT /v1/plugins/reload``); requests in flight finish with the
-        chains they started with.  Returns the plugins now loaded from directories."""
-        loaded = self.plugins.reload()
+        chains they started with.  ``enabled``: a new list of enabled plugins (the list APISIX
+        keeps in etcd, ``None`` for all), or ``True`` to keep the current one.  Returns the
+        plugins now loaded from directories."""
+        if enabled is not True:
+            self.enabled_plugins = tuple(enabled) if isinstance(enabled, list) else None
+        loaded = self.plugins.reload(enabled=enabled)
         log.warning("plugins reloaded: %s%s", ", ".join(loaded) or "none",
                     "".join(f"; {e}" for e in self.plugins.errors))
+        msg: dict[str, Any] = {"op": "reload_plugins"}
+        if enabled is not True:
+            msg["enabled"] = enabled if isinstance(enabled, list) else None
         for w in self.workers:
             if w.channel is not None:
-                w.channel.send({"op": "reload_plugins"})
+                w.channel.send(msg)
         if self.snapshot is None:
             return None
         self.runtime = self.compile(self.snapshot)

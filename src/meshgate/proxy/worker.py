@@ -151,11 +151,12 @@ class WorkerMain:
         elif op == "metrics":
             self.send_metrics(msg.get("id"))
         elif op == "reload_plugins":
-            self.reload_plugins()
+            self.reload_plugins(msg["enabled"] if "enabled" in msg else True)
 
-    def reload_plugins(self) -> None:
-        """Re-import the directory plugins and recompile the running config with them."""
-        self.plugins.reload()
+    def reload_plugins(self, enabled: list[str] | None | bool = True) -> None:
+        """Re-import the directory plugins (with a new enabled list when given) and recompile
+        the running config with them."""
+        self.plugins.reload(enabled=enabled)
         if self.snapshot is None:
             return
         try:
