@@ -35,6 +35,7 @@ from typing import Any, Callable, Protocol
 
 from ..errors import ConfigError
 from ..model import KINDS, validate_item
+from .background import Background
 from .etcd import KV, EtcdClient, EtcdCompacted, EtcdError, EtcdUnavailable
 from .store import Change, ConfigStore
 
@@ -67,7 +68,7 @@ def key_to_item(prefix: str, key: str) -> tuple[str, str] | None:
     return kind, id
 
 
-class EtcdSource:
+class EtcdSource(Background):
     def __init__(self, client: EtcdClient, store: ConfigStore, *, prefix: str = "/apisix",
                  cipher: Cipher | None = None, resync_delay: float = 5.0, first_retry: float = 0.2) -> None:
         self.client = client
@@ -86,7 +87,6 @@ class EtcdSource:
         self.plugin_names: list[str] | None = None
         self.plugins_revision = 0
         self.on_plugins: Callable[[list[str] | None], Any] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     # -- decoding ----------------------------------------------------------------------------
     def _decode(self, kv: KV) -> tuple[str, str, dict[str, Any]] | None | ConfigError:
@@ -260,16 +260,10 @@ class EtcdSource:
             delay = min(self.resync_delay, delay * 2)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        self._spawn(self.run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._cancel()
         await self.client.close()
 
 

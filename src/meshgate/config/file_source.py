@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ConfigError
+from .background import Background
 from .store import ConfigStore
 from .yaml_source import ParsedConfig, parse_apisix_yaml
 
@@ -32,13 +33,12 @@ def load_file(path: Path, env: Mapping[str, str] | None = None) -> ParsedConfig:
     return parse_apisix_yaml(text, env=os.environ if env is None else env, source=str(path))
 
 
-class FileSource:
+class FileSource(Background):
     def __init__(self, path: Path, store: ConfigStore, *, interval: float = 1.0) -> None:
         self.path = path
         self.store = store
         self.interval = interval
         self._stamp: tuple[float, int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self.item_errors: list[ConfigError] = []
 
@@ -68,7 +68,7 @@ class FileSource:
         return True
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._spawn(self._watch())
 
     async def _watch(self) -> None:
         while True:
@@ -78,9 +78,4 @@ class FileSource:
                 self.load()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._cancel()
