@@ -177,8 +177,10 @@ class EtcdSource(Background):
             items[kind][id] = value
             indexes[(kind, id)] = (kv.create_revision, kv.mod_revision)
         snap = self.store.replace_all(items, indexes=indexes, revision=revision)
-        self._plugins_key(plugins_kv, plugins_kv.mod_revision if plugins_kv is not None else
-                          (0 if self.plugin_names is None else -revision))
+        if plugins_kv is not None:
+            self._plugins_key(plugins_kv, plugins_kv.mod_revision)
+        elif self.plugin_names is not None:      # deleted while the watch was down
+            self._plugins_key(None, -revision)
         self.revision = revision
         self.connected = True
         self.last_error = None
