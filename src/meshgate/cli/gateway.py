@@ -250,6 +250,8 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         file_source.start()
     local_enabled = list(local_plugins) if local_plugins is not None else None
     if etcd_source is not None:
+        # from now on decrypt with the plugins the gateway runs (a reload may bring new ones)
+        etcd_source.cipher = field_cipher(node, sup.plugins)
         etcd_source.on_plugins = lambda names: sup.reload_plugins(enabled=names if names is not None
                                                                   else local_enabled)
         etcd_source.start()
