@@ -237,3 +237,28 @@ async def test_start_fails_clearly_without_etcd(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "gateway exited with 1" in msg and "cannot read the configuration from etcd" in msg
     assert "Traceback" not in msg
+
+
+async def test_reads_what_apisix_wrote_encrypted(tmp_path: Path, etcd: EtcdCluster, up: Upstream) -> None:
+    """A consumer credential as APISIX stores it in etcd (key-auth key encrypted with the
+    default keyring: the ciphertext of APISIX's t/node/credential-plugin-key-auth.t) is
+    decrypted by the gateway and authenticates the plaintext key."""
+    client = EtcdClient(etcd.urls)
+    await client.put(f"{PREFIX}/consumers/jack", json.dumps({"username": "jack"}).encode())
+    await client.put(f"{PREFIX}/consumers/jack/credentials/c1", json.dumps(
+        {"id": "c1", "plugins": {"key-auth": {"key": "fsFPtg7BtXMXkvSnS9e1zw=="}}}).encode())
+    await client.put(f"{PREFIX}/routes/1", json.dumps(
+        {"id": "1", "uri": "/secure", "plugins": {"key-auth": {}},
+         "upstream": {"type": "roundrobin", "nodes": {f"127.0.0.1:{up.port}": 1}}}).encode())
+    gw = start_gateway(tmp_path / "gw", {"routes": []}, workers=2, node=etcd_node(etcd.urls))
+    try:
+        assert (await http(gw.addr, "GET", "/secure")).status == 401
+        r = await http(gw.addr, "GET", "/secure", headers={"apikey": "p7a3k6r4t9"})
+        assert r.status == 200
+        assert up.requests[-1].header("x-consumer-username") == "jack"
+        assert up.requests[-1].header("x-credential-identifier") == "c1"
+        # the ciphertext itself is not a key
+        assert (await http(gw.addr, "GET", "/secure", headers={"apikey": "fsFPtg7BtXMXkvSnS9e1zw=="})).status == 401
+    finally:
+        gw.stop()
+        await client.close()
