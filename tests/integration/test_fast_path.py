@@ -65,7 +65,7 @@ class Run:
     """One gateway worker in process with one pooled upstream connection."""
 
     def __init__(self, *, settings: ProxySettings | None = None, plugins: dict[str, Any] | None = None,
-                 registry: PluginRegistry | None = None) -> None:
+                 registry: PluginRegistry | None = None, tls: bool = False) -> None:
         store = ConfigStore()
         store.replace_all({"routes": {
             "1": {"id": "1", "uri": "/*", "plugins": plugins or {},
@@ -81,7 +81,10 @@ class Run:
         self.upconn.connection_made(self.up_t)  # type: ignore[arg-type]
         self.server.pool.put(self.upconn, 10, self.server.loop.time())
         self.client = ClientConnection(self.server)
-        self.client_t = Transport({"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9080)})
+        info: dict[str, Any] = {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9080)}
+        if tls:   # what an SSL transport adds (the handshake's SSLObject: a stand-in)
+            info.update(sslcontext=object(), ssl_object=types.SimpleNamespace())
+        self.client_t = Transport(info)
         self.client.connection_made(self.client_t)  # type: ignore[arg-type]
 
     def send(self, reads: list[bytes]) -> None:
@@ -175,6 +178,22 @@ async def test_valid_request_forwarded_identically(raw: bytes) -> None:
     assert whole.to_upstream and _fields(whole.to_upstream) == _fields(split.to_upstream)
     assert whole.to_client == split.to_client
     assert whole.to_client.startswith(b"HTTP/1.1 200 OK\r\n"), whole.to_client
+
+
+@pytest.mark.parametrize("raw", VALID, ids=[str(i) for i in range(len(VALID))])
+async def test_valid_request_forwarded_identically_over_tls(raw: bytes) -> None:
+    whole, split = both(raw, tls=True)
+    assert whole.to_upstream and _fields(whole.to_upstream) == _fields(split.to_upstream)
+    assert whole.to_client == split.to_client
+    assert whole.to_client.startswith(b"HTTP/1.1 200 OK\r\n"), whole.to_client
+    assert b"\r\nX-Forwarded-Proto: https\r\n" in whole.to_upstream
+    assert whole.client.tls is not None
+
+
+async def test_fast_path_takes_plain_requests_over_tls() -> None:
+    whole, split = both(VALID[0], tls=True)
+    assert (whole.server.fast_requests, split.server.fast_requests) == (1, 0)
+    assert b"X-Forwarded-Proto: https\r\n" in whole.to_upstream
 
 
 async def test_fast_path_takes_plain_requests_and_responses() -> None:

@@ -51,6 +51,10 @@ def proxy_settings(node: NodeConfig) -> dict[str, Any]:
         # what plugins may read of the node config (ctx.plugin_attr / ctx.node_ssl)
         "plugin_attr": node.plain("plugin_attr") or {},
         "node_ssl": node.plain("apisix", "ssl"),
+        # the TLS listeners
+        "ssl_protocols": node.ssl.ssl_protocols,
+        "ssl_ciphers": node.ssl.ssl_ciphers,
+        "fallback_sni": node.ssl.fallback_sni,
     }
 
 
@@ -74,6 +78,11 @@ def metrics_export(node: NodeConfig) -> MetricsExport | None:
 
 def _listen(node: NodeConfig) -> list[tuple[str, int]]:
     return [(l.ip, l.port) for l in node.node_listen]
+
+
+def _tls_listen(node: NodeConfig) -> list[tuple[str, int]]:
+    """The HTTPS addresses (``apisix.ssl.listen``), unless ``apisix.ssl.enable`` is false."""
+    return [(l.ip, l.port) for l in node.ssl.listen] if node.ssl.enable else []
 
 
 def check_admin_keys(node: NodeConfig) -> None:
@@ -236,7 +245,7 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
                      metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs,
-                     enabled_plugins=enabled)
+                     enabled_plugins=enabled, tls_listen=_tls_listen(node))
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:
@@ -286,7 +295,7 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
             servers.append(await _serve_admin(node, api))
         except GatewayError as e:
             raise await fail(str(e))
-    addrs = ", ".join(f"{h}:{p}" for h, p in _listen(node))
+    addrs = ", ".join([f"{h}:{p}" for h, p in _listen(node)] + [f"https {h}:{p}" for h, p in _tls_listen(node)])
     log.warning("meshgate %d worker(s) serving on %s (config version %d, %s)", sup.nworkers, addrs,
                 store.snapshot.version, where)
     loop = asyncio.get_running_loop()
@@ -306,7 +315,7 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         node = new
         log.warning("SIGHUP: reloading node config %s", node.source)
         await sup.replace_workers(listen=_listen(node), settings=proxy_settings(node), workers=node.worker_processes,
-                                  router_kind=node.router_http)
+                                  router_kind=node.router_http, tls_listen=_tls_listen(node))
 
     loop.add_signal_handler(signal.SIGHUP, lambda: reloading.append(loop.create_task(reload_node())))
     if on_ready is not None:

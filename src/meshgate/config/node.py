@@ -32,6 +32,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
     "NodeConfigErrors",
     "Listen",
     "SSLConfig",
+    "DEFAULT_SSL_CIPHERS",
     "HttpConfig",
     "UpstreamKeepalive",
     "AdminKey",
@@ -117,11 +119,29 @@ class Listen:
         return f"{host}:{self.port}"
 
 
+# APISIX's default ``apisix.ssl.ssl_ciphers`` (apisix/cli/config.lua): what the TLS listeners
+# offer up to TLS 1.2 (TLS 1.3 suites are OpenSSL's, as with nginx's ssl_ciphers)
+DEFAULT_SSL_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384",
+))
+# the names nginx's ssl_protocols takes that OpenSSL 3 still speaks
+TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
 @dataclass(frozen=True, slots=True)
 class SSLConfig:
+    """``apisix.ssl``: the HTTPS listeners (certificates come from ``ssls`` objects)."""
+
     enable: bool = True
     listen: tuple[Listen, ...] = (Listen(port=9443),)
     ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    ssl_ciphers: str = DEFAULT_SSL_CIPHERS
+    # the SNI assumed when a client sends none (APISIX apisix/ssl.lua server_name); None: such
+    # handshakes fail, as in APISIX
+    fallback_sni: str | None = None
     # CA bundle for the certificates Meshgate verifies as a client (APISIX: etcd's among
     # them); None = the system's trusted roots
     ssl_trusted_certificate: str | None = None
@@ -278,7 +298,8 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "apisix": {
             "node_listen": [9080],
             "enable_admin": True,
-            "ssl": {"enable": True, "listen": [{"port": 9443}], "ssl_protocols": "TLSv1.2 TLSv1.3"},
+            "ssl": {"enable": True, "listen": [{"port": 9443}], "ssl_protocols": "TLSv1.2 TLSv1.3",
+                    "ssl_ciphers": DEFAULT_SSL_CIPHERS},
             "router": {"http": "radixtree_host_uri", "ssl": "radixtree_sni"},
             "enable_control": True,
             "control": {"ip": "127.0.0.1", "port": 9090},
@@ -352,7 +373,8 @@ _KNOWN: dict[str, Any] = {
     "apisix": {
         "node_listen": None,
         "enable_admin": None,
-        "ssl": {"enable": None, "listen": None, "ssl_protocols": None, "ssl_trusted_certificate": None},
+        "ssl": {"enable": None, "listen": None, "ssl_protocols": None, "ssl_ciphers": None, "fallback_sni": None,
+                "ssl_trusted_certificate": None},
         "router": {"http": None, "ssl": None},
         "enable_control": None,
         "control": {"ip": None, "port": None},
@@ -522,10 +544,14 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
     ssl = SSLConfig(
         enable=r.boolean(merged, ("apisix", "ssl", "enable")),
         listen=r.listen_list(merged, ("apisix", "ssl", "listen"), "0.0.0.0"),
-        ssl_protocols=r.string(merged, ("apisix", "ssl", "ssl_protocols")),
+        ssl_protocols=r.ssl_protocols(merged, ("apisix", "ssl", "ssl_protocols")),
+        ssl_ciphers=r.ssl_ciphers(merged, ("apisix", "ssl", "ssl_ciphers")),
+        fallback_sni=r.server_name(merged, ("apisix", "ssl", "fallback_sni")),
         ssl_trusted_certificate=_trusted_ca(r.opt_string(merged, ("apisix", "ssl", "ssl_trusted_certificate")),
                                             base),
     )
+    if ssl.enable:
+        r.listen_conflicts(node_listen, ssl.listen, ("apisix", "ssl", "listen"))
     router_http = cast(RouterName, r.choice(merged, ("apisix", "router", "http"), get_args(RouterName)))
     r.string(merged, ("apisix", "router", "ssl"))
 
@@ -676,6 +702,7 @@ def _dotted(path: Key) -> str:
 
 
 
+_SERVER_NAME = re.compile(r"^[0-9A-Za-z]([0-9A-Za-z-]*[0-9A-Za-z])?(\.[0-9A-Za-z]([0-9A-Za-z-]*[0-9A-Za-z])?)*\.?$")
 _INT = re.compile(r"^[+-]?\d+$")
 _FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 
@@ -795,6 +822,48 @@ class _Reader:
             return v
         self.error(path, f"expected string, got {_short(v)}")
         return None
+
+    def ssl_protocols(self, data: Any, path: Key) -> str:
+        """nginx ``ssl_protocols``: TLS versions separated by spaces."""
+        v = _get(data, path)
+        if isinstance(v, str) and v.split() and all(p in TLS_PROTOCOLS for p in v.split()):
+            return " ".join(v.split())
+        self.error(path, f"expected TLS versions separated by spaces (from {', '.join(TLS_PROTOCOLS)}), "
+                         f"got {_short(v)}")
+        return "TLSv1.2 TLSv1.3"
+
+    def ssl_ciphers(self, data: Any, path: Key) -> str:
+        """nginx ``ssl_ciphers``: an OpenSSL cipher list this OpenSSL understands."""
+        v = _get(data, path)
+        if isinstance(v, str) and v.strip():
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(v)
+                return v
+            except ssl.SSLError:
+                pass
+        self.error(path, f"expected an OpenSSL cipher list that selects at least one cipher, got {_short(v)}")
+        return DEFAULT_SSL_CIPHERS
+
+    def server_name(self, data: Any, path: Key) -> str | None:
+        """A host name (``fallback_sni``): lower-cased, without a trailing dot (APISIX ssl.lua)."""
+        v = _get(data, path)
+        if v is None:
+            return None
+        if isinstance(v, str) and _SERVER_NAME.match(v):
+            return v.lower().removesuffix(".")
+        self.error(path, f"expected a host name like www.example.com, got {_short(v)}")
+        return None
+
+    def listen_conflicts(self, http: tuple[Listen, ...], https: tuple[Listen, ...], path: Key) -> None:
+        """An address cannot be both an HTTP and an HTTPS listener (a wildcard IP covers every
+        address of its port)."""
+        wild = ("0.0.0.0", "::")
+        for i, s in enumerate(https):
+            for h in http:
+                if h.port == s.port and (h.ip == s.ip or h.ip in wild or s.ip in wild):
+                    self.error(path + (i, "port"), f"port {s.port} is already an HTTP port "
+                                                   f"(apisix.node_listen {h}); expected another port")
+                    break
 
     def choice(self, data: Any, path: Key, choices: tuple[str, ...]) -> str:
         v = _get(data, path)

@@ -63,6 +63,9 @@ class Request:
     _args: dict[str, str] | None = None
     _cookies: dict[str, str] | None = None
     start_time = 0.0
+    # the TLS connection it came on (proxy.tls.TLSConnection: ``var(name)`` answers nginx's
+    # $ssl_* variables, ``allows`` the per-request mTLS checks); None on plain HTTP
+    tls: Any = None
 
     _ctx: dict[str, Any] | None = None
     # Header fields as received: either a list built field by field (``_headers``), or the
@@ -212,7 +215,22 @@ _FIXED: dict[str, Callable[[Request], Any]] = {
     "content_type": lambda r: r.header_index().get("content-type"),
     "request_line": lambda r: f"{r.method} {r.request_uri} HTTP/{r.version}",
     "hostname": lambda r: _hostname(),
+    "https": lambda r: "on" if r.scheme == "https" else "",
 }
+
+
+def _tls_var(name: str) -> Callable[[Request], Any]:
+    def get(r: Request) -> Any:
+        t = r.tls
+        return t.var(name) if t is not None else None
+    return get
+
+
+# nginx's $ssl_* variables (proxy/tls.py TLS_VARS answers them)
+_FIXED.update({n: _tls_var(n) for n in (
+    "ssl_server_name", "ssl_protocol", "ssl_cipher", "ssl_session_reused", "ssl_alpn_protocol", "ssl_client_verify",
+    "ssl_client_s_dn", "ssl_client_i_dn", "ssl_client_serial", "ssl_client_fingerprint", "ssl_client_raw_cert",
+    "ssl_client_escaped_cert", "ssl_client_v_start", "ssl_client_v_end", "ssl_client_v_remain")})
 
 _HOSTNAME: list[str] = []
 

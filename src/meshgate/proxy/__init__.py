@@ -2,7 +2,8 @@
 
 ``http1`` parses HTTP/1.1 clients and feeds :class:`Exchange` (``exchange``: routing, plugin
 phases, forwarding, retries, timeouts: what plugins see as ``ctx``); ``upstream_conn`` holds
-the upstream connections and their pool; ``server`` a worker's listeners and sweeper;
+the upstream connections and their pool; ``server`` a worker's listeners and sweeper; ``tls``
+TLS termination (certificates by SNI from the ``ssls`` objects, mTLS, ``$ssl_*`` variables);
 ``runtime`` the per-Snapshot compiled state; ``supervisor``/``worker`` the processes.
 """
 

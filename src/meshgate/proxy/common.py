@@ -126,6 +126,11 @@ class ProxySettings:
     drain_grace: float = 240.0
     plugin_attr: dict[str, Any] = field(default_factory=dict)   # config.yaml plugin_attr (ctx.plugin_attr)
     node_ssl: dict[str, Any] | None = None                      # config.yaml apisix.ssl (ctx.node_ssl)
+    # the TLS listeners (apisix.ssl): versions, ciphers up to TLS 1.2 ("" = OpenSSL's), SNI
+    # assumed when a client sends none
+    ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    ssl_ciphers: str = ""
+    fallback_sni: str | None = None
     _real_nets: tuple[Any, ...] = field(default=(), repr=False)
     _trusted_nets: tuple[Any, ...] = field(default=(), repr=False)
 

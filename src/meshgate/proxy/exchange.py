@@ -431,6 +431,11 @@ class Exchange:
     # -- request side ------------------------------------------------------------------------
     def start(self) -> None:
         try:
+            tls = self.req.tls
+            if tls is not None and not tls.allows(self.runtime.tls, self.req):
+                # APISIX verify_https_client, before routing and plugins: a bare 400
+                self.respond(400, error_body(400), content_type=HTML)
+                return
             self._pipeline(0, 0)
         except ProtocolError as e:
             self._error(e.status)

@@ -35,6 +35,7 @@ from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
                      ProxySettings, date_server_lines, error_body, validated)
 from .exchange import Exchange
+from .tls import TLSConnection, tls_connection
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -60,7 +61,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -106,6 +107,7 @@ class ClientConnection(asyncio.Protocol):
         self.special = server.req_special
         self.real_ip_xff = server.real_ip_xff
         self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_request)
+        self.tls: TLSConnection | None = None   # the TLS identity of an https connection
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +120,9 @@ class ClientConnection(asyncio.Protocol):
             self.local_ip, self.local_port = local[0], local[1]
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            sslobj = transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.tls = tls_connection(sslobj)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:  # responses are written whole; never let Nagle hold a tail back
@@ -241,6 +246,7 @@ class ClientConnection(asyncio.Protocol):
         req.server_port = self.local_port
         if self.scheme != "http":
             req.scheme = self.scheme
+            req.tls = self.tls
 
     def _lite_request(self, data: bytes) -> bool:
         """Fast path for the common request: one complete head, no body, nothing else.

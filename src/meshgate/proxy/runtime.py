@@ -6,6 +6,8 @@ view (service merge, upstream reference, timeouts, plugin chain) and one
 keeps the Runtime it started with, so a reload never changes a request mid-flight.
 Upstream runtimes whose config is the very same object as in the previous version are
 carried over, keeping balancer state (smooth-WRR position, least_conn counters, EWMA).
+The TLS certificates (``tls``: the SNI table of the server ``ssls``, see tls.py) are
+rebuilt only when the ssls changed, and then only the ssl objects that changed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..model import Resource, Snapshot
 from ..plugins import Consumer, ConsumerSet, PluginChain, PluginRegistry
 from ..router import Router, compile_router
 from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
+from .tls import SNITable, build_sni_table
 
 __all__ = ["Runtime", "RouteRuntime", "UpstreamRuntime", "Timeouts", "build_runtime"]
 
@@ -126,6 +129,7 @@ class Runtime:
     plugins: PluginRegistry | None = None
     plugins_generation: int = 0
     route_errors: dict[str, list[ConfigError]] = field(default_factory=dict)   # by route id
+    tls: SNITable | None = None          # server certificates by SNI (the TLS listeners read it)
     # built on first use and kept for this config version only
     _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
     _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)
@@ -388,8 +392,13 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
         metadata[pid] = {k: v for k, v in res.value.items() if k != "id"}
     consumers = ConsumerSet(_checked_plugins(snapshot, "consumers", plugins, errors),
                             _checked_plugins(snapshot, "consumer_groups", plugins, errors))
+    ssls = snapshot.items("ssls")
+    tls = previous.tls if previous is not None else None
+    if tls is None or tls.items is not ssls:
+        tls = build_sni_table(ssls, previous=tls)
+    errors.extend(tls.errors)
     return Runtime(version=snapshot.version, snapshot=snapshot, router=router, routes=routes,
                    upstreams=upstreams, global_chain=global_chain, errors=errors, consumers=consumers,
                    plugin_metadata=metadata, plugins=plugins,
                    plugins_generation=plugins.generation if plugins is not None else 0,
-                   route_errors=route_errors)
+                   route_errors=route_errors, tls=tls)

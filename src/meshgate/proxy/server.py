@@ -58,11 +58,14 @@ class ProxyServer:
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None,
                      ssl_ctx: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
+        # nginx bounds the TLS handshake by client_header_timeout too
+        hs = (self.settings.client_header_timeout or None) if ssl_ctx is not None else None
         if sock is not None:
-            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096, ssl=ssl_ctx)
+            srv = await self.loop.create_server(lambda: ClientConnection(self), sock=sock, backlog=4096, ssl=ssl_ctx,
+                                                ssl_handshake_timeout=hs)
         else:
             srv = await self.loop.create_server(lambda: ClientConnection(self), host=host, port=port,
-                                                reuse_port=True, backlog=4096, ssl=ssl_ctx)
+                                                reuse_port=True, backlog=4096, ssl=ssl_ctx, ssl_handshake_timeout=hs)
         self.servers.append(srv)
         if self._sweeper is None:
             self._sweeper = self.loop.create_task(self._sweep())

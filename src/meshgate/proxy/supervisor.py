@@ -191,9 +191,11 @@ class Supervisor:
     def __init__(self, *, workers: int, listen: list[tuple[str, int]], settings: dict[str, Any],
                  router_kind: str = "radixtree_host_uri", plugin_dirs: tuple[str, ...] = (),
                  log_level: str = "WARNING", grace: float = 240.0,
-                 metrics_export: MetricsExport | None = None, enabled_plugins: tuple[str, ...] | None = None) -> None:
+                 metrics_export: MetricsExport | None = None, enabled_plugins: tuple[str, ...] | None = None,
+                 tls_listen: list[tuple[str, int]] | None = None) -> None:
         self.nworkers = max(1, workers)
         self.listen = listen
+        self.tls_listen = tls_listen or []     # HTTPS addresses (apisix.ssl.listen when enabled)
         self.settings = settings
         self.router_kind = router_kind
         self.plugin_dirs = plugin_dirs
@@ -221,12 +223,12 @@ class Supervisor:
 
     def _bind(self) -> None:
         """Bind what the current node config asks for; keep sockets that already exist."""
-        want = set(self.listen)
+        want = set(self.listen) | set(self.tls_listen)
         for addr in list(self.sockets):
             if addr not in want:
                 for s in self.sockets.pop(addr):
                     s.close()
-        for addr in self.listen:
+        for addr in self.listen + self.tls_listen:
             socks = self.sockets.setdefault(addr, [])
             while len(socks) < self.nworkers:
                 socks.append(_listen_socket(*addr))
@@ -328,8 +330,11 @@ class Supervisor:
     async def _spawn(self, index: int) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [sys.executable, "-m", "meshgate.proxy.worker", "--fd", str(child.fileno()), "--log-level", self.log_level]
-        listen_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items()]
-        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()] + [fd for _, _, fd in listen_fds], start_new_session=False)
+        tls = set(self.tls_listen)
+        listen_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items() if (h, p) not in tls]
+        tls_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items() if (h, p) in tls]
+        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()] + [fd for _, _, fd in listen_fds + tls_fds],
+                                start_new_session=False)
         child.close()
         h = WorkerHandle(index=index, proc=proc, pid=proc.pid)
 
@@ -358,7 +363,7 @@ class Supervisor:
         h.channel = await open_channel(parent, on_message, on_lost)
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
-                        "listen": listen_fds, "plugin_dirs": list(self.plugin_dirs),
+                        "listen": listen_fds, "tls_listen": tls_fds, "plugin_dirs": list(self.plugin_dirs),
                         "enabled_plugins": self.enabled_plugins,
                         "snapshot": {"op": "snapshot", **self._full_wire()}})
         for key, unhealthy in self.health_view.items():
@@ -388,17 +393,18 @@ class Supervisor:
         await self._start_metrics_server()
 
     async def replace_workers(self, *, listen: list[tuple[str, int]], settings: dict[str, Any], workers: int,
-                              router_kind: str) -> None:
+                              router_kind: str, tls_listen: list[tuple[str, int]] | None = None) -> None:
         """SIGHUP: start a new generation with the new node config, then drain the old one."""
         old = self.workers
         self.listen, self.settings, self.nworkers, self.router_kind = listen, settings, max(1, workers), router_kind
+        self.tls_listen = tls_listen or []
         assert self.snapshot is not None
         self.runtime = None
         self.publish(self.snapshot)
         # Sockets of addresses that stay are kept, so connections queued on them are
         # accepted by the new generation; removed addresses close after the old drain.
         keep = dict(self.sockets)
-        want = set(self.listen)
+        want = set(self.listen) | set(self.tls_listen)
         self.sockets = {a: s for a, s in keep.items() if a in want}
         self._bind()
         self.workers = [await self._spawn(i) for i in range(self.nworkers)]

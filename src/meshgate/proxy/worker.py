@@ -2,7 +2,7 @@
 
 Started by the supervisor as ``python -m meshgate.proxy.worker --fd N``; N is its end
 of a socketpair.  Every worker serves the SO_REUSEPORT listening sockets of its slot
-(inherited from the supervisor), compiles
+(inherited from the supervisor; the HTTPS ones through a TLSListener), compiles
 each Snapshot once, acknowledges the version it applied (``/v1/config`` shows them),
 reports passive health events and applies the shared health state it is sent.
 """
@@ -28,6 +28,7 @@ from . import heap
 from .ipc import Channel, open_channel
 from .runtime import Runtime, build_runtime
 from .server import ProxyServer
+from .tls import TLSListener
 
 __all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_delta", "snapshot_from_wire", "main"]
 
@@ -273,6 +274,14 @@ class WorkerMain:
         self.server = ProxyServer(settings, self.runtime, passive_report=self.passive)
         for host, port, fd in init.get("listen", []):
             await self.server.listen(host, port, sock=socket.socket(fileno=fd))
+        tls_listen = init.get("tls_listen") or []
+        if tls_listen:
+            # the certificate of each handshake comes from the Runtime serving at that moment
+            server = self.server
+            tls = TLSListener(lambda: server.runtime.tls, ssl_protocols=settings.ssl_protocols,
+                              ssl_ciphers=settings.ssl_ciphers, fallback_sni=settings.fallback_sni)
+            for host, port, fd in tls_listen:
+                await server.listen(host, port, sock=socket.socket(fileno=fd), ssl_ctx=tls.context)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)

@@ -423,3 +423,56 @@ def test_data_encryption_errors_never_show_the_keys() -> None:
 def test_data_encryption_unknown_keys_warn() -> None:
     c = parse({"apisix": {"data_encryption": {"enable_encrypt_fields": True, "salt": "x"}}})
     assert c.warnings == ("unknown key apisix.data_encryption.salt (not supported by Meshgate; ignored)",)
+
+
+# --- apisix.ssl (the TLS listeners) -------------------------------------------------------
+
+
+def test_ssl_defaults_are_apisix_ones() -> None:
+    from meshgate.config.node import DEFAULT_SSL_CIPHERS
+
+    s = parse({}).ssl
+    assert s.ssl_protocols == "TLSv1.2 TLSv1.3"
+    # apisix/cli/config.lua
+    assert s.ssl_ciphers == DEFAULT_SSL_CIPHERS == (
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+        "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384")
+    assert s.fallback_sni is None
+
+
+def test_ssl_keys() -> None:
+    c = parse({"apisix": {"ssl": {"listen": [{"ip": "127.0.0.1", "port": 8443}, 8444],
+                                  "ssl_protocols": " TLSv1.3   TLSv1.2", "ssl_ciphers": "ECDHE-RSA-AES128-GCM-SHA256",
+                                  "fallback_sni": "My.Default.Domain."}}})
+    assert c.warnings == ()
+    assert c.ssl.listen == (Listen(ip="127.0.0.1", port=8443), Listen(port=8444))
+    assert c.ssl.ssl_protocols == "TLSv1.3 TLSv1.2"
+    assert c.ssl.ssl_ciphers == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert c.ssl.fallback_sni == "my.default.domain"     # as APISIX's ssl.lua server_name compares it
+
+
+def test_ssl_errors() -> None:
+    got = errors_of({"apisix": {"node_listen": [{"ip": "127.0.0.1", "port": 9080}, 9090],
+                                "ssl": {"listen": [{"ip": "127.0.0.1", "port": 9080}, {"ip": "127.0.0.2", "port": 9090},
+                                                   {"ip": "127.0.0.1", "port": 9443}],
+                                        "ssl_protocols": "TLSv1.2 SSLv3", "ssl_ciphers": "NO-SUCH-CIPHER",
+                                        "fallback_sni": "not a name"}}})
+    assert got == [
+        ("/apisix/ssl/ssl_protocols",
+         'expected TLS versions separated by spaces (from TLSv1, TLSv1.1, TLSv1.2, TLSv1.3), got "TLSv1.2 SSLv3"'),
+        ("/apisix/ssl/ssl_ciphers",
+         'expected an OpenSSL cipher list that selects at least one cipher, got "NO-SUCH-CIPHER"'),
+        ("/apisix/ssl/fallback_sni", 'expected a host name like www.example.com, got "not a name"'),
+        ("/apisix/ssl/listen/0/port",
+         "port 9080 is already an HTTP port (apisix.node_listen 127.0.0.1:9080); expected another port"),
+        ("/apisix/ssl/listen/1/port",
+         "port 9090 is already an HTTP port (apisix.node_listen 0.0.0.0:9090); expected another port"),
+    ]
+    assert errors_of({"apisix": {"ssl": {"ssl_protocols": "", "fallback_sni": 5}}}) == [
+        ("/apisix/ssl/ssl_protocols",
+         'expected TLS versions separated by spaces (from TLSv1, TLSv1.1, TLSv1.2, TLSv1.3), got ""'),
+        ("/apisix/ssl/fallback_sni", "expected a host name like www.example.com, got 5"),
+    ]
+    # with TLS off, the listen addresses are not checked against the HTTP ones
+    assert parse({"apisix": {"ssl": {"enable": False, "listen": [9080]}}}).ssl.enable is False
