@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from ..config.etcd import KV, EtcdClient
+from ..model.describe import schema_type_name
 from ..plugins import PluginRegistry
 from .checks import CheckInput, check_item
 
@@ -271,7 +272,7 @@ class Resources:
         if conf is None:
             return None, "missing configurations"
         if not isinstance(conf, dict):
-            return None, f"invalid configuration: wrong type: expected object, got {_json_type(conf)}"
+            return None, f"invalid configuration: wrong type: expected object, got {schema_type_name(conf)}"
         if not res.no_id:
             if id is None and conf.get("id") is not None:
                 id = conf["id"]
@@ -615,13 +616,3 @@ def _segs(sub_path: str) -> list[str]:
     return [s for s in sub_path.split("/") if s] if sub_path else []
 
 
-def _json_type(v: Any) -> str:
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    return "null" if v is None else "object"

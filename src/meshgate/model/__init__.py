@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .describe import short_value, type_name
+from .describe import schema_type_name, short_value, type_name
 from .kinds import KIND_NAMES, KINDS, Kind
 from .schemas import SCHEMAS, schema_for
 from .snapshot import EMPTY, Resource, Snapshot
@@ -24,6 +24,7 @@ __all__ = [
     "normalize_id",
     "json_pointer",
     "type_name",
+    "schema_type_name",
     "short_value",
 ]
 

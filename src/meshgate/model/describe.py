@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["type_name", "short_value", "lua_type"]
+__all__ = ["type_name", "short_value", "lua_type", "schema_type_name"]
 
 
 def type_name(v: Any, *, json: bool = False) -> str:
@@ -27,6 +27,13 @@ def type_name(v: Any, *, json: bool = False) -> str:
     if isinstance(v, list) or (json and isinstance(v, tuple)):
         return "array" if json else "list"
     return type(v).__name__
+
+
+def schema_type_name(v: Any) -> str:
+    """lua-jsonschema's name for a value's type (as APISIX's schema errors print it): JSON's,
+    with every number a ``number``."""
+    t = type_name(v, json=True)
+    return "number" if t == "integer" else t
 
 
 def short_value(v: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 
 from ..errors import ConfigError, PluginError
-from ..model import type_name
+from ..model import schema_type_name
 from ..router import compile_expr
 
 __all__ = ["PHASES", "Plugin", "PluginRegistry", "PluginChain", "PluginContext", "META_SCHEMA", "Pending", "Answer",
@@ -469,12 +469,6 @@ def _arity(fn: Callable[..., Any]) -> int:
         return 1
 
 
-def _lua_type(v: Any) -> str:
-    # lua-jsonschema's names: JSON's, with every number a "number"
-    t = type_name(v, json=True)
-    return "number" if t == "integer" else t
-
-
 def _num(v: Any) -> str:
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
@@ -493,7 +487,7 @@ def schema_message(err: Any) -> str:
         msg = f'property "{missing[0] if missing else val[0]}" is required'
     elif v == "type":
         want = val if isinstance(val, str) else " or ".join(val)
-        msg = f"wrong type: expected {want}, got {_lua_type(inst)}"
+        msg = f"wrong type: expected {want}, got {schema_type_name(inst)}"
     elif v == "exclusiveMinimum":
         msg = f"expected {_num(inst)} to be greater than {_num(val)}"
     elif v == "minimum":
