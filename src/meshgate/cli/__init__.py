@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--services-port", type=int, default=19080, help="first port of the demo services (default 19080)")
     demo.add_argument("--control-port", type=int, default=9090, help="Control API port (default 9090)")
     demo.add_argument("--dir", default=None, help="where to write the demo config (default: a temporary directory)")
+    from .iptables import add_parser as add_iptables_parser
+
+    add_iptables_parser(sub)
+    from .mesh import add_parser as add_mesh_parser
+
+    add_mesh_parser(sub)
     sub.add_parser("version", help="print the version")
     return ap
 
@@ -56,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         from .validate import validate
 
         return validate(args.config, args.routes_file)
+    if args.cmd == "iptables":
+        from .iptables import run as run_iptables
+
+        return run_iptables(args)
     from ..config import NodeConfigErrors
     from .gateway import GatewayError, resolve_node_config, run_gateway
 
@@ -69,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             node = resolve_node_config(args.config)
             return asyncio.run(run_gateway(node, log_level=args.log_level))
+        if args.cmd == "mesh":
+            from .mesh import run_mesh
+
+            return asyncio.run(run_mesh(args, log_level=args.log_level))
         if args.cmd == "demo":
             from .demo import run_demo
 

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from ..model import KINDS, Resource, Snapshot
+from ..model import KINDS, Resource, Snapshot, is_kind
 
 __all__ = ["ConfigStore", "Change"]
 
@@ -122,7 +122,7 @@ class ConfigStore:
         # appended to the kind (new, or removed and put again) come in the order they were
         changed: dict[str, dict[str, bool]] = {}
         for ch in changes:
-            if ch.kind not in KINDS:
+            if not is_kind(ch.kind):
                 raise KeyError(f"unknown kind {ch.kind!r}")
             bucket = touched.get(ch.kind)
             if bucket is None:

@@ -3,7 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from .describe import schema_type_name, short_value, type_name
-from .kinds import KIND_NAMES, KINDS, Kind
+from .kinds import KIND_NAMES, KINDS, MESH_KINDS, Kind, is_kind
 from .schemas import SCHEMAS, schema_for
 from .snapshot import EMPTY, Resource, Snapshot
 
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "KIND_NAMES",
+    "MESH_KINDS",
+    "is_kind",
     "Kind",
     "Resource",
     "Snapshot",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Kind", "KINDS", "KIND_NAMES"]
+__all__ = ["Kind", "KINDS", "KIND_NAMES", "MESH_KINDS", "is_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +39,20 @@ KINDS: dict[str, Kind] = {
 }
 
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
+
+# Kinds only the mesh data plane's xDS source produces (``meshgate mesh``): the listeners
+# and route tables translated from LDS / RDS.  Clusters become ``upstreams``.  They live in
+# the same Snapshot (one model, one fan-out to workers) but are not APISIX objects: no
+# Admin API path, no standalone-file key, no etcd directory.
+MESH_KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("listeners", key_field="name", singular="listener", methods=()),
+        Kind("route_configs", key_field="name", singular="route config", methods=()),
+    )
+}
+
+
+def is_kind(name: str) -> bool:
+    """An APISIX kind or a mesh kind."""
+    return name in KINDS or name in MESH_KINDS

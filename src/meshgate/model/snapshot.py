@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
-from .kinds import KINDS
+from .kinds import KINDS, is_kind
 
 __all__ = ["Resource", "Snapshot", "EMPTY"]
 
@@ -42,7 +42,7 @@ class Snapshot:
     changed: Mapping[str, tuple[tuple[str, bool], ...]] | None = None
 
     def items(self, kind: str) -> Mapping[str, Resource]:
-        if kind not in KINDS:
+        if not is_kind(kind):
             raise KeyError(f"unknown kind {kind!r}")
         return self.resources.get(kind, _EMPTY_KIND)
 

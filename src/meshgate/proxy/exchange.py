@@ -98,6 +98,9 @@ def _apply_op(headers: list[tuple[bytes, bytes]], op: int, name: str, value: str
 class Downstream(Protocol):
     """What an exchange needs from the downstream codec that feeds it (HTTP/1 today)."""
 
+    handle: Any          # mesh: the connection's filter chain (proxy/mesh.ChainHandle), else None
+    orig_dst: Any        # mesh: (ip, port) the connection was sent to before capture, else None
+
     server: ProxyServer
     closing: bool
     peer_ip: str
@@ -155,6 +158,7 @@ class Exchange:
     resp_body_allowed = True
     upstream_status = 0
     continue_sent = False
+    retrying = False                         # mesh: a retriable response was dropped, next try soon
     conf_override: Any = None
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
@@ -187,7 +191,9 @@ class Exchange:
         self.server = server = conn.server
         self.req = req
         self.conn_tokens = conn_tokens
-        self.runtime: Runtime = server.runtime
+        h = conn.handle
+        # a mesh connection runs with its filter chain's current route table (proxy/mesh.py)
+        self.runtime: Runtime = server.runtime if h is None or h.view is None else h.view.runtime
         self.client_keep = req.keep_alive
         self.out: list[bytes] = []
         upg = req.upgrade
@@ -461,7 +467,10 @@ class Exchange:
                 if not self._match():
                     g = rt.global_chain
                     if g is None:
-                        self.respond(404, NOT_FOUND)
+                        if rt.mesh:
+                            self.respond(404, b"", content_type=b"")   # Envoy: 404, no body (NR)
+                        else:
+                            self.respond(404, NOT_FOUND)
                         return
                     self.gchain = g
                     self.no_route = True
@@ -641,13 +650,28 @@ class Exchange:
         up = self.up
         assert up is not None
         nodes = up.nodes
-        if len(nodes) == 1:
+        if up.original_dst:
+            # ORIGINAL_DST / passthrough cluster: where the client was going before capture
+            od = self.conn.orig_dst
+            if od is None:
+                self._mesh_reply(503, "no healthy upstream")
+                return
+            node: Node | None = Node(od[0], od[1], 1)
+        elif len(nodes) == 1:
             # APISIX: a one-node upstream skips the balancer (health and weight included),
             # so retries go to that node again.
-            node: Node | None = nodes[0]
+            node = nodes[0]
         else:
             node = up.balancer.pick(self, tried=self.tried, healthy=up.healthy if up.unhealthy else None)
+            if node is None and self.tried and self.route is not None and self.route.mesh is not None:
+                # Envoy retries may land on a host already tried (unless previous_hosts says
+                # otherwise and another one exists)
+                node = up.balancer.pick(self, healthy=up.healthy if up.unhealthy else None)
         if node is None:
+            if self.route is not None and self.route.mesh is not None:
+                self.server.waiting.discard(self)
+                self._mesh_reply(503, "no healthy upstream")
+                return
             if self.tried:
                 log.error("route %s: all upstream nodes tried", self.route.id if self.route else "?")
             else:
@@ -696,6 +720,8 @@ class Exchange:
         kw: dict[str, Any] = {}
         if up.ssl_context is not None:
             kw = {"ssl": up.ssl_context, "server_hostname": key[4] or ""}
+        if up.bind_source is not None:
+            kw["local_addr"] = (up.bind_source, 0)
         try:
             _, conn = await loop.create_connection(lambda: UpstreamConnection(self.server, key), host, node.port, **kw)
         except asyncio.CancelledError:
@@ -705,7 +731,7 @@ class Exchange:
                 return
             log.warning("connect to %s failed: %s", node.addr, e)
             self._report(node, "tcp_failure", 0)
-            self._failed(502)
+            self._failed(502, "connect")
             return
         if self.finished or self.up_phase != 1 or self.node is not node:
             conn.transport.close()
@@ -793,7 +819,17 @@ class Exchange:
         # APISIX: X-Forwarded-Host is the Host as sent (port included), X-Forwarded-Port the
         # port it carries, else the port the request came in on
         hh = req.http_host
-        if xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip and self.fwd_set is None:
+        if conn.handle is not None:
+            # a sidecar (Envoy, use_remote_address false): the client's forwarding headers go
+            # on as they came, and only X-Forwarded-Proto is set
+            if xff_prev is not None:
+                ap(b"X-Forwarded-For: " + xff_prev + b"\r\n")
+            ap(b"X-Forwarded-Proto: " + (fproto or req.scheme.encode()) + b"\r\n")
+            if fhost is not None:
+                ap(b"X-Forwarded-Host: " + fhost + b"\r\n")
+            if fport is not None:
+                ap(b"X-Forwarded-Port: " + fport + b"\r\n")
+        elif xff_prev is None and not conn.peer_trusted and req.remote_addr == conn.peer_ip and self.fwd_set is None:
             # common case: no forwarding headers to honour; the lines are per connection (and
             # per Host value: clients repeat theirs)
             ap(conn.fwd_lines)
@@ -849,13 +885,17 @@ class Exchange:
         if self.resp_started:
             self._finish_abort()
             return
-        self._failed(504)
+        self._failed(504, "timeout")
 
-    def _failed(self, status: int) -> None:
+    def _failed(self, status: int, kind: str = "reset") -> None:
         """A try failed before any response byte reached the client: retry or answer."""
         node = self.node
         up = self.up
         assert up is not None
+        route = self.route
+        if route is not None and route.mesh is not None:
+            self._mesh_failed(kind)
+            return
         if node is not None:
             if up.track_load:
                 up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
@@ -910,7 +950,73 @@ class Exchange:
             return
         if node is not None:
             self._report(node, "tcp_failure", 0)
-        self._failed(502)
+        self._failed(502, "reset")
+
+    # -- mesh routes: Envoy's retry policy and local replies -------------------------------
+    def _mesh_reply(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.respond(status, body, content_type=_TEXT if body else b"")
+
+    def _mesh_retry_ok(self) -> bool:
+        pol = self.route.mesh   # type: ignore[union-attr]
+        if len(self.tried) > pol.num_retries or self.conn.closing:
+            return False
+        if not (self.replay_ok and (self.req_done or not self.body_size)):
+            return False
+        return bool(self.server.loop.time() - self.first_try_at < pol.timeout)
+
+    def _mesh_failed(self, kind: str) -> None:
+        """Envoy's router after a failed try: retry as the route's policy says, else its reply
+        (503 for a connect failure or reset, 504 for the route or per-try timeout)."""
+        node = self.node
+        up = self.up
+        assert up is not None
+        if node is not None:
+            if up.track_load:
+                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+            self.tried = [*self.tried, node]
+        self.up_phase = 0
+        self.upstream = None
+        pol = self.route.mesh   # type: ignore[union-attr]
+        if pol.retry_failure(kind) and self._mesh_retry_ok():
+            self.sent_upstream = False
+            self._try_node()
+            return
+        self.server.waiting.discard(self)
+        if kind == "timeout":
+            self._mesh_reply(504, "upstream request timeout")
+        elif kind == "connect":
+            self._mesh_reply(503, "upstream connect error or disconnect/reset before headers. "
+                                  "reset reason: connection failure")
+        else:
+            self._mesh_reply(503, "upstream connect error or disconnect/reset before headers. "
+                                  "reset reason: connection termination")
+
+    def _mesh_retry_status(self, conn: UpstreamConnection, status: int) -> bool:
+        """A retriable response status: drop this response and try again (Envoy buffers
+        nothing of it for the client).  True when a retry was started."""
+        pol = self.route.mesh   # type: ignore[union-attr]
+        if not pol.num_retries or not pol.retry_status(status):
+            return False
+        node = self.node
+        if node is None or len(self.tried) + 1 > pol.num_retries or not self._mesh_retry_ok():
+            return False
+        self.tried = [*self.tried, node]
+        self.upstream = None
+        self.up_phase = 0
+        conn.ex = None
+        conn.dirty = True
+        conn.transport.close()
+        self.sent_upstream = False
+        self.retrying = True
+        self.server.loop.call_soon(self._mesh_next_try)
+        return True
+
+    def _mesh_next_try(self) -> None:
+        self.retrying = False
+        if self.finished:
+            return
+        self._try_node()
 
     def resp_headers(self) -> dict[str, str]:
         """The response's header fields as the client gets them (lower-case names, repeated
@@ -943,6 +1049,9 @@ class Exchange:
         whole response is in hand (no read deadline to extend); ``lower``: ``head.lower()``
         when the caller has it already."""
         req = self.req
+        route = self.route
+        if route is not None and route.mesh is not None and self._mesh_retry_status(conn, status):
+            return
         self.upstream_status = status
         up = self.up
         if up is not None:
@@ -1034,7 +1143,7 @@ class Exchange:
         return out if isinstance(out, bytes) else str(out).encode()
 
     def on_resp_body(self, chunk: bytes) -> None:
-        if not self.resp_body_allowed:
+        if not self.resp_body_allowed or self.retrying:
             return
         if self.body_filters:
             chunk = self._filter_body(chunk, False)
@@ -1059,6 +1168,8 @@ class Exchange:
                 self._touch_upstream()
 
     def on_resp_complete(self, conn: UpstreamConnection) -> None:
+        if conn is not self.upstream and self.retrying:
+            return
         if self.body_filters and self.resp_body_allowed:
             tail = self._filter_body(b"", True)
             if tail:

@@ -61,7 +61,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls")
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls",
+                 "handle", "orig_dst")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -108,6 +109,8 @@ class ClientConnection(asyncio.Protocol):
         self.real_ip_xff = server.real_ip_xff
         self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_request)
         self.tls: TLSConnection | None = None   # the TLS identity of an https connection
+        self.handle: Any = None     # mesh: the filter chain's handle (proxy/mesh.ChainHandle)
+        self.orig_dst: tuple[str, int] | None = None   # mesh: the destination before capture
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -51,7 +51,7 @@ class UpstreamRuntime:
 
     __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
-                 "unhealthy", "has_checks", "passive", "track_load")
+                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source")
 
     def __init__(self, key: str, conf: Mapping[str, Any]) -> None:
         self.key = key
@@ -85,6 +85,11 @@ class UpstreamRuntime:
         checks = conf.get("checks") or {}
         self.has_checks = bool(checks)
         self.passive = bool(checks.get("passive")) and bool(checks.get("active"))
+        # mesh clusters (meshgate.xds): ORIGINAL_DST / passthrough clusters connect to the
+        # connection's original destination; inbound ones from a fixed source (127.0.0.6)
+        x = conf.get("xds") or {}
+        self.original_dst: bool = bool(x.get("original_dst"))
+        self.bind_source: str | None = x.get("bind_source")
 
     def healthy(self, node: Node) -> bool:
         return node.addr not in self.unhealthy
@@ -94,7 +99,7 @@ class RouteRuntime:
     """A route after APISIX's service / plugin_config merge (apisix-semantics.md 5.2)."""
 
     __slots__ = ("id", "conf", "service_id", "service_name", "upstream", "timeouts", "enable_websocket", "chain",
-                 "gchain", "error", "name", "matched_uri", "matched_host")
+                 "gchain", "error", "name", "matched_uri", "matched_host", "mesh")
 
     def __init__(self, id: str, conf: Mapping[str, Any]) -> None:
         self.id = id
@@ -113,6 +118,8 @@ class RouteRuntime:
         self.gchain: PluginChain | None = None
         # (status, body) answered instead of proxying when a reference is broken.
         self.error: tuple[int, bytes] | None = None
+        # an xDS route (proxy/mesh.py): Envoy's retries, timeouts and local replies
+        self.mesh: Any = None
 
 
 @dataclass(slots=True)
@@ -130,6 +137,7 @@ class Runtime:
     plugins_generation: int = 0
     route_errors: dict[str, list[ConfigError]] = field(default_factory=dict)   # by route id
     tls: SNITable | None = None          # server certificates by SNI (the TLS listeners read it)
+    mesh: bool = False                   # an xDS route table (proxy/mesh.py): Envoy's replies
     # built on first use and kept for this config version only
     _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
     _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)

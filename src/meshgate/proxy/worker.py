@@ -26,6 +26,8 @@ from ..observability import close_exporters, flush_all
 from .common import S_HEAD, S_IDLE, ProxySettings
 from . import heap
 from .ipc import Channel, open_channel
+from .mesh import MeshConfig, compile_mesh
+from .mesh_server import MeshSockets
 from .runtime import Runtime, build_runtime
 from .server import ProxyServer
 from .tls import TLSListener
@@ -129,6 +131,10 @@ class WorkerMain:
         self._received: Snapshot | None = None    # the last Snapshot received (maybe not compiled yet)
         self._compile_soon = False
         self.init_msg: dict[str, Any] = {}
+        # mesh mode (``meshgate mesh``): listeners and route tables from xDS
+        self.mesh_mode = False
+        self.mesh: MeshConfig | None = None
+        self.mesh_sockets: MeshSockets | None = None
 
     def on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -220,10 +226,21 @@ class WorkerMain:
         self.runtime = rt
         if self.server is not None:
             self.server.set_runtime(rt)
+        if self.mesh_mode:
+            self._install_mesh(snap, rt)
         heap.settle()
         if self.channel is not None:
             self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version,
                                "at": time.time()})
+
+    def _install_mesh(self, snap: Snapshot, rt: Runtime) -> None:
+        try:
+            self.mesh = compile_mesh(snap, rt, previous=self.mesh)
+        except Exception:
+            log.exception("worker %d: cannot compile the mesh config of version %d", self.worker_id, snap.version)
+            return
+        if self.mesh_sockets is not None:
+            asyncio.get_event_loop().create_task(self.mesh_sockets.update(self.mesh))
 
     def send_metrics(self, req_id: Any, *, final: bool = False) -> None:
         """Answer the supervisor's scrape with this worker's samples (it sums all workers).
@@ -265,6 +282,7 @@ class WorkerMain:
         init = self.init_msg
         self.worker_id = int(init.get("worker", 0))
         self.router_kind = init.get("router", self.router_kind)
+        self.mesh_mode = bool(init.get("mesh"))
         self.plugins.load_all(init.get("plugin_dirs", ()), enabled=init.get("enabled_plugins"))
         settings = ProxySettings(**init.get("settings", {}))
         self.grace = settings.drain_grace
@@ -274,6 +292,12 @@ class WorkerMain:
         self.server = ProxyServer(settings, self.runtime, passive_report=self.passive)
         for host, port, fd in init.get("listen", []):
             await self.server.listen(host, port, sock=socket.socket(fileno=fd))
+        if self.mesh_mode:
+            self.mesh_sockets = MeshSockets(self.server)
+            if self.mesh is None and self.snapshot is not None:
+                self.mesh = compile_mesh(self.snapshot, self.runtime, previous=None)
+            if self.mesh is not None:
+                await self.mesh_sockets.update(self.mesh)
         tls_listen = init.get("tls_listen") or []
         if tls_listen:
             # the certificate of each handshake comes from the Runtime serving at that moment
@@ -287,6 +311,8 @@ class WorkerMain:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.channel.send({"op": "ready", "worker": self.worker_id, "pid": os.getpid()})
         await self.stop.wait()
+        if self.mesh_sockets is not None:
+            self.mesh_sockets.close()
         await self.server.drain(self.grace)
         # what loggers and tracers still buffer goes out before the worker exits (bounded)
         await asyncio.gather(flush_all(min(5.0, self.grace)), close_exporters(min(5.0, self.grace)))

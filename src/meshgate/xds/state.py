@@ -1,0 +1,153 @@
+"""The accepted xDS resources and their translation: the applier of the ADS session.
+
+Theory of operation
+-------------------
+The ADS session (:mod:`.ads`) hands over each response's resources by type.  Here they
+are translated (pure, :mod:`.translate`) *all first*: one resource that does not
+translate rejects the whole response (``XdsRejected`` → NACK with the resource's name,
+pointer and reason) and nothing changes, as Envoy applies a response atomically.  Once
+all translate, they replace the previous ones and the result is handed to ``on_change``
+as changes of the one model:
+
+* a Cluster together with its ClusterLoadAssignment (by ``eds_service_name``, or the
+  inline load assignment of STATIC / DNS clusters) → ``upstreams/<cluster name>``, an
+  APISIX upstream conf (nodes, balancer, timeouts) plus its ``xds`` facts;
+* a Listener → ``listeners/<name>``; a RouteConfiguration → ``route_configs/<name>``.
+
+Only what changed is emitted: an EDS push for one cluster is one upstream put.  The
+messages as received are kept for ``config_dump`` (Envoy's admin shape).  The names the
+session must subscribe to come from here too: EDS for every EDS cluster's service name,
+RDS for every RDS name the listeners' HTTP connection managers use.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Mapping
+
+from ..errors import ConfigError
+from .ads import CDS, EDS, LDS, RDS, XdsRejected
+from .translate.cluster import translate_cluster
+from .translate.endpoint import translate_cla
+from .translate.listener import translate_listener
+from .translate.route import translate_route_config
+from .translate.upstream import upstream_conf
+
+__all__ = ["MeshState", "Accepted", "ModelChange"]
+
+# (kind, id, value or None for a removal): what the one model receives
+ModelChange = tuple[str, str, Mapping[str, Any] | None]
+
+
+@dataclass(slots=True)
+class Accepted:
+    """One accepted resource: the message as received, its translation, when."""
+
+    message: Any
+    value: Any
+    version: str = ""
+    updated: float = field(default_factory=time.time)
+
+
+class MeshState:
+    """Applier of an ADS session: translate, keep, emit model changes."""
+
+    def __init__(self, on_change: Callable[[list[ModelChange]], None] | None = None) -> None:
+        self.on_change = on_change
+        self.clusters: dict[str, Accepted] = {}
+        self.endpoints: dict[str, Accepted] = {}
+        self.listeners: dict[str, Accepted] = {}
+        self.routes: dict[str, Accepted] = {}
+        self.versions: dict[str, str] = {}     # type → version_info of the last accepted response
+        self.applied = 0                       # responses applied (all types)
+        self._by_type: dict[str, dict[str, Accepted]] = {
+            CDS: self.clusters, EDS: self.endpoints, LDS: self.listeners, RDS: self.routes}
+
+    # -- Applier -------------------------------------------------------------------------
+    def wanted(self, type_url: str) -> set[str]:
+        if type_url == EDS:
+            return {a.value["xds"]["eds_service_name"] for a in self.clusters.values()
+                    if a.value["xds"].get("type") == "EDS"}
+        if type_url == RDS:
+            out = set()
+            for a in self.listeners.values():
+                for ch in (*a.value["chains"], a.value["default_chain"]):
+                    if ch is not None and ch["http"] is not None and ch["http"]["rds"]:
+                        out.add(ch["http"]["rds"])
+            return out
+        return set()
+
+    def apply(self, type_url: str, updated: Mapping[str, Any], removed: Collection[str],
+              version: str = "") -> None:
+        table = self._by_type.get(type_url)
+        if table is None:
+            return
+        translate = _TRANSLATORS[type_url]
+        fresh: dict[str, Accepted] = {}
+        errors = []
+        for name, msg in updated.items():
+            try:
+                fresh[name] = Accepted(msg, translate(msg), version)
+            except ConfigError as e:
+                errors.append(f"{_TYPE_NAMES[type_url]} {name!r}: {e.pointer or '/'}: {e.message}")
+            except Exception as e:   # a translator bug must NACK, never kill the stream
+                errors.append(f"{_TYPE_NAMES[type_url]} {name!r}: cannot translate: {e!r}")
+        if errors:
+            raise XdsRejected("; ".join(errors[:10]) + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""))
+        changes: list[ModelChange] = []
+        gone = [n for n in removed if n in table]
+        for n in gone:
+            del table[n]
+        table.update(fresh)
+        if version:
+            self.versions[type_url] = version
+        self.applied += 1
+        if type_url in (CDS, EDS):
+            if type_url == CDS:
+                names = set(fresh) | set(gone)
+            else:
+                touched = set(fresh) | set(gone)
+                names = {cn for cn, a in self.clusters.items() if a.value["xds"].get("eds_service_name") in touched}
+            for cn in sorted(names):
+                a = self.clusters.get(cn)
+                if a is None:
+                    changes.append(("upstreams", cn, None))
+                else:
+                    changes.append(("upstreams", cn, self._upstream(a.value)))
+        else:
+            kind = "listeners" if type_url == LDS else "route_configs"
+            for n in gone:
+                changes.append((kind, n, None))
+            for n, a in fresh.items():
+                changes.append((kind, n, a.value))
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+
+    def _upstream(self, cluster: Mapping[str, Any]) -> Mapping[str, Any]:
+        x = cluster["xds"]
+        nodes: list[dict[str, Any]] | None
+        if x.get("type") == "EDS":
+            cla = self.endpoints.get(x.get("eds_service_name", ""))
+            nodes = cla.value if cla is not None else None
+        else:
+            nodes = list(cluster.get("nodes") or [])
+        return upstream_conf(dict(cluster), nodes)
+
+    # -- views ---------------------------------------------------------------------------
+    def model(self) -> list[ModelChange]:
+        """Everything accepted, as model puts (a full re-sync)."""
+        out: list[ModelChange] = [("upstreams", n, self._upstream(a.value)) for n, a in self.clusters.items()]
+        out += [("listeners", n, a.value) for n, a in self.listeners.items()]
+        out += [("route_configs", n, a.value) for n, a in self.routes.items()]
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {"clusters": len(self.clusters), "endpoints": len(self.endpoints),
+                "listeners": len(self.listeners), "routes": len(self.routes)}
+
+
+_TRANSLATORS: dict[str, Callable[[Any], Any]] = {
+    CDS: translate_cluster, EDS: translate_cla, LDS: translate_listener, RDS: translate_route_config,
+}
+_TYPE_NAMES = {CDS: "Cluster", EDS: "ClusterLoadAssignment", LDS: "Listener", RDS: "RouteConfiguration"}

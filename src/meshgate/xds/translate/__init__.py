@@ -1,0 +1,1 @@
+"""xDS → the one model, pure code (no I/O, no asyncio)."""
