@@ -24,12 +24,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
-# imported so that typed_config Any's in JSON resolve
-from envoy.extensions.filters.http.cors.v3 import cors_pb2  # noqa: F401
-from envoy.extensions.filters.http.fault.v3 import fault_pb2  # noqa: F401
-from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
-from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+# registered so that the typed_config Any's written as JSON resolve
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+TYPED_CONFIGS = (cors_pb2, fault_pb2, router_pb2, http_connection_manager_pb2, tcp_proxy_pb2)
 
 from gwtools import free_port
 
@@ -104,6 +106,10 @@ class Mesh:
     admin_port: int
     status_port: int
     log_path: Path
+    stats_port: int = 0
+
+    def metrics(self) -> str:
+        return self.get("/stats/prometheus", self.stats_port)[1].decode()
 
     def get(self, path: str, port: int | None = None) -> tuple[int, bytes]:
         try:
@@ -172,18 +178,19 @@ class Mesh:
 def start_mesh(tmp: Path, xds: str, *, node_id: str = "sidecar~127.0.0.1~test-v1.default~default.svc.cluster.local",
                metadata: dict[str, Any] | None = None, delta: bool = False, workers: int = 1,
                extra: list[str] | None = None) -> Mesh:
-    admin, status = free_port(), free_port()
+    admin, status, stats = free_port(), free_port(), free_port()
     log_path = tmp / "mesh.log"
     md = {"NAMESPACE": "default", "INSTANCE_IPS": "127.0.0.1", "ISTIO_VERSION": "1.30.3",
           "LABELS": {"app": "test", "version": "v1"}, **(metadata or {})}
     cmd = [sys.executable, "-m", "meshgate", "--log-level", "INFO", "mesh", "--xds-address", xds, "--node-id", node_id,
            "--node-metadata", json.dumps(md), "--delta" if delta else "--sotw", "--admin-port", str(admin),
            "--status-port", str(status), "--status-address", "127.0.0.1", "--workers", str(workers),
+           "--stats-port", str(stats), "--stats-address", "127.0.0.1",
            *(extra or [])]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POD_", "ISTIO_META_", "INSTANCE_IP"))}
     f = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    return Mesh(proc, admin, status, log_path)
+    return Mesh(proc, admin, status, log_path, stats)
 
 
 async def started(m: Mesh) -> Mesh:

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 from ..admin.httpserver import ApiRequest, ApiServer, json_response
 from ..config import Change, ConfigStore, load_node_config
-from ..proxy.supervisor import Supervisor
+from ..proxy.supervisor import MetricsExport, Supervisor
 from ..xds.client import XdsClient, make_node
 from ..xds.dump import config_dump
 from ..xds.state import MeshState, ModelChange
@@ -54,6 +54,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--bootstrap", help="an Envoy bootstrap (JSON/YAML) to take node, xDS cluster and admin port from")
     p.add_argument("--admin-port", type=int, default=None, help="admin port: /config_dump, /ready (default 15000)")
     p.add_argument("--status-port", type=int, default=None, help="status port: /healthz/ready (default 15021)")
+    p.add_argument("--stats-port", type=int, default=15090,
+                   help="Prometheus port: /stats/prometheus with Istio's metrics (default 15090)")
+    p.add_argument("--stats-address", default="0.0.0.0", help="address of the Prometheus port (default 0.0.0.0)")
     p.add_argument("--admin-address", default="127.0.0.1", help="address of the admin port (default 127.0.0.1)")
     p.add_argument("--status-address", default="0.0.0.0",
                    help="address of the status port (default 0.0.0.0: the kubelet probes it)")
@@ -184,7 +187,7 @@ def mesh_identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
         else None
     return {"node_id": node_id, "metadata": md, "cluster": boot.get("cluster", ""), "xds": xds,
             "delta": bool(delta), "admin_port": args.admin_port or boot.get("admin_port") or 15000,
-            "status_port": args.status_port or 15021,
+            "status_port": args.status_port or 15021, "stats_port": args.stats_port,
             "workers": args.workers or (int(concurrency) if concurrency else 2)}
 
 
@@ -250,7 +253,9 @@ async def run_mesh(args: argparse.Namespace, *, log_level: str = "WARNING",
     store = ConfigStore()
     sup = Supervisor(workers=ident["workers"], listen=[], settings=proxy_settings(node_cfg),
                      log_level=log_level, grace=node_cfg.worker_shutdown_timeout, plugin_dirs=node_cfg.plugin_dirs,
-                     enabled_plugins=node_cfg.plugins, mesh=True)
+                     enabled_plugins=node_cfg.plugins, mesh=True, mesh_node=dict(ident["metadata"]),
+                     metrics_export=MetricsExport(ip=args.stats_address, port=ident["stats_port"],
+                                                  uri="/stats/prometheus", prefix=""))
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:

@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..http import Request
 from ..model import Snapshot
+from ..observability.istio import IstioPeer, record_request, request_labels
 from ..plugins import PluginChain
 from ..router import RouteMatch
 from .runtime import RouteRuntime, Runtime, Timeouts, UpstreamRuntime
@@ -594,6 +595,60 @@ def response_hook(b: RouteBehaviour, ex: Any) -> None:
             ex.set_resp_header("access-control-expose-headers", b.cors["expose"])
 
 
+class StatsConf:
+    """What the istio.stats hook of a route needs: this proxy's side, and a label cache."""
+
+    __slots__ = ("me", "cache")
+
+    def __init__(self, me: IstioPeer) -> None:
+        self.me = me
+        self.cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+
+def _flags(ex: Any) -> str:
+    """Envoy's response flags of a request Meshgate answered itself (``-`` otherwise)."""
+    if ex.upstream_status:
+        return "-"
+    st = ex.resp_status
+    if ex.route is None:
+        return "NR"
+    if ex.up is None:
+        return "-" if st < 400 else ("NC" if st == 503 else "FI")
+    if st == 504:
+        return "UT"
+    if st == 503:
+        return "UF" if ex.node is not None else "UH"
+    return "-"
+
+
+def stats_hook(conf: StatsConf, ex: Any) -> None:
+    """log phase: istio_requests_total and the duration / size histograms (Istio's names)."""
+    up = ex.up
+    node = ex.node
+    code = ex.resp_status
+    key = (up.key if up is not None else None, node, code, ex.upstream_status == 0)
+    labels = conf.cache.get(key)
+    if labels is None:
+        svc = None
+        inbound = False
+        if up is not None:
+            x = up.conf.get("xds") or {}
+            services = (x.get("istio") or {}).get("services") or ()
+            svc = services[0] if services else None
+            sub = x.get("subset") or {}
+            inbound = sub.get("direction") == "inbound" or up.key.startswith("upstreams/inbound|")
+        workload = (node.metadata or {}).get("workload") if node is not None else None
+        ct = ex.req.header("content-type") or ""
+        labels = request_labels(inbound=inbound, me=conf.me, service=svc, workload=workload,
+                                protocol="grpc" if ct.startswith("application/grpc") else "http", code=code,
+                                flags=_flags(ex))
+        if len(conf.cache) > 4096:
+            conf.cache.clear()
+        conf.cache[key] = labels
+    dur = (ex.t_end - ex.req.start_time) * 1000.0 if ex.t_end else 0.0
+    record_request(labels, dur, ex.body_size, ex.bytes_sent)
+
+
 # -- compile ------------------------------------------------------------------------------------
 class TableView:
     """One route table compiled for a version: the Runtime its requests run with."""
@@ -755,7 +810,7 @@ def _chain(lname: str, i: int, conf: Mapping[str, Any], handles: dict[str, Chain
 
 
 def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: int,
-                   http: Mapping[str, Any] | None) -> TableView:
+                   http: Mapping[str, Any] | None, stats: StatsConf | None = None) -> TableView:
     routes: dict[str, RouteRuntime] = {}
     vhosts: list[tuple[Sequence[str], _VHost]] = []
     cfg_headers = table.get("headers")
@@ -807,6 +862,8 @@ def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: 
             if b.resp_add or b.resp_rm or b.cors is not None or (
                     action["kind"] == "weighted" and any(e is not None for _, _, e in b.weighted)):
                 phases["header_filter"] = ((response_hook, b, None, None, "xds-route"),)
+            if stats is not None:
+                phases["log"] = ((stats_hook, stats, None, None, "istio.stats"),)
             rr.chain = PluginChain(phases, ("xds-route",))
             routes[rid] = rr
             v.routes.append((MeshRoute(rid, r["match"]), rr))
@@ -824,11 +881,13 @@ def _route_timeouts(up: UpstreamRuntime | None, pol: MeshPolicy) -> Timeouts:
     return Timeouts(connect=connect, send=max(read, 60.0), read=read)
 
 
-def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None = None) -> MeshConfig:
+def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None = None, *,
+                 me: IstioPeer | None = None) -> MeshConfig:
     """The mesh config of ``snapshot``; ``base`` is the gateway Runtime compiled from the same
     snapshot (its upstreams are the clusters).  A listener or table that fails to compile is
     logged and left out (its translation was checked before the ACK, so this is a bug)."""
     version = snapshot.version
+    stats = StatsConf(me) if me is not None else None
     handles: dict[str, ChainHandle] = {}
     prev_handles = previous.handles if previous is not None else None
     errors: list[str] = []
@@ -857,9 +916,9 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
                         t = rds.get(tname)
                         table = t.value if t is not None else {"name": tname, "virtual_hosts": [],
                                                                "ignore_port": False, "headers": None}
-                        view = tables[tkey] = _compile_table(tname, table, base, version, http)
+                        view = tables[tkey] = _compile_table(tname, table, base, version, http, stats)
                 else:
-                    view = _compile_table(f"{lname}/{ch.index}", http["routes"], base, version, http)
+                    view = _compile_table(f"{lname}/{ch.index}", http["routes"], base, version, http, stats)
                 ch.handle.view = view
             ml = MeshListener(name=lname, conf=lc, address=lc["address"], port=int(lc["port"]),
                               bind=bool(lc["bind_to_port"]), use_original_dst=bool(lc["use_original_dst"]),

@@ -89,7 +89,8 @@ class UpstreamRuntime:
         # connection's original destination; inbound ones from a fixed source (127.0.0.6)
         x = conf.get("xds") or {}
         self.original_dst: bool = bool(x.get("original_dst"))
-        self.bind_source: str | None = x.get("bind_source")
+        bs = x.get("bind_source")
+        self.bind_source: str | None = (bs.get("address") or None) if isinstance(bs, Mapping) else bs
 
     def healthy(self, node: Node) -> bool:
         return node.addr not in self.unhealthy

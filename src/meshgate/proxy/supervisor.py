@@ -192,9 +192,11 @@ class Supervisor:
                  router_kind: str = "radixtree_host_uri", plugin_dirs: tuple[str, ...] = (),
                  log_level: str = "WARNING", grace: float = 240.0,
                  metrics_export: MetricsExport | None = None, enabled_plugins: tuple[str, ...] | None = None,
-                 tls_listen: list[tuple[str, int]] | None = None, mesh: bool = False) -> None:
+                 tls_listen: list[tuple[str, int]] | None = None, mesh: bool = False,
+                 mesh_node: dict[str, Any] | None = None) -> None:
         self.nworkers = max(1, workers)
         self.mesh = mesh                       # workers also serve the xDS listeners (meshgate mesh)
+        self.mesh_node = mesh_node or {}       # the node metadata (Istio's metric labels)
         self.listen = listen
         self.tls_listen = tls_listen or []     # HTTPS addresses (apisix.ssl.listen when enabled)
         self.settings = settings
@@ -366,6 +368,7 @@ class Supervisor:
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
                         "listen": listen_fds, "tls_listen": tls_fds, "plugin_dirs": list(self.plugin_dirs),
                         "enabled_plugins": self.enabled_plugins, "mesh": self.mesh,
+                        "mesh_node": self.mesh_node,
                         "snapshot": {"op": "snapshot", **self._full_wire()}})
         for key, unhealthy in self.health_view.items():
             h.channel.send({"op": "health", "key": key, "unhealthy": unhealthy})

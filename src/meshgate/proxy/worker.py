@@ -23,6 +23,7 @@ from ..model import Resource, Snapshot
 from ..plugins import PluginRegistry
 from ..observability import REGISTRY as METRICS
 from ..observability import close_exporters, flush_all
+from ..observability.istio import IstioPeer, node_peer
 from .common import S_HEAD, S_IDLE, ProxySettings
 from . import heap
 from .ipc import Channel, open_channel
@@ -135,6 +136,7 @@ class WorkerMain:
         self.mesh_mode = False
         self.mesh: MeshConfig | None = None
         self.mesh_sockets: MeshSockets | None = None
+        self.mesh_peer: IstioPeer | None = None   # this proxy's workload, for Istio's metrics
 
     def on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -235,7 +237,7 @@ class WorkerMain:
 
     def _install_mesh(self, snap: Snapshot, rt: Runtime) -> None:
         try:
-            self.mesh = compile_mesh(snap, rt, previous=self.mesh)
+            self.mesh = compile_mesh(snap, rt, previous=self.mesh, me=self.mesh_peer)
         except Exception:
             log.exception("worker %d: cannot compile the mesh config of version %d", self.worker_id, snap.version)
             return
@@ -283,6 +285,8 @@ class WorkerMain:
         self.worker_id = int(init.get("worker", 0))
         self.router_kind = init.get("router", self.router_kind)
         self.mesh_mode = bool(init.get("mesh"))
+        if self.mesh_mode:
+            self.mesh_peer = node_peer(init.get("mesh_node") or {})
         self.plugins.load_all(init.get("plugin_dirs", ()), enabled=init.get("enabled_plugins"))
         settings = ProxySettings(**init.get("settings", {}))
         self.grace = settings.drain_grace
@@ -295,7 +299,7 @@ class WorkerMain:
         if self.mesh_mode:
             self.mesh_sockets = MeshSockets(self.server)
             if self.mesh is None and self.snapshot is not None:
-                self.mesh = compile_mesh(self.snapshot, self.runtime, previous=None)
+                self.mesh = compile_mesh(self.snapshot, self.runtime, previous=None, me=self.mesh_peer)
             if self.mesh is not None:
                 await self.mesh_sockets.update(self.mesh)
         tls_listen = init.get("tls_listen") or []
