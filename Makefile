@@ -11,7 +11,7 @@ HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.p
 	shared/dict.py observability/metrics.py plugins/builtin/_auth.py plugins/builtin/_limit_common.py \
 	plugins/builtin/key_auth.py plugins/builtin/limit_count.py plugins/builtin/prometheus.py _accel.py)
 
-.PHONY: demo test unit integration e2e bench clean venv peers
+.PHONY: demo test unit integration e2e bench clean venv peers peers-e2e
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required" >&2; exit 1; }
@@ -50,7 +50,12 @@ unit: $(ACCEL)
 integration: $(ACCEL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-e2e: $(ACCEL)
+# The heavy real peers (istiod, kube-apiserver 1.37.2) are built once from the Go module proxy
+# and cached (tools/peers-e2e/*.sh); make test never needs them.
+peers-e2e:
+	bash tools/peers-e2e.sh
+
+e2e: $(ACCEL) peers-e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 bench: $(ACCEL)
