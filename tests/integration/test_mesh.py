@@ -174,8 +174,9 @@ async def test_actions_and_local_replies(tmp_path: Path, ads: AdsServer, ups: di
         assert m.stop() == 0
 
 
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 async def test_nack_keeps_last_good_config_and_updates_keep_connections(
-        tmp_path: Path, ads: AdsServer, ups: dict[str, Upstream]) -> None:
+        tmp_path: Path, ads: AdsServer, ups: dict[str, Upstream], delta: bool) -> None:
     port = free_port()
     ads.set(CDS, {"svc": eds_cluster("svc")})
     ads.set(EDS, {"svc": eds("svc", [ups["a"].addr])})
@@ -183,10 +184,11 @@ async def test_nack_keeps_last_good_config_and_updates_keep_connections(
     ads.set(RDS, {"r": route_config({"name": "r", "virtual_hosts": [vhost("all", ["*"], [
         {"match": {"prefix": "/"}, "route": {"cluster": "svc"}}])]})})
     v1 = ads.push()
-    m = await _mesh(tmp_path, ads)
+    m = await _mesh(tmp_path, ads, delta=delta)
     try:
         await m.settled()
         await ads.wait_acked(RDS, v1)
+        assert all(r.delta == delta for r in ads.requests())
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
         async def get(path: str) -> Any:
@@ -203,7 +205,8 @@ async def test_nack_keeps_last_good_config_and_updates_keep_connections(
         await m.until(lambda: bool(ads.nacks(RDS)), 10, "RDS NACK")
         nack = ads.nacks(RDS)[-1]
         assert "invalid regex" in nack.error and "/virtual_hosts/0/routes/0/match/safe_regex/regex" in nack.error
-        assert nack.version == v1          # a NACK carries the last good version
+        if not delta:
+            assert nack.version == v1      # a SotW NACK carries the last good version
         assert (await get("/")).header("x-backend") == "a"
         # EDS scale-out: the same keep-alive connection reaches the new endpoint set
         ads.set(EDS, {"svc": eds("svc", [ups["b"].addr, ups["c"].addr])})

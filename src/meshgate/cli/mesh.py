@@ -42,7 +42,8 @@ def add_parser(sub: Any) -> None:
                        description="Serve what an xDS control plane (istiod) sends over one ADS stream, "
                                    "in place of Envoy. Without flags, reads the environment Istio's "
                                    "injector gives the istio-proxy container.")
-    p.add_argument("--xds-address", help=f"xDS server HOST:PORT (default $XDS_ADDRESS, else {DEFAULT_XDS})")
+    p.add_argument("--xds-address", help=f"xDS server HOST:PORT or unix:/path (default $XDS_ADDRESS, else "
+                                         f"{DEFAULT_XDS})")
     p.add_argument("--node-id", help="node id, e.g. sidecar~10.1.1.10~productpage-v1-x.default~default.svc."
                                      "cluster.local (default: from POD_NAME, POD_NAMESPACE, INSTANCE_IP)")
     p.add_argument("--node-metadata", help="node metadata: a JSON object, or a file holding one "
@@ -177,9 +178,14 @@ def mesh_identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
     if "NAMESPACE" not in md and "." in parts[2]:
         md["NAMESPACE"] = parts[2].rsplit(".", 1)[1]
     xds = args.xds_address or boot.get("xds") or env.get("XDS_ADDRESS") or DEFAULT_XDS
-    host, _, port = xds.rpartition(":")
-    if not host or not port.isdigit():
-        raise MeshError(f"--xds-address {xds!r}: expected HOST:PORT")
+    if xds.startswith("unix:"):
+        # a unix socket (istio-agent's XDS proxy socket, as Envoy's bootstrap uses it)
+        if len(xds) <= 5:
+            raise MeshError(f"--xds-address {xds!r}: expected unix:/path/to/socket")
+    else:
+        host, _, port = xds.rpartition(":")
+        if not host or not port.isdigit():
+            raise MeshError(f"--xds-address {xds!r}: expected HOST:PORT or unix:/path")
     delta = args.delta if args.delta is not None else boot.get("delta")
     if delta is None:
         delta = env.get("ISTIO_DELTA_XDS", "true").lower() != "false"
