@@ -147,13 +147,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> None:
-        """Listen on 127.0.0.1:``port`` (0 = a free one; the port of a restart otherwise)."""
+    async def start(self, port: int = 0, *, unix: str | None = None) -> None:
+        """Listen on 127.0.0.1:``port`` (0 = a free one; the port of a restart otherwise), and
+        also on the unix socket ``unix`` when given (reachable from other network namespaces)."""
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self.port = self._server.add_insecure_port(f"127.0.0.1:{port}")
         if not self.port:
             raise OSError(f"cannot bind 127.0.0.1:{port}")
+        if unix is not None:
+            self._server.add_insecure_port(f"unix:{unix}")
         await self._server.start()
 
     async def stop(self, grace: float | None = None) -> None:

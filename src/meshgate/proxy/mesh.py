@@ -474,6 +474,10 @@ def _after_delay(b: RouteBehaviour, ex: Any) -> Any:
             return envoy_reply(a["not_found"], "")
     _rewrite(b, ex)
     _apply_req(ex, b.req_add, b.req_rm)
+    pol = ex.route.mesh if ex.route is not None else None
+    if pol is not None and pol.attempt_count and ex.req.header("x-envoy-attempt-count") is not None:
+        # Envoy sets the attempt count itself (the exchange writes it per try), the client's goes
+        ex.req.set_header("x-envoy-attempt-count", None)
     if ex.req.header("x-request-id") is None:
         ex.add_req_header("x-request-id", str(uuid.uuid4()))
     if b.mirrors:
@@ -700,6 +704,7 @@ class MeshListener:
     port: int
     bind: bool
     use_original_dst: bool
+    original_dst_filter: bool
     sniff: bool
     chains: list[MeshChain]
     default: MeshChain | None
@@ -922,6 +927,7 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
                 ch.handle.view = view
             ml = MeshListener(name=lname, conf=lc, address=lc["address"], port=int(lc["port"]),
                               bind=bool(lc["bind_to_port"]), use_original_dst=bool(lc["use_original_dst"]),
+                              original_dst_filter=bool(lc.get("original_dst_filter")),
                               sniff=bool(lc.get("sniff")), chains=chains, default=default)
         except Exception as e:
             log.exception("listener %s not compiled", lname)

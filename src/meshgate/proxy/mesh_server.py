@@ -120,7 +120,7 @@ class MeshEntry(asyncio.Protocol):
         if lst is None or cfg is None:
             t.close()
             return
-        if lst.use_original_dst:
+        if lst.use_original_dst or lst.original_dst_filter:
             sock = t.get_extra_info("socket")
             od = None
             if sock is not None:
@@ -130,7 +130,9 @@ class MeshEntry(asyncio.Protocol):
                     od = None
             if od is not None:
                 dst = (_ip(od[0]), int(od[1]))
-                target = cfg.listener_for(dst[0], dst[1])
+                # only use_original_dst hands the connection to another listener; the
+                # original_dst listener filter just restores the destination it matches on
+                target = cfg.listener_for(dst[0], dst[1]) if lst.use_original_dst else None
                 if target is not None:
                     lst = target
         self.dst = dst

@@ -16,6 +16,8 @@ the mesh owner denied.
 Shape::
 
     listener {"name", "address", "port", "bind_to_port": bool, "use_original_dst": bool,
+              "original_dst_filter": bool (the original_dst listener filter: match on the
+              destination before capture, without handing the connection over),
               "direction": "UNSPECIFIED" | "INBOUND" | "OUTBOUND", "chains": [chain],
               "default_chain": chain | None, "sniff": bool}
     chain    {"name", "match": cmatch, "kind": "http" | "tcp" | "none", "tls": bool,
@@ -39,6 +41,7 @@ Shape::
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -59,6 +62,7 @@ HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 _HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TCP_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+_FAULT_URL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 
 # Network filters that carry no behaviour Meshgate must reproduce for routing (telemetry,
 # peer metadata): accepted, ignored.
@@ -71,6 +75,11 @@ _FAULT = "envoy.filters.http.fault"
 _CORS = "envoy.filters.http.cors"
 # gRPC-Web translation is part of issue 10; until then a grpc-web request is proxied as is.
 _PASS_HTTP = ("envoy.filters.http.grpc_web",)
+# Filters that enforce policy: refused even when marked optional (serving without them would
+# let through traffic the mesh owner denied).
+_POLICY_HTTP = ("envoy.filters.http.rbac", "envoy.filters.http.ext_authz", "envoy.filters.http.jwt_authn",
+                "envoy.filters.http.ratelimit", "envoy.filters.http.local_ratelimit", "envoy.filters.http.oauth2",
+                "envoy.filters.http.basic_auth", "envoy.filters.http.ext_proc", "envoy.filters.http.wasm")
 _LISTENER_FILTERS = ("envoy.filters.listener.original_dst", "envoy.filters.listener.tls_inspector",
                      "envoy.filters.listener.http_inspector", "envoy.filters.listener.original_src")
 _LISTENER_FILTER_URLS = ("OriginalDst", "TlsInspector", "HttpInspector")
@@ -83,15 +92,13 @@ def _err(name: str, pointer: str, message: str) -> ConfigError:
 def _cidrs(name: str, pointer: str, ranges: Any) -> list[list[Any]]:
     out = []
     for i, r in enumerate(ranges):
-        plen = r.prefix_len.value if r.HasField("prefix_len") else None
+        plen = r.prefix_len.value   # Envoy: an unset prefix_len is 0
         try:
             ip = ipaddress.ip_address(r.address_prefix)
         except ValueError:
             raise _err(name, f"{pointer}/{i}/address_prefix",
                        f"{r.address_prefix!r} is not an IP address") from None
         full = 32 if ip.version == 4 else 128
-        if plen is None:
-            plen = full
         if plen > full:
             raise _err(name, f"{pointer}/{i}/prefix_len", f"prefix length {plen} exceeds {full}")
         out.append([str(ip), int(plen)])
@@ -156,13 +163,16 @@ def _hcm(name: str, chain_name: str, pointer: str, h: hcm_pb2.HttpConnectionMana
             continue
         if f.name == _FAULT:
             if f.WhichOneof("config_type") == "typed_config" and f.typed_config.value:
-                fm = _unpack(name, p, f, fault_pb2.HTTPFault(), f.typed_config.type_url)
-                fault = _fault(_Ctx(name), p, fm)
+                fm = _unpack(name, p, f, fault_pb2.HTTPFault(), _FAULT_URL)
+                try:
+                    fault = _fault(_Ctx(name), p + "/typed_config", fm)
+                except ConfigError as e:
+                    raise _err(name, e.pointer, e.message) from None
             continue
         if f.name == _CORS:
             cors = True
             continue
-        if f.is_optional:
+        if f.is_optional and not f.name.startswith(_POLICY_HTTP):
             continue   # Envoy skips an optional filter it does not know
         raise _err(name, p, f"HTTP filter {f.name!r} ({f.typed_config.type_url}) is not supported")
     if not hf or filters[-1] != _ROUTER and not hf[-1].typed_config.type_url.endswith("router.v3.Router"):
@@ -216,7 +226,8 @@ def _chain(name: str, pointer: str, c: lc.FilterChain) -> dict[str, Any]:
             # Mesh mTLS (SDS certificates, SPIFFE checks) is not implemented yet: keep the
             # chain so matching stays Envoy's, never serve plaintext in its place.
             out["unsupported"] = "TLS termination on a mesh filter chain (mesh mTLS) is not implemented"
-        elif not ts.typed_config.type_url.endswith("RawBuffer"):
+        elif not (ts.typed_config.type_url.endswith("RawBuffer") or (
+                not ts.typed_config.type_url and ts.name in ("envoy.transport_sockets.raw_buffer", "raw_buffer"))):
             raise _err(name, pointer + "/transport_socket", f"transport socket {ts.name!r} is not supported")
     if c.use_proxy_proto.value:
         raise _err(name, pointer + "/use_proxy_proto", "PROXY protocol on filter chains is not supported")
@@ -261,6 +272,17 @@ def _address(name: str, pointer: str, a: address_pb2.Address) -> tuple[str, int]
     return ip, int(sa.port_value)
 
 
+def _match_keys(m: dict[str, Any]) -> itertools.product[tuple[Any, ...]]:
+    """Every combination of single values a chain match accepts (an empty list: any), as
+    Envoy expands them when it builds its matching tree; two chains sharing one combination
+    are duplicates.  CIDRs compare as networks (host bits cleared)."""
+    def nets(rows: list[list[Any]]) -> list[Any]:
+        return [str(ipaddress.ip_network(f"{ip}/{plen}", strict=False)) for ip, plen in rows] or [None]
+    return itertools.product([m["port"]], nets(m["dst"]), m["sni"] or [None], [m["transport"]],
+                             m["alpn"] or [None], nets(m["direct_src"]), [m["source_type"]], nets(m["src"]),
+                             m["src_ports"] or [None])
+
+
 def translate_listener(lst: listener_pb2.Listener) -> dict[str, Any]:
     name = lst.name
     if not name:
@@ -271,18 +293,24 @@ def translate_listener(lst: listener_pb2.Listener) -> dict[str, Any]:
     if lst.HasField("api_listener") or lst.HasField("internal_listener") or lst.HasField("udp_listener_config"):
         raise _err(name, "/", "API, internal and UDP listeners are not supported")
     addr, port = _address(name, "/address", lst.address)
+    original_dst_filter = False
     for i, lf in enumerate(lst.listener_filters):
         if lf.name in _LISTENER_FILTERS or lf.typed_config.type_url.endswith(_LISTENER_FILTER_URLS):
+            # Envoy's original_dst listener filter: the connection's destination is the one
+            # before capture (virtualInbound matches its chains on it); no handoff
+            if lf.name == "envoy.filters.listener.original_dst" or lf.typed_config.type_url.endswith("OriginalDst"):
+                original_dst_filter = True
             continue
         raise _err(name, f"/listener_filters/{i}", f"listener filter {lf.name!r} is not supported")
     chains = [_chain(name, f"/filter_chains/{i}", c) for i, c in enumerate(lst.filter_chains)]
-    seen: dict[str, int] = {}
+    seen: dict[tuple[Any, ...], int] = {}
     for i, c in enumerate(chains):
-        key = repr(sorted(c["match"].items()))
-        if key in seen:
-            raise _err(name, f"/filter_chains/{i}/filter_chain_match",
-                       f"same filter chain match as filter chain {seen[key]} (Envoy refuses duplicates)")
-        seen[key] = i
+        for key in _match_keys(c["match"]):
+            if key in seen and seen[key] != i:
+                raise _err(name, f"/filter_chains/{i}/filter_chain_match",
+                           f"filter chain {i} overlaps filter chain {seen[key]}: the same matching rules "
+                           "(Envoy refuses duplicates)")
+            seen[key] = i
     default = _chain(name, "/default_filter_chain", lst.default_filter_chain) \
         if lst.HasField("default_filter_chain") else None
     sniff = any(c["match"]["transport"] or c["match"]["alpn"] or c["match"]["sni"] for c in chains)
@@ -290,6 +318,7 @@ def translate_listener(lst: listener_pb2.Listener) -> dict[str, Any]:
         "name": name, "address": addr, "port": port,
         "bind_to_port": lst.bind_to_port.value if lst.HasField("bind_to_port") else True,
         "use_original_dst": lst.use_original_dst.value if lst.HasField("use_original_dst") else False,
+        "original_dst_filter": original_dst_filter,
         "direction": listener_pb2.Listener.DESCRIPTOR.fields_by_name["traffic_direction"].enum_type
         .values_by_number[lst.traffic_direction].name,
         "chains": chains, "default_chain": default, "sniff": sniff,
