@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from ..model import Resource, Snapshot
 from ..plugins import Consumer, ConsumerSet, PluginChain, PluginRegistry
-from ..router import Router, compile_router
+from ..router import Matcher, Router, compile_router
 from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
 from .tls import SNITable, build_sni_table
 
@@ -127,7 +127,7 @@ class RouteRuntime:
 class Runtime:
     version: int
     snapshot: Snapshot
-    router: Router
+    router: Matcher                      # radixtree Router, or a mesh route table (proxy/mesh.py)
     routes: dict[str, RouteRuntime]
     upstreams: dict[str, UpstreamRuntime]
     global_chain: PluginChain | None = None
@@ -358,8 +358,9 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     for errs in route_errors.values():
         errors.extend(errs)
 
+    prev_router = previous.router if previous is not None else None
     router = compile_router(snapshot, kind=router_kind,  # type: ignore[arg-type]
-                            previous=previous.router if previous is not None else None)
+                            previous=prev_router if isinstance(prev_router, Router) else None)
     errors.extend(getattr(router, "errors", []))
     global_chain = None
     if reuse and previous is not None:

@@ -8,7 +8,7 @@ Routers: ``radixtree_host_uri`` (default), ``radixtree_uri``,
 
 from .expr import Expr, compile_expr, lua_tonumber
 from .radixtree import HTTP_METHODS, Router, compile_router
-from .types import ROUTER_KINDS, MatchInput, RouteMatch, RouterKind
+from .types import ROUTER_KINDS, MatchInput, Matcher, RouteMatch, RouterKind
 
 __all__ = [
     "RouterKind",
@@ -16,6 +16,7 @@ __all__ = [
     "HTTP_METHODS",
     "MatchInput",
     "RouteMatch",
+    "Matcher",
     "Router",
     "compile_router",
     "Expr",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Protocol
 
-__all__ = ["RouterKind", "ROUTER_KINDS", "MatchInput", "RouteMatch"]
+__all__ = ["RouterKind", "ROUTER_KINDS", "MatchInput", "RouteMatch", "Matcher"]
 
 RouterKind = Literal["radixtree_host_uri", "radixtree_uri", "radixtree_uri_with_parameter"]
 ROUTER_KINDS: tuple[RouterKind, ...] = ("radixtree_host_uri", "radixtree_uri", "radixtree_uri_with_parameter")
@@ -31,3 +31,19 @@ class RouteMatch:
     params: Mapping[str, str]     # uri captures (name -> value); empty when the uri had none
     matched_uri: str              # the route uri pattern that matched
     matched_host: str | None      # the route host pattern that matched (None: hostless route)
+
+
+class Matcher(Protocol):
+    """What the proxy asks of a compiled router: APISIX's radixtree ``Router``, or the mesh's
+    Envoy-style route table (``meshgate.proxy.mesh.MeshRouter``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def errors(self) -> list[Any]: ...
+
+    def match(self, req: Any) -> RouteMatch | None: ...
