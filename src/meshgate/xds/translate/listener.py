@@ -239,13 +239,13 @@ def _chain(name: str, pointer: str, c: lc.FilterChain) -> dict[str, Any]:
             if not last:
                 raise _err(name, p, "the HTTP connection manager must be the last network filter")
             out["kind"] = "http"
-            out["http"] = _hcm(name, c.name or str(pointer.rsplit("/", 1)[-1]), p,
+            out["http"] = _hcm(name, c.name or str(pointer.rsplit("/", 1)[-1]), p + "/typed_config",
                                _unpack(name, p, f, hcm_pb2.HttpConnectionManager(), _HCM_URL))
         elif f.name == TCP_PROXY or f.typed_config.type_url == _TCP_URL:
             if not last:
                 raise _err(name, p, "the TCP proxy must be the last network filter")
             out["kind"] = "tcp"
-            out["tcp"] = _tcp(name, p, _unpack(name, p, f, tcp_proxy_pb2.TcpProxy(), _TCP_URL))
+            out["tcp"] = _tcp(name, p + "/typed_config", _unpack(name, p, f, tcp_proxy_pb2.TcpProxy(), _TCP_URL))
         elif f.name.startswith(_IGNORED_NETWORK):
             continue
         else:

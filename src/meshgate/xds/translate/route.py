@@ -26,7 +26,9 @@ Shapes (every key always present unless marked optional)::
              | "range", "value": str | [lo, hi] | bool, "ci": bool, "invert": bool,
              "missing_empty": bool}
     qmatch  {"name", "op": ... as hmatch minus range, "value", "ci": bool}
+            ("ci" is always False for "regex": Envoy's ignore_case does not apply to safe_regex)
     action  {"kind": "cluster", "cluster"} | {"kind": "weighted", "clusters": [wc], "total"}
+            ("total": the sum of the weights; Envoy ignores the deprecated total_weight)
             | {"kind": "cluster_header", "header", "not_found": int}
             | {"kind": "redirect", "scheme", "host", "port", "path", "prefix", "regex",
                "status", "strip_query"}
@@ -54,6 +56,7 @@ refuses is a NACK with its error).  Envoy matches them against the whole value.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 from google.protobuf.any_pb2 import Any as AnyMsg
@@ -129,9 +132,58 @@ class _Ctx:
         return ConfigError(pointer, message, kind="route_configs", id=self.name)
 
 
+def _re2_refusal(pattern: str) -> str | None:
+    """Why ``pattern`` is not an RE2 program Python's ``re`` runs the same way, or None.
+
+    Python accepts constructs RE2 rejects (Envoy would NACK them) and reads RE2's POSIX
+    classes as something else; both are refused rather than served differently."""
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1:i + 2]
+            if not in_class and nxt.isdigit() and nxt != "0":
+                return f"backreference \\{nxt} (RE2 has none)"
+            if nxt == "g" and pattern[i + 2:i + 3] == "<":
+                return "backreference \\g<...> (RE2 has none)"
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern[i + 1:i + 2] == ":":
+                return "POSIX character class [[:...:]] (Python's re reads it differently)"
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            i += 1
+            # a ']' or '^]' right after '[' is a literal
+            if pattern[i:i + 1] == "^":
+                i += 1
+            if pattern[i:i + 1] == "]":
+                i += 1
+            continue
+        elif c == "(" and pattern[i + 1:i + 2] == "?":
+            head = pattern[i + 2:i + 4]
+            for lead, what in (("=", "lookahead"), ("!", "negative lookahead"), ("<=", "lookbehind"),
+                               ("<!", "negative lookbehind"), (">", "atomic group"), ("(", "conditional group"),
+                               ("P=", "named backreference")):
+                if head.startswith(lead):
+                    return f"{what} (?{lead}...) (RE2 has none)"
+        elif c in "*+?" and pattern[i + 1:i + 2] == "+":
+            return f"possessive quantifier {c}+ (RE2 has none)"
+        i += 1
+    return None
+
+
 def _regex(ctx: _Ctx, pointer: str, pattern: str) -> str:
+    why = _re2_refusal(pattern)
+    if why is not None:
+        raise ctx.error(pointer, f"invalid regex {pattern!r}: {why}")
     try:
-        re.compile(pattern)
+        with warnings.catch_warnings():
+            # "possible nested set" for a literal '[' in a class: RE2 reads it the same way
+            warnings.simplefilter("ignore", FutureWarning)
+            re.compile(pattern)
     except re.error as e:
         raise ctx.error(pointer, f"invalid regex {pattern!r}: {e}") from None
     return pattern
@@ -143,8 +195,9 @@ def _string_match(ctx: _Ctx, pointer: str, m: string_pb2.StringMatcher) -> dict[
         raise ctx.error(pointer, "string matcher without a pattern; expected exact, prefix, suffix, contains "
                                  "or safe_regex")
     if which == "safe_regex":
+        # Envoy: ignore_case has no effect on safe_regex (write (?i) in the regex instead)
         return {"op": "regex", "value": _regex(ctx, pointer + "/safe_regex/regex", m.safe_regex.regex),
-                "ci": m.ignore_case}
+                "ci": False}
     if which not in ("exact", "prefix", "suffix", "contains"):
         raise ctx.error(pointer + "/" + which, f"string matcher {which} is not supported; expected exact, prefix, "
                                                "suffix, contains or safe_regex")
@@ -195,9 +248,10 @@ def _match(ctx: _Ctx, pointer: str, m: rc.RouteMatch) -> dict[str, Any]:
         path = {"kind": "regex", "value": _regex(ctx, pointer + "/safe_regex/regex", m.safe_regex.regex)}
     elif which == "path_separated_prefix":
         v = m.path_separated_prefix
-        if not v.startswith("/") or (len(v) > 1 and v.endswith("/")) or "?" in v or "#" in v:
+        if not v.startswith("/") or len(v) < 2 or v.endswith("/") or "?" in v or "#" in v:
             raise ctx.error(pointer + "/path_separated_prefix",
-                            f"path_separated_prefix {v!r} must start with '/' and not end with '/'")
+                            f"path_separated_prefix {v!r} must start with '/', not end with '/' and contain "
+                            "no '?' or '#'")
         path = {"kind": "sep_prefix", "value": v}
     elif which is None:
         raise ctx.error(pointer, "route match without a path specifier; expected prefix, path, safe_regex or "
@@ -266,6 +320,9 @@ def _retry(ctx: _Ctx, pointer: str, r: rc.RetryPolicy) -> dict[str, Any]:
             continue   # omit_canary_hosts, omit_host_metadata: no canary/metadata hosts here
         else:
             raise ctx.error(f"{pointer}/retry_host_predicate/{i}", f"retry host predicate {p.name!r} is not supported")
+    for field in ("retriable_headers", "retriable_request_headers"):
+        if len(getattr(r, field)):
+            raise ctx.error(f"{pointer}/{field}", f"retry {field} are not supported")
     backoff = None
     if r.HasField("retry_back_off"):
         base = duration(r.retry_back_off.base_interval)
@@ -297,19 +354,22 @@ def _per_filter(ctx: _Ctx, pointer: str, typed: Any) -> tuple[dict[str, Any] | N
     for name, anymsg in typed.items():
         p = f"{pointer}/{name}"
         url = anymsg.type_url
+        optional = False
         if url == _CONFIG_URL:
             # envoy.config.route.v3.FilterConfig wraps a config (disabled / optional flags)
-            fc = _unpack(ctx, p, anymsg, route_pb2.FilterConfig())
-            if fc.disabled:
+            fc = _unpack(ctx, p, anymsg, rc.FilterConfig())
+            if fc.disabled or not fc.HasField("config"):
                 continue
+            optional = fc.is_optional
             anymsg = fc.config
             url = anymsg.type_url
+            p += "/config"
         if name == FAULT_FILTER or url == _FAULT_URL:
             fault = _fault(ctx, p, _unpack(ctx, p, anymsg, fault_pb2.HTTPFault()))
         elif name == CORS_FILTER or url == _CORS_URL:
             cors = _cors(ctx, p, _unpack(ctx, p, anymsg, cors_pb2.CorsPolicy()))
-        elif name.startswith(_IGNORED_PER_FILTER):
-            continue
+        elif name.startswith(_IGNORED_PER_FILTER) or optional:
+            continue   # an optional per-route config of an unknown filter is skipped, as Envoy does
         else:
             raise ctx.error(p, f"per-route config of HTTP filter {name!r} ({url}) is not supported")
     return fault, cors
@@ -321,13 +381,14 @@ def _fault(ctx: _Ctx, pointer: str, f: fault_pb2.HTTPFault) -> dict[str, Any] | 
         d = f.delay
         if d.WhichOneof("fault_delay_secifier") == "header_delay":
             raise ctx.error(pointer + "/delay/header_delay", "header-controlled fault delays are not supported")
-        delay = [duration(d.fixed_delay), fraction(d.percentage) if d.HasField("percentage") else 1.0]
+        # Envoy reads an unset percentage as its default FractionalPercent: 0 %
+        delay = [duration(d.fixed_delay), fraction(d.percentage)]
     if f.HasField("abort"):
         a = f.abort
         which = a.WhichOneof("error_type")
         if which == "header_abort":
             raise ctx.error(pointer + "/abort/header_abort", "header-controlled fault aborts are not supported")
-        pct = fraction(a.percentage) if a.HasField("percentage") else 1.0
+        pct = fraction(a.percentage)
         if which == "http_status":
             if not 200 <= a.http_status < 600:
                 raise ctx.error(pointer + "/abort/http_status", f"abort status {a.http_status} out of [200, 600)")
@@ -338,13 +399,20 @@ def _fault(ctx: _Ctx, pointer: str, f: fault_pb2.HTTPFault) -> dict[str, Any] | 
             raise ctx.error(pointer + "/abort", "fault abort without http_status or grpc_status")
     if f.HasField("response_rate_limit"):
         raise ctx.error(pointer + "/response_rate_limit", "fault response_rate_limit is not supported")
+    # restrictions of which requests get the fault: dropping them would fault every request
+    for field in ("headers", "downstream_nodes"):
+        if len(getattr(f, field)):
+            raise ctx.error(f"{pointer}/{field}", f"fault {field} restrictions are not supported")
+    if f.upstream_cluster:
+        raise ctx.error(pointer + "/upstream_cluster", "fault upstream_cluster restrictions are not supported")
     if delay is None and abort is None:
         return None
     return {"delay": delay, "abort": abort,
             "max_active": f.max_active_faults.value if f.HasField("max_active_faults") else None}
 
 
-def _cors(ctx: _Ctx, pointer: str, c: cors_pb2.CorsPolicy) -> dict[str, Any]:
+def _cors(ctx: _Ctx, pointer: str, c: Any) -> dict[str, Any]:
+    """A cors.v3.CorsPolicy, or the deprecated route.v3.CorsPolicy (same field names)."""
     enabled = 1.0
     if c.HasField("filter_enabled"):
         enabled = fraction(c.filter_enabled.default_value)
@@ -390,6 +458,9 @@ def _hash(ctx: _Ctx, pointer: str, hp: Any) -> list[dict[str, Any]]:
             out.append({"kind": "source_ip", "name": "", "terminal": h.terminal})
         elif which == "query_parameter":
             out.append({"kind": "query", "name": h.query_parameter.name, "terminal": h.terminal})
+        elif which is None:
+            raise ctx.error(f"{pointer}/{i}", "hash policy without a policy specifier; expected header, cookie, "
+                                              "connection_properties or query_parameter")
         else:
             raise ctx.error(f"{pointer}/{i}/{which}", f"hash policy {which} is not supported")
     return out
@@ -398,7 +469,7 @@ def _hash(ctx: _Ctx, pointer: str, hp: Any) -> list[dict[str, Any]]:
 _UNSUPPORTED_ACTION = ("cluster_specifier_plugin", "inline_cluster_specifier_plugin")
 
 
-def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
+def _route(ctx: _Ctx, pointer: str, r: rc.Route, max_body: int) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": r.name,
         "match": _match(ctx, pointer + "/match", r.match),
@@ -412,6 +483,8 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
     if istio_md is not None and "config" in istio_md.fields:
         out["metadata_config"] = istio_md.fields["config"].string_value
     out["fault"], out["cors"] = _per_filter(ctx, pointer + "/typed_per_filter_config", r.typed_per_filter_config)
+    if out["cors"] is None and r.WhichOneof("action") == "route" and r.route.HasField("cors"):
+        out["cors"] = _cors(ctx, pointer + "/route/cors", r.route.cors)   # deprecated field, pre-1.16 istiod
     which = r.WhichOneof("action")
     if which == "route":
         a = r.route
@@ -429,9 +502,8 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
                                              wc.typed_per_filter_config)
                 wcs.append({"name": wc.name, "weight": wc.weight.value if wc.HasField("weight") else 0,
                             "headers": _mutation(ctx, f"{p}/weighted_clusters/clusters/{i}", wc), "fault": wfault})
+            # total_weight is deprecated: Envoy picks by the sum of the weights
             total = sum(w["weight"] for w in wcs)
-            if a.weighted_clusters.HasField("total_weight") and a.weighted_clusters.total_weight.value:
-                total = a.weighted_clusters.total_weight.value
             if total <= 0:
                 raise ctx.error(p + "/weighted_clusters", "weighted clusters sum to 0; expected a positive total")
             out["action"] = {"kind": "weighted", "clusters": wcs, "total": total}
@@ -459,6 +531,8 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
         if a.prefix_rewrite:
             rw["prefix"] = a.prefix_rewrite
         if a.HasField("regex_rewrite"):
+            if a.prefix_rewrite:
+                raise ctx.error(p + "/regex_rewrite", "prefix_rewrite and regex_rewrite are mutually exclusive")
             rw["regex"] = [_regex(ctx, p + "/regex_rewrite/pattern/regex", a.regex_rewrite.pattern.regex),
                            a.regex_rewrite.substitution]
         if a.HasField("path_rewrite_policy"):
@@ -486,6 +560,7 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
     elif which == "direct_response":
         d = r.direct_response
         body: str | None = None
+        src = None
         if d.HasField("body"):
             src = d.body.WhichOneof("specifier")
             if src == "inline_string":
@@ -497,6 +572,9 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
                                                                    "supported; expected inline_string or inline_bytes")
         if not 200 <= d.status < 600:
             raise ctx.error(pointer + "/direct_response/status", f"status {d.status} out of [200, 600)")
+        if body is not None and len(body.encode("latin-1" if src == "inline_bytes" else "utf-8")) > max_body:
+            raise ctx.error(pointer + "/direct_response/body", f"body of {len(body)} bytes exceeds "
+                                                               f"max_direct_response_body_size_bytes {max_body}")
         out["action"] = {"kind": "direct", "status": d.status, "body": body}
     elif which == "non_forwarding_action":
         out["action"] = {"kind": "direct", "status": 404, "body": None}
@@ -506,16 +584,21 @@ def _route(ctx: _Ctx, pointer: str, r: rc.Route) -> dict[str, Any]:
     return out
 
 
-def _vhost(ctx: _Ctx, pointer: str, v: rc.VirtualHost) -> dict[str, Any]:
+def _vhost(ctx: _Ctx, pointer: str, v: rc.VirtualHost, max_body: int) -> dict[str, Any]:
     if not v.domains:
         raise ctx.error(pointer + "/domains", "virtual host without domains")
     if v.HasField("matcher"):
         raise ctx.error(pointer + "/matcher", "generic matcher trees are not supported; expected routes")
+    if len(v.request_mirror_policies):
+        raise ctx.error(pointer + "/request_mirror_policies", "virtual-host mirror policies are not supported; "
+                                                              "expected them on the routes")
     fault, cors = _per_filter(ctx, pointer + "/typed_per_filter_config", v.typed_per_filter_config)
+    if cors is None and v.HasField("cors"):
+        cors = _cors(ctx, pointer + "/cors", v.cors)   # deprecated field
     return {
         "name": v.name,
         "domains": [d.lower() for d in v.domains],
-        "routes": [_route(ctx, f"{pointer}/routes/{i}", r) for i, r in enumerate(v.routes)],
+        "routes": [_route(ctx, f"{pointer}/routes/{i}", r, max_body) for i, r in enumerate(v.routes)],
         "headers": _mutation(ctx, pointer, v),
         "retry": _retry(ctx, pointer + "/retry_policy", v.retry_policy) if v.HasField("retry_policy") else None,
         "fault": fault, "cors": cors,
@@ -529,10 +612,12 @@ def translate_route_config(rcfg: route_pb2.RouteConfiguration, *, name: str | No
     config's owner).  Domains are checked as Envoy does: one vhost per domain, a wildcard
     only at the start or end, no duplicate domain across vhosts."""
     ctx = _Ctx(name or rcfg.name)
+    max_body = rcfg.max_direct_response_body_size_bytes.value \
+        if rcfg.HasField("max_direct_response_body_size_bytes") else 4096
     seen: dict[str, str] = {}
     vhosts = []
     for i, v in enumerate(rcfg.virtual_hosts):
-        vh = _vhost(ctx, f"/virtual_hosts/{i}", v)
+        vh = _vhost(ctx, f"/virtual_hosts/{i}", v, max_body)
         for d in vh["domains"]:
             if d != "*" and "*" in d[1:-1]:
                 raise ctx.error(f"/virtual_hosts/{i}/domains", f"domain {d!r}: a wildcard is allowed only as "
@@ -544,11 +629,17 @@ def translate_route_config(rcfg: route_pb2.RouteConfiguration, *, name: str | No
         vhosts.append(vh)
     if rcfg.vhds.ByteSize():
         raise ctx.error("/vhds", "on-demand virtual hosts (VHDS) are not supported")
+    if len(rcfg.request_mirror_policies):
+        raise ctx.error("/request_mirror_policies", "route-configuration mirror policies are not supported; "
+                                                    "expected them on the routes")
+    fault, cors = _per_filter(ctx, "/typed_per_filter_config", rcfg.typed_per_filter_config)
+    if fault is not None or cors is not None:
+        raise ctx.error("/typed_per_filter_config", "route-configuration fault / CORS configs are not supported; "
+                                                    "expected them on the virtual hosts or routes")
     return {
         "name": rcfg.name,
         "virtual_hosts": vhosts,
         "ignore_port": rcfg.ignore_port_in_host_matching,
         "headers": _mutation(ctx, "", rcfg),
-        "max_direct_body": rcfg.max_direct_response_body_size_bytes.value
-        if rcfg.HasField("max_direct_response_body_size_bytes") else 4096,
+        "max_direct_body": max_body,
     }
