@@ -416,7 +416,7 @@ def test_lb_policies(policy: str, balancer: str) -> None:
     conf = translate_cluster(cluster({**OUTBOUND, "lb_policy": policy}))
     assert conf["type"] == balancer and conf["xds"]["lb_policy"] == policy
     if balancer == "chash":
-        assert (conf["hash_on"], conf["key"]) == ("vars", "remote_addr")
+        assert (conf["hash_on"], conf["key"]) == ("vars", "xds_hash_key")
         assert conf["xds"]["hash"]["policy"] == policy
     rt = compile_conf(upstream_conf(conf, translate_cla(bookinfo_cla())))
     assert rt.balancer.pick(DictContext({"remote_addr": "10.1.1.1"})) is not None

@@ -7,7 +7,7 @@
     {
       "id": name, "name": name,              # the xDS cluster name, e.g. outbound|9080||reviews...
       "type": "roundrobin" | "least_conn" | "chash",
-      "hash_on": "vars", "key": "remote_addr",  # chash only (see lb_policy below)
+      "hash_on": "vars", "key": "xds_hash_key",  # chash only: the route hash policy's key
       "nodes": [...],                        # STATIC / STRICT_DNS / LOGICAL_DNS: from the inline
                                              # load_assignment via select_nodes; EDS and
                                              # ORIGINAL_DST: [] (EDS nodes come from upstream_conf)
@@ -74,9 +74,10 @@ Approximations, and why
   the same shares); LEAST_REQUEST → ``least_conn`` (APISIX scans for the lowest
   (active+1)/weight where Envoy samples ``choice_count`` = 2 random hosts: same intent, less
   randomness); RANDOM → ``roundrobin`` (no random balancer; WRR gives the same long-run shares
-  with lower variance); RING_HASH / MAGLEV → ``chash`` keyed on ``remote_addr`` until a route
-  hash policy supplies a key (Envoy picks a random host when no hash is computed; APISIX falls
-  back to the client address — sticky per client instead of random); CLUSTER_PROVIDED →
+  with lower variance); RING_HASH / MAGLEV → ``chash`` keyed on the key the route's hash
+  policy computes (the request variable ``xds_hash_key``), else the client address (Envoy
+  picks a random host when no hash is computed; APISIX falls back to the client address —
+  sticky per client instead of random); CLUSTER_PROVIDED →
   ``roundrobin`` placeholder with ``xds.original_dst`` (no nodes: the destination is the
   connection's); LOAD_BALANCING_POLICY_CONFIG: the first known policy of
   ``load_balancing_policy`` (round_robin, least_request, random, ring_hash, maglev,
@@ -510,7 +511,9 @@ def translate_cluster(c: Any) -> dict[str, Any]:
     # -- load-balancer details
     conf_extra: dict[str, Any] = {}
     if policy in ("RING_HASH", "MAGLEV"):
-        conf_extra = {"hash_on": "vars", "key": "remote_addr"}
+        # the key a route's hash_policy computes (proxy/mesh.py sets it per request); without
+        # one, the balancer falls back to the client address
+        conf_extra = {"hash_on": "vars", "key": "xds_hash_key"}
         h: dict[str, Any] = {"policy": policy, "minimum_ring_size": None, "maximum_ring_size": None,
                              "hash_function": None, "table_size": None, "use_hostname_for_hashing": False,
                              "hash_balance_factor": None}
