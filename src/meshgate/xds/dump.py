@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Any, Mapping
 
-from google.protobuf import descriptor_pool, json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.any_pb2 import Any as AnyMsg
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -84,57 +84,46 @@ def _printable(msg: Message) -> Message:
     return out
 
 
-def _has_unknown(msg: Message) -> bool:
-    if isinstance(msg, AnyMsg):
-        return not _known(msg.type_url) or _has_unknown_any(msg)
+def _children(msg: Message) -> list[Message]:
+    """The message-typed values directly inside ``msg`` (singular, repeated and map values)."""
+    out: list[Message] = []
     for fd, value in msg.ListFields():
         if fd.message_type is None:
             continue
         if fd.message_type.GetOptions().map_entry:
-            vals = [v for v in value.values()] if fd.message_type.fields_by_name["value"].message_type else []
+            if fd.message_type.fields_by_name["value"].message_type is not None:
+                out.extend(value.values())
         elif fd.is_repeated:
-            vals = list(value)
+            out.extend(value)
         else:
-            vals = [value]
-        if any(_has_unknown(v) for v in vals):
-            return True
-    return False
+            out.append(value)
+    return out
 
 
-def _has_unknown_any(a: AnyMsg) -> bool:
+def _unpacked(a: AnyMsg) -> Message:
     desc = descriptor_pool.Default().FindMessageTypeByName(a.type_url.rsplit("/", 1)[-1])
-    from google.protobuf import message_factory
-    inner = message_factory.GetMessageClass(desc)()
+    inner: Message = message_factory.GetMessageClass(desc)()
     a.Unpack(inner)
-    return _has_unknown(inner)
+    return inner
+
+
+def _has_unknown(msg: Message) -> bool:
+    if isinstance(msg, AnyMsg):
+        return not _known(msg.type_url) or _has_unknown(_unpacked(msg))
+    return any(_has_unknown(v) for v in _children(msg))
 
 
 def _replace_unknown(msg: Message) -> None:
-    for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            continue
-        if fd.message_type.GetOptions().map_entry:
-            if fd.message_type.fields_by_name["value"].message_type is None:
-                continue
-            items = list(value.values())
-        elif fd.is_repeated:
-            items = list(value)
+    for v in _children(msg):
+        if not isinstance(v, AnyMsg):
+            _replace_unknown(v)
+        elif not _known(v.type_url):
+            v.Pack(StringValue(value=f"not decoded by Meshgate's admin: {v.type_url}"))
         else:
-            items = [value]
-        for v in items:
-            if isinstance(v, AnyMsg):
-                if not _known(v.type_url):
-                    url = v.type_url
-                    v.Pack(StringValue(value=f"not decoded by Meshgate's admin: {url}"))
-                elif _has_unknown_any(v):
-                    desc = descriptor_pool.Default().FindMessageTypeByName(v.type_url.rsplit("/", 1)[-1])
-                    from google.protobuf import message_factory
-                    inner = message_factory.GetMessageClass(desc)()
-                    v.Unpack(inner)
-                    _replace_unknown(inner)
-                    v.Pack(inner)
-            else:
-                _replace_unknown(v)
+            inner = _unpacked(v)
+            if _has_unknown(inner):
+                _replace_unknown(inner)
+                v.Pack(inner)
 
 
 def config_dump(state: MeshState, *, node: Any = None, versions: Mapping[str, str] | None = None,
