@@ -233,12 +233,11 @@ class MeshAdmin:
                                        "PRE_INITIALIZING", "node": {"id": getattr(self.client.node, "id", "")}})
         if req.path == "/clusters":
             lines = []
-            rt = self.sup.runtime
-            for name in self.state.clusters:
-                up = rt.upstreams.get(f"upstreams/{name}") if rt is not None else None
-                for n in (up.nodes if up is not None else ()):
-                    lines.append(f"{name}::{n.addr}::weight::{n.weight}")
-                    lines.append(f"{name}::{n.addr}::priority::{n.priority}")
+            for name, conf in self.state.upstream_confs():
+                for n in conf.get("nodes") or ():
+                    addr = f"[{n['host']}]:{n['port']}" if ":" in str(n["host"]) else f"{n['host']}:{n['port']}"
+                    lines.append(f"{name}::{addr}::weight::{n.get('weight', 1)}")
+                    lines.append(f"{name}::{addr}::priority::{n.get('priority', 0)}")
             return 200, {"Content-Type": "text/plain"}, ("\n".join(lines) + "\n").encode()
         if req.path == "/listeners":
             return 200, {"Content-Type": "text/plain"}, ("\n".join(self.state.listeners) + "\n").encode()

@@ -30,7 +30,7 @@ from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..upstream import Node
-from .common import HTML, NOT_FOUND, P_BUFFER, error_body
+from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, date_server_lines, error_body
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -825,6 +825,10 @@ class Exchange:
             if xff_prev is not None:
                 ap(b"X-Forwarded-For: " + xff_prev + b"\r\n")
             ap(b"X-Forwarded-Proto: " + (fproto or req.scheme.encode()) + b"\r\n")
+            pol = self.route.mesh if self.route is not None else None
+            if pol is not None and pol.attempt_count:
+                # Envoy (include_request_attempt_count): every try carries its number, 1 first
+                ap(b"x-envoy-attempt-count: %d\r\n" % (len(self.tried) + 1))
             if fhost is not None:
                 ap(b"X-Forwarded-Host: " + fhost + b"\r\n")
             if fport is not None:
@@ -939,7 +943,12 @@ class Exchange:
             return
         node = self.node
         up = self.up
-        if conn.reused and conn.bytes_in == 0 and self.replay_ok and node is not None and up is not None:
+        route = self.route
+        # Envoy has no such silent re-send: a reused connection reset before any response
+        # byte is a reset like any other, retried only as the route's retry policy says
+        # (retry_on reset), else 503 "... reset reason: connection termination"
+        if conn.reused and conn.bytes_in == 0 and self.replay_ok and node is not None and up is not None \
+                and (route is None or route.mesh is None):
             # The server closed an idle keep-alive connection as we reused it: retry on a
             # fresh connection without counting a try (nginx does the same).
             self.upstream = None
@@ -956,6 +965,13 @@ class Exchange:
     def _mesh_reply(self, status: int, text: str) -> None:
         body = text.encode()
         self.respond(status, body, content_type=_TEXT if body else b"")
+
+    def _mesh_send_bare(self, status: int, *, close: bool, extra: bytes) -> None:
+        """An empty local reply as Envoy sends it: no Content-Type, no body."""
+        length = b"" if status in (204, 304) else b"Content-Length: 0\r\n"
+        self.conn.write(b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (
+            status, REASONS.get(status, "Unknown").encode(), date_server_lines(), length, extra,
+            b"Connection: close\r\n" if close else b""))
 
     def _mesh_retry_ok(self) -> bool:
         pol = self.route.mesh   # type: ignore[union-attr]
@@ -1272,8 +1288,11 @@ class Exchange:
         self.abort_upstream()
         chain = self.chain
         gchain = self.gchain
+        # Envoy: a local reply without a body carries no Content-Type (no route, redirects,
+        # direct responses without a body, cluster not found)
+        bare = not body and not content_type and self.runtime.mesh
         if chain is not None or gchain is not None or self.resp_ops is not None:
-            hl: list[tuple[bytes, bytes]] = [(b"Content-Type", content_type or _TEXT)]
+            hl: list[tuple[bytes, bytes]] = [] if bare else [(b"Content-Type", content_type or _TEXT)]
             self._resp_headers = hl
             self.in_resp = True
             self.resp_len = len(body)
@@ -1293,16 +1312,20 @@ class Exchange:
                 elif ln not in _LOCAL_SKIP:
                     lines.append(n + b": " + v + b"\r\n")
             extra = b"".join(lines) + extra
-            content_type = content_type or _TEXT
-        elif not content_type:
+            bare = bare and not content_type and not body
+            content_type = content_type or (b"" if bare else _TEXT)
+        elif not content_type and not bare:
             content_type = _TEXT
         # If the client still has body bytes in flight we cannot keep the connection in sync.
         keep = self.client_keep and self.req_done and not self.server.draining
         if status >= 500 and self.upstream_status:
             extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
         self.bytes_sent += len(body)
-        self.conn.send_local(status, body, close=not keep, content_type=content_type, extra=extra,
-                             head_only=self.req.method == "HEAD")
+        if bare:
+            self._mesh_send_bare(status, close=not keep, extra=extra)
+        else:
+            self.conn.send_local(status, body, close=not keep, content_type=content_type, extra=extra,
+                                 head_only=self.req.method == "HEAD")
         self._log()
         self.conn.exchange_done(self, keep)
         if not keep and self.conn.is_idle() and not self.conn.closing:

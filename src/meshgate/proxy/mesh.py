@@ -495,16 +495,25 @@ def _use_cluster(ex: Any, name: str) -> bool:
 
 def _redirect_location(a: Mapping[str, Any], ex: Any) -> str:
     req = ex.req
-    scheme = a["scheme"] or req.scheme
-    host = a["host"] or _strip_port(req.http_host or req.host)
+    # The authority as Envoy builds it: host_redirect as given, else the request's Host,
+    # whose port goes when port_redirect replaces it, or when the scheme changes and the
+    # port is the default one of the request's scheme (x-forwarded-proto): from
+    # "h:8080" an https_redirect keeps ":8080", from "h:80" it drops ":80".  A
+    # port_redirect is appended as given, default port or not.
+    proto = req.header("x-forwarded-proto") or req.scheme
+    scheme = a["scheme"] or proto
     port = a["port"]
-    if port is None and not a["host"]:
-        hp = req.http_host or ""
-        p = hp[len(_strip_port(hp)) + 1:] if ":" in hp[len(_strip_port(hp)):] else ""
-        if p and not (a["scheme"] and a["scheme"] != req.scheme):
-            port = int(p)
-    if port and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
-        host = f"{host}:{port}"
+    if a["host"]:
+        host = a["host"]
+    else:
+        host = req.http_host or req.host
+        bare = _strip_port(host)
+        if bare != host:
+            p = host[len(bare) + 1:]
+            if port or (scheme != proto and ((proto == "http" and p == "80") or (proto == "https" and p == "443"))):
+                host = bare
+    if port:
+        host = f"{_strip_port(host)}:{port}"
     path = req.upstream_path
     if a["path"] is not None:
         path = a["path"]
@@ -567,6 +576,13 @@ def _mirror(b: RouteBehaviour, ex: Any) -> None:
         shadow = h0 + "-shadow" + host[len(h0):]
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in req.headers
                    if n.lower() not in (b"host", b"content-length", b"transfer-encoding", b"connection")]
+        # Envoy's shadow is a copy of the request as the router sends it: with the
+        # x-forwarded-proto it set and, when the virtual host asks, the attempt count (1)
+        if req.header("x-forwarded-proto") is None:
+            headers.append(("x-forwarded-proto", req.scheme))
+        pol = ex.route.mesh if ex.route is not None else None
+        if pol is not None and pol.attempt_count:
+            headers.append(("x-envoy-attempt-count", "1"))
         uri = req.request_uri
         ex.server.loop.create_task(proxy_mirror.send_mirror(conf, req.method, uri, shadow, headers, b"",
                                                             timeout=10.0))
@@ -874,7 +890,7 @@ def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: 
             v.routes.append((MeshRoute(rid, r["match"]), rr))
         vhosts.append((vh["domains"], v))
     router = MeshRouter(VirtualHosts(vhosts, bool(table.get("ignore_port"))), version)
-    rt = Runtime(version=version, snapshot=base.snapshot, router=router, routes=routes,  # type: ignore[arg-type]
+    rt = Runtime(version=version, snapshot=base.snapshot, router=router, routes=routes,
                  upstreams=upstreams, plugins=base.plugins, plugins_generation=base.plugins_generation)
     rt.mesh = True
     return TableView(name, rt)

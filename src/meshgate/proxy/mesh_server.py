@@ -340,6 +340,13 @@ class MeshSockets:
         """Bind the listeners ``cfg`` adds, close the ones it drops (their connections go on)."""
         async with self._lock:
             self.config = cfg
+            srv0 = self.server
+            if srv0._sweeper is None:
+                # the server's sweeper enforces upstream deadlines (Envoy's route and per-try
+                # timeouts: 504 "upstream request timeout"), client idle/header timeouts and the
+                # pool's idle limit; ProxyServer.listen starts it for the gateway's listeners,
+                # mesh listeners are bound here, so start it here too
+                srv0._sweeper = srv0.loop.create_task(srv0._sweep())
             want = {lst.name: (lst.address, lst.port) for lst in cfg.bound()}
             for name, (addr, srv) in list(self.bound.items()):
                 if want.get(name) != addr:

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
+from google.protobuf.message import Message
+
 from ..errors import ConfigError
 from .ads import CDS, EDS, LDS, RDS, XdsRejected
 from .translate.cluster import translate_cluster
@@ -42,12 +44,23 @@ ModelChange = tuple[str, str, Mapping[str, Any] | None]
 
 @dataclass(slots=True)
 class Accepted:
-    """One accepted resource: the message as received, its translation, when."""
+    """One accepted resource: its bytes as received, its translation, when.
 
-    message: Any
+    The bytes, not the decoded message, are kept: a decoded protobuf costs several times its
+    wire size, and only ``config_dump`` (rarely) and the next push's "unchanged?" check (by
+    bytes) need it."""
+
+    raw: bytes
+    kind: type[Message]
     value: Any
     version: str = ""
     updated: float = field(default_factory=time.time)
+
+    @property
+    def message(self) -> Message:
+        msg = self.kind()
+        msg.ParseFromString(self.raw)
+        return msg
 
 
 class MeshState:
@@ -87,8 +100,14 @@ class MeshState:
         fresh: dict[str, Accepted] = {}
         errors = []
         for name, msg in updated.items():
+            raw = msg.SerializeToString(deterministic=True)
+            old = table.get(name)
+            if old is not None and old.raw == raw:
+                # a SotW push resends every resource: the unchanged ones cost a comparison,
+                # not a translation (and emit no change)
+                continue
             try:
-                fresh[name] = Accepted(msg, translate(msg), version)
+                fresh[name] = Accepted(raw, type(msg), translate(msg), version)
             except ConfigError as e:
                 errors.append(f"{_TYPE_NAMES[type_url]} {name!r}: {e.pointer or '/'}: {e.message}")
             except Exception as e:   # a translator bug must NACK, never kill the stream
@@ -137,10 +156,14 @@ class MeshState:
     # -- views ---------------------------------------------------------------------------
     def model(self) -> list[ModelChange]:
         """Everything accepted, as model puts (a full re-sync)."""
-        out: list[ModelChange] = [("upstreams", n, self._upstream(a.value)) for n, a in self.clusters.items()]
+        out: list[ModelChange] = [("upstreams", n, conf) for n, conf in self.upstream_confs()]
         out += [("listeners", n, a.value) for n, a in self.listeners.items()]
         out += [("route_configs", n, a.value) for n, a in self.routes.items()]
         return out
+
+    def upstream_confs(self) -> list[tuple[str, Mapping[str, Any]]]:
+        """Each cluster's upstream conf (its endpoints attached), by cluster name."""
+        return [(n, self._upstream(a.value)) for n, a in self.clusters.items()]
 
     def counts(self) -> dict[str, int]:
         return {"clusters": len(self.clusters), "endpoints": len(self.endpoints),
