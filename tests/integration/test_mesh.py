@@ -293,3 +293,29 @@ async def test_bad_flags_exit_2_and_bad_node_id_exit_1(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert r.returncode == 1 and "expected TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.DOMAIN" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_hash_policy_keeps_a_user_on_one_endpoint(tmp_path: Path, ads: AdsServer,
+                                                        ups: dict[str, Upstream]) -> None:
+    # DestinationRule consistentHash {httpHeaderName: x-user} → a RING_HASH cluster and a route
+    # hash_policy on the header: one user, one endpoint
+    port = free_port()
+    ads.set(CDS, {"h": static_cluster("h", [u.addr for u in ups.values()], lb_policy="RING_HASH")})
+    ads.set(LDS, {"l": http_listener("l", port, rds="r")})
+    ads.set(RDS, {"r": route_config({"name": "r", "virtual_hosts": [vhost("all", ["*"], [
+        {"match": {"prefix": "/"}, "route": {"cluster": "h", "hash_policy": [{"header": {"header_name": "x-user"}}]}}
+    ])]})})
+    ads.push()
+    m = await _mesh(tmp_path, ads)
+    try:
+        await m.settled()
+        addr = ("127.0.0.1", port)
+        chosen: dict[str, set[str]] = {}
+        for user in ("ann", "bob", "cid", "dan", "eve", "fay", "gus", "hal"):
+            for _ in range(4):
+                r = await http(addr, "GET", "/", headers={"x-user": user})
+                chosen.setdefault(user, set()).add(r.header("x-backend") or "?")
+        assert all(len(v) == 1 for v in chosen.values()), chosen
+        assert len({next(iter(v)) for v in chosen.values()}) > 1, chosen   # users spread over endpoints
+    finally:
+        assert m.stop() == 0

@@ -472,6 +472,10 @@ def _after_delay(b: RouteBehaviour, ex: Any) -> Any:
         name = ex.req.header(a["header"])
         if not name or not _use_cluster(ex, name):
             return envoy_reply(a["not_found"], "")
+    if b.hash:
+        key = _hash_key(b.hash, ex)
+        if key is not None:
+            ex.set_var("xds_hash_key", key)   # what a ring-hash / Maglev cluster hashes on
     _rewrite(b, ex)
     _apply_req(ex, b.req_add, b.req_rm)
     pol = ex.route.mesh if ex.route is not None else None
@@ -483,6 +487,29 @@ def _after_delay(b: RouteBehaviour, ex: Any) -> Any:
     if b.mirrors:
         _mirror(b, ex)
     return None
+
+
+def _hash_key(policies: list[Mapping[str, Any]], ex: Any) -> str | None:
+    """Envoy's route hash: the policies in order, each adding its value when the request has
+    it; a terminal policy that produced a value ends the list.  None: no value (the balancer
+    then falls back to the client address)."""
+    req = ex.req
+    parts: list[str] = []
+    for h in policies:
+        kind = h["kind"]
+        if kind == "header":
+            v = req.header(h["name"])
+        elif kind == "cookie":
+            v = req.cookies().get(h["name"])
+        elif kind == "source_ip":
+            v = req.remote_addr
+        else:
+            v = req.args().get(h["name"])
+        if v is not None:
+            parts.append(v)
+            if h.get("terminal"):
+                break
+    return "\x00".join(parts) if parts else None
 
 
 def _use_cluster(ex: Any, name: str) -> bool:
