@@ -59,10 +59,13 @@ def http_date() -> bytes:
     return _date_cache[1]  # type: ignore[no-any-return]
 
 
-def date_server_lines() -> bytes:
-    """``Date`` and ``Server`` lines as the gateway sends them (nginx replaces the upstream's)."""
+def date_server_lines(server: bytes | None = None) -> bytes:
+    """``Date`` and ``Server`` lines as the gateway sends them (nginx replaces the upstream's);
+    ``server``: another Server value (a mesh listener's: Envoy's HCM ``server_name``)."""
     if _date_cache[0] != int(time.time()):
         http_date()
+    if server is not None:
+        return b"Date: " + _date_cache[1] + b"\r\nserver: " + server + b"\r\n"  # type: ignore[no-any-return]
     return _date_cache[2]  # type: ignore[no-any-return]
 
 

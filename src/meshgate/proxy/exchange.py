@@ -100,6 +100,7 @@ class Downstream(Protocol):
 
     handle: Any          # mesh: the connection's filter chain (proxy/mesh.ChainHandle), else None
     orig_dst: Any        # mesh: (ip, port) the connection was sent to before capture, else None
+    server_name: bytes | None   # mesh: the Server header value, else None (the gateway's)
 
     server: ProxyServer
     closing: bool
@@ -970,7 +971,7 @@ class Exchange:
         """An empty local reply as Envoy sends it: no Content-Type, no body."""
         length = b"" if status in (204, 304) else b"Content-Length: 0\r\n"
         self.conn.write(b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (
-            status, REASONS.get(status, "Unknown").encode(), date_server_lines(), length, extra,
+            status, REASONS.get(status, "Unknown").encode(), date_server_lines(self.conn.server_name), length, extra,
             b"Connection: close\r\n" if close else b""))
 
     def _mesh_retry_ok(self) -> bool:
@@ -1318,7 +1319,7 @@ class Exchange:
             content_type = _TEXT
         # If the client still has body bytes in flight we cannot keep the connection in sync.
         keep = self.client_keep and self.req_done and not self.server.draining
-        if status >= 500 and self.upstream_status:
+        if status >= 500 and self.upstream_status and self.conn.handle is None:
             extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
         self.bytes_sent += len(body)
         if bare:

@@ -62,7 +62,7 @@ class ClientConnection(asyncio.Protocol):
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
                  "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls",
-                 "handle", "orig_dst")
+                 "handle", "orig_dst", "server_name")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -111,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
         self.tls: TLSConnection | None = None   # the TLS identity of an https connection
         self.handle: Any = None     # mesh: the filter chain's handle (proxy/mesh.ChainHandle)
         self.orig_dst: tuple[str, int] | None = None   # mesh: the destination before capture
+        self.server_name: bytes | None = None   # mesh: the Server header Envoy's HCM would send
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -593,8 +594,8 @@ class ClientConnection(asyncio.Protocol):
             status_line = b"HTTP/1.1 %d %s" % (status, reason or REASONS.get(status, "Unknown").encode())
         out = [status_line, fields, b"\r\n"]
         ap = out.append
-        ap(date_server_lines())
-        if status >= 500 or self.server.settings.show_upstream_status:
+        ap(date_server_lines(self.server_name))
+        if (status >= 500 or self.server.settings.show_upstream_status) and self.handle is None:
             ap(b"X-APISIX-Upstream-Status: %d\r\n" % ex.upstream_status)
         if no_body:
             if cl is not None and req.method == "HEAD":
@@ -617,7 +618,7 @@ class ClientConnection(asyncio.Protocol):
                      extra: bytes = b"", head_only: bool = False) -> None:
         reason = REASONS.get(status, "Unknown")
         head = (b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n"
-                % (status, reason.encode(), date_server_lines(), content_type, len(body), extra,
+                % (status, reason.encode(), date_server_lines(self.server_name), content_type, len(body), extra,
                    b"Connection: close\r\n" if close else b""))
         self.transport.write(head if head_only else head + body)
 

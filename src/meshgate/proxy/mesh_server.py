@@ -372,6 +372,9 @@ class MeshSockets:
             proto = ClientConnection(self.server)
             proto.handle = chain.handle
             proto.orig_dst = dst
+            http = chain.conf.get("http") or {}
+            # Envoy overwrites the upstream's Server header with its server_name
+            proto.server_name = str(http.get("server_name") or "envoy").encode("latin-1")
             transport.set_protocol(proto)
             proto.connection_made(transport)
             # the request's server address is where the client was going (Envoy's
