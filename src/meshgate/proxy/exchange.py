@@ -894,19 +894,13 @@ class Exchange:
 
     def _failed(self, status: int, kind: str = "reset") -> None:
         """A try failed before any response byte reached the client: retry or answer."""
-        node = self.node
         up = self.up
         assert up is not None
         route = self.route
         if route is not None and route.mesh is not None:
             self._mesh_failed(kind)
             return
-        if node is not None:
-            if up.track_load:
-                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
-            self.tried = [*self.tried, node]
-        self.up_phase = 0
-        self.upstream = None
+        self._count_failed_try()
         can_replay = self.replay_ok and (self.req_done or not self.body_size)
         retries_left = up.retries - (len(self.tried) - 1)
         # nginx proxy_next_upstream: a non-idempotent request already sent is not replayed.
@@ -920,6 +914,18 @@ class Exchange:
                 return
         self.server.waiting.discard(self)
         self.respond(status, error_body(status), content_type=HTML)
+
+    def _count_failed_try(self) -> None:
+        """The try on ``self.node`` failed: the balancer hears it, the node joins the tried ones."""
+        node = self.node
+        up = self.up
+        assert up is not None
+        if node is not None:
+            if up.track_load:
+                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+            self.tried = [*self.tried, node]
+        self.up_phase = 0
+        self.upstream = None
 
     def _report(self, node: Node, kind: str, status: int) -> None:
         up = self.up
@@ -985,15 +991,7 @@ class Exchange:
     def _mesh_failed(self, kind: str) -> None:
         """Envoy's router after a failed try: retry as the route's policy says, else its reply
         (503 for a connect failure or reset, 504 for the route or per-try timeout)."""
-        node = self.node
-        up = self.up
-        assert up is not None
-        if node is not None:
-            if up.track_load:
-                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
-            self.tried = [*self.tried, node]
-        self.up_phase = 0
-        self.upstream = None
+        self._count_failed_try()
         pol = self.route.mesh   # type: ignore[union-attr]
         if pol.retry_failure(kind) and self._mesh_retry_ok():
             self.sent_upstream = False

@@ -339,15 +339,22 @@ class AdsSession:
 
     # -- SotW --
 
-    def _on_sotw(self, resp: _SotwResponse) -> list[Request]:
-        t = resp.type_url
+    def _received(self, t: str, nonce: str) -> _Watch | None:
+        """The watch a response of type ``t`` is for (None: not subscribed), counted."""
         w = self._watch_for(t)
         if w is None:
-            return []
+            return None
         ts = self.stats.types[t]
         ts.responses += 1
-        ts.nonce = resp.nonce
-        self._nonces[t] = resp.nonce
+        ts.nonce = nonce
+        self._nonces[t] = nonce
+        return w
+
+    def _on_sotw(self, resp: _SotwResponse) -> list[Request]:
+        t = resp.type_url
+        w = self._received(t, resp.nonce)
+        if w is None:
+            return []
         try:
             decoded = self._decode_all(t, [(None, a) for a in resp.resources])
             if w.wildcard:
@@ -384,13 +391,9 @@ class AdsSession:
 
     def _on_delta(self, resp: _DeltaResponse) -> list[Request]:
         t = resp.type_url
-        w = self._watch_for(t)
+        w = self._received(t, resp.nonce)
         if w is None:
             return []
-        ts = self.stats.types[t]
-        ts.responses += 1
-        ts.nonce = resp.nonce
-        self._nonces[t] = resp.nonce
         try:
             # Name-only entries (TTL heartbeats) change nothing.
             carried = [r for r in resp.resources if r.HasField("resource")]
