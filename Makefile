@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# xds-protos ships an old copy of opentelemetry-proto's modules under the same paths; whichever
+	@# installs last wins.  Put opentelemetry-proto's own back (the OTLP encoder needs scope_spans).
+	$(PY) -m pip install -q --force-reinstall --no-deps \
+		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
 $(ACCEL): $(STAMP) $(HOT)

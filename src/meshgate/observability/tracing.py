@@ -428,6 +428,11 @@ def encode_otlp(spans: Sequence[Span], *, resource: Mapping[str, AttrValue], sco
 
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
+    if "scope_spans" not in rs.DESCRIPTOR.fields_by_name:
+        # xds-protos bundles a pre-1.0 copy of these modules under the same paths
+        raise RuntimeError("the installed opentelemetry.proto modules predate OTLP 1.0 (no scope_spans): "
+                           "another package overwrote opentelemetry-proto's; run "
+                           "pip install --force-reinstall --no-deps opentelemetry-proto")
     rs.resource.attributes.extend(kv(k, v) for k, v in resource.items())
     ss = rs.scope_spans.add()
     ss.scope.name = scope_name
