@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export MESHGATE_PEERS="${MESHGATE_PEERS:-$HOME/.cache/meshgate/peers}"
 mkdir -p "$MESHGATE_PEERS"
+# the mesh journeys capture traffic in network namespaces: Debian's iptables, as make test has it
+bash tools/peers/iptables.sh
 for f in tools/peers-e2e/*.sh; do
     [ -e "$f" ] || continue
     bash "$f"

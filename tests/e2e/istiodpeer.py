@@ -45,19 +45,21 @@ def istiod_dir() -> Path:
 
 
 class Istiod:
-    def __init__(self, kube: KubeAPIServer, workdir: Path) -> None:
+    def __init__(self, kube: KubeAPIServer, workdir: Path, grpc_host: str = "127.0.0.1") -> None:
         self.kube = kube
         self.workdir = workdir
+        self.grpc_host = grpc_host
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.monitoring_port = free_port()
         self.ctrlz_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._opts: tuple[dict[str, Any], dict[str, str], list[str]] = ({}, {}, [])
 
     @property
     def grpc_address(self) -> str:
         """Plaintext ADS (no certificate, no token): what a sidecar's ``--xds-address`` points at."""
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.grpc_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
@@ -70,20 +72,39 @@ class Istiod:
     @classmethod
     def start(cls, kube: KubeAPIServer, workdir: Path, *, mesh: dict[str, Any] | None = None,
               env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-              timeout: float = 60.0) -> Istiod:
+              timeout: float = 60.0, grpc_host: str = "127.0.0.1") -> Istiod:
         """``mesh`` is merged over the default mesh.yaml (e.g. ``{"defaultProviders": {"metrics":
-        ["prometheus"]}}`` to get ``istio.stats``); ``env`` over the default environment."""
+        ["prometheus"]}}`` to get ``istio.stats``); ``env`` over the default environment.
+        ``grpc_host``: the address the plaintext xDS port listens on (e.g. a bridge address that
+        sidecars in network namespaces reach); the debug HTTP port stays on loopback."""
         d = istiod_dir()
         if not (d / "pilot-discovery").exists() or not (d / "crd-all.gen.yaml").exists():
             pytest.skip(f"istiod {ISTIOD_VERSION} not built ({d} incomplete): run tools/peers-e2e.sh")
         workdir.mkdir(parents=True, exist_ok=True)
-        self = cls(kube, workdir)
+        self = cls(kube, workdir, grpc_host)
+        self._opts = (mesh or {}, env or {}, extra_args or [])
         try:
-            self._start(mesh or {}, env or {}, extra_args or [], timeout)
+            self._start(*self._opts, timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashing or evicted istiod: no goodbye to the connected proxies."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start again after :meth:`kill` / :meth:`stop`, same ports and options, until ``/ready``."""
+        self.kill()
+        try:
+            self._start(*self._opts, timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def _start(self, mesh: dict[str, Any], env: dict[str, str], extra_args: list[str], timeout: float) -> None:
         d = istiod_dir()
@@ -109,7 +130,7 @@ class Istiod:
         args = [
             str(d / "pilot-discovery"), "discovery",
             f"--kubeconfig={self.kube.kubeconfig}", f"--meshConfig={self.workdir / 'mesh.yaml'}",
-            f"--grpcAddr=127.0.0.1:{self.grpc_port}", f"--httpAddr=127.0.0.1:{self.http_port}",
+            f"--grpcAddr={self.grpc_address}", f"--httpAddr=127.0.0.1:{self.http_port}",
             f"--monitoringAddr=127.0.0.1:{self.monitoring_port}",
             "--secureGRPCAddr=", "--httpsAddr=",
             f"--ctrlz_port={self.ctrlz_port}", "--ctrlz_address=127.0.0.1",

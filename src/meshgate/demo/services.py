@@ -20,16 +20,34 @@ Inter-service calls go either directly to the other services (reviews are then b
 round-robin across the three versions in process) or, when ``gateway_url`` is given, through
 the gateway with ``Host: <gateway_host>`` so that the gateway's routes (weights, plugins)
 apply to east-west calls too.
+
+Like Bookinfo, every call forwards the trace headers it received and the signed-in user as
+``end-user`` (what Istio's "jason" VirtualServices match): productpage takes the user from an
+``end-user`` request header, else a ``user`` cookie, else a ``?user=`` query parameter, and
+shows it on the page.
+
+One service alone (a "pod" of a mesh, behind a sidecar) runs with :func:`start_service` or::
+
+    python -m meshgate.demo --service reviews --version v2 --port 9080 \
+        --peer ratings=http://ratings:9080
+
+where the peers default to ``http://<name>:9080`` (the Kubernetes Service names), and call
+timeouts are Bookinfo's (productpage -> others 3 s; reviews-v2 -> ratings 10 s, reviews-v3 ->
+ratings 2.5 s), which is what makes Istio's ratings-delay task show its bug.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import html
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qsl
 
 from meshgate.errors import UpstreamError
 
@@ -40,13 +58,31 @@ __all__ = [
     "SERVICE_NAMES",
     "DEFAULT_BASE_PORT",
     "DemoServices",
+    "SINGLE_SERVICES",
+    "BOOKINFO_TIMEOUTS",
     "start_demo_services",
+    "start_service",
+    "end_user",
+    "main",
 ]
 
 SERVICE_NAMES: tuple[str, ...] = ("productpage", "details", "ratings", "reviews-v1", "reviews-v2", "reviews-v3")
 DEFAULT_BASE_PORT = 19080
 CALL_TIMEOUT = 3.0  # per inter-service call
-PROPAGATED_HEADERS = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled")
+# What Bookinfo's services forward on every call: the trace context (B3, W3C, OpenTracing) and
+# the signed-in user, which Istio's routing by ``end-user`` relies on.
+PROPAGATED_HEADERS = ("x-request-id", "traceparent", "tracestate", "x-b3-traceid", "x-b3-spanid",
+                      "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3", "x-ot-span-context", "end-user")
+SINGLE_SERVICES: tuple[str, ...] = ("productpage", "details", "ratings", "reviews")
+#: (caller, caller version or "*", callee) -> seconds: Bookinfo's own call timeouts.
+BOOKINFO_TIMEOUTS: dict[tuple[str, str, str], float] = {
+    ("productpage", "*", "details"): 3.0,
+    ("productpage", "*", "reviews"): 3.0,
+    ("productpage", "*", "ratings"): 3.0,
+    ("reviews", "v2", "ratings"): 10.0,
+    ("reviews", "v3", "ratings"): 2.5,
+}
+_USER = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # what may be forwarded as end-user
 
 # --- data -------------------------------------------------------------------------------
 
@@ -136,9 +172,10 @@ class _Backend:
 
     Filled in by :meth:`set` once every port is bound, so ephemeral ports work too."""
 
-    __slots__ = ("urls", "host", "_cycle")
+    __slots__ = ("urls", "host", "timeout", "_cycle")
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = CALL_TIMEOUT) -> None:
+        self.timeout = timeout
         self.set((), None)
 
     def set(self, urls: tuple[str, ...], host: str | None) -> None:
@@ -146,9 +183,11 @@ class _Backend:
         self.host = host
         self._cycle = itertools.cycle(urls)
 
-    async def get(self, path: str, req: DemoRequest) -> tuple[int, Mapping[str, str], Any]:
+    async def get(self, path: str, req: DemoRequest, *, user: str | None = None) -> tuple[int, Mapping[str, str], Any]:
         headers = {h: req.headers[h] for h in PROPAGATED_HEADERS if h in req.headers}
-        resp = await http_request(next(self._cycle) + path, host=self.host, headers=headers, timeout=CALL_TIMEOUT)
+        if user is not None:
+            headers["end-user"] = user
+        resp = await http_request(next(self._cycle) + path, host=self.host, headers=headers, timeout=self.timeout)
         try:
             data = resp.json()
         except ValueError:
@@ -239,10 +278,31 @@ def _reviews_app(version: str, ratings: _Backend | None) -> _Route:
 # --- productpage ----------------------------------------------------------------------------
 
 
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep and k == name:
+            return v.strip().strip('"')
+    return None
+
+
+def end_user(req: DemoRequest) -> str | None:
+    """The signed-in user as Bookinfo's productpage knows it: an ``end-user`` header (a caller
+    that already knows), else the ``user`` cookie (Bookinfo's login), else ``?user=``.  Only a
+    plain name is accepted (it is forwarded as a header and shown on the page)."""
+    candidates = [req.headers.get("end-user"), _cookie(req.headers.get("cookie", ""), "user")]
+    if req.target.query:
+        candidates.append(dict(parse_qsl(req.target.query)).get("user"))
+    for c in candidates:
+        if c and _USER.fullmatch(c):
+            return c
+    return None
+
+
 def _productpage_app(details: _Backend, reviews: _Backend, ratings: _Backend) -> _Route:
     async def fetch(backend: _Backend, path: str, req: DemoRequest) -> tuple[int, Mapping[str, str], Any]:
         try:
-            return await backend.get(path, req)
+            return await backend.get(path, req, user=end_user(req))
         except UpstreamError as e:
             return 503, {}, {"error": f"{path.split('/')[1]} service unavailable: {e}"}
 
@@ -265,7 +325,8 @@ def _productpage_app(details: _Backend, reviews: _Backend, ratings: _Backend) ->
         (d_status, _, d), (r_status, r_headers, r) = await asyncio.gather(
             fetch(details, f"/details/{pid}", req), fetch(reviews, f"/reviews/{pid}", req)
         )
-        return DemoResponse(200, _render_page(_PRODUCTS_BY_ID[pid], d_status, d, r_status, r_headers, r),
+        return DemoResponse(200, _render_page(_PRODUCTS_BY_ID[pid], d_status, d, r_status, r_headers, r,
+                                              user=end_user(req)),
                             "text/html; charset=utf-8")
 
     async def handle(req: DemoRequest) -> DemoResponse:
@@ -309,12 +370,18 @@ def _render_page(
     r_status: int,
     r_headers: Mapping[str, str],
     reviews: Any,
+    *,
+    user: str | None = None,
 ) -> bytes:
     esc = html.escape
     out = [
         "<!doctype html><html><head><meta charset=\"utf-8\">",
         f"<title>Bookinfo: {esc(product['title'])}</title>",
         '<link rel="stylesheet" href="/static/style.css"></head><body>',
+    ]
+    if user is not None:
+        out.append(f'<p class="who" id="user">Signed in as {esc(user)}</p>')
+    out += [
         f"<h1>{esc(product['title'])}</h1>",
         f"<p>{esc(product['descriptionHtml'])}</p>",
         "<h2>Book Details</h2>",
@@ -424,3 +491,108 @@ async def start_demo_services(
         ratings_be.set((u["ratings"],), None)
         reviews_be.set((u["reviews-v1"], u["reviews-v2"], u["reviews-v3"]), None)
     return services
+
+
+# --- one service alone (a mesh "pod") -----------------------------------------------------
+
+
+def _peer_timeout(service: str, version: str, peer: str) -> float:
+    return BOOKINFO_TIMEOUTS.get((service, version, peer), BOOKINFO_TIMEOUTS.get((service, "*", peer), CALL_TIMEOUT))
+
+
+async def start_service(
+    service: str,
+    *,
+    version: str = "v1",
+    host: str = "0.0.0.0",
+    port: int = 9080,
+    peers: Mapping[str, str] | None = None,
+    timeouts: Mapping[str, float] | None = None,
+) -> DemoHTTPServer:
+    """Start one of :data:`SINGLE_SERVICES` alone, as one Bookinfo pod runs it.
+
+    ``peers`` maps the services it calls (productpage: details, reviews, ratings; reviews v2/v3:
+    ratings) to base URLs, default ``http://<name>:9080``: by name, so that in a mesh the call
+    goes to the Service's address and the sidecar routes it.  ``timeouts`` (seconds, by peer)
+    override Bookinfo's (:data:`BOOKINFO_TIMEOUTS`).  Raises ``ValueError`` for an unknown
+    service or version, ``OSError`` if the port cannot be bound.
+    """
+    if service not in SINGLE_SERVICES:
+        raise ValueError(f"unknown service {service!r} (expected one of {', '.join(SINGLE_SERVICES)})")
+    if service == "reviews" and version not in ("v1", "v2", "v3"):
+        raise ValueError(f"unknown reviews version {version!r} (expected v1, v2 or v3)")
+    urls = {name: f"http://{name}:9080" for name in SINGLE_SERVICES}
+    urls.update(peers or {})
+
+    def backend(peer: str) -> _Backend:
+        t = (timeouts or {}).get(peer, _peer_timeout(service, version, peer))
+        be = _Backend(t)
+        be.set((urls[peer].rstrip("/"),), None)
+        return be
+
+    handler: _Route
+    if service == "productpage":
+        handler = _productpage_app(backend("details"), backend("reviews"), backend("ratings"))
+    elif service == "details":
+        handler = _details_app()
+    elif service == "ratings":
+        handler = _ratings_app()
+    else:
+        handler = _reviews_app(version, backend("ratings") if version in ("v2", "v3") else None)
+    return await start_server(handler, host=host, port=port, service=service, version=version)
+
+
+def _peer_arg(value: str) -> tuple[str, str]:
+    name, sep, url = value.partition("=")
+    if not sep or name not in SINGLE_SERVICES or not url.startswith("http://"):
+        raise argparse.ArgumentTypeError(f"expected NAME=http://HOST:PORT with NAME one of "
+                                         f"{', '.join(SINGLE_SERVICES)}, got {value!r}")
+    return name, url
+
+
+def _timeout_arg(value: str) -> tuple[str, float]:
+    name, sep, secs = value.partition("=")
+    try:
+        t = float(secs)
+    except ValueError:
+        t = -1.0
+    if not sep or name not in SINGLE_SERVICES or not 0 < t <= 600:
+        raise argparse.ArgumentTypeError(f"expected NAME=SECONDS (0 < SECONDS <= 600), got {value!r}")
+    return name, t
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m meshgate.demo",
+                                description="Run one Bookinfo-like demo service alone (one mesh pod).")
+    p.add_argument("--service", required=True, choices=SINGLE_SERVICES)
+    p.add_argument("--version", default="v1", help="v1 (default); reviews: v1, v2 or v3")
+    p.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9080, help="listen port (default 9080)")
+    p.add_argument("--peer", type=_peer_arg, action="append", default=[], metavar="NAME=URL",
+                   help="where to call NAME (default http://NAME:9080); repeatable")
+    p.add_argument("--timeout", type=_timeout_arg, action="append", default=[], metavar="NAME=SECONDS",
+                   help="call timeout towards NAME (default: Bookinfo's); repeatable")
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    try:
+        srv = await start_service(args.service, version=args.version, host=args.host, port=args.port,
+                                  peers=dict(args.peer), timeouts=dict(args.timeout))
+    except (ValueError, OSError) as e:
+        print(f"demo {args.service}: {e}", file=sys.stderr, flush=True)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"demo {args.service} {args.version} listening on {args.host}:{srv.port}", flush=True)
+    await stop.wait()
+    await srv.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m meshgate.demo``: one service until SIGTERM/SIGINT (exit 0)."""
+    args = _parser().parse_args(argv)
+    return asyncio.run(_serve(args))

@@ -10,6 +10,13 @@ cluster (``istio.services``) and on the chosen endpoint (``istio.workload``).  W
 peer metadata exchange the caller of an inbound request is ``unknown``, as Envoy reports
 it when the peer sent no metadata.
 
+``source_principal`` / ``destination_principal`` are the SPIFFE identities of the two ends
+*of an mTLS connection* (Istio's metric reference: "set when peer authentication is used";
+istio.stats reads them from the TLS session's certificates): on a plaintext connection both
+are ``unknown``, however the workload's service account is known.  The proxy's own identity
+(what its certificate would say) is kept on :class:`IstioPeer` as ``identity`` and only
+reported when the caller says the connection was mutual TLS.
+
 Recording is one counter and three histogram updates into the worker's registry; the
 label tuple of a (route, endpoint) pair is built once and cached.
 """
@@ -64,11 +71,12 @@ class IstioPeer:
     """One side of a request: a workload and the service it was reached as."""
 
     __slots__ = ("workload", "namespace", "principal", "app", "version", "canonical_service",
-                 "canonical_revision", "cluster")
+                 "canonical_revision", "cluster", "identity")
 
     def __init__(self, *, workload: str = UNKNOWN, namespace: str = UNKNOWN, principal: str = UNKNOWN,
                  app: str = UNKNOWN, version: str = UNKNOWN, canonical_service: str = UNKNOWN,
-                 canonical_revision: str = UNKNOWN, cluster: str = UNKNOWN) -> None:
+                 canonical_revision: str = UNKNOWN, cluster: str = UNKNOWN, identity: str = "") -> None:
+        self.identity = identity   # SPIFFE id of the workload's certificate ("" if unknown)
         self.workload = workload
         self.namespace = namespace
         self.principal = principal
@@ -94,7 +102,7 @@ def node_peer(metadata: Mapping[str, Any]) -> IstioPeer:
     sa = metadata.get("SERVICE_ACCOUNT")
     return IstioPeer(
         workload=str(metadata.get("WORKLOAD_NAME") or metadata.get("NAME") or UNKNOWN), namespace=ns,
-        principal=f"spiffe://cluster.local/ns/{ns}/sa/{sa}" if sa else UNKNOWN, app=app, version=version,
+        identity=f"spiffe://cluster.local/ns/{ns}/sa/{sa}" if sa else "", app=app, version=version,
         canonical_service=str(labels.get("service.istio.io/canonical-name") or (app if app != UNKNOWN else UNKNOWN)),
         canonical_revision=str(labels.get("service.istio.io/canonical-revision")
                                or (version if version != UNKNOWN else "latest")),
@@ -114,21 +122,29 @@ def _endpoint_peer(workload: Any, service: Mapping[str, Any] | None) -> IstioPee
 
 
 def request_labels(*, inbound: bool, me: IstioPeer, service: Mapping[str, Any] | None, workload: Any,
-                   protocol: str, code: int, flags: str = "-", grpc_status: str = "") -> tuple[str, ...]:
-    """The label values of one request, in :data:`LABELS` order."""
+                   protocol: str, code: int, flags: str = "-", grpc_status: str = "", mtls: bool = False,
+                   peer_principal: str = "") -> tuple[str, ...]:
+    """The label values of one request, in :data:`LABELS` order.
+
+    ``mtls``: the connection to the peer (downstream when ``inbound``, else upstream) was mutual
+    TLS; ``peer_principal`` is then the SAN of the peer's certificate."""
     svc = service or {}
     if inbound:
         src, dst = IstioPeer(), me
-        host = str(svc.get("host") or UNKNOWN)
     else:
         src, dst = me, _endpoint_peer(workload, svc)
-        host = str(svc.get("host") or UNKNOWN)
+    host = str(svc.get("host") or UNKNOWN)
+    mine = (me.identity or UNKNOWN) if mtls else UNKNOWN
+    theirs = (peer_principal or UNKNOWN) if mtls else UNKNOWN
+    src_principal, dst_principal = (theirs, mine) if inbound else (mine, theirs)
+    s = src.labels()
+    d = dst.labels()
     # connection_security_policy: Envoy reports "unknown" on the client side; on the server
-    # side "none" for plaintext (mesh mTLS, which would say "mutual_tls", is not implemented)
-    return ("destination" if inbound else "source", *src.labels(), *dst.labels()[:5], host,
-            str(svc.get("name") or UNKNOWN), str(svc.get("namespace") or UNKNOWN), dst.canonical_service,
-            dst.canonical_revision, dst.cluster, protocol, str(code), grpc_status, flags,
-            "none" if inbound else "unknown")
+    # side "mutual_tls" or "none" (plaintext)
+    return ("destination" if inbound else "source", s[0], s[1], src_principal, *s[3:], d[0], d[1], dst_principal,
+            d[3], d[4], host, str(svc.get("name") or UNKNOWN), str(svc.get("namespace") or UNKNOWN),
+            dst.canonical_service, dst.canonical_revision, dst.cluster, protocol, str(code), grpc_status, flags,
+            ("mutual_tls" if mtls else "none") if inbound else "unknown")
 
 
 def record_request(labels: tuple[str, ...], duration_ms: float, req_bytes: int, resp_bytes: int) -> None:

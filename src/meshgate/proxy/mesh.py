@@ -432,6 +432,7 @@ def route_hook(b: RouteBehaviour, ex: Any) -> Any:
     if f is not None and f["delay"] is not None:
         secs, frac = f["delay"]
         if secs > 0 and _fault_hits(frac):
+            ex.set_var("_xds_flags", "DI")    # Envoy's response flag: delay injected
             return _delayed(b, ex, secs)
     return _after_delay(b, ex)
 
@@ -441,6 +442,7 @@ def _after_delay(b: RouteBehaviour, ex: Any) -> Any:
     if f is not None and f["abort"] is not None:
         http, grpc, frac = f["abort"]
         if _fault_hits(frac):
+            ex.set_var("_xds_flags", "DI,FI" if ex.var("_xds_flags") else "FI")   # fault injected
             if grpc is not None:
                 return 200, b"", [("content-type", "application/grpc"), ("grpc-status", str(grpc)),
                                   ("grpc-message", "fault filter abort")]
@@ -643,24 +645,29 @@ def response_hook(b: RouteBehaviour, ex: Any) -> None:
 
 
 class StatsConf:
-    """What the istio.stats hook of a route needs: this proxy's side, and a label cache."""
+    """What the istio.stats hook of a route needs: this proxy's side, the direction of the
+    listener (a local reply on virtualInbound is reported by the destination), a label cache."""
 
-    __slots__ = ("me", "cache")
+    __slots__ = ("me", "inbound", "cache")
 
-    def __init__(self, me: IstioPeer) -> None:
+    def __init__(self, me: IstioPeer, *, inbound: bool = False) -> None:
         self.me = me
+        self.inbound = inbound
         self.cache: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
 
 def _flags(ex: Any) -> str:
-    """Envoy's response flags of a request Meshgate answered itself (``-`` otherwise)."""
+    """Envoy's response flags (``-``: none) of a request."""
+    fault = ex.var("_xds_flags") if ex.vars is not None else None
+    if fault:
+        return str(fault)
     if ex.upstream_status:
         return "-"
     st = ex.resp_status
     if ex.route is None:
         return "NR"
     if ex.up is None:
-        return "-" if st < 400 else ("NC" if st == 503 else "FI")
+        return "NC" if st == 503 else "-"     # unknown cluster, else a direct response / redirect
     if st == 504:
         return "UT"
     if st == 503:
@@ -671,24 +678,30 @@ def _flags(ex: Any) -> str:
 def stats_hook(conf: StatsConf, ex: Any) -> None:
     """log phase: istio_requests_total and the duration / size histograms (Istio's names)."""
     up = ex.up
+    route = ex.route
+    if up is None and route is not None:
+        # answered before an upstream was chosen (a fault, a direct response): Envoy reports
+        # it against the route's cluster all the same
+        up = route.upstream
     node = ex.node
     code = ex.resp_status
-    key = (up.key if up is not None else None, node, code, ex.upstream_status == 0)
+    flags = _flags(ex)
+    key = (up.key if up is not None else None, node, code, flags)
     labels = conf.cache.get(key)
     if labels is None:
         svc = None
-        inbound = False
+        inbound = conf.inbound
         if up is not None:
             x = up.conf.get("xds") or {}
             services = (x.get("istio") or {}).get("services") or ()
             svc = services[0] if services else None
             sub = x.get("subset") or {}
-            inbound = sub.get("direction") == "inbound" or up.key.startswith("upstreams/inbound|")
+            inbound = inbound or sub.get("direction") == "inbound" or up.key.startswith("upstreams/inbound|")
         workload = (node.metadata or {}).get("workload") if node is not None else None
         ct = ex.req.header("content-type") or ""
         labels = request_labels(inbound=inbound, me=conf.me, service=svc, workload=workload,
                                 protocol="grpc" if ct.startswith("application/grpc") else "http", code=code,
-                                flags=_flags(ex))
+                                flags=flags)
         if len(conf.cache) > 4096:
             conf.cache.clear()
         conf.cache[key] = labels
@@ -936,6 +949,7 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
     logged and left out (its translation was checked before the ACK, so this is a bug)."""
     version = snapshot.version
     stats = StatsConf(me) if me is not None else None
+    stats_in = StatsConf(me, inbound=True) if me is not None else None
     handles: dict[str, ChainHandle] = {}
     prev_handles = previous.handles if previous is not None else None
     errors: list[str] = []
@@ -966,7 +980,8 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
                                                                "ignore_port": False, "headers": None}
                         view = tables[tkey] = _compile_table(tname, table, base, version, http, stats)
                 else:
-                    view = _compile_table(f"{lname}/{ch.index}", http["routes"], base, version, http, stats)
+                    view = _compile_table(f"{lname}/{ch.index}", http["routes"], base, version, http,
+                                          stats_in if lc.get("direction") == "INBOUND" else stats)
                 ch.handle.view = view
             ml = MeshListener(name=lname, conf=lc, address=lc["address"], port=int(lc["port"]),
                               bind=bool(lc["bind_to_port"]), use_original_dst=bool(lc["use_original_dst"]),
