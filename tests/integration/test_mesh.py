@@ -319,3 +319,39 @@ async def test_hash_policy_keeps_a_user_on_one_endpoint(tmp_path: Path, ads: Ads
         assert len({next(iter(v)) for v in chosen.values()}) > 1, chosen   # users spread over endpoints
     finally:
         assert m.stop() == 0
+
+
+async def test_circuit_breaker_overflows_as_envoy(tmp_path: Path, ads: AdsServer) -> None:
+    # DestinationRule connectionPool {tcp.maxConnections: 1, http.http1MaxPendingRequests: 1}:
+    # two requests in flight at most, across both workers; the rest get Envoy's overflow 503
+    async def slow(req: UpstreamRequest) -> Any:
+        await asyncio.sleep(0.8)
+        return 200, {"Content-Type": "text/plain", "X-Backend": "slow"}, b"ok"
+
+    up = await Upstream(handler=slow).start()
+    port = free_port()
+    limits = {"thresholds": [{"max_connections": 1, "max_pending_requests": 1, "max_requests": 1024,
+                              "max_retries": 1024}]}
+    ads.set(CDS, {"cb": static_cluster("cb", [up.addr], circuit_breakers=limits)})
+    ads.set(LDS, {"l": http_listener("l", port, rds="r")})
+    ads.set(RDS, {"r": route_config({"name": "r", "virtual_hosts": [vhost("all", ["*"], [
+        {"match": {"prefix": "/"}, "route": {"cluster": "cb"}}])]})})
+    ads.push()
+    m = await _mesh(tmp_path, ads, workers=2)
+    try:
+        await m.settled()
+        addr = ("127.0.0.1", port)
+        got = await asyncio.gather(*(http(addr, "GET", f"/{i}") for i in range(6)))
+        ok = [r for r in got if r.status == 200]
+        over = [r for r in got if r.status == 503]
+        assert len(ok) == 2 and len(over) == 4, [(r.status, r.body) for r in got]
+        assert all(r.header("x-envoy-overloaded") == "true" and r.body.endswith(b"reset reason: overflow")
+                   for r in over)
+        assert len(up.requests) == 2
+        # the counts come back down: the next request goes through
+        r = await http(addr, "GET", "/after")
+        assert r.status == 200
+        assert 'response_flags="UO"' in m.metrics()
+    finally:
+        assert m.stop() == 0
+        await up.close()

@@ -160,6 +160,7 @@ class Exchange:
     upstream_status = 0
     continue_sent = False
     retrying = False                         # mesh: a retriable response was dropped, next try soon
+    cb_key: str | None = None                # mesh: the cluster whose circuit breaker counts this request
     conf_override: Any = None
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
@@ -583,7 +584,27 @@ class Exchange:
             self.conn.send_continue()
             self.continue_sent = True
         self.first_try_at = self.req.start_time
+        up = self.up
+        if up is not None and up.cb_limit is not None and route.mesh is not None:
+            # Envoy's circuit breaker (a DestinationRule connectionPool): too many in flight
+            brk = self.server.breakers
+            if brk is not None:
+                if not brk.acquire(up.key, up.cb_limit):
+                    self._mesh_overflow()
+                    return
+                self.cb_key = up.key
         self._try_node()
+
+    def _mesh_overflow(self) -> None:
+        self.set_var("_xds_flags", "UO")
+        self._resp_op(0, "x-envoy-overloaded", "true")
+        self._mesh_reply(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow")
+
+    def _release_breaker(self) -> None:
+        key = self.cb_key
+        if key is not None:
+            self.cb_key = None
+            self.server.breakers.release(key)
 
     def _match(self) -> bool:
         rt = self.runtime
@@ -1197,6 +1218,8 @@ class Exchange:
         server.waiting.discard(self)
         self.upstream = None
         conn.ex = None
+        if self.cb_key is not None:
+            self._release_breaker()
         node = self.node
         up = self.up
         if up is not None and node is not None:
@@ -1227,6 +1250,7 @@ class Exchange:
         self.flush()
         self.finished = True
         self.server.waiting.discard(self)
+        self._release_breaker()
         early = b"".join(self.tunnel_early or ())
         self.tunnel_early = None
         self.conn.start_tunnel(conn, early)
@@ -1254,6 +1278,7 @@ class Exchange:
             return
         self.finished = True
         self.server.waiting.discard(self)
+        self._release_breaker()
         self.abort_upstream()
 
     def abort_upstream(self) -> None:
@@ -1268,6 +1293,7 @@ class Exchange:
     def _finish_abort(self) -> None:
         self.finished = True
         self.server.waiting.discard(self)
+        self._release_breaker()
         self.abort_upstream()
         self.flush()
         self.conn.close()
@@ -1284,6 +1310,8 @@ class Exchange:
         self.resp_started = True
         self.resp_status = status
         self.server.waiting.discard(self)
+        if self.cb_key is not None:
+            self._release_breaker()
         self.abort_upstream()
         chain = self.chain
         gchain = self.gchain

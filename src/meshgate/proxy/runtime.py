@@ -23,6 +23,7 @@ from ..model import Resource, Snapshot
 from ..plugins import Consumer, ConsumerSet, PluginChain, PluginRegistry
 from ..router import Matcher, Router, compile_router
 from ..upstream import Balancer, Node, create_balancer, default_retries, parse_nodes
+from .breaker import cluster_limit
 from .tls import SNITable, build_sni_table
 
 __all__ = ["Runtime", "RouteRuntime", "UpstreamRuntime", "Timeouts", "build_runtime"]
@@ -51,7 +52,7 @@ class UpstreamRuntime:
 
     __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
-                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source")
+                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit")
 
     def __init__(self, key: str, conf: Mapping[str, Any]) -> None:
         self.key = key
@@ -91,6 +92,7 @@ class UpstreamRuntime:
         self.original_dst: bool = bool(x.get("original_dst"))
         bs = x.get("bind_source")
         self.bind_source: str | None = (bs.get("address") or None) if isinstance(bs, Mapping) else bs
+        self.cb_limit: int | None = cluster_limit(conf) if x else None   # Envoy's circuit breaker
 
     def healthy(self, node: Node) -> bool:
         return node.addr not in self.unhealthy

@@ -52,6 +52,7 @@ class ProxyServer:
         self.fast_requests = 0     # requests / responses handled by the fast paths (_lite_*)
         self.fast_responses = 0
         self.access_log_on = access_log.isEnabledFor(logging.INFO)
+        self.breakers: Any = None   # mesh: the circuit breakers' shared counts (proxy/breaker.py)
 
     def set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -378,7 +378,7 @@ class Supervisor:
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
                         "listen": listen_fds, "tls_listen": tls_fds, "plugin_dirs": list(self.plugin_dirs),
                         "enabled_plugins": self.enabled_plugins, "mesh": self.mesh,
-                        "mesh_node": self.mesh_node,
+                        "mesh_node": self.mesh_node, "workers": self.nworkers,
                         "snapshot": {"op": "snapshot", **self._full_wire()}})
         for key, unhealthy in self.health_view.items():
             h.channel.send({"op": "health", "key": key, "unhealthy": unhealthy})

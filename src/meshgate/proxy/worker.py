@@ -28,6 +28,7 @@ from .common import S_HEAD, S_IDLE, ProxySettings
 from . import heap
 from .ipc import Channel, open_channel
 from .mesh import MeshConfig, compile_mesh
+from .breaker import Breakers
 from .mesh_server import MeshSockets
 from .runtime import Runtime, build_runtime
 from .server import ProxyServer
@@ -298,6 +299,7 @@ class WorkerMain:
             await self.server.listen(host, port, sock=socket.socket(fileno=fd))
         if self.mesh_mode:
             self.mesh_sockets = MeshSockets(self.server)
+            self.server.breakers = Breakers(self.worker_id, int(init.get("workers", 1)))
             if self.mesh is None and self.snapshot is not None:
                 self.mesh = compile_mesh(self.snapshot, self.runtime, previous=None, me=self.mesh_peer)
             if self.mesh is not None:

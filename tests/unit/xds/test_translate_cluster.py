@@ -190,7 +190,7 @@ def test_outbound_eds_cluster() -> None:
     assert xds["istio"]["services"] == [{"host": "reviews.default.svc.cluster.local", "name": "reviews",
                                          "namespace": "default"}]
     assert xds["circuit_breakers"]["default"] == {
-        "max_connections": MAX, "max_pending_requests": MAX, "max_requests": MAX, "max_retries": MAX,
+        "explicit": True, "max_connections": MAX, "max_pending_requests": MAX, "max_requests": MAX, "max_retries": MAX,
         "max_connection_pools": None, "track_remaining": True, "retry_budget": None}
     assert xds["http_protocol"] == "downstream"
     assert xds["use_downstream_protocol"] is True and xds["http2"] is False

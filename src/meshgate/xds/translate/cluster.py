@@ -334,6 +334,7 @@ def _circuit_breakers(c: Any) -> dict[str, Any]:
     for t in cb.thresholds:
         prio = "high" if t.priority == 1 else "default"
         entry: dict[str, Any] = {
+            "explicit": True,      # configured (a DestinationRule connectionPool), not Envoy's defaults
             "max_connections": _u32(t, "max_connections", 1024),
             "max_pending_requests": _u32(t, "max_pending_requests", 1024),
             "max_requests": _u32(t, "max_requests", 1024),
@@ -349,7 +350,7 @@ def _circuit_breakers(c: Any) -> dict[str, Any]:
                 "min_retry_concurrency": _u32(rb, "min_retry_concurrency", 3),
             }
         out.setdefault(prio, entry)
-    out.setdefault("default", {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
+    out.setdefault("default", {"explicit": False, "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024,
                                "max_retries": 3, "max_connection_pools": None, "track_remaining": False,
                                "retry_budget": None})
     per_host = [_u32(t, "max_connections", 0) for t in cb.per_host_thresholds]
