@@ -278,6 +278,12 @@ async def test_tcp_proxy_and_original_destination_listener(tmp_path: Path, ads: 
         got = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
         assert got == payload
         writer.close()
+        # Istio's TCP metrics for the connection, once it closed
+        await m.until(lambda: "istio_tcp_connections_closed_total{" in m.metrics(), 10, "TCP metrics")
+        text = m.metrics()
+        sent = [ln for ln in text.splitlines() if ln.startswith("istio_tcp_received_bytes_total{")]
+        assert sent and float(sent[0].rsplit(" ", 1)[1]) == len(payload), sent
+        assert 'istio_tcp_connections_opened_total{reporter="source"' in text
     finally:
         assert m.stop() == 0
         srv.close()

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from .metrics import REGISTRY
 
-__all__ = ["LABELS", "TCP_LABELS", "IstioPeer", "node_peer", "record_request", "request_labels",
+__all__ = ["LABELS", "TCP_LABELS", "IstioPeer", "node_peer", "record_request", "request_labels", "tcp_labels",
            "REQUESTS", "DURATION", "REQUEST_BYTES", "RESPONSE_BYTES", "TCP_SENT", "TCP_RECEIVED", "TCP_OPENED",
            "TCP_CLOSED"]
 
@@ -145,6 +145,15 @@ def request_labels(*, inbound: bool, me: IstioPeer, service: Mapping[str, Any] |
             d[3], d[4], host, str(svc.get("name") or UNKNOWN), str(svc.get("namespace") or UNKNOWN),
             dst.canonical_service, dst.canonical_revision, dst.cluster, protocol, str(code), grpc_status, flags,
             ("mutual_tls" if mtls else "none") if inbound else "unknown")
+
+
+_TCP_INDEX = tuple(i for i, n in enumerate(LABELS) if n in TCP_LABELS)
+
+
+def tcp_labels(*, inbound: bool, me: IstioPeer, service: Mapping[str, Any] | None, workload: Any) -> tuple[str, ...]:
+    """The label values of a TCP connection (``istio_tcp_*``), in :data:`TCP_LABELS` order."""
+    full = request_labels(inbound=inbound, me=me, service=service, workload=workload, protocol="tcp", code=0)
+    return tuple(full[i] for i in _TCP_INDEX)
 
 
 def record_request(labels: tuple[str, ...], duration_ms: float, req_bytes: int, resp_bytes: int) -> None:

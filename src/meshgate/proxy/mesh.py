@@ -746,6 +746,7 @@ class MeshChain:
     transport: str
     alpn: frozenset[str]
     source_type: str
+    inbound: bool = False        # on an INBOUND listener (Istio's reporter="destination")
 
 
 def _nets(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, int]]:
@@ -966,6 +967,7 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
                 if lc.get("default_chain") else None
             for ch in [*chains, *([default] if default else [])]:
                 ch.handle.chain = ch
+                ch.inbound = lc.get("direction") == "INBOUND"
                 http = ch.conf.get("http")
                 if ch.kind != "http" or http is None:
                     ch.handle.view = None

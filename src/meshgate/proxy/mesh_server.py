@@ -33,6 +33,7 @@ from ..upstream import Node
 from .http1 import ClientConnection
 from .mesh import MeshChain, MeshConfig, MeshListener, select_chain
 from .origdst import original_dst
+from ..observability.istio import TCP_CLOSED, TCP_OPENED, TCP_RECEIVED, TCP_SENT, IstioPeer, tcp_labels
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -199,6 +200,11 @@ class TcpRelay(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.closed = False
         self.idle = float(chain.conf["tcp"]["idle_timeout"] or 0) if chain.conf.get("tcp") else 0.0
+        self.labels: tuple[str, ...] | None = None   # Istio's TCP metric labels, once connected
+        self.received = 0                            # bytes from the client ...
+        self.sent = 0                                # ... and to it, not yet counted
+        self.client_eof = False                      # half-closes seen: both → the relay ends
+        self.upstream_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -243,6 +249,14 @@ class TcpRelay(asyncio.Protocol):
             peer.transport.close()
             return
         self.peer = peer
+        me = self.owner.me
+        if me is not None and up is not None:
+            x = up.conf.get("xds") or {}
+            services = (x.get("istio") or {}).get("services") or ()
+            inbound = (x.get("subset") or {}).get("direction") == "inbound" or self.chain.inbound
+            self.labels = tcp_labels(inbound=inbound, me=me, service=services[0] if services else None,
+                                     workload=(node.metadata or {}).get("workload"))
+            TCP_OPENED.inc(self.labels)
         pt = peer.transport
         assert pt is not None
         for chunk in self.pending:
@@ -250,16 +264,27 @@ class TcpRelay(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
         else:
             self.pending.append(data)
 
     def eof_received(self) -> bool | None:
+        self.client_eof = True
         if self.peer is not None and self.peer.transport is not None and self.peer.transport.can_write_eof():
             self.peer.transport.write_eof()
+            if self.upstream_eof:
+                self.end()
             return True
         return None
+
+    def end(self) -> None:
+        """Both directions are done: close both sides (connection_lost records the metrics)."""
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -274,6 +299,12 @@ class TcpRelay(asyncio.Protocol):
         self.owner.relays.discard(self)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
+        labels = self.labels
+        if labels is not None:
+            self.labels = None
+            TCP_RECEIVED.inc(labels, float(self.received))
+            TCP_SENT.inc(labels, float(self.sent))
+            TCP_CLOSED.inc(labels)
 
 
 class _NoCtx:
@@ -296,12 +327,17 @@ class _Upstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         t = self.relay.transport
         if t is not None:
+            self.relay.sent += len(data)
             t.write(data)
 
     def eof_received(self) -> bool | None:
-        t = self.relay.transport
+        relay = self.relay
+        relay.upstream_eof = True
+        t = relay.transport
         if t is not None and t.can_write_eof():
             t.write_eof()
+            if relay.client_eof:
+                relay.end()
             return True
         return None
 
@@ -334,6 +370,7 @@ class MeshSockets:
         self.bound: dict[str, tuple[tuple[str, int], asyncio.AbstractServer]] = {}
         self.relays: set[TcpRelay] = set()
         self.errors: dict[str, str] = {}
+        self.me: IstioPeer | None = None       # this proxy's workload (Istio's metric labels)
         self._lock = asyncio.Lock()
 
     async def update(self, cfg: MeshConfig) -> None:

@@ -299,6 +299,7 @@ class WorkerMain:
             await self.server.listen(host, port, sock=socket.socket(fileno=fd))
         if self.mesh_mode:
             self.mesh_sockets = MeshSockets(self.server)
+            self.mesh_sockets.me = self.mesh_peer
             self.server.breakers = Breakers(self.worker_id, int(init.get("workers", 1)))
             if self.mesh is None and self.snapshot is not None:
                 self.mesh = compile_mesh(self.snapshot, self.runtime, previous=None, me=self.mesh_peer)
