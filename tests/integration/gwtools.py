@@ -25,10 +25,21 @@ __all__ = ["free_port", "Gateway", "start_gateway", "Upstream", "UpstreamRequest
            "Response", "read_response"]
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, and that this process never handed out before:
+    a test picks ports for listeners bound later (a mesh listener waits for its LDS), and two
+    picks must not return the same one meanwhile."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
 
 
 def routes_yaml(doc: dict[str, Any] | str) -> str:

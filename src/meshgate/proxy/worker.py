@@ -229,21 +229,35 @@ class WorkerMain:
         self.runtime = rt
         if self.server is not None:
             self.server.set_runtime(rt)
-        if self.mesh_mode:
-            self._install_mesh(snap, rt)
         heap.settle()
+        if self.mesh_mode and self._install_mesh(snap, rt):
+            return   # reported applied once the listeners it asks for are bound
+        self._applied(snap.version)
+
+    def _applied(self, version: int) -> None:
         if self.channel is not None:
-            self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": snap.version,
+            self.channel.send({"op": "applied", "worker": self.worker_id, "pid": os.getpid(), "version": version,
                                "at": time.time()})
 
-    def _install_mesh(self, snap: Snapshot, rt: Runtime) -> None:
+    def _install_mesh(self, snap: Snapshot, rt: Runtime) -> bool:
+        """Compile the mesh config; True when its listeners are being (re)bound, and the
+        version is reported applied after that (a listener LDS added takes connections then)."""
         try:
             self.mesh = compile_mesh(snap, rt, previous=self.mesh, me=self.mesh_peer)
         except Exception:
             log.exception("worker %d: cannot compile the mesh config of version %d", self.worker_id, snap.version)
-            return
-        if self.mesh_sockets is not None:
-            asyncio.get_event_loop().create_task(self.mesh_sockets.update(self.mesh))
+            return False
+        if self.mesh_sockets is None:
+            return False
+        sockets, mesh = self.mesh_sockets, self.mesh
+
+        async def bind() -> None:
+            try:
+                await sockets.update(mesh)
+            finally:
+                self._applied(snap.version)
+        asyncio.get_event_loop().create_task(bind())
+        return True
 
     def send_metrics(self, req_id: Any, *, final: bool = False) -> None:
         """Answer the supervisor's scrape with this worker's samples (it sums all workers).
