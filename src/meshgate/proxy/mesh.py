@@ -27,6 +27,7 @@ Envoy), while a connection whose listener or chain is gone keeps its last view.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
@@ -381,7 +382,6 @@ class RouteBehaviour:
     weighted: list[tuple[str, int, Any]] = field(default_factory=list)
     total: int = 0
     hash: list[Mapping[str, Any]] = field(default_factory=list)
-    ready: Callable[[str], bool] | None = None
 
 
 def _cors_origin(cors: Mapping[str, Any], origin: str) -> bool:
@@ -414,7 +414,6 @@ def _cors_preflight(b: RouteBehaviour, ex: Any) -> Any:
 
 
 async def _delayed(b: RouteBehaviour, ex: Any, seconds: float) -> Any:
-    import asyncio
     await asyncio.sleep(seconds)
     return _after_delay(b, ex)
 
@@ -551,16 +550,11 @@ def _redirect_location(a: Mapping[str, Any], ex: Any) -> str:
         if m is not None and m["kind"] in ("prefix", "sep_prefix"):
             path = a["prefix"] + path[len(m["value"]):]
     elif a["regex"] is not None:
-        path = re.sub(a["regex"][0], _re_sub(a["regex"][1]), path)
+        path = re.sub(a["regex"][0], a["regex"][1], path)
     query = "" if a["strip_query"] or req.query is None else "?" + req.query
     if "?" in path:
         query = ""
     return f"{scheme}://{host}{path}{query}"
-
-
-def _re_sub(subst: str) -> str:
-    # RE2 substitutions use \1; Python's re.sub reads the same syntax
-    return subst
 
 
 def _rewrite(b: RouteBehaviour, ex: Any) -> None:
@@ -576,7 +570,7 @@ def _rewrite(b: RouteBehaviour, ex: Any) -> None:
         else:
             path = rw["prefix"]
     elif rw["regex"] is not None:
-        path = re.sub(rw["regex"][0], _re_sub(rw["regex"][1]), req.upstream_path)
+        path = re.sub(rw["regex"][0], rw["regex"][1], req.upstream_path)
     if path is not None:
         ex.add_req_header("x-envoy-original-path", req.request_uri)
         ex.set_var("upstream_uri", path if req.query is None else f"{path}?{req.query}")
