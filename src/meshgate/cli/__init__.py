@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     from .mesh import add_parser as add_mesh_parser
 
     add_mesh_parser(sub)
+    from .ingress_controller import add_parser as add_ingress_controller_parser
+
+    add_ingress_controller_parser(sub)
     sub.add_parser("version", help="print the version")
     return ap
 
@@ -66,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from .iptables import run as run_iptables
 
         return run_iptables(args)
+    if args.cmd == "ingress-controller":
+        from .ingress_controller import run as run_ingress_controller
+
+        return run_ingress_controller(args)
     from ..config import NodeConfigErrors
     from .gateway import GatewayError, resolve_node_config, run_gateway
 

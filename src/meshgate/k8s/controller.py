@@ -1,0 +1,652 @@
+"""The ingress controller's reconcile loop: Kubernetes objects → APISIX objects via the Admin API.
+
+Theory of operation (ingress-controller.md sections 5-8, 10):
+
+* Informers (``client.Informer``) keep caches of the apisix.apache.org/v2 objects (ApisixRoute,
+  ApisixUpstream, ApisixPluginConfig, ApisixTls, ApisixConsumer) in the watched namespaces,
+  and of the Services, EndpointSlices, Secrets and Pods the translators read.  Objects whose
+  ``spec.ingressClassName`` is another class are ignored (:func:`class_matches`).
+* An event marks *owners* dirty (``(kind, namespace, name)`` of a translated object): the
+  object itself, and for a Service/EndpointSlice/ApisixUpstream only the ApisixRoutes that
+  reference that Service (a reverse index built at translation time).
+* One pass (debounced) re-translates the dirty owners, each on its own (a bad object never
+  blocks the others: its errors become its status), builds the desired APISIX objects of all
+  owners and diffs them against the *actual* objects carrying our ownership labels
+  (:func:`plan`): creates, updates (the value differs) and deletes (owned but no longer
+  desired), applied with idempotent ``PUT`` on stable ids and ``DELETE``.
+* The actual state is listed from the Admin API at start, on leadership gain and every
+  ``resync_period`` (a full, level-triggered pass that also corrects manual edits: drift);
+  between those it follows our own successful writes.  A failed list skips the pass: nothing
+  is ever deleted because a list failed.
+* ``status.conditions`` (type ``Accepted``; reasons ``Accepted``, ``InvalidSpec``,
+  ``SyncFailed``; ``observedGeneration``; ``lastTransitionTime`` kept unless the status flips)
+  is written through the status subresource when it differs from what the object shows.
+* With leader election only the leader writes (gateway objects and status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Literal
+
+import httpx2 as httpx
+
+from ..errors import MeshgateError
+from .client import (APISIX_CONSUMER, APISIX_PLUGIN_CONFIG, APISIX_ROUTE, APISIX_TLS, APISIX_UPSTREAM,
+                     ENDPOINT_SLICE, POD, SECRET, SERVICE, Informer, KubeClient, KubeError, LeaderElector, Resource)
+from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, check_apisix_upstream,
+                        translate_apisix_consumer, translate_apisix_plugin_config, translate_apisix_route,
+                        translate_apisix_tls, validate_translation)
+from .translate.naming import MANAGED_BY
+
+__all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
+           "format_plan", "owned", "class_matches", "accepted_condition", "merge_conditions", "conditions_equal",
+           "MANAGED_KINDS"]
+
+log = logging.getLogger("meshgate.k8s.controller")
+
+Obj = dict[str, Any]
+Owner = tuple[str, str, str]          # (Kubernetes kind, namespace, name)
+ItemKey = tuple[str, str]             # (APISIX kind, id)
+
+# APISIX kinds the controller owns (and lists by label); global_rules carry no labels in
+# APISIX's schema, so ApisixGlobalRule is not synced yet (ownership could not be proven).
+MANAGED_KINDS = ("upstreams", "ssls", "consumers", "routes", "stream_routes")
+_APPLY_ORDER = {k: i for i, k in enumerate(MANAGED_KINDS)}           # referenced objects first
+_DELETE_ORDER = {k: i for i, k in enumerate(reversed(MANAGED_KINDS))}  # referencing objects first
+_SERVER_FIELDS = ("create_time", "update_time")
+_WRITE_ONLY = {"ssls": ("key", "keys")}  # never shown by GET: compared through what we wrote
+_MAX_MESSAGE = 8192  # status messages (the CRD allows 32768; AIC #2783)
+
+
+# --- pure logic ---------------------------------------------------------------------------
+
+
+def class_matches(obj: Mapping[str, Any], ingress_class: str, *, require: bool) -> bool:
+    """CONTRACT: objects without ``ingressClassName`` are handled unless a class is required;
+    objects naming another class are ignored."""
+    cls = (obj.get("spec") or {}).get("ingressClassName") if isinstance(obj.get("spec"), Mapping) else None
+    if not cls:
+        return not require
+    return str(cls) == ingress_class
+
+
+def owned(value: Mapping[str, Any], controller_name: str = DEFAULT_CONTROLLER_NAME) -> bool:
+    """Does an APISIX object carry our ownership labels?"""
+    labels = value.get("labels")
+    return (isinstance(labels, Mapping) and labels.get("manager-by") == MANAGED_BY
+            and labels.get("k8s/controller-name") == controller_name)
+
+
+def comparable(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    drop = _SERVER_FIELDS + _WRITE_ONLY.get(kind, ())
+    return {k: v for k, v in value.items() if k not in drop}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    op: Literal["create", "update", "delete"]
+    kind: str
+    id: str
+    value: dict[str, Any] | None = None      # desired (create, update)
+    old: dict[str, Any] | None = None        # actual (update, delete)
+    owner: Owner | None = None
+
+    def describe(self) -> str:
+        who = f" ({self.owner[0]} {self.owner[1]}/{self.owner[2]})" if self.owner else ""
+        head = f"{self.op} {self.kind}/{self.id}{who}"
+        if self.op == "update" and self.value is not None and self.old is not None:
+            new, old = comparable(self.kind, self.value), comparable(self.kind, self.old)
+            keys = sorted(k for k in set(new) | set(old) if new.get(k) != old.get(k))
+            return head + "".join(f"\n    {k}: {json.dumps(old.get(k), sort_keys=True)} -> "
+                                  f"{json.dumps(new.get(k), sort_keys=True)}" for k in keys)
+        if self.op == "create" and self.value is not None:
+            return head + "\n    " + json.dumps(self.value, sort_keys=True)
+        return head
+
+
+def plan(desired: Mapping[ItemKey, Mapping[str, Any]], actual: Mapping[ItemKey, Mapping[str, Any]], *,
+         owners: Mapping[ItemKey, Owner] | None = None,
+         applied: Mapping[ItemKey, Mapping[str, Any]] | None = None) -> list[Change]:
+    """Desired vs actual (the owned objects) → changes: creates and updates in dependency order
+    (upstreams before the routes using them), then deletes (routes before upstreams).
+
+    ``applied``: what we last wrote, for fields the Admin API never returns (an ssl's ``key``)."""
+    owners = owners or {}
+    applied = applied or {}
+    out: list[Change] = []
+    for key in sorted(desired, key=lambda k: (_APPLY_ORDER.get(k[0], 99), k[1])):
+        kind, id_ = key
+        want = dict(desired[key])
+        have = actual.get(key)
+        if have is None:
+            out.append(Change("create", kind, id_, want, None, owners.get(key)))
+        elif comparable(kind, want) != comparable(kind, have) or (
+                kind in _WRITE_ONLY and applied.get(key) is not None and applied[key] != want) or (
+                kind in _WRITE_ONLY and applied.get(key) is None):
+            out.append(Change("update", kind, id_, want, dict(have), owners.get(key)))
+    for key in sorted(actual, key=lambda k: (_DELETE_ORDER.get(k[0], 99), k[1])):
+        if key not in desired:
+            out.append(Change("delete", key[0], key[1], None, dict(actual[key]), _owner_of(actual[key])))
+    return out
+
+
+def _owner_of(value: Mapping[str, Any]) -> Owner | None:
+    labels = value.get("labels")
+    if not isinstance(labels, Mapping) or not labels.get("k8s/kind"):
+        return None
+    return str(labels["k8s/kind"]), str(labels.get("k8s/namespace") or ""), str(labels.get("k8s/name") or "")
+
+
+def format_plan(changes: Sequence[Change]) -> str:
+    if not changes:
+        return "no changes"
+    counts = {op: sum(1 for c in changes if c.op == op) for op in ("create", "update", "delete")}
+    return "\n".join([c.describe() for c in changes] +
+                     [f"{counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete"])
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def accepted_condition(*, generation: int, errors: Sequence[str], sync_error: str | None = None,
+                       previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
+    """The ``Accepted`` condition: ``InvalidSpec`` when the translation has errors, else
+    ``SyncFailed`` when the gateway refused or could not be reached, else ``Accepted``.
+    ``lastTransitionTime`` is the previous one unless the status flips."""
+    if errors:
+        status, reason, message = "False", "InvalidSpec", "; ".join(errors)
+    elif sync_error:
+        status, reason, message = "False", "SyncFailed", sync_error
+    else:
+        status, reason, message = "True", "Accepted", "the object is synced to the gateway"
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE - 20] + " ... (truncated)"
+    prev = next((c for c in previous or () if isinstance(c, Mapping) and c.get("type") == "Accepted"), None)
+    ltt = str(prev["lastTransitionTime"]) if prev is not None and prev.get("status") == status and \
+        prev.get("lastTransitionTime") else (now or _now())
+    return {"type": "Accepted", "status": status, "reason": reason, "message": message,
+            "observedGeneration": int(generation), "lastTransitionTime": ltt}
+
+
+def conditions_equal(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    keys = ("type", "status", "reason", "message", "observedGeneration", "lastTransitionTime")
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]] | None, cond: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``previous`` with the condition of the same type replaced (others kept, order kept)."""
+    out: list[dict[str, Any]] = []
+    done = False
+    for c in previous or ():
+        if isinstance(c, Mapping) and c.get("type") == cond.get("type"):
+            out.append(dict(cond))
+            done = True
+        elif isinstance(c, Mapping):
+            out.append(dict(c))
+    if not done:
+        out.append(dict(cond))
+    return out
+
+
+def service_refs(ar: Mapping[str, Any]) -> tuple[set[tuple[str, str]], bool]:
+    """``(namespace, Service or ApisixUpstream name)`` an ApisixRoute reads, and whether a
+    backend uses a subset (then Pods matter)."""
+    ns = str((ar.get("metadata") or {}).get("namespace") or "default")
+    spec = ar.get("spec") if isinstance(ar.get("spec"), Mapping) else {}
+    refs: set[tuple[str, str]] = set()
+    subset = False
+    for rule in (spec or {}).get("http") or ():
+        if not isinstance(rule, Mapping):
+            continue
+        backends = list(rule.get("backends") or ())
+        if isinstance(rule.get("backend"), Mapping):
+            backends.append(rule["backend"])
+        for b in backends:
+            if isinstance(b, Mapping) and b.get("serviceName"):
+                refs.add((ns, str(b["serviceName"])))
+                subset = subset or bool(b.get("subset"))
+        for u in rule.get("upstreams") or ():
+            if isinstance(u, Mapping) and u.get("name"):
+                refs.add((ns, str(u["name"])))
+    for rule in (spec or {}).get("stream") or ():
+        b = rule.get("backend") if isinstance(rule, Mapping) else None
+        if isinstance(b, Mapping) and b.get("serviceName"):
+            refs.add((ns, str(b["serviceName"])))
+            subset = subset or bool(b.get("subset"))
+    return refs, subset
+
+
+# --- the Admin API --------------------------------------------------------------------------
+
+
+class AdminError(MeshgateError):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+        super().__init__(f"admin API: {status} {message}" if status else f"admin API: {message}")
+
+
+class AdminClient:
+    """The gateway's Admin API v3 (``X-API-KEY``)."""
+
+    def __init__(self, url: str, key: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/apisix/admin"):
+            self.url += "/apisix/admin"
+        self._http = httpx.AsyncClient(timeout=timeout, headers={"X-API-KEY": key} if key else {})
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        try:
+            resp = await self._http.request(method, self.url + path,
+                                            content=None if body is None else json.dumps(body).encode(),
+                                            headers={"Content-Type": "application/json"} if body is not None else None)
+        except httpx.HTTPError as e:
+            raise AdminError(0, f"{method} {self.url}{path}: {type(e).__name__}: {e}") from None
+        try:
+            data = resp.json() if resp.content else None
+        except ValueError:
+            data = resp.text
+        if resp.status_code >= 400:
+            msg = data.get("error_msg") or data.get("message") if isinstance(data, dict) else data
+            raise AdminError(resp.status_code, f"{method} {path}: {msg or resp.reason_phrase}")
+        return resp.status_code, data
+
+    async def list(self, kind: str) -> dict[str, dict[str, Any]]:
+        """``id -> value`` of every object of ``kind`` (a consumer's id is its username)."""
+        _, data = await self._call("GET", f"/{kind}")
+        out: dict[str, dict[str, Any]] = {}
+        for entry in (data or {}).get("list") or () if isinstance(data, dict) else ():
+            value = entry.get("value") if isinstance(entry, dict) else None
+            if isinstance(value, dict):
+                oid = value.get("username") if kind == "consumers" else value.get("id")
+                if oid is None and isinstance(entry.get("key"), str):
+                    oid = entry["key"].rsplit("/", 1)[-1]
+                out[str(oid)] = value
+        return out
+
+    async def put(self, kind: str, id: str, value: Mapping[str, Any]) -> None:
+        await self._call("PUT", f"/{kind}" if kind == "consumers" else f"/{kind}/{id}", dict(value))
+
+    async def delete(self, kind: str, id: str) -> None:
+        try:
+            await self._call("DELETE", f"/{kind}/{id}?force=true" if kind == "upstreams" else f"/{kind}/{id}")
+        except AdminError as e:
+            if e.status != 404:
+                raise
+
+
+# --- the controller -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    namespaces: tuple[str, ...] = ()          # empty: all namespaces
+    ingress_class: str = "apisix"
+    require_class: bool = False
+    resync_period: float = 300.0
+    controller_name: str = DEFAULT_CONTROLLER_NAME
+    debounce: float = 0.05
+    retry_min: float = 1.0
+    retry_max: float = 60.0
+
+
+Translator = Callable[..., Translation]
+
+# Kubernetes kind → (resource, translator, do its items go to the gateway?)
+_OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
+    "ApisixRoute": (APISIX_ROUTE, translate_apisix_route, True),
+    "ApisixTls": (APISIX_TLS, translate_apisix_tls, True),
+    "ApisixConsumer": (APISIX_CONSUMER, translate_apisix_consumer, True),
+    # v2 inlines plugin configs into routes and an ApisixUpstream owns no object: status only
+    "ApisixPluginConfig": (APISIX_PLUGIN_CONFIG, translate_apisix_plugin_config, False),
+    "ApisixUpstream": (APISIX_UPSTREAM, check_apisix_upstream, False),
+}
+_INPUT_KINDS: dict[str, Resource] = {"Service": SERVICE, "EndpointSlice": ENDPOINT_SLICE, "Secret": SECRET, "Pod": POD}
+
+
+@dataclass
+class _Result:
+    translation: Translation
+    generation: int
+    sync: bool
+    sync_error: str | None = None
+
+
+@dataclass
+class _Stats:
+    passes: int = 0
+    writes: int = 0
+    deletes: int = 0
+    status_writes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Controller:
+    def __init__(self, kube: KubeClient, admin: AdminClient, opts: ControllerOptions, *,
+                 registry: Any = None, elector: LeaderElector | None = None) -> None:
+        self.kube, self.admin, self.opts, self.elector = kube, admin, opts, elector
+        if registry is None:
+            from ..plugins import PluginRegistry
+
+            registry = PluginRegistry()
+            registry.load_builtin()
+        self.registry = registry
+        self.informers: dict[str, list[Informer]] = {}
+        for kind, (res, _, _) in _OWNER_KINDS.items():
+            self.informers[kind] = self._make(res, kind)
+        for kind, res in _INPUT_KINDS.items():
+            self.informers[kind] = self._make(res, kind)
+        self.results: dict[Owner, _Result] = {}
+        self.actual: dict[ItemKey, dict[str, Any]] = {}
+        self.applied: dict[ItemKey, dict[str, Any]] = {}
+        self.refs: dict[Owner, tuple[set[tuple[str, str]], bool]] = {}
+        self.dirty: set[Owner] = set()
+        self.stats = _Stats()
+        self._wake = asyncio.Event()
+        self._full = True
+        self._retry_delay = 0.0
+        self._status_written: dict[Owner, dict[str, Any]] = {}
+        self._conflicts: dict[Owner, str] = {}
+
+    def _make(self, res: Resource, kind: str) -> list[Informer]:
+        handler = self._handler(kind)
+        if not self.opts.namespaces:
+            return [Informer(self.kube, res, None, handler)]
+        return [Informer(self.kube, res, ns, handler) for ns in self.opts.namespaces]
+
+    # -- caches -----------------------------------------------------------------------------
+
+    def _objects(self, kind: str) -> Iterable[Obj]:
+        return chain.from_iterable(i.cache.values() for i in self.informers[kind])
+
+    def _get(self, owner: Owner) -> Obj | None:
+        kind, ns, name = owner
+        for inf in self.informers[kind]:
+            o = inf.cache.get((ns, name))
+            if o is not None:
+                return o
+        return None
+
+    def _matches(self, obj: Mapping[str, Any]) -> bool:
+        return class_matches(obj, self.opts.ingress_class, require=self.opts.require_class)
+
+    def _state(self) -> ClusterState:
+        crds = [o for k in ("ApisixUpstream", "ApisixPluginConfig") for o in self._objects(k) if self._matches(o)]
+        return ClusterState.from_objects(chain(self._objects("Service"), self._objects("EndpointSlice"),
+                                               self._objects("Pod"), self._objects("Secret"), crds))
+
+    # -- events -----------------------------------------------------------------------------
+
+    def _handler(self, kind: str) -> Callable[[str, Obj, Obj | None], None]:
+        def on_event(typ: str, obj: Obj, prev: Obj | None) -> None:
+            self._on_event(kind, typ, obj, prev)
+        return on_event
+
+    def _routes_referencing(self, keys: set[tuple[str, str]], *, pods: bool = False) -> set[Owner]:
+        return {o for o, (refs, subset) in self.refs.items()
+                if (refs & keys) and (subset or not pods)}
+
+    def _on_event(self, kind: str, typ: str, obj: Obj, prev: Obj | None) -> None:
+        meta = obj.get("metadata") or {}
+        ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        marks: set[Owner] = set()
+        if kind in _OWNER_KINDS:
+            if typ == "MODIFIED" and prev is not None and _same_spec(obj, prev):
+                return  # a status write (ours) or metadata noise: nothing to translate
+            marks.add((kind, ns, name))
+            if kind == "ApisixUpstream":
+                marks |= self._routes_referencing({(ns, name)})
+            elif kind == "ApisixPluginConfig":
+                marks |= {o for o in self.refs}  # cross-namespace references are allowed
+        elif kind == "Service":
+            marks |= self._routes_referencing({(ns, name)})
+        elif kind == "EndpointSlice":
+            svcs = {(ns, s) for s in (_service_of(obj), _service_of(prev or {})) if s}
+            marks |= self._routes_referencing(svcs)
+        elif kind == "Pod":
+            marks |= self._routes_referencing({(ns, s) for (n, s) in chain.from_iterable(
+                r for r, _ in self.refs.values()) if n == ns}, pods=True)
+        elif kind == "Secret":
+            marks |= {o for o in self.results if o[1] == ns or o[0] == "ApisixTls"}
+        if marks:
+            self.dirty |= marks
+            self._wake.set()
+
+    # -- translation ------------------------------------------------------------------------
+
+    def translate(self, owner: Owner, state: ClusterState) -> _Result | None:
+        obj = self._get(owner)
+        if obj is None or not self._matches(obj):
+            return None
+        _, translator, sync = _OWNER_KINDS[owner[0]]
+        try:
+            t = translator(obj, state, controller_name=self.opts.controller_name)
+            if t.items:
+                t = validate_translation(t, self.registry)
+        except Exception as e:  # a translator bug must not block the other objects
+            log.exception("translating %s %s/%s failed", *owner)
+            from .translate import TranslateError
+            t = Translation(owner[0], owner[1], owner[2], {}, errors=(TranslateError(
+                "", f"internal error while translating: {type(e).__name__}: {e}", kind=owner[0],
+                id=f"{owner[1]}/{owner[2]}"),))
+        gen = int((obj.get("metadata") or {}).get("generation") or 0)
+        return _Result(t, gen, sync)
+
+    def retranslate(self, owners: Iterable[Owner]) -> None:
+        state = self._state()
+        for owner in owners:
+            res = self.translate(owner, state)
+            if res is None:
+                self.results.pop(owner, None)
+                self.refs.pop(owner, None)
+                self._status_written.pop(owner, None)
+                continue
+            prev = self.results.get(owner)
+            if prev is not None and prev.sync_error and prev.translation.items == res.translation.items:
+                res.sync_error = prev.sync_error
+            self.results[owner] = res
+            if owner[0] == "ApisixRoute":
+                obj = self._get(owner)
+                self.refs[owner] = service_refs(obj or {})
+
+    def all_owners(self) -> set[Owner]:
+        out: set[Owner] = set()
+        for kind in _OWNER_KINDS:
+            for o in self._objects(kind):
+                meta = o.get("metadata") or {}
+                out.add((kind, str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+        return out | set(self.results)
+
+    def desired(self) -> tuple[dict[ItemKey, dict[str, Any]], dict[ItemKey, Owner]]:
+        desired: dict[ItemKey, dict[str, Any]] = {}
+        owners: dict[ItemKey, Owner] = {}
+        conflicts: dict[Owner, str] = {}
+        for owner in sorted(self.results):
+            r = self.results[owner]
+            if not r.sync:
+                continue
+            for it in r.translation.items:
+                key = (it.kind, it.id)
+                if key in owners and owners[key] != owner:
+                    other = owners[key]
+                    conflicts[owner] = (f"{it.kind} {it.id} is already generated by {other[0]} "
+                                        f"{other[1]}/{other[2]}")
+                    continue
+                desired[key], owners[key] = it.value, owner
+        self._conflicts = conflicts
+        return desired, owners
+
+    # -- sync -------------------------------------------------------------------------------
+
+    async def list_actual(self) -> dict[ItemKey, dict[str, Any]]:
+        """Our objects on the gateway; raises :class:`AdminError` when the gateway cannot be
+        read (a kind it does not serve, 4xx, counts as empty)."""
+        out: dict[ItemKey, dict[str, Any]] = {}
+        for kind in MANAGED_KINDS:
+            try:
+                items = await self.admin.list(kind)
+            except AdminError as e:
+                if 400 <= e.status < 500 and e.status not in (401, 403):
+                    log.info("admin API does not list %s: %s", kind, e)
+                    continue
+                raise
+            for id_, value in items.items():
+                if owned(value, self.opts.controller_name):
+                    out[(kind, id_)] = value
+        return out
+
+    async def compute_plan(self) -> list[Change]:
+        """Dry run: list, translate everything, diff; writes nothing."""
+        self.actual = await self.list_actual()
+        self.retranslate(self.all_owners())
+        desired, owners = self.desired()
+        return plan(desired, self.actual, owners=owners, applied=self.applied)
+
+    def _leading(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    def on_leadership(self, leader: bool) -> None:
+        if leader:
+            self._full = True  # read the gateway again: another leader may have written since
+            self._status_written.clear()
+            self._wake.set()
+
+    async def sync_once(self) -> bool:
+        """One pass; False when the gateway could not be listed (nothing changed then)."""
+        self.stats.passes += 1
+        if self._full:
+            try:
+                self.actual = await self.list_actual()
+            except AdminError as e:
+                log.warning("cannot list the gateway's objects (nothing deleted): %s", e)
+                return False
+            self._full = False
+            self.dirty |= self.all_owners()
+        owners, self.dirty = self.dirty, set()
+        self.retranslate(owners)
+        desired, item_owners = self.desired()
+        changes = plan(desired, self.actual, owners=item_owners, applied=self.applied)
+        failed: dict[Owner, list[str]] = {}
+        retry = False
+        for ch in changes:
+            if not self._leading():
+                return True
+            try:
+                if ch.op == "delete":
+                    await self.admin.delete(ch.kind, ch.id)
+                    self.actual.pop((ch.kind, ch.id), None)
+                    self.applied.pop((ch.kind, ch.id), None)
+                    self.stats.deletes += 1
+                else:
+                    assert ch.value is not None
+                    await self.admin.put(ch.kind, ch.id, ch.value)
+                    self.actual[(ch.kind, ch.id)] = dict(ch.value)
+                    self.applied[(ch.kind, ch.id)] = dict(ch.value)
+                    self.stats.writes += 1
+                log.info("%s", ch.describe().split("\n")[0])
+            except AdminError as e:
+                log.warning("%s failed: %s", ch.describe().split("\n")[0], e)
+                if ch.owner is not None and ch.op != "delete":
+                    reason = "gateway unavailable" if e.status == 0 or e.status >= 500 else "the gateway refused"
+                    failed.setdefault(ch.owner, []).append(f"{reason}: {ch.kind} {ch.id}: {e.message}")
+                retry = True
+        for owner, msg in self._conflicts.items():
+            failed.setdefault(owner, []).append(msg)
+        for owner, res in self.results.items():
+            if not res.sync:
+                continue
+            if owner in failed:
+                res.sync_error = "; ".join(failed[owner])
+            elif all(comparable(it.kind, self.actual.get((it.kind, it.id)) or {}) == comparable(it.kind, it.value)
+                     for it in res.translation.items):
+                res.sync_error = None
+        if retry:
+            self._retry_delay = min(max(self._retry_delay * 2, self.opts.retry_min), self.opts.retry_max)
+        else:
+            self._retry_delay = 0.0
+        await self.write_statuses()
+        return True
+
+    async def write_statuses(self) -> None:
+        for owner, res in list(self.results.items()):
+            if not self._leading():
+                return
+            obj = self._get(owner)
+            if obj is None:
+                continue
+            status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
+            previous = (status or {}).get("conditions") or []
+            cond = accepted_condition(generation=res.generation, errors=res.translation.messages(),
+                                      sync_error=res.sync_error, previous=previous)
+            current = next((c for c in previous if isinstance(c, Mapping) and c.get("type") == "Accepted"), None)
+            if conditions_equal(current, cond) or conditions_equal(self._status_written.get(owner), cond):
+                continue
+            res_def = _OWNER_KINDS[owner[0]][0]
+            try:
+                await self.kube.patch_status(res_def, owner[2], owner[1],
+                                             {"conditions": merge_conditions(previous, cond)})
+                self._status_written[owner] = cond
+                self.stats.status_writes += 1
+            except KubeError as e:
+                if e.status != 404:
+                    log.warning("status of %s %s/%s: %s", *owner, e)
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for infs in self.informers.values() for i in infs))
+
+    async def run(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> None:
+        """Run until cancelled (or, with ``dry_run``, print the plan once and return)."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(i.run(), name=repr(i)) for infs in self.informers.values() for i in infs]
+            try:
+                await self.wait_synced()
+                if dry_run:
+                    out(format_plan(await self.compute_plan()))
+                    return
+                await self._loop()
+            finally:
+                for t in tasks:
+                    t.cancel()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + self.opts.resync_period
+        self._wake.set()
+        while True:
+            timeout = next_resync - loop.time()
+            if self._retry_delay:
+                timeout = min(timeout, self._retry_delay)
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await asyncio.sleep(self.opts.debounce)
+            if loop.time() >= next_resync:
+                self._full = True
+                next_resync = loop.time() + self.opts.resync_period
+            if not self._leading():
+                continue
+            if not await self.sync_once():
+                self._retry_delay = min(max(self._retry_delay * 2, self.opts.retry_min), self.opts.retry_max)
+                self._full = True
+
+
+def _same_spec(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
+    return (a.get("spec") == b.get("spec") and ma.get("generation") == mb.get("generation")
+            and ma.get("labels") == mb.get("labels"))
+
+
+def _service_of(slice_: Mapping[str, Any]) -> str:
+    return str(((slice_.get("metadata") or {}).get("labels") or {}).get("kubernetes.io/service-name") or "")

@@ -1,0 +1,437 @@
+"""`meshgate ingress-controller` end to end, as a user runs it.
+
+A real kube-apiserver 1.37 (+ etcd) with deploy/crds/, a real Meshgate gateway (role
+``traditional`` backed by a real etcd, Admin API on loopback) and the controller as a subprocess
+(``meshgate ingress-controller --kubeconfig ... --admin-url ...``).  Backends are HTTP servers in
+a network namespace the test creates (1.37 refuses loopback addresses in EndpointSlices): a veth
+pair, 10.24x.N.1 on the host side, 10.24x.N.2/.3 inside; the test creates the Services and
+EndpointSlices itself (there is no controller manager).
+
+Every wait is bounded; processes, network namespace and Kubernetes namespaces go in finally.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from etcdpeer import EtcdCluster  # noqa: E402
+from gwtools import Gateway, start_gateway  # noqa: E402
+from kubepeer import KubeAPIServer, die_with_parent, free_port, stop_process  # noqa: E402
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "deploy" / "crds"
+V2 = "apisix.apache.org/v2"
+KEY = "5b1f0e2d9c8a4b7e8f6a5d4c3b2a1908"
+NS = "ic-e2e"
+BOOKINFO = "bookinfo"
+PY = sys.executable
+
+SERVER = r"""
+import http.server, json, sys
+name, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"backend": name, "path": self.path, "host": self.headers.get("Host")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer((host, port), H).serve_forever()
+"""
+
+PRODUCTPAGE_V2BETA2 = """\
+apiVersion: apisix.apache.org/v2beta2
+kind: ApisixRoute
+metadata:
+ name: productpage
+spec:
+ http:
+ - name: rule1
+   match:
+     hosts:
+     - apisix-istio.dev
+     paths:
+       - /*
+   backends:
+   - serviceName: productpage
+     servicePort: 9080
+"""
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=check)
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout: float = 30.0, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+        except (OSError, http.client.HTTPException) as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class Backends:
+    """One network namespace with a veth to the host; HTTP servers on addresses inside it."""
+
+    ns: str
+    host_if: str
+    prefix: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def addr(self, last: int) -> str:
+        return f"{self.prefix}.{last}"
+
+    def serve(self, name: str, last: int, port: int = 8080) -> None:
+        _run("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.addr(last)}/24", "dev", "eth0")
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, PY, "-c", SERVER, name, self.addr(last), str(port)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.procs.append(p)
+
+    def close(self) -> None:
+        for p in self.procs:
+            stop_process(p, 2)
+        _run("ip", "link", "del", self.host_if, check=False)
+        _run("ip", "netns", "del", self.ns, check=False)
+
+
+def make_backends() -> Backends:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 (network namespace for non-loopback backend addresses)")
+    tag = f"{os.getpid() % 100000}"
+    used = _run("ip", "-4", "addr").stdout
+    octet = next((n for n in range(10, 250) if f"10.246.{n}." not in used), None)
+    assert octet is not None, "no free 10.246.N.0/24"
+    b = Backends(f"mgic{tag}", f"mgich{tag}", f"10.246.{octet}")
+    try:
+        _run("ip", "netns", "add", b.ns)
+        _run("ip", "link", "add", b.host_if, "type", "veth", "peer", "name", "eth0", "netns", b.ns)
+        _run("ip", "addr", "add", f"{b.prefix}.1/24", "dev", b.host_if)
+        _run("ip", "link", "set", b.host_if, "up")
+        _run("ip", "netns", "exec", b.ns, "ip", "link", "set", "lo", "up")
+        _run("ip", "netns", "exec", b.ns, "ip", "link", "set", "eth0", "up")
+    except BaseException:
+        b.close()
+        raise
+    return b
+
+
+@dataclass
+class World:
+    kube: KubeAPIServer
+    gw: Gateway
+    admin_port: int
+    backends: Backends
+    tmp: Path
+    controllers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # -- the controller, as a user runs it
+    def start_controller(self, *extra: str, name: str = "ic") -> subprocess.Popen[bytes]:
+        logf = open(self.tmp / f"{name}.log", "ab")
+        p = subprocess.Popen(
+            [PY, "-m", "meshgate", "--log-level", "INFO", "ingress-controller", "--kubeconfig", str(self.kube.kubeconfig),
+             "--admin-url", f"http://127.0.0.1:{self.admin_port}", "--admin-key", KEY,
+             "--watch-namespace", NS, "--watch-namespace", BOOKINFO, "--resync-period", "3s", *extra],
+            stdout=logf, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.controllers.append(p)
+        return p
+
+    def log(self, name: str = "ic") -> str:
+        p = self.tmp / f"{name}.log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+    # -- the gateway
+    def get(self, host: str, path: str) -> tuple[int, Any]:
+        c = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=5)
+        try:
+            c.request("GET", path, headers={"Host": host})
+            r = c.getresponse()
+            body = r.read()
+            try:
+                return r.status, json.loads(body)
+            except ValueError:
+                return r.status, body
+        finally:
+            c.close()
+
+    def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        c = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            c.request(method, "/apisix/admin/" + path, body=None if body is None else json.dumps(body),
+                      headers={"X-API-KEY": KEY, "Content-Type": "application/json"})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, json.loads(data) if data else None
+        finally:
+            c.close()
+
+    def owned(self, kind: str = "routes") -> list[dict[str, Any]]:
+        st, data = self.admin("GET", kind)
+        assert st == 200, data
+        return [e["value"] for e in data.get("list") or ()
+                if (e["value"].get("labels") or {}).get("manager-by") == "apisix-ingress-controller"]
+
+    def backends_seen(self, host: str, path: str, n: int = 12) -> set[str]:
+        seen = set()
+        for _ in range(n):
+            st, body = self.get(host, path)
+            if st == 200 and isinstance(body, dict):
+                seen.add(body["backend"])
+        return seen
+
+    # -- Kubernetes objects
+    def service(self, ns: str, name: str, port: int, target: int = 8080, port_name: str = "http") -> None:
+        self.kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+                         "spec": {"ports": [{"name": port_name, "port": port, "targetPort": target}]}})
+
+    def slice(self, ns: str, service: str, addrs: list[str], port: int = 8080, port_name: str = "http") -> None:
+        self.kube.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                         "metadata": {"name": f"{service}-abc", "namespace": ns,
+                                      "labels": {"kubernetes.io/service-name": service}},
+                         "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+                         "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addrs]})
+
+    def route(self, name: str, *, host: str, paths: list[str], service: str, port: int | str,
+              ns: str = NS) -> None:
+        self.kube.apply({"apiVersion": V2, "kind": "ApisixRoute", "metadata": {"name": name, "namespace": ns},
+                         "spec": {"http": [{"name": "r1", "match": {"hosts": [host], "paths": paths},
+                                            "backends": [{"serviceName": service, "servicePort": port}]}]}})
+
+    def accepted(self, name: str, ns: str = NS) -> dict[str, Any] | None:
+        obj = self.kube.get(V2, "ApisixRoute", name, ns)
+        for c in ((obj or {}).get("status") or {}).get("conditions") or ():
+            if c.get("type") == "Accepted":
+                return dict(c, generation=obj["metadata"]["generation"])  # type: ignore[index]
+        return None
+
+
+@pytest.fixture(scope="module")
+def world(kube: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("ic")
+    kube.apply_crds("\n---\n".join(p.read_text() for p in sorted(CRD_DIR.glob("*.yaml"))))
+    for ns in (NS, BOOKINFO):
+        kube.ensure_namespace(ns)
+    backends = make_backends()
+    etcd: EtcdCluster | None = None
+    gw: Gateway | None = None
+    w: World | None = None
+    try:
+        etcd = EtcdCluster.start(tmp / "etcd")
+        admin_port = free_port()
+        gw = start_gateway(tmp / "gw", {"routes": []}, node={"deployment": {
+            "role": "traditional", "role_traditional": {"config_provider": "etcd"},
+            "etcd": {"host": etcd.urls, "prefix": "/apisix", "resync_delay": 1},
+            "admin": {"admin_key": [{"name": "admin", "key": KEY, "role": "admin"}],
+                      "admin_listen": {"ip": "127.0.0.1", "port": admin_port}}}})
+        backends.serve("web-a", 2)
+        backends.serve("web-b", 3)
+        backends.serve("productpage", 4)
+        w = World(kube, gw, admin_port, backends, tmp)
+        yield w
+    finally:
+        for p in (w.controllers if w else []):
+            stop_process(p, 10)
+        if gw is not None:
+            try:
+                gw.stop()
+            except AssertionError:
+                pass
+        if etcd is not None:
+            etcd.stop()
+        backends.close()
+        for ns in (NS, BOOKINFO):
+            kube.delete("v1", "Namespace", ns)
+
+
+def test_route_endpoints_change_delete_and_invalid(world: World) -> None:
+    """ApisixRoute → traffic reaches the backend; a second address in the EndpointSlice → both
+    backends serve; path/host change → new behaviour; an invalid route (unknown Service port) →
+    Accepted=False InvalidSpec while a valid one beside it syncs; delete → 404."""
+    w = world
+    a, b = w.backends.addr(2), w.backends.addr(3)
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [a])
+    ctl = w.start_controller()
+    w.route("web", host="web.example", paths=["/app/*"], service="web", port=80)
+
+    wait_for(lambda: w.get("web.example", "/app/x")[0] == 200, "the route to serve", 30)
+    st, body = w.get("web.example", "/app/x")
+    assert body["backend"] == "web-a" and body["path"] == "/app/x", body
+    cond = wait_for(lambda: (c := w.accepted("web")) and c["status"] == "True" and c, "Accepted=True")
+    assert cond["reason"] == "Accepted" and cond["observedGeneration"] == cond["generation"], cond
+    ltt = cond["lastTransitionTime"]
+
+    # scale: a second address in the slice -> both nodes serve
+    w.slice(NS, "web", [a, b])
+    wait_for(lambda: w.backends_seen("web.example", "/app/x") == {"web-a", "web-b"}, "both backends", 30)
+    routes = w.owned()
+    assert len(routes) == 1 and len(routes[0]["upstream"]["nodes"]) == 2, routes
+
+    # change path and host
+    w.route("web", host="new.example", paths=["/v2/*"], service="web", port=80)
+    wait_for(lambda: w.get("new.example", "/v2/y")[0] == 200, "the new host/path", 30)
+    wait_for(lambda: w.get("web.example", "/app/x")[0] == 404, "the old host/path to go", 30)
+    cond = wait_for(lambda: (c := w.accepted("web")) and c["observedGeneration"] == c["generation"] == 2 and c,
+                    "observedGeneration 2")
+    assert cond["status"] == "True" and cond["lastTransitionTime"] == ltt, "no flip: lastTransitionTime kept"
+
+    # an invalid route beside the valid one
+    w.route("broken", host="broken.example", paths=["/*"], service="web", port=9999)
+    cond = wait_for(lambda: (c := w.accepted("broken")) and c["status"] == "False" and c, "Accepted=False", 30)
+    assert cond["reason"] == "InvalidSpec" and "no port 9999" in cond["message"], cond
+    assert "/spec/http/0/backends/0" in cond["message"], cond
+    w.route("other", host="other.example", paths=["/*"], service="web", port="http")
+    wait_for(lambda: w.get("other.example", "/z")[0] == 200, "the valid route beside the invalid one", 30)
+    assert w.get("new.example", "/v2/y")[0] == 200
+
+    # fix the invalid one -> Accepted=True, a flip: lastTransitionTime moves
+    w.route("broken", host="broken.example", paths=["/*"], service="web", port=80)
+    wait_for(lambda: (c := w.accepted("broken")) and c["status"] == "True", "broken fixed", 30)
+    wait_for(lambda: w.get("broken.example", "/")[0] == 200, "fixed route to serve", 30)
+
+    # delete -> 404 and the gateway objects go
+    for name in ("web", "broken", "other"):
+        w.kube.delete(V2, "ApisixRoute", name, NS)
+    wait_for(lambda: w.get("new.example", "/v2/y")[0] == 404, "404 after delete", 30)
+    wait_for(lambda: not w.owned(), "no owned routes left", 30)
+
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log()
+
+
+def test_restart_no_duplicates_orphans_or_drift(world: World) -> None:
+    """Restart: the same gateway objects (no duplicate), a route deleted while the controller was
+    down is removed (orphan), a manual edit of an owned route is corrected by the resync."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    ctl = w.start_controller(name="r1")
+    for i in range(3):
+        w.route(f"keep{i}", host=f"keep{i}.example", paths=["/*"], service="web", port=80)
+    wait_for(lambda: len(w.owned()) == 3, "3 routes", 30)
+    before = sorted(r["id"] for r in w.owned())
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log("r1")
+
+    w.kube.delete(V2, "ApisixRoute", "keep2", NS)           # while the controller is down
+    st, _ = w.admin("PATCH", f"routes/{before[0]}", {"uris": ["/manual"]})  # a manual edit (drift)
+    assert st == 200
+
+    ctl = w.start_controller(name="r2")
+    wait_for(lambda: len(w.owned()) == 2, "the orphan removed", 30)
+    after = w.owned()
+    assert sorted(r["id"] for r in after) == sorted(set(before) - {_route_id("keep2")}), after
+    wait_for(lambda: all(r["uris"] == ["/*"] for r in w.owned()), "drift corrected", 30)
+    for i in range(2):
+        assert w.get(f"keep{i}.example", "/x")[0] == 200
+    # a further restart changes nothing on the gateway
+    mods = {r["id"]: r.get("update_time") for r in w.owned()}
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log("r2")
+    ctl = w.start_controller(name="r3")
+    wait_for(lambda: (c := w.accepted("keep0")) and c["status"] == "True", "status", 30)
+    time.sleep(4)  # past one resync period (3 s)
+    assert {r["id"]: r.get("update_time") for r in w.owned()} == mods, "idempotent: no rewrite"
+    for i in range(2):
+        w.kube.delete(V2, "ApisixRoute", f"keep{i}", NS)
+    wait_for(lambda: not w.owned(), "cleanup", 30)
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log("r3")
+
+
+def _route_id(name: str, ns: str = NS, rule: str = "r1") -> str:
+    import zlib
+    return format(zlib.crc32(f"{ns}_{name}_{rule}".encode()) & 0xFFFFFFFF, "x")
+
+
+def test_seed_productpage_v2beta2(world: World) -> None:
+    """The seed's v2beta2 ApisixRoute applied as is → 200 via the gateway."""
+    w = world
+    w.service(BOOKINFO, "productpage", 9080, port_name="http")
+    w.slice(BOOKINFO, "productpage", [w.backends.addr(4)])
+    ctl = w.start_controller(name="pp")
+    w.kube.apply(PRODUCTPAGE_V2BETA2, namespace=BOOKINFO)
+    wait_for(lambda: w.get("apisix-istio.dev", "/productpage")[0] == 200, "productpage via the gateway", 30)
+    st, body = w.get("apisix-istio.dev", "/productpage")
+    assert body["backend"] == "productpage", body
+    assert w.get("other.dev", "/productpage")[0] == 404
+    cond = wait_for(lambda: (c := w.accepted("productpage", BOOKINFO)) and c, "status", 30)
+    assert cond["status"] == "True", cond
+    w.kube.delete(V2, "ApisixRoute", "productpage", BOOKINFO)
+    wait_for(lambda: w.get("apisix-istio.dev", "/productpage")[0] == 404, "404 after delete", 30)
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log("pp")
+
+
+def test_dry_run_prints_and_writes_nothing(world: World) -> None:
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    w.route("dry", host="dry.example", paths=["/*"], service="web", port=80)
+    out = subprocess.run(
+        [PY, "-m", "meshgate", "ingress-controller", "--kubeconfig", str(w.kube.kubeconfig), "--admin-url",
+         f"http://127.0.0.1:{w.admin_port}", "--admin-key", KEY, "--watch-namespace", NS, "--dry-run"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"create routes/{_route_id('dry')} (ApisixRoute {NS}/dry)" in out.stdout, out.stdout
+    assert "1 to create, 0 to update, 0 to delete" in out.stdout, out.stdout
+    assert not w.owned() and w.accepted("dry") is None, "dry run wrote nothing"
+    w.kube.delete(V2, "ApisixRoute", "dry", NS)
+
+
+def test_leader_election_failover(world: World) -> None:
+    """Two controllers with --leader-elect: one holds the Lease; killed without releasing it, the
+    other takes over after the lease expires and syncs new objects."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    le = ["--leader-elect", "--leader-elect-namespace", NS, "--leader-elect-lease-duration", "3s",
+          "--leader-elect-renew-deadline", "2s", "--leader-elect-retry-period", "0.5s"]
+    c1 = w.start_controller(*le, "--identity", "one", name="le1")
+    lease = wait_for(lambda: (l := w.kube.get("coordination.k8s.io/v1", "Lease", "meshgate-ingress-controller-leader",
+                                              NS)) and l["spec"].get("holderIdentity") == "one" and l,
+                     "controller one to lead", 30)
+    assert lease["spec"]["leaseDurationSeconds"] == 3
+    c2 = w.start_controller(*le, "--identity", "two", name="le2")
+    w.route("le", host="le.example", paths=["/*"], service="web", port=80)
+    wait_for(lambda: w.get("le.example", "/")[0] == 200, "the leader syncs", 30)
+    time.sleep(1.5)
+    assert "acquired" not in w.log("le2"), "the follower must not lead while the leader renews"
+    c1.send_signal(signal.SIGKILL)   # no release: the follower waits for the expiry
+    c1.wait(10)
+    wait_for(lambda: (l := w.kube.get("coordination.k8s.io/v1", "Lease", "meshgate-ingress-controller-leader",
+                                      NS)) and l["spec"].get("holderIdentity") == "two", "failover", 30)
+    w.route("le2", host="le2.example", paths=["/*"], service="web", port=80)
+    wait_for(lambda: w.get("le2.example", "/")[0] == 200, "the new leader syncs", 30)
+    for name in ("le", "le2"):
+        w.kube.delete(V2, "ApisixRoute", name, NS)
+    wait_for(lambda: not w.owned(), "cleanup", 30)
+    c2.send_signal(signal.SIGTERM)
+    assert c2.wait(20) == 0, w.log("le2")
+    lease = w.kube.get("coordination.k8s.io/v1", "Lease", "meshgate-ingress-controller-leader", NS)
+    assert lease is not None and not lease["spec"].get("holderIdentity"), "released on shutdown"
