@@ -29,23 +29,7 @@ V2 = f"{G}/v2"
 NS = "bookinfo"
 
 # The seed's v2beta2 ApisixRoute (``kubectl -n bookinfo apply -f productpage-ar.yaml``), verbatim.
-PRODUCTPAGE = """\
-apiVersion: apisix.apache.org/v2beta2
-kind: ApisixRoute
-metadata:
- name: productpage
-spec:
- http:
- - name: rule1
-   match:
-     hosts:
-     - apisix-istio.dev
-     paths:
-       - /*
-   backends:
-   - serviceName: productpage
-     servicePort: 9080
-"""
+PRODUCTPAGE = (Path(__file__).resolve().parents[1] / "fixtures" / "k8s" / "seed-productpage-ar.yaml").read_text()
 
 FULL_ROUTE = f"""
 apiVersion: {V2}

@@ -58,23 +58,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer((host, port), H).serve_forever()
 """
 
-PRODUCTPAGE_V2BETA2 = """\
-apiVersion: apisix.apache.org/v2beta2
-kind: ApisixRoute
-metadata:
- name: productpage
-spec:
- http:
- - name: rule1
-   match:
-     hosts:
-     - apisix-istio.dev
-     paths:
-       - /*
-   backends:
-   - serviceName: productpage
-     servicePort: 9080
-"""
+PRODUCTPAGE_V2BETA2 = (Path(__file__).resolve().parents[1] / "fixtures" / "k8s" / "seed-productpage-ar.yaml").read_text()
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

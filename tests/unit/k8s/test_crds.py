@@ -21,7 +21,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = ROOT / "deploy" / "crds"
-SEED = Path("/work/shared/seeds/000_bdc052a694df9c52.txt")
+# the seed journeys live in ../shared beside the repository (CI and sessions)
+SEED = Path(__file__).resolve().parents[3].parent / "shared" / "seeds" / "000_bdc052a694df9c52.txt"
 
 GROUP = "apisix.apache.org"
 APISIX_VERSIONS = ["v2", "v2beta3", "v2beta2"]
@@ -38,23 +39,7 @@ EXPECTED: dict[str, tuple[str, list[str], list[str]]] = {
 }
 
 # The user's manifest from the seed (a blog post's v2beta2 ApisixRoute), byte for byte.
-PRODUCTPAGE = """\
-apiVersion: apisix.apache.org/v2beta2
-kind: ApisixRoute
-metadata:
- name: productpage
-spec:
- http:
- - name: rule1
-   match:
-     hosts:
-     - apisix-istio.dev
-     paths:
-       - /*
-   backends:
-   - serviceName: productpage
-     servicePort: 9080
-"""
+PRODUCTPAGE = (Path(__file__).resolve().parents[2] / "fixtures" / "k8s" / "seed-productpage-ar.yaml").read_text()
 
 # Every leaf field the older AIC schemas had (v2beta2 in 1.3-1.5, v2beta3 in 1.4-1.8, v2 in 1.5-1.8)
 # plus AIC master's v2.  Each must be declared in Meshgate's v2 schema, or a manifest using it would

@@ -3,38 +3,16 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from meshgate.k8s.translate import (ClusterState, Translation, exprs_to_vars, gen_id, translate_apisix_route,
-                                    validate_translation)
+from meshgate.k8s.translate import ClusterState, Translation, exprs_to_vars, gen_id, translate_apisix_route
 from meshgate.k8s.translate.apisixroute import OPERATORS
 from meshgate.errors import ConfigError
 from meshgate.plugins import PluginRegistry
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((FIXTURES / name).read_text()) if d]
-
-
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    reg = PluginRegistry()
-    reg.load_builtin()
-    return reg
-
-
-def valid(t: Translation, registry: PluginRegistry) -> Translation:
-    """Every produced object passes the gateway's own validation."""
-    checked = validate_translation(t, registry)
-    assert len(checked.items) == len(t.items), checked.messages()
-    return t
-
+from k8stools import load, valid
 
 CLUSTER = load("cluster.yaml")
 STATE = ClusterState.from_objects(CLUSTER)

@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from meshgate.k8s.translate import ClusterState, Translation, validate_translation
-from meshgate.plugins import PluginRegistry
+from meshgate.k8s.translate import ClusterState
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((FIXTURES / name).read_text()) if d]
-
-
-@pytest.fixture(scope="module")
-def registry() -> PluginRegistry:
-    reg = PluginRegistry()
-    reg.load_builtin()
-    return reg
-
-
-def valid(t: Translation, registry: PluginRegistry) -> Translation:
-    checked = validate_translation(t, registry)
-    assert t.items and len(checked.items) == len(t.items), checked.messages()
-    return t
-
+from k8stools import load
 
 STATE = ClusterState.from_objects(load("cluster.yaml"))
 OBJS = {(o["kind"], o["metadata"]["name"]): o for o in load("resources.yaml")}
