@@ -308,6 +308,41 @@ def test_route_endpoints_change_delete_and_invalid(world: World) -> None:
     assert ctl.wait(20) == 0, w.log()
 
 
+def test_ingress_serves_and_delete_404(world: World) -> None:
+    """networking.k8s.io/v1 Ingress (Prefix path, named Service port) → 200 through the
+    gateway with the route's owner labels; another class is ignored; delete → 404."""
+    w = world
+    w.service(NS, "ing-web", 80)
+    w.slice(NS, "ing-web", [w.backends.addr(2)])
+    ctl = w.start_controller(name="ic-ingress")
+
+    def ingress(name: str, host: str, cls: str | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"rules": [{"host": host, "http": {"paths": [
+            {"path": "/shop", "pathType": "Prefix",
+             "backend": {"service": {"name": "ing-web", "port": {"name": "http"}}}}]}}]}
+        if cls:
+            spec["ingressClassName"] = cls
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+    w.kube.apply(ingress("shop", "shop.example"))
+    w.kube.apply(ingress("other-class", "other.example", cls="nginx"))
+    wait_for(lambda: w.get("shop.example", "/shop/cart")[0] == 200, "the Ingress to serve", 30)
+    st, body = w.get("shop.example", "/shop")
+    assert st == 200 and body["backend"] == "web-a", body
+    assert w.get("shop.example", "/shopping")[0] == 404, "Prefix is segment-aware"
+    assert w.get("other.example", "/shop")[0] == 404, "another ingress class is ignored"
+    (r,) = [r for r in w.owned() if r["labels"].get("k8s/kind") == "Ingress"]
+    assert r["name"] == f"{NS}_shop_0_0" and r["labels"]["k8s/name"] == "shop", r
+
+    w.kube.delete("networking.k8s.io/v1", "Ingress", "shop", NS)
+    w.kube.delete("networking.k8s.io/v1", "Ingress", "other-class", NS)
+    wait_for(lambda: w.get("shop.example", "/shop/cart")[0] == 404, "404 after delete", 30)
+    wait_for(lambda: not [r for r in w.owned() if r["labels"].get("k8s/kind") == "Ingress"], "routes gone", 30)
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(20) == 0, w.log("ic-ingress")
+
+
 def test_restart_no_duplicates_orphans_or_drift(world: World) -> None:
     """Restart: the same gateway objects (no duplicate), a route deleted while the controller was
     down is removed (orphan), a manual edit of an owned route is corrected by the resync."""

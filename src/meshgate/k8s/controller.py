@@ -22,6 +22,12 @@ Theory of operation (ingress-controller.md sections 5-8, 10):
   ``SyncFailed``; ``observedGeneration``; ``lastTransitionTime`` kept unless the status flips)
   is written through the status subresource when it differs from what the object shows.
 * With leader election only the leader writes (gateway objects and status).
+* networking.k8s.io/v1 Ingress (translate/ingress.py) is an owner kind too; IngressClasses
+  (cluster-scoped) decide which Ingresses are ours (:func:`ingress_class_matches`).  Any event
+  of an Ingress, or of a Service one of them reads, re-translates every Ingress of that
+  namespace (a canary Ingress feeds the traffic-split of its main Ingress).  An Ingress has no
+  ``status.conditions``: its errors are logged (once per change) and ``status.loadBalancer`` is
+  left alone (there is no published-address option yet).
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ from ..errors import MeshgateError
 from .client import (APISIX_CONSUMER, APISIX_PLUGIN_CONFIG, APISIX_ROUTE, APISIX_TLS, APISIX_UPSTREAM,
                      ENDPOINT_SLICE, POD, SECRET, SERVICE, Informer, KubeClient, KubeError, LeaderElector, Resource)
 from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, check_apisix_upstream,
-                        translate_apisix_consumer, translate_apisix_plugin_config, translate_apisix_route,
-                        translate_apisix_tls, validate_translation)
+                        ingress_class_matches, ingress_service_refs, translate_apisix_consumer,
+                        translate_apisix_plugin_config, translate_apisix_route, translate_apisix_tls,
+                        translate_ingress, validate_translation)
 from .translate.naming import MANAGED_BY
 
 __all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
@@ -302,6 +309,9 @@ class ControllerOptions:
 
 Translator = Callable[..., Translation]
 
+INGRESS = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
+INGRESS_CLASS = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+
 # Kubernetes kind → (resource, translator, do its items go to the gateway?)
 _OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
     "ApisixRoute": (APISIX_ROUTE, translate_apisix_route, True),
@@ -310,8 +320,11 @@ _OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
     # v2 inlines plugin configs into routes and an ApisixUpstream owns no object: status only
     "ApisixPluginConfig": (APISIX_PLUGIN_CONFIG, translate_apisix_plugin_config, False),
     "ApisixUpstream": (APISIX_UPSTREAM, check_apisix_upstream, False),
+    "Ingress": (INGRESS, translate_ingress, True),
 }
-_INPUT_KINDS: dict[str, Resource] = {"Service": SERVICE, "EndpointSlice": ENDPOINT_SLICE, "Secret": SECRET, "Pod": POD}
+_INPUT_KINDS: dict[str, Resource] = {"Service": SERVICE, "EndpointSlice": ENDPOINT_SLICE, "Secret": SECRET, "Pod": POD,
+                                     "IngressClass": INGRESS_CLASS}
+_NO_CONDITIONS = {"Ingress"}  # built-in kinds without status.conditions
 
 
 @dataclass
@@ -360,7 +373,7 @@ class Controller:
 
     def _make(self, res: Resource, kind: str) -> list[Informer]:
         handler = self._handler(kind)
-        if not self.opts.namespaces:
+        if not self.opts.namespaces or not res.namespaced:
             return [Informer(self.kube, res, None, handler)]
         return [Informer(self.kube, res, ns, handler) for ns in self.opts.namespaces]
 
@@ -378,7 +391,18 @@ class Controller:
         return None
 
     def _matches(self, obj: Mapping[str, Any]) -> bool:
+        if obj.get("kind") == "Ingress":
+            return ingress_class_matches(obj, list(self._objects("IngressClass")), ingress_class=self.opts.ingress_class,
+                                         require=self.opts.require_class, controller_name=self.opts.controller_name)
         return class_matches(obj, self.opts.ingress_class, require=self.opts.require_class)
+
+    def _ingresses(self, namespace: str | None = None) -> set[Owner]:
+        """Every Ingress owner (of ``namespace``), cached or translated."""
+        out = {o for o in self.results if o[0] == "Ingress"}
+        for o in self._objects("Ingress"):
+            meta = o.get("metadata") or {}
+            out.add(("Ingress", str(meta.get("namespace") or ""), str(meta.get("name") or "")))
+        return {o for o in out if namespace is None or o[1] == namespace}
 
     def _state(self) -> ClusterState:
         crds = [o for k in ("ApisixUpstream", "ApisixPluginConfig") for o in self._objects(k) if self._matches(o)]
@@ -418,6 +442,10 @@ class Controller:
                 r for r, _ in self.refs.values()) if n == ns}, pods=True)
         elif kind == "Secret":
             marks |= {o for o in self.results if o[1] == ns or o[0] == "ApisixTls"}
+        elif kind == "IngressClass":
+            marks |= self._ingresses()
+        for m_ns in {o[1] for o in marks if o[0] == "Ingress"}:
+            marks |= self._ingresses(m_ns)  # canaries: an Ingress reads the others of its namespace
         if marks:
             self.dirty |= marks
             self._wake.set()
@@ -429,8 +457,12 @@ class Controller:
         if obj is None or not self._matches(obj):
             return None
         _, translator, sync = _OWNER_KINDS[owner[0]]
+        kw: dict[str, Any] = {}
+        if owner[0] == "Ingress":
+            kw["peers"] = [o for o in self._objects("Ingress") if (o.get("metadata") or {}).get("namespace") == owner[1]
+                           and (o.get("metadata") or {}).get("name") != owner[2] and self._matches(o)]
         try:
-            t = translator(obj, state, controller_name=self.opts.controller_name)
+            t = translator(obj, state, controller_name=self.opts.controller_name, **kw)
             if t.items:
                 t = validate_translation(t, self.registry)
         except Exception as e:  # a translator bug must not block the other objects
@@ -458,6 +490,8 @@ class Controller:
             if owner[0] == "ApisixRoute":
                 obj = self._get(owner)
                 self.refs[owner] = service_refs(obj or {})
+            elif owner[0] == "Ingress":
+                self.refs[owner] = (ingress_service_refs(self._get(owner) or {}), False)
 
     def all_owners(self) -> set[Owner]:
         out: set[Owner] = set()
@@ -584,6 +618,9 @@ class Controller:
             obj = self._get(owner)
             if obj is None:
                 continue
+            if owner[0] in _NO_CONDITIONS:
+                self._log_problems(owner, res)
+                continue
             status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
             previous = (status or {}).get("conditions") or []
             cond = accepted_condition(generation=res.generation, errors=res.translation.messages(),
@@ -600,6 +637,16 @@ class Controller:
             except KubeError as e:
                 if e.status != 404:
                     log.warning("status of %s %s/%s: %s", *owner, e)
+
+    def _log_problems(self, owner: Owner, res: _Result) -> None:
+        """Kinds without conditions: their errors are logged once per change."""
+        msgs = res.translation.messages() + ([res.sync_error] if res.sync_error else [])
+        seen = {"messages": msgs}
+        if self._status_written.get(owner) == seen:
+            return
+        self._status_written[owner] = seen
+        for m in msgs:
+            log.warning("%s %s/%s: %s", owner[0], owner[1], owner[2], m)
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(i.synced.wait() for infs in self.informers.values() for i in infs))
@@ -645,7 +692,7 @@ class Controller:
 def _same_spec(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     ma, mb = a.get("metadata") or {}, b.get("metadata") or {}
     return (a.get("spec") == b.get("spec") and ma.get("generation") == mb.get("generation")
-            and ma.get("labels") == mb.get("labels"))
+            and ma.get("labels") == mb.get("labels") and ma.get("annotations") == mb.get("annotations"))
 
 
 def _service_of(slice_: Mapping[str, Any]) -> str:

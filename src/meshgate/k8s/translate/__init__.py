@@ -14,6 +14,7 @@ from .apisixroute import authentication_plugin, exprs_to_vars, translate_apisix_
 from .apisixtls import translate_apisix_tls
 from .apisixupstream import check_apisix_upstream, external_upstream, upstream_fields
 from .common import ClusterState, Item, Translation, TranslateError, parse_duration, validate_translation
+from .ingress import ingress_class_matches, ingress_service_refs, is_canary, translate_ingress
 from .endpoints import Backend, BackendError, Resolved, find_service_port, resolve_backend
 from .naming import DEFAULT_CONTROLLER_NAME, DESC, gen_id, labels
 
@@ -38,6 +39,10 @@ __all__ = [
     "translate_apisix_plugin_config",
     "plugin_config_plugins",
     "translate_apisix_global_rule",
+    "translate_ingress",
+    "ingress_class_matches",
+    "ingress_service_refs",
+    "is_canary",
     "validate_translation",
     "parse_duration",
     "gen_id",
