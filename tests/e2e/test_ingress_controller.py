@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -454,3 +455,109 @@ def test_leader_election_failover(world: World) -> None:
     assert c2.wait(20) == 0, w.log("le2")
     lease = w.kube.get("coordination.k8s.io/v1", "Lease", "meshgate-ingress-controller-leader", NS)
     assert lease is not None and not lease["spec"].get("holderIdentity"), "released on shutdown"
+
+
+def _kube_etcd_revision(w: World) -> int:
+    return int(json.loads(w.kube.etcdctl("endpoint", "status", "-w", "json"))[0]["Status"]["header"]["revision"])
+
+
+def _full_log(w: World, name: str) -> str:
+    return (w.tmp / f"{name}.log").read_text(errors="replace")
+
+
+def _cleanup_routes(w: World, names: list[str]) -> None:
+    if w.kube.proc is None:
+        w.kube.start_apiserver()
+    for name in names:
+        w.kube.delete(V2, "ApisixRoute", name, NS)
+    wait_for(lambda: not w.owned(), "cleanup", 30)
+
+
+@pytest.mark.timeout(90)
+def test_apiserver_restart_keeps_routes_and_watches_recover(world: World) -> None:
+    """Issue 9: the kube-apiserver goes away (its etcd stays) → the gateway keeps serving and the
+    controller deletes nothing; it comes back on the same port with the same data → the watches
+    recover (a new ApisixRoute syncs) and the first route is the same gateway object (create_time)."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    ctl = w.start_controller(name="kas-restart")
+    try:
+        w.route("survive", host="survive.example", paths=["/*"], service="web", port=80)
+        wait_for(lambda: w.get("survive.example", "/x")[0] == 200, "the route to serve", 30)
+        (r0,) = w.owned()
+        w.kube.stop_apiserver()
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:   # the controller retries; nothing is deleted
+                assert w.get("survive.example", "/x")[0] == 200, w.log("kas-restart")
+                assert [(r["id"], r.get("create_time")) for r in w.owned()] == [(r0["id"], r0.get("create_time"))]
+                time.sleep(0.5)
+            assert ctl.poll() is None, w.log("kas-restart")
+        finally:
+            w.kube.start_apiserver()
+        w.route("after", host="after.example", paths=["/*"], service="web", port=80)
+        wait_for(lambda: w.get("after.example", "/y")[0] == 200, "a route created after the restart", 40)
+        wait_for(lambda: (c := w.accepted("after")) and c["status"] == "True", "Accepted=True after restart", 10)
+        assert w.get("survive.example", "/x")[0] == 200
+        by_id = {r["id"]: r for r in w.owned()}
+        assert set(by_id) == {r0["id"], _route_id("after")}, by_id
+        assert by_id[r0["id"]].get("create_time") == r0.get("create_time"), "not deleted and re-created"
+        assert "ConnectError" in _full_log(w, "kas-restart"), "the controller saw the apiserver go away"
+        _cleanup_routes(w, ["survive", "after"])
+        ctl.send_signal(signal.SIGTERM)
+        assert ctl.wait(20) == 0, w.log("kas-restart")
+    finally:
+        if w.kube.proc is None:
+            w.kube.start_apiserver()
+        stop_process(ctl, 10)
+
+
+@pytest.mark.timeout(90)
+def test_watch_expired_410_relists_keeps_routes_applies_changes(world: World) -> None:
+    """Issue 9: while the controller is frozen (SIGSTOP) the apiserver restarts (its watches are
+    cut and must reconnect), one route is changed, one created and one deleted, and the apiserver's
+    etcd is compacted past the controller's resourceVersion → on SIGCONT: 410 Gone → relist, the
+    untouched route stays the same gateway object, and all three changes are applied."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    ctl = w.start_controller(name="kas-410")
+    names = ["keep410", "mod410", "del410", "new410"]
+    try:
+        for name in ("keep410", "mod410", "del410"):
+            w.route(name, host=f"{name}.example", paths=["/*"], service="web", port=80)
+        for name in ("keep410", "mod410", "del410"):
+            wait_for(lambda: w.get(f"{name}.example", "/")[0] == 200, f"{name} to serve", 30)
+        keep = {r["id"]: r.get("create_time") for r in w.owned()}[_route_id("keep410")]
+        ctl.send_signal(signal.SIGSTOP)
+        try:
+            # break the watches first: events sent on the old streams would sit in the frozen
+            # controller's socket buffers and be applied without any relist
+            w.kube.stop_apiserver()
+            w.kube.start_apiserver()
+            w.route("mod410", host="mod410b.example", paths=["/*"], service="web", port=80)
+            w.route("new410", host="new410.example", paths=["/*"], service="web", port=80)
+            w.kube.delete(V2, "ApisixRoute", "del410", NS)
+            w.kube.etcdctl("compact", str(_kube_etcd_revision(w)), "--physical")
+        finally:
+            ctl.send_signal(signal.SIGCONT)
+        wait_for(lambda: re.search(rf"Informer\(apisixroutes, {NS}\): resourceVersion \d+ expired \(410 Gone\): relisting",
+                                  _full_log(w, "kas-410")), "the controller to get 410 Gone", 30)
+        wait_for(lambda: w.get("new410.example", "/")[0] == 200, "the route created meanwhile", 30)
+        wait_for(lambda: w.get("mod410b.example", "/")[0] == 200, "the route changed meanwhile", 30)
+        wait_for(lambda: w.get("del410.example", "/")[0] == 404, "the route deleted meanwhile", 30)
+        assert w.get("mod410.example", "/")[0] == 404
+        assert w.get("keep410.example", "/")[0] == 200
+        by_id = {r["id"]: r for r in w.owned()}
+        assert set(by_id) == {_route_id(n) for n in ("keep410", "mod410", "new410")}, by_id
+        assert by_id[_route_id("keep410")].get("create_time") == keep, "not deleted and re-created"
+        _cleanup_routes(w, names)
+        ctl.send_signal(signal.SIGTERM)
+        assert ctl.wait(20) == 0, w.log("kas-410")
+    finally:
+        if ctl.poll() is None:
+            ctl.send_signal(signal.SIGCONT)
+        if w.kube.proc is None:
+            w.kube.start_apiserver()
+        stop_process(ctl, 10)
