@@ -19,9 +19,7 @@ the identity a real proxy running as 1337 has, with nothing of the venv readable
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from netns import need_root, run
 
 from meshgate.proxy.origdst import original_dst
 
@@ -103,23 +103,6 @@ PROXY = "1337:1337"
 LOST = {"error": "TimeoutError"}
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces and applies iptables rules in them")
-    if shutil.which("ip") is None:
-        pytest.skip("needs `ip` (iproute2) for `ip netns`")
-    for tool in ("iptables-restore", "iptables-save"):
-        if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
-            pytest.skip(f"needs {tool}: install Debian's iptables package (tools/peers/iptables.sh)")
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} -> {r.returncode}: {r.stderr.strip()}")
-    return r
-
-
 @dataclass
 class World:
     pod: str
@@ -127,7 +110,7 @@ class World:
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def sh(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run("ip", "netns", "exec", ns, *argv, check=check)
+        return run("ip", "netns", "exec", ns, *argv, check=check)
 
     def meshgate(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`meshgate iptables ARGS` inside the pod namespace, as istio-init would run it."""
@@ -163,14 +146,14 @@ def _ipv6_nat_usable(w: World) -> bool:
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    _need_root()
+    need_root()
     tag = secrets.token_hex(3)
     w = World(pod=f"mgcap-{tag}-pod", peer=f"mgcap-{tag}-peer")
     va, vb = f"mgc{tag}a", f"mgc{tag}b"
     try:
-        _run("ip", "netns", "add", w.pod)
-        _run("ip", "netns", "add", w.peer)
-        _run("ip", "link", "add", va, "netns", w.pod, "type", "veth", "peer", "name", vb, "netns", w.peer)
+        run("ip", "netns", "add", w.pod)
+        run("ip", "netns", "add", w.peer)
+        run("ip", "link", "add", va, "netns", w.pod, "type", "veth", "peer", "name", vb, "netns", w.peer)
         for ns, dev, ip4, ip6 in ((w.pod, va, POD_IP, POD_IP6), (w.peer, vb, PEER_IP, PEER_IP6)):
             w.sh(ns, "ip", "link", "set", "lo", "up")
             w.sh(ns, "ip", "addr", "add", f"{ip4}/24", "dev", dev)

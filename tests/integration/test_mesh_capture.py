@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from netns import need_root, run
 
 from adsserver import CDS, LDS, RDS, AdsServer
 from meshtools import HCM, ROUTER, TCP, cluster, listener, route_config
@@ -79,22 +80,6 @@ except Exception as e:
 APP_UID = "4040"
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces and applies iptables rules in them")
-    if shutil.which("ip") is None:
-        pytest.skip("needs `ip` (iproute2)")
-    if shutil.which("iptables-restore", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
-        pytest.skip("needs iptables-restore: install Debian's iptables package (tools/peers/iptables.sh)")
-
-
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} -> {r.returncode}: {r.stderr.strip()}")
-    return r
-
-
 class World:
     def __init__(self, tag: str) -> None:
         self.pod = f"mgmesh-{tag}-pod"
@@ -103,7 +88,7 @@ class World:
         self.sock = f"/tmp/mgxds-{tag}.sock"
 
     def sh(self, ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return _run("ip", "netns", "exec", ns, *argv, check=check)
+        return run("ip", "netns", "exec", ns, *argv, check=check)
 
     def serve(self, ns: str, name: str, host: str, port: int, uid: str | None = None) -> None:
         p = subprocess.Popen(["ip", "netns", "exec", ns, PY, "-c", SERVER, name, host, str(port),
@@ -121,14 +106,14 @@ class World:
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    _need_root()
+    need_root()
     tag = secrets.token_hex(3)
     w = World(tag)
     va, vb = f"mgm{tag}a", f"mgm{tag}b"
     try:
-        _run("ip", "netns", "add", w.pod)
-        _run("ip", "netns", "add", w.peer)
-        _run("ip", "link", "add", va, "netns", w.pod, "type", "veth", "peer", "name", vb, "netns", w.peer)
+        run("ip", "netns", "add", w.pod)
+        run("ip", "netns", "add", w.peer)
+        run("ip", "link", "add", va, "netns", w.pod, "type", "veth", "peer", "name", vb, "netns", w.peer)
         for ns, dev, ip in ((w.pod, va, POD), (w.peer, vb, PEER)):
             w.sh(ns, "ip", "link", "set", "lo", "up")
             w.sh(ns, "ip", "addr", "add", f"{ip}/24", "dev", dev)

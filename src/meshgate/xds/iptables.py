@@ -148,14 +148,13 @@ def _owners(flag: str, value: str) -> tuple[str, ...]:
 def _cidrs(flag: str, value: str) -> tuple[str, ...]:
     out = []
     for c in _split(value):
-        if "/" not in c:
+        try:
+            iface = ipaddress.ip_interface(c) if "/" in c else None
+        except ValueError:
+            iface = None
+        if iface is None:
             raise CaptureOptionError(flag, f"{c!r} is not a CIDR; expected address/prefix such as 10.96.0.0/12 "
                                            f"or fd00::/8, comma-separated, or '*'")
-        try:
-            iface = ipaddress.ip_interface(c)
-        except ValueError:
-            raise CaptureOptionError(flag, f"{c!r} is not a CIDR; expected address/prefix such as 10.96.0.0/12 "
-                                           f"or fd00::/8, comma-separated, or '*'") from None
         # Printed as given (address and prefix length), like Istio's netip.Prefix.String().
         out.append(f"{iface.ip}/{iface.network.prefixlen}")
     return tuple(out)
