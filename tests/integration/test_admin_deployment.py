@@ -157,7 +157,11 @@ async def test_etcd_down_traffic_flows_writes_503_then_resync(tmp_path: Path, et
         assert admin(port, "PUT", "/routes/1", {"uri": "/one", "upstream": ups})[0] == 201
         await until(gw, "/one", 200)
         etcd.members[0].kill()
-        st, body, _ = admin(port, "PUT", "/routes/2", {"uri": "/two", "upstream": ups})
+        try:
+            st, body, _ = admin(port, "PUT", "/routes/2", {"uri": "/two", "upstream": ups})
+        except TimeoutError:
+            raise AssertionError("the Admin API did not answer with etcd down; gateway log:\n"
+                                 + gw.log_path.read_text(errors="replace")[-6000:]) from None
         assert st == 503 and "etcd" in body["error_msg"], body
         assert admin(port, "GET", "/routes/1")[0] == 503
         for _ in range(10):

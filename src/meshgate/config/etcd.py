@@ -194,6 +194,7 @@ class EtcdClient:
         self._idx = 0
         self._client: _Client | None = None
         self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _credentials(self) -> grpc.ChannelCredentials:
         def read(p: str | None) -> bytes | None:
@@ -227,14 +228,21 @@ class EtcdClient:
             return self._client
 
     async def _drop(self, c: _Client | None) -> None:
-        """Forget a failed channel and move to the next endpoint.  The channel is closed
-        outside the lock and with a bound: a close that waits for a stuck call must never
-        hold up the calls that would use the next endpoint."""
+        """Forget a failed channel and move to the next endpoint.  The channel is closed in
+        the background, with a bound: closing waits for the calls still on it (a watch, a
+        call stuck on a half-dead member), and the caller, often an Admin API request
+        that must answer 503 now, never waits for that."""
         async with self._lock:
             if c is None or self._client is not c:
                 return
             self._client = None
             self._idx = (self._idx + 1) % len(self.endpoints)
+        t = asyncio.get_running_loop().create_task(self._close_quietly(c))
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_quietly(c: _Client) -> None:
         try:
             await asyncio.wait_for(c.close(), 5.0)
         except Exception:  # closing a broken channel may itself fail or hang
@@ -266,6 +274,8 @@ class EtcdClient:
             c, self._client = self._client, None
         if c is not None:
             await c.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- KV ---------------------------------------------------------------------------------
     async def get(self, key: str) -> KV | None:
