@@ -165,8 +165,11 @@ class Bench:
         return int(data["total"]) if st == 200 else -1
 
     def nodes_of_all(self) -> list[set[str]]:
+        """Every owned route's nodes (through the Service's shared upstream it names)."""
         assert self.w is not None
-        return [{n["host"] for n in r["upstream"]["nodes"]} for r in self.w.owned()]
+        ups = {u["id"]: u for u in self.w.owned("upstreams")}
+        return [{n["host"] for n in (r.get("upstream") or ups.get(r.get("upstream_id"), {})).get("nodes") or ()}
+                for r in self.w.owned()]
 
     def status(self, host: str, path: str) -> int:
         assert self.w is not None
@@ -333,7 +336,10 @@ class Bench:
 
         def first_has() -> bool:
             st, data = self.w.admin("GET", f"routes/{self._route_id(probe)}")  # type: ignore[union-attr]
-            return st == 200 and any(n["host"] == new_addr for n in data["value"]["upstream"]["nodes"])
+            if st != 200:
+                return False
+            st, up = self.w.admin("GET", f"upstreams/{data['value']['upstream_id']}")  # type: ignore[union-attr]
+            return st == 200 and any(n["host"] == new_addr for n in up["value"]["nodes"])
         bounded(first_has, "the new address on one route", 60, 0.02)
         res["eps_first_route_s"] = time.monotonic() - c0
         bounded(lambda: all(new_addr in s for s in self.nodes_of_all()) and True,
@@ -371,8 +377,7 @@ class Bench:
             ctl.informers[kind][0].cache = {(o["metadata"]["namespace"], o["metadata"]["name"]):
                                             {**o, "apiVersion": api[kind], "kind": kind} for o in items}
         ctl.retranslate(ctl.all_owners())
-        bad = [o for o, r in ctl.results.items() if r.translation.errors or not r.translation.items[0].value[
-            "upstream"]["nodes"]]
+        bad = [o for o, r in ctl.results.items() if r.translation.errors or not r.translation.of_kind("upstreams")]
         assert not bad, f"in-process translation differs from the controller's: {bad[:3]}"
         owners = ctl.all_owners()
         sl = ctl.informers["EndpointSlice"][0].cache
@@ -476,6 +481,10 @@ def goals(res: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _rate(per_s: float | None) -> str:
+    return "-" if per_s is None else f"{per_s:.0f}"
+
+
 def render(res: dict[str, Any], cmd: str) -> str:
     ok = lambda g: "–" if g is None else ("**PASS**" if g else "**FAIL**")  # noqa: E731
     m, ms = res["machine_before"], res["machine_after_sync"]
@@ -524,9 +533,9 @@ def render(res: dict[str, Any], cmd: str) -> str:
               "ms timestamps) and the CPU seconds of every process tree in the two windows.", "",
               "| window | Admin API writes | first write | last write | writes/s |", "|---|---|---|---|---|",
               f"| initial sync (from the controller's start) | {iw['n']:,} | {iw['first_s']:.2f} s | "
-              f"{iw['last_s']:.2f} s | {iw['per_s']:.0f} |",
+              f"{iw['last_s']:.2f} s | {_rate(iw['per_s'])} |",
               f"| EndpointSlice change (from the apply) | {ew['n']:,} | {ew['first_s'] * 1000:.0f} ms | "
-              f"{ew['last_s']:.2f} s | {ew['per_s']:.0f} |", ""]
+              f"{ew['last_s']:.2f} s | {_rate(ew['per_s'])} |", ""]
         names = list(res["cpu_initial_sync"])
         L += ["| CPU seconds | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
               f"| controller start → all routes ({res['all_routes_s']:.1f} s) | " +

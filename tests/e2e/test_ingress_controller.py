@@ -274,8 +274,9 @@ def test_route_endpoints_change_delete_and_invalid(world: World) -> None:
     # scale: a second address in the slice -> both nodes serve
     w.slice(NS, "web", [a, b])
     wait_for(lambda: w.backends_seen("web.example", "/app/x") == {"web-a", "web-b"}, "both backends", 30)
-    routes = w.owned()
-    assert len(routes) == 1 and len(routes[0]["upstream"]["nodes"]) == 2, routes
+    routes, ups = w.owned(), {u["id"]: u for u in w.owned("upstreams")}
+    assert len(routes) == 1 and len(ups[routes[0]["upstream_id"]]["nodes"]) == 2, (routes, ups)
+    assert ups[routes[0]["upstream_id"]]["labels"]["k8s/kind"] == "Service"   # the Service's shared upstream
 
     # change path and host
     w.route("web", host="new.example", paths=["/v2/*"], service="web", port=80)
@@ -385,8 +386,13 @@ def test_restart_no_duplicates_orphans_or_drift(world: World) -> None:
 
 
 def _route_id(name: str, ns: str = NS, rule: str = "r1") -> str:
+    return gen_id(f"{ns}_{name}_{rule}")
+
+
+def gen_id(name: str) -> str:
+    """AIC's id: crc32 of the name, lowercase hex (written out: the test states the contract)."""
     import zlib
-    return format(zlib.crc32(f"{ns}_{name}_{rule}".encode()) & 0xFFFFFFFF, "x")
+    return format(zlib.crc32(name.encode()) & 0xFFFFFFFF, "x")
 
 
 def test_seed_productpage_v2beta2(world: World) -> None:
@@ -413,15 +419,19 @@ def test_dry_run_prints_and_writes_nothing(world: World) -> None:
     w.service(NS, "web", 80)
     w.slice(NS, "web", [w.backends.addr(2)])
     w.route("dry", host="dry.example", paths=["/*"], service="web", port=80)
-    out = subprocess.run(
-        [PY, "-m", "meshgate", "ingress-controller", "--kubeconfig", str(w.kube.kubeconfig), "--admin-url",
-         f"http://127.0.0.1:{w.admin_port}", "--admin-key", KEY, "--watch-namespace", NS, "--dry-run"],
-        capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"create routes/{_route_id('dry')} (ApisixRoute {NS}/dry)" in out.stdout, out.stdout
-    assert "1 to create, 0 to update, 0 to delete" in out.stdout, out.stdout
-    assert not w.owned() and w.accepted("dry") is None, "dry run wrote nothing"
-    w.kube.delete(V2, "ApisixRoute", "dry", NS)
+    try:
+        out = subprocess.run(
+            [PY, "-m", "meshgate", "ingress-controller", "--kubeconfig", str(w.kube.kubeconfig), "--admin-url",
+             f"http://127.0.0.1:{w.admin_port}", "--admin-key", KEY, "--watch-namespace", NS, "--dry-run"],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr[-3000:]
+        # the Service's shared upstream, then the route naming it
+        assert f"create upstreams/{gen_id(f'Service_{NS}_web_80')} (ApisixRoute {NS}/dry)" in out.stdout, out.stdout
+        assert f"create routes/{_route_id('dry')} (ApisixRoute {NS}/dry)" in out.stdout, out.stdout
+        assert "2 to create, 0 to update, 0 to delete" in out.stdout, out.stdout
+        assert not w.owned() and not w.owned("upstreams") and w.accepted("dry") is None, "dry run wrote nothing"
+    finally:
+        w.kube.delete(V2, "ApisixRoute", "dry", NS)
 
 
 def test_leader_election_failover(world: World) -> None:

@@ -220,16 +220,25 @@ async def test_endpoint_change_retranslates_only_referencing_routes(ctl: Control
         put(ctl, svc("ns", s))
         put(ctl, eps("ns", s, "10.0.0.1"))
     put(ctl, ar("ns", "r-web", "web"))
+    put(ctl, ar("ns", "r-web-2", "web"))
     put(ctl, ar("ns", "r-api", "api"))
     assert await ctl.sync_once()
     assert not ctl.dirty
+    assert len(admin.store["upstreams"]) == 2   # one per Service port, shared by its routes
     put(ctl, eps("ns", "web", "10.0.0.1", "10.0.0.2"), "MODIFIED")
-    assert ctl.dirty == {("ApisixRoute", "ns", "r-web")}
+    assert ctl.dirty == {("ApisixRoute", "ns", "r-web"), ("ApisixRoute", "ns", "r-web-2")}
     admin.calls.clear()
     assert await ctl.sync_once()
-    assert [c[0] for c in admin.calls] == ["PUT"] and len(admin.calls) == 1
+    # the endpoint change is one node-only write of the Service's upstream, however many routes
+    assert [c[:2] for c in admin.calls] == [("PUT", "upstreams")], admin.calls
     (value,) = [v for v in admin.store["routes"].values() if v["name"] == "ns_r-web_r1"]
-    assert {n["host"] for n in value["upstream"]["nodes"]} == {"10.0.0.1", "10.0.0.2"}
+    up = admin.store["upstreams"][value["upstream_id"]]
+    assert {n["host"] for n in up["nodes"]} == {"10.0.0.1", "10.0.0.2"}
+    # the last route leaving takes the shared upstream with it
+    for name in ("r-web", "r-web-2"):
+        put(ctl, ar("ns", name, "web"), "DELETED")
+        assert await ctl.sync_once()
+        assert (value["upstream_id"] in admin.store["upstreams"]) == (name == "r-web")
 
 
 async def test_status_only_modification_is_not_retranslated(ctl: Controller) -> None:
@@ -248,7 +257,8 @@ async def test_gateway_refusal_is_sync_failed_and_others_proceed(ctl: Controller
     put(ctl, eps("ns", "web", "10.0.0.1"))
     put(ctl, ar("ns", "a", "web"))
     put(ctl, ar("ns", "b", "web"))
-    a_id = next(it.id for it in ctl.translate(("ApisixRoute", "ns", "a"), ctl._state()).translation.items)  # type: ignore[union-attr]
+    a_id = next(it.id for it in ctl.translate(("ApisixRoute", "ns", "a"), ctl._state()).translation.items  # type: ignore[union-attr]
+                if it.kind == "routes")
     admin.refuse.add(a_id)
     assert await ctl.sync_once()
     st = {name: s["conditions"][0] for _, name, s in kube.status}
@@ -280,7 +290,7 @@ async def test_dry_run_plan_writes_nothing(ctl: Controller) -> None:
     put(ctl, eps("ns", "web", "10.0.0.1"))
     put(ctl, ar("ns", "r", "web"))
     changes = await ctl.compute_plan()
-    assert [(c.op, c.kind) for c in changes] == [("create", "routes")]
+    assert [(c.op, c.kind) for c in changes] == [("create", "upstreams"), ("create", "routes")]
     assert not admin.calls and not kube.status
 
 

@@ -37,6 +37,15 @@ def routes(t: Translation) -> list[dict[str, Any]]:
     return list(t.of_kind("routes").values())
 
 
+def upstream(t: Translation, r: dict[str, Any]) -> dict[str, Any]:
+    """The route's upstream: inline, or the Service's shared upstream it names (without the
+    id, name, desc and labels every upstream object carries)."""
+    if "upstream" in r:
+        return dict(r["upstream"])
+    return {k: v for k, v in t.of_kind("upstreams")[r["upstream_id"]].items()
+            if k not in ("id", "name", "desc", "labels")}
+
+
 # --- the seed's productpage ---------------------------------------------------------------
 
 
@@ -46,14 +55,20 @@ def test_seed_productpage_v2beta2(registry: PluginRegistry) -> None:
     assert ar["apiVersion"] == "apisix.apache.org/v2beta2"
     t = valid(translate_apisix_route(ar, ClusterState.from_objects(objs[1:])), registry)
     assert t.ok, t.messages()
-    assert [i.kind for i in t.items] == ["routes"]
-    r = t.items[0].value
-    assert t.items[0].id == r["id"] == gen_id("bookinfo_productpage_rule1")
+    assert [i.kind for i in t.items] == ["upstreams", "routes"]
+    up, (r,) = t.items[0], routes(t)
+    assert t.items[1].id == r["id"] == gen_id("bookinfo_productpage_rule1")
+    # the Service's upstream, shared by every route to productpage:9080, named for the Service
+    assert r["upstream_id"] == up.id == gen_id("Service_bookinfo_productpage_9080")
+    assert up.value["name"] == "Service_bookinfo_productpage_9080"
+    assert up.value["labels"] == {"k8s/kind": "Service", "k8s/namespace": "bookinfo", "k8s/name": "productpage",
+                                  "k8s/controller-name": "apisix.apache.org/apisix-ingress-controller",
+                                  "manager-by": "apisix-ingress-controller"}
     assert r["name"] == "bookinfo_productpage_rule1"
     assert r["hosts"] == ["apisix-istio.dev"]
     assert r["uris"] == ["/*"]
     # ready endpoints only, on the EndpointSlice port of the Service port named "http"
-    assert r["upstream"]["nodes"] == [{"host": "10.244.1.17", "port": 9080, "weight": 100},
+    assert upstream(t, r)["nodes"] == [{"host": "10.244.1.17", "port": 9080, "weight": 100},
                                       {"host": "10.244.2.9", "port": 9080, "weight": 100}]
     assert r["labels"] == {"k8s/kind": "ApisixRoute", "k8s/namespace": "bookinfo", "k8s/name": "productpage",
                            "k8s/controller-name": "apisix.apache.org/apisix-ingress-controller",
@@ -71,7 +86,7 @@ def test_unknown_port_error_text() -> None:
         "ApisixRoute bookinfo/productpage: /spec/http/0/backends/0: service bookinfo/productpage has no port 9081; "
         "it has 9080 (http)"]
     # the route stays, answering from an upstream without nodes instead of falling through
-    assert routes(t)[0]["upstream"] == {"type": "roundrobin", "nodes": []}
+    assert upstream(t, routes(t)[0]) == {"type": "roundrobin", "nodes": []}
 
 
 def test_missing_service_error_text(registry: PluginRegistry) -> None:
@@ -88,24 +103,25 @@ def test_typical_weighted_backends_exprs_limit_count_websocket(registry: PluginR
     objs = load("httpbin.yaml")
     t = valid(translate_apisix_route(objs[0], ClusterState.from_objects(objs[1:])), registry)
     assert t.ok, t.messages()
-    assert [i.kind for i in t.items] == ["routes", "upstreams"]
-    r, up = t.items[0].value, t.items[1]
+    assert [i.kind for i in t.items] == ["upstreams", "upstreams", "routes"]
+    (r,) = routes(t)
+    first, up = t.items[0], t.items[1]
+    assert r["upstream_id"] == first.id
     assert r["id"] == gen_id("default_httpbin-route_r1")
     assert r["hosts"] == ["local.httpbin.org"]
     assert r["vars"] == [["http_x_canary", "==", "true"]]
     assert r["enable_websocket"] is True
     assert r["plugins"]["limit-count"] == {"count": 100, "time_window": 60, "rejected_code": 429}
     assert "cors" not in r["plugins"]  # enable: false
-    assert r["upstream"] == {"type": "roundrobin", "nodes": [{"host": "10.244.0.10", "port": 8080, "weight": 90},
-                                                            {"host": "10.244.0.11", "port": 8080, "weight": 90}]}
-    assert up.id == gen_id("default_httpbin-route_0_1")
-    assert up.value["name"] == "default_httpbin-route_0_1"
-    assert up.value["nodes"] == [{"host": "10.244.0.20", "port": 8080, "weight": 10}]
+    # node weights are equal within an upstream; the backend weights are traffic-split's
+    assert upstream(t, r) == {"type": "roundrobin", "nodes": [{"host": "10.244.0.10", "port": 8080, "weight": 100},
+                                                            {"host": "10.244.0.11", "port": 8080, "weight": 100}]}
+    assert up.value["nodes"] == [{"host": "10.244.0.20", "port": 8080, "weight": 100}]
     assert r["plugins"]["traffic-split"] == {"rules": [{"weighted_upstreams": [
         {"weight": 90}, {"upstream_id": up.id, "weight": 10}]}]}
     # object labels kept (the empty one dropped: APISIX label values must be non-empty)
     assert r["labels"]["team"] == "web" and "empty" not in r["labels"]
-    assert up.value["labels"] == r["labels"]
+    assert up.value["labels"]["k8s/kind"] == "Service"
 
 
 def test_ids_stable_and_independent_of_list_order() -> None:
@@ -113,7 +129,7 @@ def test_ids_stable_and_independent_of_list_order() -> None:
     a = translate_apisix_route(objs[0], ClusterState.from_objects(objs[1:]))
     b = translate_apisix_route(copy.deepcopy(objs[0]), ClusterState.from_objects(list(reversed(objs[1:]))))
     assert a.items == b.items
-    assert [i.id for i in a.items] == [gen_id("default_httpbin-route_r1"), gen_id("default_httpbin-route_0_1")]
+    assert [i.id for i in a.items][-1] == gen_id("default_httpbin-route_r1")
 
 
 def test_weight_zero_kept(registry: PluginRegistry) -> None:
@@ -121,7 +137,7 @@ def test_weight_zero_kept(registry: PluginRegistry) -> None:
                                {"serviceName": "unnamed", "servicePort": 5000, "weight": 100}])])
     t = valid(translate_apisix_route(ar, STATE), registry)
     r = routes(t)[0]
-    assert {n["weight"] for n in r["upstream"]["nodes"]} == {0}
+    assert {n["weight"] for n in upstream(t, r)["nodes"]} == {100}   # traffic-split sends it nothing
     assert [w["weight"] for w in r["plugins"]["traffic-split"]["rules"][0]["weighted_upstreams"]] == [0, 100]
 
 
@@ -132,7 +148,7 @@ def test_failed_backend_is_skipped_others_kept(registry: PluginRegistry) -> None
     assert t.messages() == ["ApisixRoute demo/r: /spec/http/0/backends/0: service demo/nope not found; create it or "
                             "fix serviceName"]
     r = routes(t)[0]
-    assert r["upstream"]["nodes"] == [{"host": "10.0.1.1", "port": 5678, "weight": 100}]
+    assert upstream(t, r)["nodes"] == [{"host": "10.0.1.1", "port": 5678, "weight": 100}]
     assert "plugins" not in r
 
 
@@ -301,8 +317,8 @@ def test_authentication_unsupported(typ: str, plugin: str) -> None:
 
 def test_apisix_upstream_applied_with_subset(registry: PluginRegistry) -> None:
     ar = route([rule(backends=[{"serviceName": "web", "servicePort": 80, "subset": "v1"}])])
-    r = routes(valid(translate_apisix_route(ar, STATE), registry))[0]
-    up = r["upstream"]
+    t = valid(translate_apisix_route(ar, STATE), registry)
+    up = upstream(t, routes(t)[0])
     # pods labelled version=v1 (10.0.0.1, 10.0.0.3) and the endpoint without a Pod targetRef
     assert [n["host"] for n in up["nodes"]] == ["10.0.0.1", "10.0.0.3", "10.0.0.5"]
     assert {n["port"] for n in up["nodes"]} == {8080}
@@ -318,8 +334,9 @@ def test_two_subsets_of_one_service_do_not_collide(registry: PluginRegistry) -> 
     ar = route([rule(backends=[{"serviceName": "web", "servicePort": 80, "subset": "v1", "weight": 80},
                                {"serviceName": "web", "servicePort": 80, "subset": "v2", "weight": 20}])])
     t = valid(translate_apisix_route(ar, STATE), registry)
-    assert [n["host"] for n in routes(t)[0]["upstream"]["nodes"]] == ["10.0.0.1", "10.0.0.3", "10.0.0.5"]
-    assert [n["host"] for n in t.of_kind("upstreams")[gen_id("demo_r_0_1")]["nodes"]] == ["10.0.0.2", "10.0.0.5"]
+    assert [n["host"] for n in upstream(t, routes(t)[0])["nodes"]] == ["10.0.0.1", "10.0.0.3", "10.0.0.5"]
+    assert [n["host"] for n in t.of_kind("upstreams")[gen_id("Service_demo_web_80_v2")]["nodes"]] == ["10.0.0.2",
+                                                                                                  "10.0.0.5"]
 
 
 def test_unknown_subset() -> None:
@@ -330,7 +347,7 @@ def test_unknown_subset() -> None:
 
 def test_named_port_and_port_level_settings(registry: PluginRegistry) -> None:
     ar = route([rule(backends=[{"serviceName": "web", "servicePort": "https"}])])
-    up = routes(valid(translate_apisix_route(ar, STATE), registry))[0]["upstream"]
+    up = upstream(t := valid(translate_apisix_route(ar, STATE), registry), routes(t)[0])
     assert {n["port"] for n in up["nodes"]} == {8443}
     assert up["scheme"] == "https" and up["type"] == "roundrobin"
     assert "hash_on" not in up and "key" not in up
@@ -339,7 +356,7 @@ def test_named_port_and_port_level_settings(registry: PluginRegistry) -> None:
 
 def test_resolve_granularity_service_and_headless(registry: PluginRegistry) -> None:
     ar = route([rule(backends=[{"serviceName": "unnamed", "servicePort": 5000, "resolveGranularity": "service"}])])
-    up = routes(valid(translate_apisix_route(ar, STATE), registry))[0]["upstream"]
+    up = upstream(t := valid(translate_apisix_route(ar, STATE), registry), routes(t)[0])
     assert up["nodes"] == [{"host": "10.96.1.2", "port": 5000, "weight": 100}]
     t = translate_apisix_route(route([rule(backends=[{"serviceName": "headless", "servicePort": 80,
                                                       "resolveGranularity": "service"}])]), STATE)
@@ -348,15 +365,15 @@ def test_resolve_granularity_service_and_headless(registry: PluginRegistry) -> N
 
 def test_external_name_service(registry: PluginRegistry) -> None:
     ar = route([rule(backends=[{"serviceName": "ext", "servicePort": 443}])])
-    up = routes(valid(translate_apisix_route(ar, STATE), registry))[0]["upstream"]
+    up = upstream(t := valid(translate_apisix_route(ar, STATE), registry), routes(t)[0])
     assert up == {"type": "roundrobin", "nodes": [{"host": "httpbin.org", "port": 443, "weight": 100}],
                   "scheme": "https"}
 
 
 def test_app_protocol_ws_turns_websocket_on() -> None:
-    r = routes(translate_apisix_route(route([rule(backends=[{"serviceName": "web", "servicePort": "ws"}])]),
-                                      STATE))[0]
-    assert r["enable_websocket"] is True and r["upstream"]["scheme"] == "http"
+    t = translate_apisix_route(route([rule(backends=[{"serviceName": "web", "servicePort": "ws"}])]), STATE)
+    r = routes(t)[0]
+    assert r["enable_websocket"] is True and upstream(t, r)["scheme"] == "http"
     r = routes(translate_apisix_route(route([rule(backends=[{"serviceName": "web", "servicePort": "ws"}],
                                                   websocket=False)]), STATE))[0]
     assert r["enable_websocket"] is False
@@ -376,7 +393,7 @@ def test_upstreams_external_nodes(registry: PluginRegistry) -> None:
 
 def test_upstreams_only_and_missing() -> None:
     t = translate_apisix_route(route([rule(backends=[], upstreams=[{"name": "external-api"}])]), STATE)
-    assert routes(t)[0]["upstream"]["nodes"][0]["host"] == "api.example.com"
+    assert upstream(t, routes(t)[0])["nodes"][0]["host"] == "api.example.com"
     t = translate_apisix_route(route([rule(backends=[], upstreams=[{"name": "nope"}])]), STATE)
     assert t.messages() == ["ApisixRoute demo/r: /spec/http/0/upstreams/0/name: ApisixUpstream demo/nope not found"]
 
@@ -385,7 +402,7 @@ def test_discovery_backend_needs_no_service(registry: PluginRegistry) -> None:
     t = valid(translate_apisix_route(route([rule(backends=[{"serviceName": "registry", "servicePort": 80}])]),
                                      STATE), registry)
     assert t.ok
-    assert routes(t)[0]["upstream"] == {"type": "roundrobin", "service_name": "a6-demo", "discovery_type": "nacos",
+    assert upstream(t, routes(t)[0]) == {"type": "roundrobin", "service_name": "a6-demo", "discovery_type": "nacos",
                                         "discovery_args": {"namespace_id": "public", "group_name": "DEFAULT_GROUP"}}
 
 
@@ -430,3 +447,18 @@ def test_v2beta3_same_fields_and_long_names(registry: PluginRegistry) -> None:
     r = routes(t)[0]
     full = f"demo_{'n' * 60}_{long}"
     assert r["id"] == gen_id(full) and len(r["name"]) == 256 and r["name"].endswith(gen_id(full))
+
+
+def test_routes_to_one_service_port_share_its_upstream(registry: PluginRegistry) -> None:
+    a = valid(translate_apisix_route(route([rule()], name="a"), STATE), registry)
+    b = valid(translate_apisix_route(route([rule(match={"paths": ["/b"]})], name="b", ns="demo"), STATE), registry)
+    (ua,), (ub,) = a.of_kind("upstreams").items(), b.of_kind("upstreams").items()
+    assert ua == ub and ua[0] == gen_id("Service_demo_web_80")
+    assert routes(a)[0]["upstream_id"] == routes(b)[0]["upstream_id"] == ua[0]
+    # what decides the nodes decides the upstream: granularity and a lone zero weight
+    c = translate_apisix_route(route([rule(backends=[{"serviceName": "web", "servicePort": 80,
+                                                      "resolveGranularity": "service"}])], name="c"), STATE)
+    d = translate_apisix_route(route([rule(backends=[{"serviceName": "web", "servicePort": 80, "weight": 0}])],
+                                     name="d"), STATE)
+    assert list(c.of_kind("upstreams")) == [gen_id("Service_demo_web_80_service")]
+    assert list(d.of_kind("upstreams")) == [gen_id("Service_demo_web_80_w0")]

@@ -11,9 +11,12 @@ Each ``http[]`` rule ``i`` becomes one route ``<ns>_<name>_<rule>``:
 * plugins, in increasing precedence: the referenced ApisixPluginConfig's (v2 inlines them,
   AIC ``loadPluginConfigPlugins``), the rule's own ``plugins[]``, the ``authentication``
   plugin;
-* ``backends[]`` and ``upstreams[]`` (ApisixUpstreams with ``externalNodes``): the first
-  upstream that resolves is the route's inline ``upstream``; every further one is an APISIX
-  upstream ``<ns>_<name>_<i>_<j>`` and the route gets ``traffic-split`` with one rule whose
+* ``backends[]``: each Service backend is the upstream shared by every route reaching that
+  Service port (``backends.service_upstream``: ``Service_<ns>_<svc>_<port>``), so an
+  EndpointSlice change is one node-only write however many routes use the Service;
+  ``upstreams[]`` (ApisixUpstreams with ``externalNodes``) are upstreams of the rule
+  (``<ns>_<name>_<i>_<j>``).  The first upstream that resolves is the route's
+  ``upstream_id``; with more than one, the route gets ``traffic-split`` with one rule whose
   ``weighted_upstreams`` are ``[{weight: w0}, {upstream_id, weight: wj}...]`` (AIC
   ``buildUpstream``; weight 0 kept, default 100).
 
@@ -32,13 +35,15 @@ problem is reported in :attr:`Translation.errors`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from ...errors import ConfigError
 from ...router import compile_expr
 from .apisixupstream import external_upstream, timeout_of, upstream_fields, subsets_of
 from .common import ClusterState, Item, Translation, TranslateError, build_plugins, object_ref
-from .endpoints import Backend, BackendError, find_service_port, resolve_backend
+from .backends import service_upstream
+from .endpoints import DEFAULT_WEIGHT, Backend, BackendError, find_service_port, resolve_backend
 from .naming import (DEFAULT_CONTROLLER_NAME, DESC, fit_name, gen_id, labels as owner_labels, route_name,
                      stream_route_name, upstream_name)
 
@@ -261,15 +266,13 @@ class _Ctx:
 
         extra: list[Item] = []
         if ups:
-            first_weight, first = ups[0][1], ups[0][2]
-            route["upstream"] = first
+            for up, _ in ups:
+                if up not in extra:
+                    extra.append(up)
+            route["upstream_id"] = ups[0][0].id
             if len(ups) > 1:
-                weighted: list[dict[str, Any]] = [{"weight": first_weight}]
-                for uname, weight, value in ups[1:]:
-                    uid = gen_id(uname)
-                    extra.append(Item("upstreams", uid, {"id": uid, "name": fit_name(uname), "desc": DESC,
-                                                         "labels": dict(self.own), **value}))
-                    weighted.append({"upstream_id": uid, "weight": weight})
+                weighted: list[dict[str, Any]] = [{"weight": ups[0][1]}]
+                weighted += [{"upstream_id": up.id, "weight": weight} for up, weight in ups[1:]]
                 if "traffic-split" in plugins:
                     self.warnings.append(f"{ptr}: the rule's own traffic-split plugin is kept; the weights of "
                                          "backends/upstreams are not applied")
@@ -282,13 +285,13 @@ class _Ctx:
                                                  "plugins")
         if plugins:
             route["plugins"] = plugins
+        self.items.extend(extra)     # the upstreams first: the route refers to them
         self.items.append(Item("routes", route["id"], _ordered(route)))
-        self.items.extend(extra)
 
-    def http_upstreams(self, i: int, rule: Obj, ptr: str) -> tuple[list[tuple[str, int, dict[str, Any]]], bool]:
-        """``[(upstream name, traffic-split weight, upstream fields)]`` of the backends and
-        upstreams that resolve (errors recorded), and whether appProtocol asks for websockets."""
-        out: list[tuple[str, int, dict[str, Any]]] = []
+    def http_upstreams(self, i: int, rule: Obj, ptr: str) -> tuple[list[tuple[Item, int]], bool]:
+        """``[(upstream item, traffic-split weight)]`` of the backends and upstreams that
+        resolve (errors recorded), and whether appProtocol asks for websockets."""
+        out: list[tuple[Item, int]] = []
         websocket = False
         backends = rule.get("backends")
         if backends is None and isinstance(rule.get("backend"), Mapping):
@@ -301,7 +304,11 @@ class _Ctx:
                 if not isinstance(spec, Mapping):
                     raise BackendError("expected an object {serviceName, servicePort, ...}")
                 b = Backend.from_spec(spec)
-                value, ws = self.backend_upstream(b, stream=False)
+                # the node weight is the backend's only where it matters: one backend of weight 0
+                node_weight = b.weight if len(backends or ()) == 1 and b.weight == 0 else DEFAULT_WEIGHT
+                item, ws = service_upstream(self.ns, replace(b, weight=node_weight), self.state,
+                                            controller_name=self.own.get("k8s/controller-name",
+                                                                         DEFAULT_CONTROLLER_NAME))
             except BackendError as e:
                 self.error(bptr, e.message)
                 continue
@@ -309,7 +316,7 @@ class _Ctx:
                 self.error(bptr, f"ApisixUpstream {self.ns}/{spec.get('serviceName')}: {e.pointer}: {e.message}")
                 continue
             websocket = websocket or ws
-            out.append((upstream_name(self.ns, self.name, i, j), b.weight, value))
+            out.append((item, b.weight))
         n_backends = len(backends or ())
         for k, ref in enumerate(rule.get("upstreams") or ()):
             uptr = f"{ptr}/upstreams/{k}"
@@ -331,7 +338,10 @@ class _Ctx:
             except ConfigError as e:
                 self.error(uptr, f"ApisixUpstream {self.ns}/{ref['name']}: {e.pointer}: {e.message}")
                 continue
-            out.append((upstream_name(self.ns, self.name, i, n_backends + k), weight, value))
+            uname = upstream_name(self.ns, self.name, i, n_backends + k)
+            uid = gen_id(uname)
+            out.append((Item("upstreams", uid, {"id": uid, "name": fit_name(uname), "desc": DESC,
+                                                "labels": dict(self.own), **value}), weight))
         return out, websocket
 
     def backend_upstream(self, b: Backend, *, stream: bool) -> tuple[dict[str, Any], bool]:
@@ -394,7 +404,7 @@ class _Ctx:
 
 
 _ORDER = ("id", "name", "desc", "labels", "uris", "hosts", "methods", "remote_addrs", "vars", "priority",
-          "timeout", "enable_websocket", "plugins", "upstream")
+          "timeout", "enable_websocket", "plugins", "upstream", "upstream_id")
 
 
 def _ordered(route: dict[str, Any]) -> dict[str, Any]:
