@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from .. import __version__
 from .ads import AdsSession, AdsState, AdsStats, Applier, Request
 
-__all__ = ["XdsClient", "make_node", "node_metadata_struct", "KEEPALIVE_OPTIONS"]
+__all__ = ["XdsClient", "make_node", "node_metadata_struct", "KEEPALIVE_OPTIONS", "full_jitter"]
 
 log = logging.getLogger("meshgate.xds.client")
 
@@ -183,6 +183,14 @@ def make_node(node_id: str, metadata: Mapping[str, Any], cluster: str = "", *,
 # --- the client ----------------------------------------------------------------------------------
 
 
+def full_jitter(rng: random.Random, base: float, cap: float, failures: int) -> float:
+    """The delay before reconnect attempt ``failures + 1``: exponential backoff with full
+    jitter, floored at a tenth of the base so that a refusing server is never hammered in a
+    tight loop."""
+    top = min(cap, base * (2 ** min(failures, 30)))
+    return max(base / 10, rng.uniform(0, top))
+
+
 class XdsClient:
     """One ADS stream kept alive against ``target`` (``host:port``) until ``stop()``."""
 
@@ -302,10 +310,7 @@ class XdsClient:
                 log.warning("xDS client did not stop within %.1fs", timeout)
 
     def _backoff(self, failures: int) -> float:
-        """Exponential backoff with full jitter, floored at a tenth of the base so that a
-        refusing server is never hammered in a tight loop."""
-        cap = min(self.backoff_max, self.backoff_base * (2 ** min(failures, 30)))
-        return max(self.backoff_base / 10, self._rng.uniform(0, cap))
+        return full_jitter(self._rng, self.backoff_base, self.backoff_max, failures)
 
     async def _close(self) -> None:
         call, channel = self._call, self._channel
