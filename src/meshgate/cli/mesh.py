@@ -21,7 +21,10 @@ from typing import Any, Mapping
 from ..admin.httpserver import ApiRequest, ApiServer, json_response
 from ..config import Change, ConfigStore, load_node_config
 from ..proxy.supervisor import MetricsExport, Supervisor
+from ..errors import ConfigError
+from ..xds.ads import XdsRejected
 from ..xds.client import XdsClient, make_node
+from ..xds.extconfig import ExtConfigClient, parse_address
 from ..xds.dump import config_dump
 from ..xds.state import MeshState, ModelChange
 from .gateway import GatewayError, proxy_settings
@@ -64,6 +67,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: PROXY_CONFIG "
                                                              "concurrency, else 2)")
     p.add_argument("-c", "--config", help="node config (config.yaml) for timeouts and plugins (optional)")
+    p.add_argument("--plugins-address",
+                   help="the mesh controller's plugin stream (HOST:PORT or unix:/path; default "
+                        "$MESHGATE_PLUGINS_ADDRESS, else none): the AmeshPluginConfig plugins of this pod, run on "
+                        "every route")
     # what Istio's injector passes to istio-proxy: `proxy sidecar --domain ns.svc.cluster.local ...`
     p.add_argument("istio_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
@@ -186,25 +193,65 @@ def mesh_identity(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str,
         host, _, port = xds.rpartition(":")
         if not host or not port.isdigit():
             raise MeshError(f"--xds-address {xds!r}: expected HOST:PORT or unix:/path")
+    plugins_address = getattr(args, "plugins_address", None) or env.get("MESHGATE_PLUGINS_ADDRESS") or None
+    if plugins_address:
+        try:
+            parse_address(plugins_address)
+        except ValueError as e:
+            raise MeshError(f"--plugins-address: {e}") from None
     delta = args.delta if args.delta is not None else boot.get("delta")
     if delta is None:
         delta = env.get("ISTIO_DELTA_XDS", "true").lower() != "false"
     concurrency = (md.get("PROXY_CONFIG") or {}).get("concurrency") if isinstance(md.get("PROXY_CONFIG"), dict) \
         else None
     return {"node_id": node_id, "metadata": md, "cluster": boot.get("cluster", ""), "xds": xds,
+            "plugins_address": plugins_address,
             "delta": bool(delta), "admin_port": args.admin_port or boot.get("admin_port") or 15000,
             "status_port": args.status_port or 15021, "stats_port": args.stats_port,
             "workers": args.workers or (int(concurrency) if concurrency else 2)}
 
 
+class MeshPlugins:
+    """The mesh controller's plugin set for this pod (``meshgate.xds.extconfig``): every
+    plugin checked against this sidecar's plugins and schemas before the ACK (a bad set is
+    NACKed and the last good one keeps running), then one ``mesh_plugins`` change for the
+    workers, which merge it into every route."""
+
+    def __init__(self, store: ConfigStore, sup: Supervisor) -> None:
+        self.store, self.sup = store, sup
+        self.state: dict[str, Any] = {}
+
+    def apply(self, state: dict[str, Any], version: str) -> None:
+        plugins = state.get("plugins") or {}
+        if not isinstance(plugins, dict):
+            raise XdsRejected(f"plugins: expected an object, got {type(plugins).__name__}")
+        for name, conf in plugins.items():
+            try:
+                self.sup.plugins.validate(name, conf, pointer=f"/plugins/{name}", kind="mesh_plugins", id="amesh")
+            except ConfigError as e:
+                raise XdsRejected(f"{_sources(state)}: {e}") from None
+        value = {"id": "amesh", "plugins": plugins, "sources": state.get("sources") or [], "version": version}
+        self.store.apply([Change("mesh_plugins", "amesh", value if plugins else None)])
+        self.state = state
+        log.warning("mesh plugins %s applied: %s", version, ", ".join(sorted(plugins)) or "none")
+
+
+def _sources(state: Mapping[str, Any]) -> str:
+    src = [f"{s.get('namespace')}/{s.get('name')}" for s in state.get("sources") or () if isinstance(s, Mapping)]
+    return "AmeshPluginConfig " + ", ".join(src) if src else "plugin set"
+
+
 class MeshAdmin:
     """Envoy-like admin (15000) and Istio's status port (15021)."""
 
-    def __init__(self, client: XdsClient, state: MeshState, node: Any, sup: Supervisor) -> None:
+    def __init__(self, client: XdsClient, state: MeshState, node: Any, sup: Supervisor,
+                 plugins: ExtConfigClient | None = None, plugin_set: MeshPlugins | None = None) -> None:
         self.client = client
         self.state = state
         self.node = node
         self.sup = sup
+        self.plugins = plugins
+        self.plugin_set = plugin_set
 
     def _versions(self) -> tuple[dict[str, str], dict[str, str]]:
         st = self.client.stats.types
@@ -228,6 +275,12 @@ class MeshAdmin:
             return json_response(200, {**self.client.status(), "resources": self.state.counts(),
                                        "config_version": snap.version if snap is not None else 0,
                                        "workers": self.sup.worker_versions()})
+        if req.path == "/plugins":
+            if self.plugins is None or self.plugin_set is None:
+                return json_response(200, {"enabled": False})
+            return json_response(200, {"enabled": True, **self.plugins.status(),
+                                       "plugins": self.plugin_set.state.get("plugins") or {},
+                                       "sources": self.plugin_set.state.get("sources") or []})
         if req.path == "/server_info":
             return json_response(200, {"version": "meshgate", "state": "LIVE" if self.client.ready else
                                        "PRE_INITIALIZING", "node": {"id": getattr(self.client.node, "id", "")}})
@@ -275,7 +328,9 @@ async def run_mesh(args: argparse.Namespace, *, log_level: str = "WARNING",
     state = MeshState(on_change=on_change)
     node = make_node(ident["node_id"], ident["metadata"], ident["cluster"])
     client = XdsClient(ident["xds"], node, state, delta=ident["delta"])
-    admin = MeshAdmin(client, state, node, sup)
+    plugin_set = MeshPlugins(store, sup) if ident["plugins_address"] else None
+    plugins = ExtConfigClient(ident["plugins_address"], node, plugin_set.apply) if plugin_set is not None else None
+    admin = MeshAdmin(client, state, node, sup, plugins, plugin_set)
     servers: list[ApiServer] = []
     try:
         a = ApiServer(admin.admin)
@@ -290,9 +345,11 @@ async def run_mesh(args: argparse.Namespace, *, log_level: str = "WARNING",
         await sup.stop()
         raise MeshError(f"cannot listen on the admin/status ports: {e.strerror}") from None
     task = asyncio.get_running_loop().create_task(client.run())
-    log.warning("meshgate mesh: node %s, %s xDS from %s; admin %s:%d, status %s:%d, %d worker(s)",
+    ptask = asyncio.get_running_loop().create_task(plugins.run()) if plugins is not None else None
+    log.warning("meshgate mesh: node %s, %s xDS from %s; admin %s:%d, status %s:%d, %d worker(s)%s",
                 ident["node_id"], "delta" if ident["delta"] else "SotW", ident["xds"], args.admin_address,
-                ident["admin_port"], args.status_address, ident["status_port"], sup.nworkers)
+                ident["admin_port"], args.status_address, ident["status_port"], sup.nworkers,
+                f"; plugins from {ident['plugins_address']}" if plugins is not None else "")
     loop = asyncio.get_running_loop()
     stop = stop_event or asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -301,6 +358,9 @@ async def run_mesh(args: argparse.Namespace, *, log_level: str = "WARNING",
     log.warning("meshgate mesh: draining (grace %.0fs)", sup.grace)
     await client.stop()
     task.cancel()
+    if plugins is not None and ptask is not None:
+        await plugins.stop()
+        ptask.cancel()
     for srv in servers:
         await srv.close()
     await sup.stop()

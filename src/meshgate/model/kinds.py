@@ -40,8 +40,8 @@ KINDS: dict[str, Kind] = {
 
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 
-# Kinds only the mesh data plane's xDS source produces (``meshgate mesh``): the listeners
-# and route tables translated from LDS / RDS.  Clusters become ``upstreams``.  They live in
+# Kinds only the mesh data plane's xDS sources produce (``meshgate mesh``): the listeners
+# and route tables translated from LDS / RDS, and the plugin set of the mesh controller.  Clusters become ``upstreams``.  They live in
 # the same Snapshot (one model, one fan-out to workers) but are not APISIX objects: no
 # Admin API path, no standalone-file key, no etcd directory.
 MESH_KINDS: dict[str, Kind] = {
@@ -49,6 +49,9 @@ MESH_KINDS: dict[str, Kind] = {
     for k in (
         Kind("listeners", key_field="name", singular="listener", methods=()),
         Kind("route_configs", key_field="name", singular="route config", methods=()),
+        # the plugins the mesh controller delivers to this sidecar (AmeshPluginConfig),
+        # merged into every route of every table
+        Kind("mesh_plugins", key_field="id", singular="mesh plugin set", methods=()),
     )
 }
 

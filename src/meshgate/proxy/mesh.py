@@ -866,7 +866,8 @@ def _chain(lname: str, i: int, conf: Mapping[str, Any], handles: dict[str, Chain
 
 
 def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: int,
-                   http: Mapping[str, Any] | None, stats: StatsConf | None = None) -> TableView:
+                   http: Mapping[str, Any] | None, stats: StatsConf | None = None,
+                   plugins: PluginChain | None = None) -> TableView:
     routes: dict[str, RouteRuntime] = {}
     vhosts: list[tuple[Sequence[str], _VHost]] = []
     cfg_headers = table.get("headers")
@@ -920,7 +921,7 @@ def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: 
                 phases["header_filter"] = ((response_hook, b, None, None, "xds-route"),)
             if stats is not None:
                 phases["log"] = ((stats_hook, stats, None, None, "istio.stats"),)
-            rr.chain = PluginChain(phases, ("xds-route",))
+            rr.chain = _with_plugins(PluginChain(phases, ("xds-route",)), plugins)
             routes[rid] = rr
             v.routes.append((MeshRoute(rid, r["match"]), rr))
         vhosts.append((vh["domains"], v))
@@ -929,6 +930,35 @@ def _compile_table(name: str, table: Mapping[str, Any], base: Runtime, version: 
                  upstreams=upstreams, plugins=base.plugins, plugins_generation=base.plugins_generation)
     rt.mesh = True
     return TableView(name, rt)
+
+
+def _with_plugins(route: PluginChain, extra: PluginChain | None) -> PluginChain:
+    """The route's own hooks, then the mesh controller's plugins, phase by phase: Envoy's
+    route semantics decide first (a direct response, redirect or fault answers before them),
+    the plugins then run as on a gateway route (their priority order)."""
+    if extra is None:
+        return route
+    phases = dict(route.phases)
+    for ph, hooks in extra.phases.items():
+        phases[ph] = phases.get(ph, ()) + hooks
+    return PluginChain(phases, route.names + extra.names, dict(extra.entries))
+
+
+def mesh_plugins_chain(snapshot: Snapshot, base: Runtime) -> PluginChain | None:
+    """The chain of the ``mesh_plugins`` set (the mesh controller's AmeshPluginConfigs for
+    this pod): validated by the sidecar before it ACKed, so a failure here is logged and the
+    routes run without it."""
+    plugins: dict[str, Any] = {}
+    for _, res in sorted(snapshot.items("mesh_plugins").items()):
+        plugins.update(res.value.get("plugins") or {})
+    if not plugins or base.plugins is None:
+        return None
+    try:
+        return base.plugins.compile_chain(plugins, pointer="/plugins", kind="mesh_plugins", id="amesh",
+                                          owner="mesh_plugins:amesh")
+    except Exception:
+        log.exception("the mesh controller's plugins were not compiled")
+        return None
 
 
 def _route_timeouts(up: UpstreamRuntime | None, pol: MeshPolicy) -> Timeouts:
@@ -950,6 +980,7 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
     errors: list[str] = []
     tables: dict[str, TableView] = {}
     rds = snapshot.items("route_configs")
+    amesh = mesh_plugins_chain(snapshot, base)
     listeners: dict[str, MeshListener] = {}
     by_addr: dict[tuple[str, int], MeshListener] = {}
     by_port: dict[int, MeshListener] = {}
@@ -974,10 +1005,10 @@ def compile_mesh(snapshot: Snapshot, base: Runtime, previous: MeshConfig | None 
                         t = rds.get(tname)
                         table = t.value if t is not None else {"name": tname, "virtual_hosts": [],
                                                                "ignore_port": False, "headers": None}
-                        view = tables[tkey] = _compile_table(tname, table, base, version, http, stats)
+                        view = tables[tkey] = _compile_table(tname, table, base, version, http, stats, amesh)
                 else:
                     view = _compile_table(f"{lname}/{ch.index}", http["routes"], base, version, http,
-                                          stats_in if lc.get("direction") == "INBOUND" else stats)
+                                          stats_in if lc.get("direction") == "INBOUND" else stats, amesh)
                 ch.handle.view = view
             ml = MeshListener(name=lname, conf=lc, address=lc["address"], port=int(lc["port"]),
                               bind=bool(lc["bind_to_port"]), use_original_dst=bool(lc["use_original_dst"]),
