@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     from .ingress_controller import add_parser as add_ingress_controller_parser
 
     add_ingress_controller_parser(sub)
+    from .mesh_controller import add_parser as add_mesh_controller_parser
+
+    add_mesh_controller_parser(sub)
     sub.add_parser("version", help="print the version")
     return ap
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from .ingress_controller import run as run_ingress_controller
 
         return run_ingress_controller(args)
+    if args.cmd == "mesh-controller":
+        from .mesh_controller import run as run_mesh_controller
+
+        return run_mesh_controller(args)
     from ..config import NodeConfigErrors
     from .gateway import GatewayError, resolve_node_config, run_gateway
 

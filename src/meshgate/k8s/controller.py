@@ -53,7 +53,8 @@ from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, chec
 from .translate.naming import MANAGED_BY
 
 __all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
-           "format_plan", "owned", "class_matches", "accepted_condition", "merge_conditions", "conditions_equal",
+           "format_plan", "owned", "class_matches", "accepted_condition", "make_condition", "merge_conditions",
+           "conditions_equal",
            "MANAGED_KINDS"]
 
 log = logging.getLogger("meshgate.k8s.controller")
@@ -166,20 +167,26 @@ def _now() -> str:
 def accepted_condition(*, generation: int, errors: Sequence[str], sync_error: str | None = None,
                        previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
     """The ``Accepted`` condition: ``InvalidSpec`` when the translation has errors, else
-    ``SyncFailed`` when the gateway refused or could not be reached, else ``Accepted``.
-    ``lastTransitionTime`` is the previous one unless the status flips."""
+    ``SyncFailed`` when the gateway refused or could not be reached, else ``Accepted``."""
     if errors:
         status, reason, message = "False", "InvalidSpec", "; ".join(errors)
     elif sync_error:
         status, reason, message = "False", "SyncFailed", sync_error
     else:
         status, reason, message = "True", "Accepted", "the object is synced to the gateway"
+    return make_condition("Accepted", status, reason, message, generation=generation, previous=previous, now=now)
+
+
+def make_condition(type_: str, status: str, reason: str, message: str, *, generation: int,
+                   previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
+    """A metav1.Condition; the message is truncated to what users read (AIC #2783) and
+    ``lastTransitionTime`` is the previous one of that type unless the status flips."""
     if len(message) > _MAX_MESSAGE:
         message = message[:_MAX_MESSAGE - 20] + " ... (truncated)"
-    prev = next((c for c in previous or () if isinstance(c, Mapping) and c.get("type") == "Accepted"), None)
+    prev = next((c for c in previous or () if isinstance(c, Mapping) and c.get("type") == type_), None)
     ltt = str(prev["lastTransitionTime"]) if prev is not None and prev.get("status") == status and \
         prev.get("lastTransitionTime") else (now or _now())
-    return {"type": "Accepted", "status": status, "reason": reason, "message": message,
+    return {"type": type_, "status": status, "reason": reason, "message": message,
             "observedGeneration": int(generation), "lastTransitionTime": ltt}
 
 
