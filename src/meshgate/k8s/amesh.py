@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from .translate.common import check_selector, selector_matches
 
 __all__ = ["AmeshConfig", "parse_config", "selector_matches", "check_selector", "pod_state", "EXT_PLUGIN_TYPES"]
 
 Obj = Mapping[str, Any]
 EXT_PLUGIN_TYPES = {"pre-req": "ext-plugin-pre-req", "post-req": "ext-plugin-post-req"}
-_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,55 +61,6 @@ class AmeshConfig:
 
     def source(self) -> dict[str, Any]:
         return {"namespace": self.namespace, "name": self.name, "generation": self.generation}
-
-
-def check_selector(sel: object, pointer: str = "/spec/selector") -> list[str]:
-    """The problems of a LabelSelector (empty list: valid)."""
-    if sel is None:
-        return []
-    if not isinstance(sel, Mapping):
-        return [f"{pointer}: expected an object {{matchLabels, matchExpressions}}"]
-    out = []
-    ml = sel.get("matchLabels")
-    if ml is not None and (not isinstance(ml, Mapping) or not all(isinstance(v, str) for v in ml.values())):
-        out.append(f"{pointer}/matchLabels: expected a map of label names to string values")
-    for i, e in enumerate(sel.get("matchExpressions") or ()):
-        p = f"{pointer}/matchExpressions/{i}"
-        if not isinstance(e, Mapping) or not isinstance(e.get("key"), str) or not e.get("key"):
-            out.append(f"{p}: expected {{key, operator, values}}")
-            continue
-        op, values = e.get("operator"), e.get("values") or []
-        if op not in _OPERATORS:
-            out.append(f"{p}/operator: expected one of {', '.join(_OPERATORS)}, got {op!r}")
-        elif op in ("In", "NotIn") and not values:
-            out.append(f"{p}/values: operator {op} needs at least one value")
-        elif op in ("Exists", "DoesNotExist") and values:
-            out.append(f"{p}/values: operator {op} takes no values")
-    return out
-
-
-def selector_matches(sel: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Kubernetes LabelSelector semantics (every requirement must hold; empty selects all).
-    An invalid selector (see :func:`check_selector`) matches nothing."""
-    if not sel:
-        return True
-    if check_selector(sel):
-        return False
-    for k, v in (sel.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for e in sel.get("matchExpressions") or ():
-        key, op, values = e["key"], e["operator"], list(e.get("values") or ())
-        has = key in labels
-        if op == "In" and not (has and labels[key] in values):
-            return False
-        if op == "NotIn" and has and labels[key] in values:
-            return False
-        if op == "Exists" and not has:
-            return False
-        if op == "DoesNotExist" and has:
-            return False
-    return True
 
 
 def parse_config(obj: Obj, registry: Any) -> AmeshConfig:

@@ -33,7 +33,6 @@ Theory of operation (ingress-controller.md sections 5-8, 10):
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -50,6 +49,7 @@ from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, chec
                         ingress_class_matches, ingress_service_refs, translate_apisix_consumer,
                         translate_apisix_plugin_config, translate_apisix_route, translate_apisix_tls,
                         translate_ingress, validate_translation)
+from .translate.common import make_condition
 from .translate.naming import MANAGED_BY
 
 __all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
@@ -70,7 +70,6 @@ _APPLY_ORDER = {k: i for i, k in enumerate(MANAGED_KINDS)}           # reference
 _DELETE_ORDER = {k: i for i, k in enumerate(reversed(MANAGED_KINDS))}  # referencing objects first
 _SERVER_FIELDS = ("create_time", "update_time")
 _WRITE_ONLY = {"ssls": ("key", "keys")}  # never shown by GET: compared through what we wrote
-_MAX_MESSAGE = 8192  # status messages (the CRD allows 32768; AIC #2783)
 
 
 # --- pure logic ---------------------------------------------------------------------------
@@ -160,10 +159,6 @@ def format_plan(changes: Sequence[Change]) -> str:
                      [f"{counts['create']} to create, {counts['update']} to update, {counts['delete']} to delete"])
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def accepted_condition(*, generation: int, errors: Sequence[str], sync_error: str | None = None,
                        previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
     """The ``Accepted`` condition: ``InvalidSpec`` when the translation has errors, else
@@ -175,19 +170,6 @@ def accepted_condition(*, generation: int, errors: Sequence[str], sync_error: st
     else:
         status, reason, message = "True", "Accepted", "the object is synced to the gateway"
     return make_condition("Accepted", status, reason, message, generation=generation, previous=previous, now=now)
-
-
-def make_condition(type_: str, status: str, reason: str, message: str, *, generation: int,
-                   previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
-    """A metav1.Condition; the message is truncated to what users read (AIC #2783) and
-    ``lastTransitionTime`` is the previous one of that type unless the status flips."""
-    if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE - 20] + " ... (truncated)"
-    prev = next((c for c in previous or () if isinstance(c, Mapping) and c.get("type") == type_), None)
-    ltt = str(prev["lastTransitionTime"]) if prev is not None and prev.get("status") == status and \
-        prev.get("lastTransitionTime") else (now or _now())
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "observedGeneration": int(generation), "lastTransitionTime": ltt}
 
 
 def conditions_equal(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:

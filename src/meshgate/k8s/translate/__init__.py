@@ -15,6 +15,9 @@ from .apisixtls import translate_apisix_tls
 from .apisixupstream import check_apisix_upstream, external_upstream, upstream_fields
 from .common import ClusterState, Item, Translation, TranslateError, parse_duration, validate_translation
 from .ingress import ingress_class_matches, ingress_service_refs, is_canary, translate_ingress
+from .gatewayapi import (Attachment, ParentResult, RefError, gateway_class_accepted, gateway_class_status,
+                         gateway_status, http_route_gateway_refs, http_route_parents, http_route_priority,
+                         http_route_service_refs, http_route_status, translate_gateway, translate_http_route)
 from .endpoints import Backend, BackendError, Resolved, find_service_port, resolve_backend
 from .naming import DEFAULT_CONTROLLER_NAME, DESC, gen_id, labels
 
@@ -43,6 +46,19 @@ __all__ = [
     "ingress_class_matches",
     "ingress_service_refs",
     "is_canary",
+    "translate_gateway",
+    "gateway_status",
+    "gateway_class_accepted",
+    "gateway_class_status",
+    "translate_http_route",
+    "http_route_parents",
+    "http_route_status",
+    "http_route_service_refs",
+    "http_route_gateway_refs",
+    "http_route_priority",
+    "Attachment",
+    "ParentResult",
+    "RefError",
     "validate_translation",
     "parse_duration",
     "gen_id",

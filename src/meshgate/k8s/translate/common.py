@@ -35,6 +35,10 @@ __all__ = [
     "plugin_conf",
     "insert_dotted",
     "validate_translation",
+    "make_condition",
+    "check_selector",
+    "selector_matches",
+    "now_rfc3339",
 ]
 
 Obj = Mapping[str, Any]
@@ -105,6 +109,7 @@ def object_ref(obj: Obj) -> tuple[str, str, str]:
 # --- inputs -------------------------------------------------------------------------------
 
 _SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+_GATEWAY_API = "gateway.networking.k8s.io/"
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,10 @@ class ClusterState:
     EndpointSlices are keyed by ``(namespace, <kubernetes.io/service-name label>)``
     (ingress-controller.md section 5) and kept sorted by name so that the output does not
     depend on list order.
+
+    Gateway API objects (``gateway.networking.k8s.io``): Gateways and ReferenceGrants by
+    ``(namespace, name)``; the cluster-scoped GatewayClasses and Namespaces (read for
+    ``allowedRoutes.namespaces.selector``) by ``("", name)``.
     """
 
     services: Mapping[Key, Obj] = field(default_factory=dict)
@@ -122,6 +131,10 @@ class ClusterState:
     secrets: Mapping[Key, Obj] = field(default_factory=dict)
     apisix_upstreams: Mapping[Key, Obj] = field(default_factory=dict)
     apisix_plugin_configs: Mapping[Key, Obj] = field(default_factory=dict)
+    gateways: Mapping[Key, Obj] = field(default_factory=dict)
+    gateway_classes: Mapping[Key, Obj] = field(default_factory=dict)
+    reference_grants: Mapping[Key, Obj] = field(default_factory=dict)
+    namespaces: Mapping[Key, Obj] = field(default_factory=dict)
 
     @classmethod
     def from_objects(cls, objects: Iterable[Obj]) -> ClusterState:
@@ -132,10 +145,24 @@ class ClusterState:
         secrets: dict[Key, Obj] = {}
         aus: dict[Key, Obj] = {}
         apcs: dict[Key, Obj] = {}
+        gws: dict[Key, Obj] = {}
+        gcs: dict[Key, Obj] = {}
+        grants: dict[Key, Obj] = {}
+        nss: dict[Key, Obj] = {}
         for o in objects:
             if not isinstance(o, Mapping):
                 continue
             kind, ns, name = object_ref(o)
+            if str(o.get("apiVersion") or "").startswith(_GATEWAY_API):
+                gtable = {"Gateway": gws, "ReferenceGrant": grants}.get(kind)
+                if gtable is not None:
+                    gtable[(ns, name)] = o
+                elif kind == "GatewayClass":
+                    gcs[("", name)] = o
+                continue
+            if kind == "Namespace":
+                nss[("", name)] = o
+                continue
             if kind == "EndpointSlice":
                 meta = o.get("metadata") or {}
                 svc = (meta.get("labels") or {}).get(_SERVICE_NAME_LABEL)
@@ -148,7 +175,8 @@ class ClusterState:
                 table[(ns, name)] = o
         for k in slices:
             slices[k].sort(key=lambda s: str((s.get("metadata") or {}).get("name") or ""))
-        return cls(services, slices, pods, secrets, aus, apcs)
+        return cls(services, slices, pods, secrets, aus, apcs, gateways=gws, gateway_classes=gcs,
+                   reference_grants=grants, namespaces=nss)
 
     def service(self, namespace: str, name: str) -> Obj | None:
         return self.services.get((namespace, name))
@@ -164,6 +192,15 @@ class ClusterState:
 
     def plugin_config(self, namespace: str, name: str) -> Obj | None:
         return self.apisix_plugin_configs.get((namespace, name))
+
+    def gateway(self, namespace: str, name: str) -> Obj | None:
+        return self.gateways.get((namespace, name))
+
+    def gateway_class(self, name: str) -> Obj | None:
+        return self.gateway_classes.get(("", name))
+
+    def namespace(self, name: str) -> Obj | None:
+        return self.namespaces.get(("", name))
 
 
 # --- Secrets ------------------------------------------------------------------------------
@@ -360,3 +397,77 @@ def _plugin_problems(value: Mapping[str, Any], registry: Any, *, kind: str, id: 
 def _singular(kind: str) -> str:
     return {"routes": "route", "upstreams": "upstream", "stream_routes": "stream route", "ssls": "ssl",
             "consumers": "consumer", "plugin_configs": "plugin config", "global_rules": "global rule"}.get(kind, kind)
+
+
+# --- status conditions and label selectors (shared by every controller) ---------------------
+
+MAX_CONDITION_MESSAGE = 8192  # what users read (the CRDs allow 32768; AIC #2783)
+
+
+def now_rfc3339() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_condition(type_: str, status: str, reason: str, message: str, *, generation: int,
+                   previous: Sequence[Mapping[str, Any]] | None = None, now: str | None = None) -> dict[str, Any]:
+    """A metav1.Condition; the message is truncated to :data:`MAX_CONDITION_MESSAGE` and
+    ``lastTransitionTime`` is the previous one of that type unless the status flips."""
+    if len(message) > MAX_CONDITION_MESSAGE:
+        message = message[:MAX_CONDITION_MESSAGE - 20] + " ... (truncated)"
+    prev = next((c for c in previous or () if isinstance(c, Mapping) and c.get("type") == type_), None)
+    ltt = str(prev["lastTransitionTime"]) if prev is not None and prev.get("status") == status and \
+        prev.get("lastTransitionTime") else (now or now_rfc3339())
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "observedGeneration": int(generation), "lastTransitionTime": ltt}
+
+
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def check_selector(sel: object, pointer: str = "/spec/selector") -> list[str]:
+    """The problems of a metav1.LabelSelector (empty list: valid; None is valid)."""
+    if sel is None:
+        return []
+    if not isinstance(sel, Mapping):
+        return [f"{pointer}: expected an object {{matchLabels, matchExpressions}}"]
+    out = []
+    ml = sel.get("matchLabels")
+    if ml is not None and (not isinstance(ml, Mapping) or not all(isinstance(v, str) for v in ml.values())):
+        out.append(f"{pointer}/matchLabels: expected a map of label names to string values")
+    exprs = sel.get("matchExpressions")
+    if exprs is not None and not isinstance(exprs, list):
+        return out + [f"{pointer}/matchExpressions: expected an array"]
+    for i, e in enumerate(exprs or ()):
+        p = f"{pointer}/matchExpressions/{i}"
+        if not isinstance(e, Mapping) or not isinstance(e.get("key"), str) or not e.get("key"):
+            out.append(f"{p}: expected {{key, operator, values}}")
+            continue
+        op, values = e.get("operator"), e.get("values") or []
+        if op not in _SELECTOR_OPERATORS:
+            out.append(f"{p}/operator: expected one of {', '.join(_SELECTOR_OPERATORS)}, got {op!r}")
+        elif op in ("In", "NotIn") and not values:
+            out.append(f"{p}/values: operator {op} needs at least one value")
+        elif op in ("Exists", "DoesNotExist") and values:
+            out.append(f"{p}/values: operator {op} takes no values")
+    return out
+
+
+def selector_matches(sel: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics: every requirement holds (an empty selector selects
+    everything).  An invalid selector (:func:`check_selector`) matches nothing."""
+    if not sel:
+        return True
+    if check_selector(sel):
+        return False
+    for k, v in (sel.get("matchLabels") or {}).items():
+        if labels.get(str(k)) != v:
+            return False
+    for e in sel.get("matchExpressions") or ():
+        key, op, values = e["key"], e["operator"], [str(v) for v in e.get("values") or ()]
+        has = key in labels
+        if (op == "In" and not (has and labels[key] in values)) or (op == "NotIn" and has and labels[key] in values) \
+                or (op == "Exists" and not has) or (op == "DoesNotExist" and has):
+            return False
+    return True
