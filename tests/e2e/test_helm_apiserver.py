@@ -65,7 +65,9 @@ def test_every_rendered_object_is_accepted(helm: Path, cluster: KubeAPIServer, c
         assert out["kind"] == obj["kind"] and out["metadata"]["name"] == obj["metadata"]["name"]
         # defaulting ran (server-side), and nothing was stored (dry run)
         if obj["kind"] == "Deployment":
-            assert out["spec"]["strategy"]["type"] == "RollingUpdate"
+            # the default, except the mesh controller's Recreate (never two replicas at once)
+            want = obj["spec"].get("strategy", {}).get("type", "RollingUpdate")
+            assert out["spec"]["strategy"]["type"] == want and out["spec"]["revisionHistoryLimit"] == 10
         assert cluster.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"],
                            obj["metadata"].get("namespace")) is None
     assert not refused, "\n".join(refused)
@@ -77,3 +79,9 @@ def test_apisix_kinds_are_served_for_the_controller(cluster: KubeAPIServer) -> N
     for plural in ("apisixroutes", "apisixupstreams", "apisixpluginconfigs", "apisixtlses", "apisixconsumers",
                    "apisixglobalrules"):
         assert plural in served and f"{plural}/status" in served
+
+
+def test_amesh_kind_is_served_for_the_mesh_controller(cluster: KubeAPIServer) -> None:
+    """The mesh controller's ClusterRole names a resource that exists, with its status subresource."""
+    served = {r["name"] for r in cluster.request("GET", "/apis/apisix.apache.org/v1alpha1")["resources"]}
+    assert "ameshpluginconfigs" in served and "ameshpluginconfigs/status" in served

@@ -54,7 +54,9 @@ COMBOS: dict[str, list[str | dict[str, Any]]] = {
                                 "gateway.replicas=2"],
     "standalone-lb-mesh": ["gateway.mode=standalone", "gateway.service.type=LoadBalancer",
                            "gateway.service.externalTrafficPolicy=Local", "admin.key=" + KEY,
-                           "mesh.istioValues.enabled=true"],
+                           "mesh.istioValues.enabled=true", "meshController.enabled=true",
+                           "meshController.watchNamespaces={bookinfo,shop}",
+                           "meshController.extraArgs={--context=in-cluster}"],
     "data-plane-no-tls": ["gateway.mode=data_plane", "gateway.tls.enabled=false",
                           {"gateway": {"routes": 'routes: [{uri: /get, upstream: {nodes: {"httpbin:80": 1}}}]'}}],
 }
@@ -110,6 +112,10 @@ def test_values_yaml() -> None:
     assert v["gateway"]["http"]["containerPort"] == 9080 and v["gateway"]["tls"]["containerPort"] == 9443
     assert v["admin"]["port"] == 9180 and v["admin"]["key"] == ""  # no default key, ever
     assert v["ingressController"]["enabled"] is False and v["mesh"]["istioValues"]["enabled"] is False
+    mc = v["meshController"]
+    assert mc["enabled"] is False and mc["watchNamespaces"] == [] and mc["extraArgs"] == []
+    assert mc["port"] == 15810 and mc["probePort"] == 18081
+    assert mc["serviceAccount"] == {"create": True, "name": ""} and "replicas" not in mc  # always 1
     assert {"host", "prefix", "bundled"} <= set(v["etcd"])
 
 
@@ -281,7 +287,8 @@ def test_modes(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert cfg["deployment"]["role_traditional"] == {"config_provider": "yaml"} and "etcd" not in cfg["deployment"]
     assert one(st, "Service", "mg-meshgate")["spec"]["type"] == "LoadBalancer"
     assert one(st, "Secret", "mg-meshgate-admin")["data"]["admin-key"] == base64.b64encode(KEY.encode()).decode()
-    assert not by_kind(st, "Deployment")[1:]  # the gateway only
+    assert [d["metadata"]["name"] for d in by_kind(st, "Deployment")] == ["mg-meshgate",
+                                                                         "mg-meshgate-mesh-controller"]
     istio = yaml.safe_load(one(st, "ConfigMap", "mg-meshgate-istio-values")["data"]["values.yaml"])
     g = istio["spec"]["values"]["global"]
     assert g["proxy"]["image"] == g["proxy_init"]["image"] == "meshgate:latest"
@@ -331,6 +338,83 @@ def test_ingress_controller(rendered: dict[str, list[dict[str, Any]]], monkeypat
     args = meshgate_args(single["spec"]["template"]["spec"]["containers"][0]["args"])
     assert not args.leader_elect
     assert single["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "my-admin"
+
+
+MC = "mg-meshgate-mesh-controller"
+
+
+def test_mesh_controller(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["standalone-lb-mesh"]
+    dep = one(objs, "Deployment", MC)
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    (c,) = pod["containers"]
+    assert c["image"] == "meshgate:latest"
+    args = meshgate_args(c["args"])
+    assert args.cmd == "mesh-controller"
+    assert args.listen == "0.0.0.0:15810" and args.probe_address == "0.0.0.0:18081"
+    assert args.watch_namespace == ["bookinfo", "shop"] and args.context == "in-cluster"  # extraArgs
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc-plugins": 15810, "http-probes": 18081}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-probes"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-probes"}
+    assert "env" not in c  # no Admin API key: it talks to the kube-apiserver only
+    assert pod["serviceAccountName"] == MC
+    assert one(objs, "ServiceAccount", MC)["metadata"]["namespace"] == NS
+    rules = one(objs, "ClusterRole", MC)["rules"]
+    grants = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    want = {("apisix.apache.org", "ameshpluginconfigs", v) for v in ("get", "list", "watch")}
+    want |= {("apisix.apache.org", "ameshpluginconfigs/status", v) for v in ("update", "patch")}
+    want |= {("", "pods", v) for v in ("get", "list", "watch")}
+    assert grants == want
+    binding = one(objs, "ClusterRoleBinding", MC)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": MC}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": MC, "namespace": NS}]
+    assert not [r for r in by_kind(objs, "Role") if "mesh-controller" in r["metadata"]["name"]]  # no leases
+    svc = one(objs, "Service", MC)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"] == [{"name": "grpc-plugins", "port": 15810, "targetPort": "grpc-plugins",
+                                     "protocol": "TCP", "appProtocol": "grpc"}]
+    # the sidecars are pointed at the Service through Istio's proxyMetadata (env of the proxy container)
+    istio = yaml.safe_load(one(objs, "ConfigMap", "mg-meshgate-istio-values")["data"]["values.yaml"])
+    address = istio["spec"]["meshConfig"]["defaultConfig"]["proxyMetadata"]["MESHGATE_PLUGINS_ADDRESS"]
+    assert address == f"{MC}.{NS}.svc:15810"
+    from meshgate.xds.extconfig import parse_address
+    assert parse_address(address) == (f"{MC}.{NS}.svc", 15810)
+    assert istio["spec"]["meshConfig"]["enableAutoMtls"] is False
+
+
+def test_mesh_controller_is_off_by_default(helm: Path, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for combo, objs in rendered.items():
+        if "meshController.enabled=true" in COMBOS[combo]:
+            continue
+        assert not [o for o in objs if "mesh-controller" in o["metadata"]["name"]
+                    or o["metadata"]["labels"].get("app.kubernetes.io/component") == "mesh-controller"], combo
+    # the Istio values without the mesh controller: no proxyMetadata
+    objs = render(helm, ["mesh.istioValues.enabled=true"])
+    istio = yaml.safe_load(one(objs, "ConfigMap", "mg-meshgate-istio-values")["data"]["values.yaml"])
+    assert "defaultConfig" not in istio["spec"]["meshConfig"]
+    assert "mesh-controller" not in yaml.safe_dump(objs)
+
+
+def test_mesh_controller_ports_and_service_account(helm: Path) -> None:
+    objs = render(helm, ["meshController.enabled=true", "meshController.port=9000",
+                         "meshController.probePort=9001", "meshController.serviceAccount.create=false",
+                         "meshController.serviceAccount.name=mesh-sa", "mesh.istioValues.enabled=true"],
+                  release="prod")
+    name = "prod-meshgate-mesh-controller"
+    pod = one(objs, "Deployment", name)["spec"]["template"]["spec"]
+    args = meshgate_args(pod["containers"][0]["args"])
+    assert args.listen == "0.0.0.0:9000" and args.probe_address == "0.0.0.0:9001" and args.watch_namespace == []
+    assert {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]} == {
+        "grpc-plugins": 9000, "http-probes": 9001}
+    assert pod["serviceAccountName"] == "mesh-sa" and not by_kind(objs, "ServiceAccount")
+    assert one(objs, "ClusterRoleBinding", name)["subjects"][0]["name"] == "mesh-sa"
+    assert one(objs, "Service", name)["spec"]["ports"][0]["port"] == 9000
+    istio = yaml.safe_load(one(objs, "ConfigMap", "prod-meshgate-istio-values")["data"]["values.yaml"])
+    assert istio["spec"]["meshConfig"]["defaultConfig"]["proxyMetadata"] == {
+        "MESHGATE_PLUGINS_ADDRESS": f"{name}.{NS}.svc:9000"}
 
 
 @pytest.mark.parametrize("sets,reason", [

@@ -60,6 +60,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{- define "meshgate.meshControllerName" -}}
+{{- printf "%s-mesh-controller" (include "meshgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "meshgate.meshControllerServiceAccountName" -}}
+{{- if .Values.meshController.serviceAccount.create -}}
+{{- default (include "meshgate.meshControllerName" .) .Values.meshController.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.meshController.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* HOST:PORT of the mesh controller's plugin stream, as the sidecars dial it (MESHGATE_PLUGINS_ADDRESS) */}}
+{{- define "meshgate.meshControllerAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "meshgate.meshControllerName" .) .Release.Namespace (int .Values.meshController.port) -}}
+{{- end -}}
+
 {{/* the Admin API runs in the etcd and standalone modes (role traditional) */}}
 {{- define "meshgate.hasAdmin" -}}
 {{- if has .Values.gateway.mode (list "etcd" "standalone") -}}true{{- end -}}
