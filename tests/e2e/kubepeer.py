@@ -437,7 +437,7 @@ class KubeAPIServer:
         while pending and time.monotonic() < deadline:
             for n in sorted(pending):
                 crd = self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", n)
-                conds = (crd or {}).get("status", {}).get("conditions", [])
+                conds = ((crd or {}).get("status") or {}).get("conditions") or []
                 if any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
                     pending.discard(n)
             if pending:

@@ -156,11 +156,21 @@ class Pod:
         args = ["--service", self.app, "--version", self.version, "--host", "0.0.0.0", "--port", "9080"]
         self._spawn("app", [PY, "-c", _APP, str(APP_UID), *args])
 
-    def start_sidecar(self, xds_address: str, *, delta: bool = True) -> None:
+    def start_sidecar(self, xds_address: str, *, delta: bool = True, plugins_address: str | None = None) -> None:
         self._spawn("sidecar", [
             "setpriv", f"--regid={PROXY_GID}", "--clear-groups", "--",
             PY, "-m", "meshgate", "mesh", "--xds-address", xds_address, "--node-id", self.node_id,
-            "--node-metadata", json.dumps(self.metadata()), "--delta" if delta else "--sotw", "--workers", "1"])
+            "--node-metadata", json.dumps(self.metadata()), "--delta" if delta else "--sotw", "--workers", "1",
+            *(["--plugins-address", plugins_address] if plugins_address else [])])
+
+    def pod_object(self) -> dict[str, Any]:
+        """The Pod as the apiserver holds it (no kubelet here: it stays Pending), for the
+        controllers that read pod labels (the mesh controller)."""
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": self.name, "namespace": NAMESPACE,
+                             "labels": {"app": self.app, "version": self.version}},
+                "spec": {"serviceAccountName": "default", "automountServiceAccountToken": False,
+                         "containers": [{"name": self.app, "image": "meshgate-bookinfo:dev"}]}}
 
     # -- looking at it --
     def alive(self, what: str) -> bool:

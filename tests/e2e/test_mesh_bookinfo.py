@@ -17,6 +17,8 @@ again; and the Istio metrics Kiali draws its graph from.
 from __future__ import annotations
 
 import http.client
+import subprocess
+import sys
 import json
 import re
 import threading
@@ -31,12 +33,14 @@ import pytest
 
 from istiodpeer import (BOOKINFO_VIPS, NET, Istiod, bookinfo_destination_rules, bookinfo_services, vs_all_v1,
                         vs_ratings_abort, vs_ratings_delay, vs_reviews_jason_v2, vs_reviews_v2_v3)
-from kubepeer import KubeAPIServer
+from kubepeer import KubeAPIServer, die_with_parent, free_port, stop_process
 from meshpods import APP_UID, BOOKINFO_PODS, PROXY_GID, SOTW_PODS, MeshNet, Pod, need_netns
 
 pytestmark = pytest.mark.timeout(600)
 
 FQDN = "{}.default.svc.cluster.local"
+AMESH_CRD = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "ameshpluginconfigs.apisix.apache.org.yaml"
+AMPC = "apisix.apache.org/v1alpha1"
 _VERSION = re.compile(r'id="reviews-version">Reviews served by reviews-(v\d+)<')
 
 
@@ -78,6 +82,7 @@ class Bookinfo:
     kube: KubeAPIServer
     istiod: Istiod
     base: list[dict[str, Any]] = field(default_factory=list)
+    work: Path | None = None
 
     @property
     def productpage(self) -> Pod:
@@ -160,6 +165,7 @@ def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bookinfo]:
     net = MeshNet(work)
     kube: KubeAPIServer | None = None
     istiod: Istiod | None = None
+    mc: subprocess.Popen[bytes] | None = None
     try:
         net.setup(BOOKINFO_PODS, BOOKINFO_VIPS)
         kube = KubeAPIServer.start(work / "kube")
@@ -168,18 +174,33 @@ def bookinfo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bookinfo]:
         workloads = {name: (app, version, net.pods[name].ip) for name, (app, version, _) in BOOKINFO_PODS.items()}
         base = bookinfo_services(workloads=workloads) + bookinfo_destination_rules()
         istiod.apply(base)
+        # the mesh controller, on the bridge too, for AmeshPluginConfigs and the pods' labels
+        kube.apply_crds(AMESH_CRD)
+        if kube.get("v1", "ServiceAccount", "default", "default") is None:
+            kube.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default",
+                                                                                 "namespace": "default"}})
+        for pod in net.pods.values():
+            kube.create(pod.pod_object())
+        plugins_address = f"{net.gateway}:{free_port()}"
+        with open(work / "mesh-controller.log", "ab") as logf:
+            mc = subprocess.Popen([sys.executable, "-m", "meshgate", "--log-level", "INFO", "mesh-controller",
+                                   "--kubeconfig", str(kube.kubeconfig), "--listen", plugins_address,
+                                   "--probe-address", f"127.0.0.1:{free_port()}", "--watch-namespace", "default"],
+                                  stdout=logf, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         net.capture()                       # istio-init
         for pod in net.pods.values():       # the app container and istio-proxy
             pod.start_app()
-            pod.start_sidecar(istiod.grpc_address, delta=pod.name not in SOTW_PODS)
+            pod.start_sidecar(istiod.grpc_address, delta=pod.name not in SOTW_PODS, plugins_address=plugins_address)
         net.wait(lambda: all(p.ready() for p in net.pods.values()), 90, "every sidecar's /healthz/ready")
-        b = Bookinfo(net, kube, istiod, base)
+        b = Bookinfo(net, kube, istiod, base, work)
         b.wait_pages(lambda p: p.ok, "productpage served through the mesh", consecutive=3, timeout=30)
         yield b
     finally:
         try:
             net.close()
         finally:
+            if mc is not None:
+                stop_process(mc, 10)
             if istiod is not None:
                 istiod.stop()
             if kube is not None:
@@ -494,6 +515,75 @@ def test_fault_aborts_are_reported_against_the_destination_service(bookinfo: Boo
     assert aborted
     assert all(lab["destination_service"] == FQDN.format("ratings") and lab["destination_service_namespace"]
                == "default" for lab in aborted), aborted
+
+
+def _ampc(name: str, app: str, plugins: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": AMPC, "kind": "AmeshPluginConfig", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": app}}, "plugins": plugins}}
+
+
+def _ampc_status(b: Bookinfo, name: str) -> dict[str, Any]:
+    obj = b.kube.get(AMPC, "AmeshPluginConfig", name, "default") or {}
+    st = obj.get("status") or {}
+    return {"generation": (obj.get("metadata") or {}).get("generation"),
+            "conditions": {c["type"]: c for c in st.get("conditions") or ()}, "pods": st.get("pods") or {}}
+
+
+def _productpage_headers(b: Bookinfo) -> dict[str, str]:
+    conn = http.client.HTTPConnection(b.productpage.ip, 9080, timeout=10)
+    try:
+        conn.request("GET", "/productpage", headers={"Connection": "close"})
+        r = conn.getresponse()
+        r.read()
+        return {k.lower(): v for k, v in r.getheaders()}
+    except (OSError, http.client.HTTPException):
+        return {}
+    finally:
+        conn.close()
+
+
+def test_amesh_plugin_configs_reach_the_selected_sidecars(bookinfo: Bookinfo) -> None:
+    """The operator applies AmeshPluginConfigs (Amesh's CRD, config as a JSON string) with
+    kubectl: `meshgate mesh-controller` delivers their plugins to the sidecars of the pods the
+    selector matches (an abort on ratings' inbound route → reviews shows ratings unavailable; a
+    response header on productpage), their status says which pods applied them, an invalid edit
+    keeps the last good plugins running, and deleting them restores the plain mesh."""
+    b = bookinfo
+    b.set_virtual_services(_reviews_to("v2"))          # reviews v2 calls ratings
+    b.wait_pages(lambda p: p.version == "v2" and p.stars == "black", "reviews v2 with ratings")
+    down = _ampc("ratings-down", "ratings",
+                 [{"name": "fault-injection", "type": "", "config": '{"abort":{"http_status":503,"body":"amesh"}}'}])
+    b.kube.apply(down)
+    b.wait_pages(lambda p: p.version == "v2" and p.ratings_unavailable, "ratings aborted by its sidecar's plugin")
+    st = b.net.wait(lambda: (s := _ampc_status(b, "ratings-down"))["pods"].get("applied") == 1 and s, 30,
+                    "ratings-down applied")
+    assert st["pods"]["appliedPods"] == ["ratings-v1"] and st["pods"]["matched"] == 1, st
+    assert st["conditions"]["Sync"]["reason"] == "Reconciled" and st["conditions"]["Applied"]["status"] == "True"
+    assert st["conditions"]["Sync"]["observedGeneration"] == st["generation"]
+    plugins = b.pod("ratings-v1").admin("/plugins")
+    assert plugins["plugins"] == {"fault-injection": {"abort": {"http_status": 503, "body": "amesh"}}}, plugins
+    assert b.pod("reviews-v2").admin("/plugins")["plugins"] == {}      # not selected: nothing
+
+    b.kube.apply(_ampc("pp-header", "productpage", [{"name": "response-rewrite", "type": "",
+                                                     "config": '{"headers":{"X-Amesh":"productpage"}}'}]))
+    b.net.wait(lambda: _productpage_headers(b).get("x-amesh") == "productpage", 30, "productpage's header")
+
+    # an invalid edit: the status says why, the sidecar keeps the last good plugins
+    bad = json.loads(json.dumps(down))
+    bad["spec"]["plugins"][0]["config"] = '{"abort":{"http_status":"soon"}}'
+    b.kube.apply(bad)
+    st = b.net.wait(lambda: (s := _ampc_status(b, "ratings-down"))["conditions"].get("Sync", {}).get("status")
+                    == "False" and s, 30, "Sync=False for the invalid edit")
+    sync = st["conditions"]["Sync"]
+    assert sync["reason"] == "InvalidSpec" and "/spec/plugins/0/config/abort/http_status" in sync["message"], sync
+    assert "pods keep running generation 1" in sync["message"] and sync["observedGeneration"] == 2, sync
+    assert all(b.page().ratings_unavailable for _ in range(3))
+
+    for name in ("ratings-down", "pp-header"):
+        b.kube.delete(AMPC, "AmeshPluginConfig", name, "default")
+    b.wait_pages(lambda p: p.version == "v2" and p.stars == "black", "ratings back once the config is deleted")
+    b.net.wait(lambda: "x-amesh" not in _productpage_headers(b), 30, "productpage's header gone")
+    b.set_virtual_services([])
 
 
 def test_sidecar_logs_are_clean(bookinfo: Bookinfo) -> None:
