@@ -38,6 +38,9 @@ pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
+PEERS = Path(os.environ.get("MESHGATE_PEERS") or Path.home() / ".cache" / "meshgate" / "peers")
+GATEWAY_API_CRDS = PEERS / "gateway-api-v1.6.3" / "standard"    # tools/peers-e2e/gateway-api.sh
+GWAPI = "gateway.networking.k8s.io/v1"
 V2 = "apisix.apache.org/v2"
 KEY = "5b1f0e2d9c8a4b7e8f6a5d4c3b2a1908"
 NS = "ic-e2e"
@@ -49,7 +52,8 @@ import http.server, json, sys
 name, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"backend": name, "path": self.path, "host": self.headers.get("Host")}).encode()
+        body = json.dumps({"backend": name, "path": self.path, "host": self.headers.get("Host"),
+                           "x_gw": self.headers.get("X-Gw")}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -219,6 +223,8 @@ class World:
 def world(kube: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("ic")
     kube.apply_crds("\n---\n".join(p.read_text() for p in sorted(CRD_DIR.glob("*.yaml"))))
+    if GATEWAY_API_CRDS.is_dir():    # before any controller starts: it watches what the apiserver serves
+        kube.apply_crds("\n---\n".join(p.read_text() for p in sorted(GATEWAY_API_CRDS.glob("*.yaml"))))
     for ns in (NS, BOOKINFO):
         kube.ensure_namespace(ns)
     backends = make_backends()
@@ -571,3 +577,109 @@ def test_watch_expired_410_relists_keeps_routes_applies_changes(world: World) ->
         if w.kube.proc is None:
             w.kube.start_apiserver()
         stop_process(ctl, 10)
+
+
+def _gw_status(w: World, kind: str, name: str, ns: str | None = NS) -> dict[str, Any]:
+    obj = w.kube.get(GWAPI, kind, name, ns) or {}
+    return obj.get("status") or {}
+
+
+def _parent_conditions(w: World, route: str) -> dict[str, dict[str, Any]]:
+    parents = _gw_status(w, "HTTPRoute", route).get("parents") or []
+    ours = [p for p in parents if p.get("controllerName") == "apisix.apache.org/apisix-ingress-controller"]
+    return {c["type"]: c for c in (ours[0]["conditions"] if ours else [])}
+
+
+def test_gateway_api_httproute(world: World) -> None:
+    """Gateway API as a user writes it: a GatewayClass naming our controller, a Gateway, and
+    HTTPRoutes → weighted backends, header and redirect filters, element-wise prefixes, hostname
+    intersection; statuses of all three kinds; a missing backend → ResolvedRefs=False and 500; a
+    cross-namespace backend refused until a ReferenceGrant allows it; delete → 404, nothing left."""
+    if not GATEWAY_API_CRDS.is_dir():
+        pytest.skip(f"Gateway API CRDs not cached in {GATEWAY_API_CRDS} (tools/peers-e2e/gateway-api.sh)")
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    w.service(NS, "web2", 80)
+    w.slice(NS, "web2", [w.backends.addr(3)])
+    w.service(BOOKINFO, "productpage", 9080)
+    w.slice(BOOKINFO, "productpage", [w.backends.addr(4)])
+    w.kube.apply({"apiVersion": GWAPI, "kind": "GatewayClass", "metadata": {"name": "meshgate"},
+                  "spec": {"controllerName": "apisix.apache.org/apisix-ingress-controller"}})
+    w.kube.apply({"apiVersion": GWAPI, "kind": "Gateway", "metadata": {"name": "edge", "namespace": NS},
+                  "spec": {"gatewayClassName": "meshgate", "listeners": [
+                      {"name": "http", "protocol": "HTTP", "port": 80, "hostname": "*.gw.example"}]}})
+    parent = [{"name": "edge"}]
+    w.kube.apply({"apiVersion": GWAPI, "kind": "HTTPRoute", "metadata": {"name": "app", "namespace": NS},
+                  "spec": {"parentRefs": parent, "hostnames": ["app.gw.example", "app.elsewhere.example"],
+                           "rules": [
+                               {"matches": [{"path": {"type": "PathPrefix", "value": "/app"}}],
+                                "filters": [{"type": "RequestHeaderModifier",
+                                             "requestHeaderModifier": {"set": [{"name": "X-Gw", "value": "yes"}]}}],
+                                "backendRefs": [{"name": "web", "port": 80, "weight": 1},
+                                                {"name": "web2", "port": 80, "weight": 1}]},
+                               {"matches": [{"path": {"type": "Exact", "value": "/old"}}],
+                                "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                                    "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"},
+                                    "statusCode": 301}}]}]}})
+    w.kube.apply({"apiVersion": GWAPI, "kind": "HTTPRoute", "metadata": {"name": "broken", "namespace": NS},
+                  "spec": {"parentRefs": parent, "hostnames": ["broken.gw.example"],
+                           "rules": [{"backendRefs": [{"name": "nope", "port": 80}]}]}})
+    w.kube.apply({"apiVersion": GWAPI, "kind": "HTTPRoute", "metadata": {"name": "cross", "namespace": NS},
+                  "spec": {"parentRefs": parent, "hostnames": ["cross.gw.example"],
+                           "rules": [{"backendRefs": [{"name": "productpage", "namespace": BOOKINFO, "port": 9080}]}]}})
+    ctl = w.start_controller(name="gwapi")
+    try:
+        wait_for(lambda: w.get("app.gw.example", "/app/x")[0] == 200, "the HTTPRoute to serve", 30)
+        assert w.backends_seen("app.gw.example", "/app/x", 16) == {"web-a", "web-b"}
+        st, body = w.get("app.gw.example", "/app/x")
+        assert body["x_gw"] == "yes" and body["path"] == "/app/x", body
+        assert w.get("app.gw.example", "/app")[0] == 200
+        assert w.get("app.gw.example", "/appx")[0] == 404                   # prefixes match path elements
+        assert w.get("app.elsewhere.example", "/app/x")[0] == 404           # not in the listener's *.gw.example
+        c = http.client.HTTPConnection("127.0.0.1", w.gw.port, timeout=5)
+        c.request("GET", "/old", headers={"Host": "app.gw.example"})
+        r = c.getresponse()
+        r.read()
+        c.close()
+        assert r.status == 301 and r.getheader("Location", "").endswith("/new"), (r.status, r.getheaders())
+
+        conds = wait_for(lambda: (c := _parent_conditions(w, "app")) and "ResolvedRefs" in c and c,
+                         "HTTPRoute status", 30)
+        assert conds["Accepted"]["status"] == "True" and conds["ResolvedRefs"]["status"] == "True", conds
+        gw = wait_for(lambda: (s := _gw_status(w, "Gateway", "edge")) and s.get("listeners") and s, "Gateway status", 30)
+        gconds = {c["type"]: c for c in gw["conditions"]}
+        assert gconds["Accepted"]["status"] == "True" and gconds["Programmed"]["status"] == "True", gw
+        wait_for(lambda: _gw_status(w, "Gateway", "edge")["listeners"][0]["attachedRoutes"] == 3, "attachedRoutes", 30)
+        gc = wait_for(lambda: _gw_status(w, "GatewayClass", "meshgate", None).get("conditions"), "class status", 30)
+        assert gc[0]["type"] == "Accepted" and gc[0]["status"] == "True", gc
+
+        # a missing backend: the route answers 500 and says why
+        wait_for(lambda: w.get("broken.gw.example", "/")[0] == 500, "500 for the missing backend", 30)
+        rr = wait_for(lambda: (c := _parent_conditions(w, "broken")).get("ResolvedRefs") and c["ResolvedRefs"], "why", 30)
+        assert rr["status"] == "False" and rr["reason"] == "BackendNotFound" and "nope" in rr["message"], rr
+
+        # another namespace's Service: refused until a ReferenceGrant there allows it
+        rr = wait_for(lambda: (c := _parent_conditions(w, "cross")).get("ResolvedRefs") and c["ResolvedRefs"], "why", 30)
+        assert rr["status"] == "False" and rr["reason"] == "RefNotPermitted", rr
+        assert w.get("cross.gw.example", "/")[0] == 500
+        w.kube.apply({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                      "metadata": {"name": "from-ic-e2e", "namespace": BOOKINFO},
+                      "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": NS}],
+                               "to": [{"group": "", "kind": "Service"}]}})
+        wait_for(lambda: w.get("cross.gw.example", "/")[0] == 200, "the granted cross-namespace backend", 30)
+        assert w.get("cross.gw.example", "/")[1]["backend"] == "productpage"
+        wait_for(lambda: _parent_conditions(w, "cross")["ResolvedRefs"]["status"] == "True", "ResolvedRefs=True", 30)
+
+        for name in ("app", "broken", "cross"):
+            w.kube.delete(GWAPI, "HTTPRoute", name, NS)
+        wait_for(lambda: w.get("app.gw.example", "/app/x")[0] == 404, "404 after delete", 30)
+        wait_for(lambda: not w.owned() and not w.owned("upstreams"), "nothing left on the gateway", 30)
+        ctl.send_signal(signal.SIGTERM)
+        assert ctl.wait(20) == 0, w.log("gwapi")
+    finally:
+        stop_process(ctl, 10)
+        for kind, name, ns in (("HTTPRoute", "app", NS), ("HTTPRoute", "broken", NS), ("HTTPRoute", "cross", NS),
+                               ("Gateway", "edge", NS), ("GatewayClass", "meshgate", None)):
+            w.kube.delete(GWAPI, kind, name, ns)
+        w.kube.delete("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "from-ic-e2e", BOOKINFO)

@@ -327,7 +327,11 @@ def test_ingress_controller(rendered: dict[str, list[dict[str, Any]]], monkeypat
     want |= {("apisix.apache.org", k + "/status", v) for k in kinds for v in ("update", "patch")}
     want |= {("", r, v) for r in ("services", "secrets", "pods") for v in ("get", "list", "watch")}
     want |= {(g, r, v) for g, r in (("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "ingresses"),
-                                    ("networking.k8s.io", "ingressclasses")) for v in ("get", "list", "watch")}
+                                    ("networking.k8s.io", "ingressclasses"), ("", "namespaces"))
+             for v in ("get", "list", "watch")}
+    gw = ["gatewayclasses", "gateways", "httproutes"]
+    want |= {("gateway.networking.k8s.io", r, v) for r in gw + ["referencegrants"] for v in ("get", "list", "watch")}
+    want |= {("gateway.networking.k8s.io", r + "/status", v) for r in gw for v in ("update", "patch")}
     assert grants == want
     role = one(objs, "Role", "mg-meshgate-ingress-controller-leader-election")
     assert role["metadata"]["namespace"] == NS

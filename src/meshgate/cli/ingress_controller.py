@@ -46,8 +46,10 @@ def add_parser(sub: argparse._SubParsersAction[_P]) -> None:
     p = sub.add_parser(
         "ingress-controller", help="Kubernetes ingress controller (ApisixRoute & co.)",
         description="Watch apisix.apache.org/v2 ApisixRoute, ApisixUpstream, ApisixPluginConfig, ApisixTls and "
-                    "ApisixConsumer plus Services and EndpointSlices, and keep a gateway's Admin API in sync; "
-                    "writes status.conditions (Accepted).")
+                    "ApisixConsumer, networking.k8s.io/v1 Ingress, gateway.networking.k8s.io/v1 Gateway and "
+                    "HTTPRoute (when the apiserver serves the Gateway API), plus Services and EndpointSlices, and "
+                    "keep a gateway's Admin API in sync; writes their status (Accepted conditions; Gateway API "
+                    "statuses of GatewayClass, Gateway and HTTPRoute).")
     s = p.add_argument
     s("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
     s("--context", default=None, help="kubeconfig context (default: the current one)")

@@ -50,6 +50,9 @@ from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, chec
                         translate_apisix_plugin_config, translate_apisix_route, translate_apisix_tls,
                         translate_ingress, validate_translation)
 from .translate.common import make_condition
+from .translate.gatewayapi import (gateway_class_accepted, gateway_class_status, gateway_status,
+                                   http_route_gateway_refs, http_route_service_refs, http_route_status,
+                                   translate_gateway, translate_http_route)
 from .translate.naming import MANAGED_BY
 
 __all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
@@ -294,12 +297,21 @@ class ControllerOptions:
     debounce: float = 0.05
     retry_min: float = 1.0
     retry_max: float = 60.0
+    gateway_api: bool | None = None           # None: when the apiserver serves it
 
 
 Translator = Callable[..., Translation]
 
 INGRESS = Resource("networking.k8s.io", "v1", "ingresses", "Ingress")
 INGRESS_CLASS = Resource("networking.k8s.io", "v1", "ingressclasses", "IngressClass", namespaced=False)
+_GW = "gateway.networking.k8s.io"
+GATEWAY_CLASS = Resource(_GW, "v1", "gatewayclasses", "GatewayClass", namespaced=False)
+GATEWAY = Resource(_GW, "v1", "gateways", "Gateway")
+HTTP_ROUTE = Resource(_GW, "v1", "httproutes", "HTTPRoute")
+REFERENCE_GRANT = Resource(_GW, "v1beta1", "referencegrants", "ReferenceGrant")
+NAMESPACE = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+# watched only when the apiserver serves gateway.networking.k8s.io (its CRDs are installed)
+GATEWAY_API_KINDS = ("HTTPRoute", "Gateway", "GatewayClass", "ReferenceGrant", "Namespace")
 
 # Kubernetes kind → (resource, translator, do its items go to the gateway?)
 _OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
@@ -310,10 +322,14 @@ _OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
     "ApisixPluginConfig": (APISIX_PLUGIN_CONFIG, translate_apisix_plugin_config, False),
     "ApisixUpstream": (APISIX_UPSTREAM, check_apisix_upstream, False),
     "Ingress": (INGRESS, translate_ingress, True),
+    "HTTPRoute": (HTTP_ROUTE, translate_http_route, True),
+    "Gateway": (GATEWAY, translate_gateway, True),
 }
 _INPUT_KINDS: dict[str, Resource] = {"Service": SERVICE, "EndpointSlice": ENDPOINT_SLICE, "Secret": SECRET, "Pod": POD,
-                                     "IngressClass": INGRESS_CLASS}
+                                     "IngressClass": INGRESS_CLASS, "GatewayClass": GATEWAY_CLASS,
+                                     "ReferenceGrant": REFERENCE_GRANT, "Namespace": NAMESPACE}
 _NO_CONDITIONS = {"Ingress"}  # built-in kinds without status.conditions
+_GATEWAY_STATUS = {"HTTPRoute", "Gateway"}  # Gateway API statuses of their own shape
 
 
 @dataclass
@@ -369,17 +385,19 @@ class Controller:
     # -- caches -----------------------------------------------------------------------------
 
     def _objects(self, kind: str) -> Iterable[Obj]:
-        return chain.from_iterable(i.cache.values() for i in self.informers[kind])
+        return chain.from_iterable(i.cache.values() for i in self.informers.get(kind, ()))
 
     def _get(self, owner: Owner) -> Obj | None:
         kind, ns, name = owner
-        for inf in self.informers[kind]:
+        for inf in self.informers.get(kind, ()):
             o = inf.cache.get((ns, name))
             if o is not None:
                 return o
         return None
 
     def _matches(self, obj: Mapping[str, Any]) -> bool:
+        if obj.get("kind") in GATEWAY_API_KINDS:
+            return True       # ours or not is the GatewayClass's controllerName (the translator decides)
         if obj.get("kind") == "Ingress":
             return ingress_class_matches(obj, list(self._objects("IngressClass")), ingress_class=self.opts.ingress_class,
                                          require=self.opts.require_class, controller_name=self.opts.controller_name)
@@ -396,7 +414,9 @@ class Controller:
     def _state(self) -> ClusterState:
         crds = [o for k in ("ApisixUpstream", "ApisixPluginConfig") for o in self._objects(k) if self._matches(o)]
         return ClusterState.from_objects(chain(self._objects("Service"), self._objects("EndpointSlice"),
-                                               self._objects("Pod"), self._objects("Secret"), crds))
+                                               self._objects("Pod"), self._objects("Secret"), crds,
+                                               *(self._objects(k) for k in ("Gateway", "GatewayClass",
+                                                                            "ReferenceGrant", "Namespace"))))
 
     # -- events -----------------------------------------------------------------------------
 
@@ -430,14 +450,28 @@ class Controller:
             marks |= self._routes_referencing({(ns, s) for (n, s) in chain.from_iterable(
                 r for r, _ in self.refs.values()) if n == ns}, pods=True)
         elif kind == "Secret":
-            marks |= {o for o in self.results if o[1] == ns or o[0] == "ApisixTls"}
+            marks |= {o for o in self.results if o[1] == ns or o[0] in ("ApisixTls", "Gateway")}
         elif kind == "IngressClass":
             marks |= self._ingresses()
+        if kind == "HTTPRoute":     # the Gateways it attaches to count it (attachedRoutes)
+            marks |= {("Gateway", g_ns, g) for g_ns, g in http_route_gateway_refs(obj) | (
+                http_route_gateway_refs(prev) if prev is not None else set())}
+        elif kind == "Gateway":
+            marks |= self._owners_of("HTTPRoute", lambda r: (ns, name) in http_route_gateway_refs(r))
+        elif kind in ("GatewayClass", "ReferenceGrant", "Namespace"):
+            marks |= self._owners_of("HTTPRoute") | self._owners_of("Gateway")
         for m_ns in {o[1] for o in marks if o[0] == "Ingress"}:
             marks |= self._ingresses(m_ns)  # canaries: an Ingress reads the others of its namespace
         if marks:
             self.dirty |= marks
             self._wake.set()
+
+    def _owners_of(self, kind: str, pred: Callable[[Obj], bool] | None = None) -> set[Owner]:
+        if kind not in self.informers:
+            return set()
+        return {(kind, str((o.get("metadata") or {}).get("namespace") or ""),
+                 str((o.get("metadata") or {}).get("name") or ""))
+                for o in self._objects(kind) if pred is None or pred(o)}
 
     # -- translation ------------------------------------------------------------------------
 
@@ -481,6 +515,8 @@ class Controller:
                 self.refs[owner] = service_refs(obj or {})
             elif owner[0] == "Ingress":
                 self.refs[owner] = (ingress_service_refs(self._get(owner) or {}), False)
+            elif owner[0] == "HTTPRoute":
+                self.refs[owner] = (http_route_service_refs(self._get(owner) or {}), False)
 
     def all_owners(self) -> set[Owner]:
         out: set[Owner] = set()
@@ -608,6 +644,8 @@ class Controller:
         return True
 
     async def write_statuses(self) -> None:
+        gstate = self._state() if any(o[0] in _GATEWAY_STATUS for o in self.results) or \
+            "GatewayClass" in self.informers else None
         for owner, res in list(self.results.items()):
             if not self._leading():
                 return
@@ -616,6 +654,9 @@ class Controller:
                 continue
             if owner[0] in _NO_CONDITIONS:
                 self._log_problems(owner, res)
+                continue
+            if owner[0] in _GATEWAY_STATUS:
+                await self._write_gateway_status(owner, obj, res, gstate)
                 continue
             status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
             previous = (status or {}).get("conditions") or []
@@ -633,6 +674,44 @@ class Controller:
             except KubeError as e:
                 if e.status != 404:
                     log.warning("status of %s %s/%s: %s", *owner, e)
+        if self._leading():
+            await self._write_gateway_class_statuses()
+
+    async def _patch_if_changed(self, res_def: Resource, obj: Obj, status: Mapping[str, Any]) -> None:
+        """Write ``status`` (a whole Gateway API status) unless the object already shows it."""
+        meta = obj.get("metadata") or {}
+        key: Owner = (res_def.kind, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if obj.get("status") == status or self._status_written.get(key) == status:
+            return
+        try:
+            await self.kube.patch_status(res_def, key[2], key[1] or None, dict(status))
+            self._status_written[key] = dict(status)
+            self.stats.status_writes += 1
+        except KubeError as e:
+            if e.status != 404:
+                log.warning("status of %s %s/%s: %s", *key, e)
+
+    async def _write_gateway_status(self, owner: Owner, obj: Obj, res: _Result, state: ClusterState | None) -> None:
+        assert state is not None
+        name = self.opts.controller_name
+        if owner[0] == "HTTPRoute":
+            st = http_route_status(obj, res.translation, state, controller_name=name)
+            current = (obj.get("status") or {}).get("parents") or []
+            if not any(p.get("controllerName") == name for p in chain(st.get("parents") or (), current)):
+                return      # no parent of ours, now or before: another controller's route
+            await self._patch_if_changed(HTTP_ROUTE, obj, st)
+            return
+        gc = state.gateway_class(str((obj.get("spec") or {}).get("gatewayClassName") or ""))
+        if gc is None or not gateway_class_accepted(gc, name):
+            return      # another controller's Gateway
+        await self._patch_if_changed(GATEWAY, obj, gateway_status(obj, state, routes=list(self._objects("HTTPRoute")),
+                                                                  controller_name=name))
+
+    async def _write_gateway_class_statuses(self) -> None:
+        for gc in list(self._objects("GatewayClass")) if "GatewayClass" in self.informers else ():
+            if gateway_class_accepted(gc, self.opts.controller_name):
+                await self._patch_if_changed(GATEWAY_CLASS, gc,
+                                             gateway_class_status(gc, controller_name=self.opts.controller_name))
 
     def _log_problems(self, owner: Owner, res: _Result) -> None:
         """Kinds without conditions: their errors are logged once per change."""
@@ -647,8 +726,36 @@ class Controller:
     async def wait_synced(self) -> None:
         await asyncio.gather(*(i.synced.wait() for infs in self.informers.values() for i in infs))
 
+    async def detect_gateway_api(self) -> bool:
+        """Watch the Gateway API kinds only if the apiserver serves them (their CRDs are
+        installed): an informer of a resource that does not exist would never sync."""
+        served: set[str] = set()
+        for version in ("v1", "v1beta1"):
+            try:
+                doc = await self.kube.request("GET", f"/apis/{_GW}/{version}")
+            except KubeError as e:
+                if e.status in (404, 503):
+                    continue
+                raise
+            served |= {f"{version}/{r.get('name')}" for r in doc.get("resources") or () if isinstance(r, Mapping)}
+        want = {"HTTPRoute": HTTP_ROUTE, "Gateway": GATEWAY, "GatewayClass": GATEWAY_CLASS,
+                "ReferenceGrant": REFERENCE_GRANT}
+        missing = [k for k, res in want.items() if f"{res.version}/{res.plural}" not in served]
+        if missing:
+            for k in GATEWAY_API_KINDS:
+                self.informers.pop(k, None)
+            log.warning("Gateway API not served by the apiserver (%s missing): Gateways and HTTPRoutes are not "
+                        "watched; install the Gateway API CRDs and restart to use them", ", ".join(missing))
+            return False
+        return True
+
     async def run(self, *, dry_run: bool = False, out: Callable[[str], None] = print) -> None:
         """Run until cancelled (or, with ``dry_run``, print the plan once and return)."""
+        if self.opts.gateway_api is None:
+            await self.detect_gateway_api()
+        elif not self.opts.gateway_api:
+            for k in GATEWAY_API_KINDS:
+                self.informers.pop(k, None)
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(i.run(), name=repr(i)) for infs in self.informers.values() for i in infs]
             try:

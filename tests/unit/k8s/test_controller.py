@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meshgate.k8s.client import Resource
+from meshgate.k8s.client import KubeError, Resource
 from meshgate.k8s.controller import (AdminClient, AdminError, Controller, ControllerOptions, accepted_condition,
                                      class_matches, conditions_equal, format_plan, merge_conditions, owned, plan,
                                      service_refs)
@@ -351,3 +351,98 @@ async def test_informer_bookmarks_410_relist_diff_and_failed_list() -> None:
     assert events == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "x"), ("DELETED", "x"),
                       ("ADDED", "c"), ("DELETED", "b")], events  # a (unchanged) is not re-emitted
     assert set(inf.cache) == {("n", "a"), ("n", "c")} and inf.relists == 2
+
+
+# --- Gateway API through the controller --------------------------------------------------------
+
+GW = "gateway.networking.k8s.io/v1"
+
+
+def gw_objs() -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "mg", "namespace": "", "generation": 1},
+         "spec": {"controllerName": "apisix.apache.org/apisix-ingress-controller"}},
+        {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "other", "namespace": "", "generation": 1},
+         "spec": {"controllerName": "example.com/other"}},
+        {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "edge", "namespace": "ns", "generation": 1},
+         "spec": {"gatewayClassName": "mg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
+        {"apiVersion": GW, "kind": "Gateway", "metadata": {"name": "theirs", "namespace": "ns", "generation": 1},
+         "spec": {"gatewayClassName": "other", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]}},
+    ]
+
+
+def http_route(name: str, gateway: str = "edge", service: str = "web") -> dict[str, Any]:
+    return {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": name, "namespace": "ns", "generation": 1},
+            "spec": {"parentRefs": [{"name": gateway}], "hostnames": [f"{name}.example"],
+                     "rules": [{"backendRefs": [{"name": service, "port": 80}]}]}}
+
+
+def gput(ctl: Controller, obj: dict[str, Any], typ: str = "ADDED") -> None:
+    obj["metadata"].setdefault("namespace", "")
+    put(ctl, obj, typ)
+
+
+async def test_gateway_api_routes_statuses_and_ownership(ctl: Controller) -> None:
+    admin, kube = ctl.admin, ctl.kube
+    assert isinstance(admin, FakeAdmin) and isinstance(kube, FakeKube)
+    put(ctl, svc("ns", "web"))
+    put(ctl, eps("ns", "web", "10.0.0.1"))
+    for o in gw_objs():
+        gput(ctl, o)
+    put(ctl, http_route("mine"))
+    put(ctl, http_route("foreign", gateway="theirs"))
+    assert await ctl.sync_once()
+    names = sorted(v["name"] for v in admin.store["routes"].values())
+    assert names == ["ns_mine_0_0"]                       # the other vendor's Gateway is not ours
+    (up,) = admin.store["upstreams"].values()
+    assert up["name"] == "Service_ns_web_80" and up["nodes"] == [{"host": "10.0.0.1", "port": 8080, "weight": 100}]
+    written = {name: st for _, name, st in kube.status}
+    (parent,) = written["mine"]["parents"]
+    assert parent["controllerName"] == "apisix.apache.org/apisix-ingress-controller"
+    assert {c["type"]: c["status"] for c in parent["conditions"]} == {"Accepted": "True", "ResolvedRefs": "True"}
+    assert "foreign" not in written and "theirs" not in written and "other" not in written
+    assert written["edge"]["listeners"][0]["attachedRoutes"] == 1
+    assert written["mg"]["conditions"][0]["status"] == "True"
+    # statuses are written once: a second pass with the objects showing them writes nothing
+    for kind, name in (("HTTPRoute", "mine"), ("Gateway", "edge"), ("GatewayClass", "mg")):
+        inf = ctl.informers[kind][0]
+        key = ("ns" if kind != "GatewayClass" else "", name)
+        inf.cache[key] = {**inf.cache[key], "status": written[name]}
+    kube.status.clear()
+    ctl.dirty |= ctl.all_owners()
+    assert await ctl.sync_once()
+    assert kube.status == []
+    # the Gateway changes (listener hostname) → its routes are re-translated
+    edge = dict(gw_objs()[2])
+    edge["spec"] = {**edge["spec"], "listeners": [{"name": "http", "protocol": "HTTP", "port": 80,
+                                                   "hostname": "*.example"}], "generation": 2}
+    gput(ctl, edge, "MODIFIED")
+    assert ("HTTPRoute", "ns", "mine") in ctl.dirty
+    put(ctl, http_route("mine"), "DELETED")
+    assert ("Gateway", "ns", "edge") in ctl.dirty        # its attachedRoutes change
+    assert await ctl.sync_once()
+    assert not admin.store["routes"] and not admin.store["upstreams"]
+
+
+class DiscoveryKube(FakeKube):
+    def __init__(self, served: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.served = served
+
+    async def request(self, method: str, path: str, **kw: Any) -> Any:
+        version = path.rsplit("/", 1)[-1]
+        if version not in self.served:
+            raise KubeError(404, "the server could not find the requested resource")
+        return {"resources": [{"name": r} for r in self.served[version]]}
+
+
+async def test_gateway_api_watched_only_when_served() -> None:
+    none = Controller(DiscoveryKube({}), FakeAdmin(), ControllerOptions())  # type: ignore[arg-type]
+    assert not await none.detect_gateway_api()
+    assert not {"HTTPRoute", "Gateway", "GatewayClass", "ReferenceGrant", "Namespace"} & set(none.informers)
+    assert none.all_owners() == set()                       # and nothing breaks without them
+    full = Controller(DiscoveryKube({"v1": ["gatewayclasses", "gateways", "httproutes", "referencegrants"],
+                                     "v1beta1": ["referencegrants"]}), FakeAdmin(),
+                      ControllerOptions())  # type: ignore[arg-type]
+    assert await full.detect_gateway_api()
+    assert {"HTTPRoute", "Gateway", "GatewayClass", "ReferenceGrant"} <= set(full.informers)
