@@ -683,3 +683,43 @@ def test_gateway_api_httproute(world: World) -> None:
                                ("Gateway", "edge", NS), ("GatewayClass", "meshgate", None)):
             w.kube.delete(GWAPI, kind, name, ns)
         w.kube.delete("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", "from-ic-e2e", BOOKINFO)
+
+
+def test_apisix_global_rule(world: World) -> None:
+    """An ApisixGlobalRule → a global rule on the gateway (every route's responses get its
+    plugin), Accepted=True; deleted → gone; a global rule written by hand is never touched."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    assert w.admin("PUT", "global_rules/by-hand", {"plugins": {"request-id": {"header_name": "X-Hand"}}})[0] in (200, 201)
+    ctl = w.start_controller(name="agr")
+    try:
+        w.route("plain", host="plain.example", paths=["/*"], service="web", port=80)
+        wait_for(lambda: w.get("plain.example", "/")[0] == 200, "the route", 30)
+        w.kube.apply({"apiVersion": V2, "kind": "ApisixGlobalRule", "metadata": {"name": "stamp", "namespace": NS},
+                      "spec": {"plugins": [{"name": "response-rewrite", "enable": True,
+                                            "config": {"headers": {"set": {"X-Global": "on"}}}}]}})
+
+        def header() -> str | None:
+            c = http.client.HTTPConnection("127.0.0.1", w.gw.port, timeout=5)
+            try:
+                c.request("GET", "/", headers={"Host": "plain.example"})
+                r = c.getresponse()
+                r.read()
+                return r.getheader("X-Global")
+            finally:
+                c.close()
+        wait_for(lambda: header() == "on", "the global rule on every route", 30)
+        def accepted() -> dict[str, Any] | None:
+            o = w.kube.get(V2, "ApisixGlobalRule", "stamp", NS) or {}
+            return next((c for c in (o.get("status") or {}).get("conditions") or () if c["type"] == "Accepted"), None)
+        cond = wait_for(accepted, "Accepted on the ApisixGlobalRule", 30)
+        assert cond["status"] == "True", cond
+        w.kube.delete(V2, "ApisixGlobalRule", "stamp", NS)
+        wait_for(lambda: header() is None, "the global rule gone", 30)
+        assert w.admin("GET", "global_rules/by-hand")[0] == 200
+        w.kube.delete(V2, "ApisixRoute", "plain", NS)
+        wait_for(lambda: not w.owned(), "cleanup", 30)
+    finally:
+        stop_process(ctl, 10)
+        w.admin("DELETE", "global_rules/by-hand")

@@ -43,17 +43,17 @@ from typing import Any, Literal
 import httpx2 as httpx
 
 from ..errors import MeshgateError
-from .client import (APISIX_CONSUMER, APISIX_PLUGIN_CONFIG, APISIX_ROUTE, APISIX_TLS, APISIX_UPSTREAM,
+from .client import (APISIX_CONSUMER, APISIX_GLOBAL_RULE, APISIX_PLUGIN_CONFIG, APISIX_ROUTE, APISIX_TLS, APISIX_UPSTREAM,
                      ENDPOINT_SLICE, POD, SECRET, SERVICE, Informer, KubeClient, KubeError, LeaderElector, Resource)
 from .translate import (DEFAULT_CONTROLLER_NAME, ClusterState, Translation, check_apisix_upstream,
                         ingress_class_matches, ingress_service_refs, translate_apisix_consumer,
-                        translate_apisix_plugin_config, translate_apisix_route, translate_apisix_tls,
+                        translate_apisix_global_rule, translate_apisix_plugin_config, translate_apisix_route, translate_apisix_tls,
                         translate_ingress, validate_translation)
 from .translate.common import make_condition
 from .translate.gatewayapi import (gateway_class_accepted, gateway_class_status, gateway_status,
                                    http_route_gateway_refs, http_route_service_refs, http_route_status,
                                    translate_gateway, translate_http_route)
-from .translate.naming import MANAGED_BY
+from .translate.naming import MANAGED_BY, global_rule_prefix
 
 __all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
            "format_plan", "owned", "class_matches", "accepted_condition", "make_condition", "merge_conditions",
@@ -66,9 +66,9 @@ Obj = dict[str, Any]
 Owner = tuple[str, str, str]          # (Kubernetes kind, namespace, name)
 ItemKey = tuple[str, str]             # (APISIX kind, id)
 
-# APISIX kinds the controller owns (and lists by label); global_rules carry no labels in
-# APISIX's schema, so ApisixGlobalRule is not synced yet (ownership could not be proven).
-MANAGED_KINDS = ("upstreams", "ssls", "consumers", "routes", "stream_routes")
+# APISIX kinds the controller owns (and lists by label; global_rules, which have no labels in
+# APISIX's schema, by the id prefix of naming.global_rule_prefix).
+MANAGED_KINDS = ("upstreams", "ssls", "consumers", "routes", "stream_routes", "global_rules")
 _APPLY_ORDER = {k: i for i, k in enumerate(MANAGED_KINDS)}           # referenced objects first
 _DELETE_ORDER = {k: i for i, k in enumerate(reversed(MANAGED_KINDS))}  # referencing objects first
 _SERVER_FIELDS = ("create_time", "update_time")
@@ -87,8 +87,10 @@ def class_matches(obj: Mapping[str, Any], ingress_class: str, *, require: bool) 
     return str(cls) == ingress_class
 
 
-def owned(value: Mapping[str, Any], controller_name: str = DEFAULT_CONTROLLER_NAME) -> bool:
-    """Does an APISIX object carry our ownership labels?"""
+def owned(value: Mapping[str, Any], controller_name: str = DEFAULT_CONTROLLER_NAME, kind: str = "") -> bool:
+    """Does an APISIX object carry our ownership labels (a global rule, which has none: our id)?"""
+    if kind == "global_rules":
+        return str(value.get("id") or "").startswith(global_rule_prefix(controller_name))
     labels = value.get("labels")
     return (isinstance(labels, Mapping) and labels.get("manager-by") == MANAGED_BY
             and labels.get("k8s/controller-name") == controller_name)
@@ -321,6 +323,7 @@ _OWNER_KINDS: dict[str, tuple[Resource, Translator, bool]] = {
     # v2 inlines plugin configs into routes and an ApisixUpstream owns no object: status only
     "ApisixPluginConfig": (APISIX_PLUGIN_CONFIG, translate_apisix_plugin_config, False),
     "ApisixUpstream": (APISIX_UPSTREAM, check_apisix_upstream, False),
+    "ApisixGlobalRule": (APISIX_GLOBAL_RULE, translate_apisix_global_rule, True),
     "Ingress": (INGRESS, translate_ingress, True),
     "HTTPRoute": (HTTP_ROUTE, translate_http_route, True),
     "Gateway": (GATEWAY, translate_gateway, True),
@@ -566,7 +569,7 @@ class Controller:
                     continue
                 raise
             for id_, value in items.items():
-                if owned(value, self.opts.controller_name):
+                if owned(value, self.opts.controller_name, kind):
                     out[(kind, id_)] = value
         return out
 

@@ -446,3 +446,26 @@ async def test_gateway_api_watched_only_when_served() -> None:
                       ControllerOptions())  # type: ignore[arg-type]
     assert await full.detect_gateway_api()
     assert {"HTTPRoute", "Gateway", "GatewayClass", "ReferenceGrant"} <= set(full.informers)
+
+
+async def test_global_rules_synced_and_owned_by_id(ctl: Controller) -> None:
+    from meshgate.k8s.translate.naming import gen_id, global_rule_id
+
+    admin, kube = ctl.admin, ctl.kube
+    assert isinstance(admin, FakeAdmin) and isinstance(kube, FakeKube)
+    stale = global_rule_id("ns", "gone")          # ours, from an ApisixGlobalRule deleted while we were down
+    admin.store["global_rules"] = {"manual": {"id": "manual", "plugins": {"prometheus": {}}}, stale: {
+        "id": stale, "plugins": {"request-id": {}}}}
+    agr = {"kind": "ApisixGlobalRule", "apiVersion": "apisix.apache.org/v2",
+           "metadata": {"namespace": "ns", "name": "obs", "generation": 1},
+           "spec": {"plugins": [{"name": "request-id", "enable": True, "config": {"header_name": "X-Trace"}}]}}
+    put(ctl, agr)
+    assert await ctl.sync_once()
+    gid = global_rule_id("ns", "obs")
+    assert gid.endswith(gen_id("ns_obs"))
+    assert set(admin.store["global_rules"]) == {"manual", gid}       # the stale one deleted, the manual kept
+    assert admin.store["global_rules"][gid]["plugins"] == {"request-id": {"header_name": "X-Trace"}}
+    assert [s["conditions"][0]["reason"] for _, name, s in kube.status if name == "obs"] == ["Accepted"]
+    put(ctl, agr, "DELETED")
+    assert await ctl.sync_once()
+    assert set(admin.store["global_rules"]) == {"manual"}

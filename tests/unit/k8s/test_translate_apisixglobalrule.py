@@ -16,7 +16,9 @@ from meshgate.k8s.translate import translate_apisix_global_rule  # noqa: E402
 def test_global_rule(registry: PluginRegistry) -> None:
     t = valid(translate_apisix_global_rule(OBJS["ApisixGlobalRule", "observability"], STATE), registry)
     (item,) = t.items
-    assert item.kind == "global_rules" and item.id == gen_id("demo_observability")
+    # the schema has no labels: the id carries the controller's mark (k8s-<crc32 controller>-<crc32 ns_name>)
+    assert item.kind == "global_rules"
+    assert item.id == f"k8s-{gen_id('apisix.apache.org/apisix-ingress-controller')}-{gen_id('demo_observability')}"
     assert item.value == {"id": item.id, "plugins": {"prometheus": {}, "request-id": {"header_name": "X-Trace"}}}
     # the global_rule schema has no labels: ownership is on the Translation
     assert t.labels["k8s/kind"] == "ApisixGlobalRule" and t.labels["manager-by"] == "apisix-ingress-controller"

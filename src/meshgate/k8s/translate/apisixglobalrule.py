@@ -1,8 +1,9 @@
 """ApisixGlobalRule → an APISIX global rule (ingress-controller.md section 2.6).
 
-``plugins[]`` (``enable: false`` dropped, ``secretRef`` merged) → ``plugins``; id = crc32 of
-``<ns>_<name>``.  APISIX's global_rule schema has only ``id`` and ``plugins``, so the item
-carries no labels: ownership is :attr:`Translation.labels`.
+``plugins[]`` (``enable: false`` dropped, ``secretRef`` merged) → ``plugins``.  APISIX's
+global_rule schema has only ``id`` and ``plugins``, so the item carries no labels: its id says
+whose it is (``naming.global_rule_id``: ``k8s-<crc32 of the controller name>-<crc32 of
+<ns>_<name>>``), and the Translation carries the ownership labels for the status.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from .common import ClusterState, Item, Translation, TranslateError, build_plugins, object_ref
-from .naming import DEFAULT_CONTROLLER_NAME, gen_id, global_rule_name, labels as owner_labels
+from .naming import DEFAULT_CONTROLLER_NAME, global_rule_id, labels as owner_labels
 
 __all__ = ["translate_apisix_global_rule"]
 
@@ -31,5 +32,5 @@ def translate_apisix_global_rule(agr: Obj, state: ClusterState, *,
                                                                        id=f"{ns}/{name}"),))
     if not plugins:
         return Translation(kind, ns, name, own, warnings=("no enabled plugin: nothing to apply",))
-    gid = gen_id(global_rule_name(ns, name))
+    gid = global_rule_id(ns, name, controller_name)
     return Translation(kind, ns, name, own, items=(Item("global_rules", gid, {"id": gid, "plugins": plugins}),))

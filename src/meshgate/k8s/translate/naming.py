@@ -35,6 +35,8 @@ __all__ = [
     "consumer_name",
     "plugin_config_name",
     "global_rule_name",
+    "global_rule_prefix",
+    "global_rule_id",
     "fit_name",
     "labels",
 ]
@@ -97,6 +99,18 @@ def plugin_config_name(namespace: str, name: str) -> str:
 
 def global_rule_name(namespace: str, name: str) -> str:
     return f"{namespace}_{name}"
+
+
+def global_rule_prefix(controller_name: str = DEFAULT_CONTROLLER_NAME) -> str:
+    """APISIX's global_rule schema has no ``labels``: the controller's global rules are known
+    by their id, ``k8s-<crc32 of the controller name>-<crc32 of <ns>_<name>>`` (a shape no
+    hand-written rule is likely to have), so a restart can still find and delete the ones
+    whose ApisixGlobalRule went away meanwhile."""
+    return f"k8s-{gen_id(controller_name)}-"
+
+
+def global_rule_id(namespace: str, name: str, controller_name: str = DEFAULT_CONTROLLER_NAME) -> str:
+    return global_rule_prefix(controller_name) + gen_id(global_rule_name(namespace, name))
 
 
 _BLANK = re.compile(r"\s+")
