@@ -137,15 +137,16 @@ class World:
     admin_port: int
     backends: Backends
     tmp: Path
+    etcd_urls: list[str] = field(default_factory=list)
     controllers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     # -- the controller, as a user runs it
-    def start_controller(self, *extra: str, name: str = "ic") -> subprocess.Popen[bytes]:
+    def start_controller(self, *extra: str, name: str = "ic", to: list[str] | None = None) -> subprocess.Popen[bytes]:
         logf = open(self.tmp / f"{name}.log", "ab")
+        target = to if to is not None else ["--admin-url", f"http://127.0.0.1:{self.admin_port}", "--admin-key", KEY]
         p = subprocess.Popen(
             [PY, "-m", "meshgate", "--log-level", "INFO", "ingress-controller", "--kubeconfig", str(self.kube.kubeconfig),
-             "--admin-url", f"http://127.0.0.1:{self.admin_port}", "--admin-key", KEY,
-             "--watch-namespace", NS, "--watch-namespace", BOOKINFO, "--resync-period", "3s", *extra],
+             *target, "--watch-namespace", NS, "--watch-namespace", BOOKINFO, "--resync-period", "3s", *extra],
             stdout=logf, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self.controllers.append(p)
         return p
@@ -242,7 +243,7 @@ def world(kube: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         backends.serve("web-a", 2)
         backends.serve("web-b", 3)
         backends.serve("productpage", 4)
-        w = World(kube, gw, admin_port, backends, tmp)
+        w = World(kube, gw, admin_port, backends, tmp, etcd_urls=list(etcd.urls))
         yield w
     finally:
         for p in (w.controllers if w else []):
@@ -723,3 +724,28 @@ def test_apisix_global_rule(world: World) -> None:
     finally:
         stop_process(ctl, 10)
         w.admin("DELETE", "global_rules/by-hand")
+
+
+def test_sync_straight_to_etcd(world: World) -> None:
+    """``--etcd`` instead of ``--admin-url``: the objects go into the gateways' etcd in APISIX's
+    layout; the gateway watching it serves them, the Admin API reads them back as its own."""
+    w = world
+    w.service(NS, "web", 80)
+    w.slice(NS, "web", [w.backends.addr(2)])
+    ctl = w.start_controller(name="etcd", to=[a for u in w.etcd_urls for a in ("--etcd", u)])
+    try:
+        w.route("viaetcd", host="etcd.example", paths=["/*"], service="web", port=80)
+        wait_for(lambda: w.get("etcd.example", "/e")[0] == 200, "the route written to etcd to serve", 30)
+        (r,) = [x for x in w.owned() if x["name"] == f"{NS}_viaetcd_r1"]
+        assert r["create_time"] and r["update_time"] and r["upstream_id"]       # as the Admin API shows them
+        cond = wait_for(lambda: (c := w.accepted("viaetcd")) and c, "Accepted", 30)
+        assert cond["status"] == "True", cond
+        w.route("viaetcd", host="etcd2.example", paths=["/*"], service="web", port=80)
+        wait_for(lambda: w.get("etcd2.example", "/e")[0] == 200, "the changed route", 30)
+        (r2,) = [x for x in w.owned() if x["name"] == f"{NS}_viaetcd_r1"]
+        assert r2["create_time"] == r["create_time"], "an update keeps create_time"
+        w.kube.delete(V2, "ApisixRoute", "viaetcd", NS)
+        wait_for(lambda: not w.owned() and not w.owned("upstreams"), "deleted from etcd", 30)
+        assert w.get("etcd2.example", "/e")[0] == 404
+    finally:
+        stop_process(ctl, 10)

@@ -14,10 +14,14 @@ import signal
 import socket
 import sys
 import uuid
-from typing import TypeVar
+import json
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
+from ..config.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from ..k8s.client import KubeClient, KubeConfigError, LeaderElector
-from ..k8s.controller import AdminClient, Controller, ControllerOptions
+from ..k8s.controller import AdminClient, AdminError, Controller, ControllerOptions, GatewayWriter
 
 __all__ = ["add_parser", "run"]
 
@@ -53,9 +57,14 @@ def add_parser(sub: argparse._SubParsersAction[_P]) -> None:
     s = p.add_argument
     s("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
     s("--context", default=None, help="kubeconfig context (default: the current one)")
-    s("--admin-url", default=None, help="gateway Admin API base URL, e.g. http://127.0.0.1:9180 (required)")
+    s("--admin-url", default=None, help="gateway Admin API base URL, e.g. http://127.0.0.1:9180 (this or --etcd)")
     s("--admin-key", default=os.environ.get("MESHGATE_ADMIN_KEY", ""),
       help="Admin API key (default $MESHGATE_ADMIN_KEY)")
+    s("--etcd", action="append", default=[], metavar="URL",
+      help="write into the gateways' etcd instead of an Admin API, e.g. http://etcd:2379 (repeatable: the cluster's "
+           "members)")
+    s("--etcd-prefix", default="/apisix", help="the gateways' deployment.etcd.prefix (default /apisix)")
+    s("--etcd-user", default=None, help="etcd user (password from $MESHGATE_ETCD_PASSWORD)")
     s("--ingress-class", default=None,
       help="class to handle; when given, objects must name it (default: 'apisix' and objects without a class)")
     s("--watch-namespace", action="append", default=[], metavar="NS",
@@ -71,16 +80,83 @@ def add_parser(sub: argparse._SubParsersAction[_P]) -> None:
     s("--identity", default=None, help="leader election identity (default: hostname_uuid)")
 
 
+class EtcdWriter:
+    """``--etcd``: the controller's objects written straight into the gateways' etcd, in
+    APISIX's layout (``<prefix>/<kind>/<id>``, JSON, ``create_time`` kept and ``update_time``
+    set as the Admin API does), for deployments without an Admin API next to the controller;
+    every gateway watching that etcd serves them.  The objects were checked against the
+    gateway's schemas and plugins by the controller before (``validate_translation``)."""
+
+    def __init__(self, endpoints: list[str], prefix: str = "/apisix", *, user: str | None = None,
+                 password: str | None = None) -> None:
+        self.etcd = EtcdClient(endpoints, user=user, password=password, timeout=10.0)
+        self.prefix = "/" + prefix.strip("/")
+
+    def _key(self, kind: str, id: str) -> str:
+        return f"{self.prefix}/{kind}/{id}"
+
+    @staticmethod
+    def _error(e: EtcdError, what: str) -> AdminError:
+        return AdminError(0 if isinstance(e, EtcdUnavailable) else 500, f"etcd {what}: {e}")
+
+    async def list(self, kind: str) -> dict[str, dict[str, Any]]:
+        try:
+            _, kvs = await self.etcd.get_prefix(f"{self.prefix}/{kind}/")
+        except EtcdError as e:
+            raise self._error(e, f"list {kind}") from None
+        out: dict[str, dict[str, Any]] = {}
+        for kv in kvs:
+            try:
+                value = json.loads(kv.value)
+            except ValueError:
+                continue            # a directory marker or a foreign value: not an object of ours
+            if isinstance(value, dict):
+                out[kv.key.rsplit("/", 1)[-1]] = value
+        return out
+
+    async def put(self, kind: str, id: str, value: Mapping[str, Any]) -> None:
+        key = self._key(kind, id)
+        try:
+            old = await self.etcd.get(key)
+            now = int(time.time())
+            created = now
+            if old is not None:
+                try:
+                    created = int(json.loads(old.value).get("create_time") or now)
+                except (ValueError, AttributeError, TypeError):
+                    pass
+            body = {**value, "create_time": created, "update_time": now}
+            await self.etcd.put(key, json.dumps(body, separators=(",", ":")).encode())
+        except EtcdError as e:
+            raise self._error(e, f"put {key}") from None
+
+    async def delete(self, kind: str, id: str) -> None:
+        try:
+            await self.etcd.delete(self._key(kind, id))
+        except EtcdError as e:
+            raise self._error(e, f"delete {self._key(kind, id)}") from None
+
+    async def close(self) -> None:
+        await self.etcd.close()
+
+
 def _fail(msg: str) -> int:
     print(f"meshgate ingress-controller: error: {msg}", file=sys.stderr)
     return 2
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.admin_url:
-        return _fail("--admin-url is required")
-    if not args.admin_url.startswith(("http://", "https://")):
+    if bool(args.admin_url) == bool(args.etcd):
+        return _fail("give one of --admin-url (the gateway's Admin API) or --etcd (the gateways' etcd)")
+    if args.admin_url and not args.admin_url.startswith(("http://", "https://")):
         return _fail(f"--admin-url must be an http(s) URL, got {args.admin_url!r}")
+    if args.etcd:
+        from ..config.etcd import parse_endpoints
+
+        try:
+            parse_endpoints(args.etcd)
+        except ValueError as e:
+            return _fail(str(e).replace("deployment.etcd.host", "--etcd"))
     if args.leader_elect and not (args.leader_elect_retry_period < args.leader_elect_renew_deadline
                                   < args.leader_elect_lease_duration):
         return _fail("leader election needs retry-period < renew-deadline < lease-duration")
@@ -100,7 +176,9 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
                              require_class=args.ingress_class is not None,
                              resync_period=args.resync_period,
                              controller_name=args.controller_name or DEFAULT_CONTROLLER_NAME)
-    admin = AdminClient(args.admin_url, args.admin_key)
+    admin: GatewayWriter = AdminClient(args.admin_url, args.admin_key) if args.admin_url else \
+        EtcdWriter(list(args.etcd), args.etcd_prefix, user=args.etcd_user,
+                   password=os.environ.get("MESHGATE_ETCD_PASSWORD") or None)
     ctl = Controller(kube, admin, opts)
     elector: LeaderElector | None = None
     if args.leader_elect and not args.dry_run:
@@ -123,7 +201,8 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    log.warning("ingress controller started: admin %s, namespaces %s, class %s%s", args.admin_url,
+    target = f"admin {args.admin_url}" if args.admin_url else f"etcd {','.join(args.etcd)} {args.etcd_prefix}"
+    log.warning("ingress controller started: %s, namespaces %s, class %s%s", target,
                 ",".join(opts.namespaces) or "all", opts.ingress_class, " (required)" if opts.require_class else "")
     try:
         async with asyncio.TaskGroup() as tg:

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx2 as httpx
 
@@ -55,7 +55,7 @@ from .translate.gatewayapi import (gateway_class_accepted, gateway_class_status,
                                    translate_gateway, translate_http_route)
 from .translate.naming import MANAGED_BY, global_rule_prefix
 
-__all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "Controller", "plan",
+__all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "GatewayWriter", "Controller", "plan",
            "format_plan", "owned", "class_matches", "accepted_condition", "make_condition", "merge_conditions",
            "conditions_equal",
            "MANAGED_KINDS"]
@@ -234,6 +234,19 @@ class AdminError(MeshgateError):
         super().__init__(f"admin API: {status} {message}" if status else f"admin API: {message}")
 
 
+class GatewayWriter(Protocol):
+    """Where the controller's objects go: a gateway's Admin API (:class:`AdminClient`) or its
+    etcd (the CLI's ``--etcd``).  Failures raise :class:`AdminError` (status 0: unreachable)."""
+
+    async def list(self, kind: str) -> dict[str, dict[str, Any]]: ...
+
+    async def put(self, kind: str, id: str, value: Mapping[str, Any]) -> None: ...
+
+    async def delete(self, kind: str, id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class AdminClient:
     """The gateway's Admin API v3 (``X-API-KEY``)."""
 
@@ -353,7 +366,7 @@ class _Stats:
 
 
 class Controller:
-    def __init__(self, kube: KubeClient, admin: AdminClient, opts: ControllerOptions, *,
+    def __init__(self, kube: KubeClient, admin: GatewayWriter, opts: ControllerOptions, *,
                  registry: Any = None, elector: LeaderElector | None = None) -> None:
         self.kube, self.admin, self.opts, self.elector = kube, admin, opts, elector
         if registry is None:
