@@ -102,6 +102,16 @@ class Backends:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.procs.append(p)
 
+    def bookinfo(self, service: str, last: int, *, version: str = "v1", peers: dict[str, int] | None = None) -> None:
+        """One of the Bookinfo-like demo services on ``addr(last)``:9080, calling its peers at
+        ``addr(peer)``:9080."""
+        _run("ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.addr(last)}/24", "dev", "eth0")
+        args = [a for name, n in (peers or {}).items() for a in ("--peer", f"{name}=http://{self.addr(n)}:9080")]
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns, PY, "-m", "meshgate.demo", "--service", service,
+                              "--version", version, "--host", self.addr(last), "--port", "9080", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.procs.append(p)
+
     def close(self) -> None:
         for p in self.procs:
             stop_process(p, 2)
@@ -403,15 +413,24 @@ def gen_id(name: str) -> str:
 
 
 def test_seed_productpage_v2beta2(world: World) -> None:
-    """The seed's v2beta2 ApisixRoute applied as is → 200 via the gateway."""
+    """The seed's v2beta2 ApisixRoute applied as is → 200 via the gateway, and the page renders
+    reviews (with ratings) through the other Bookinfo-like services."""
     w = world
-    w.service(BOOKINFO, "productpage", 9080, port_name="http")
-    w.slice(BOOKINFO, "productpage", [w.backends.addr(4)])
+    b = w.backends
+    b.bookinfo("details", 20)
+    b.bookinfo("ratings", 21)
+    b.bookinfo("reviews", 22, version="v2", peers={"ratings": 21})
+    b.bookinfo("productpage", 23, peers={"details": 20, "reviews": 22})
+    w.service(BOOKINFO, "productpage", 9080, target=9080, port_name="http")
+    w.slice(BOOKINFO, "productpage", [b.addr(23)], port=9080)
     ctl = w.start_controller(name="pp")
     w.kube.apply(PRODUCTPAGE_V2BETA2, namespace=BOOKINFO)
     wait_for(lambda: w.get("apisix-istio.dev", "/productpage")[0] == 200, "productpage via the gateway", 30)
-    st, body = w.get("apisix-istio.dev", "/productpage")
-    assert body["backend"] == "productpage", body
+    st, page = w.get("apisix-istio.dev", "/productpage")
+    text = page.decode() if isinstance(page, bytes) else str(page)
+    assert 'id="reviews-version">Reviews served by reviews-v2<' in text, text[-1500:]
+    assert 'class="stars-black"' in text, "reviews-v2 showed the ratings service's stars"
+    assert "currently unavailable" not in text, "details, reviews and ratings all answered"
     assert w.get("other.dev", "/productpage")[0] == 404
     cond = wait_for(lambda: (c := w.accepted("productpage", BOOKINFO)) and c, "status", 30)
     assert cond["status"] == "True", cond
