@@ -311,7 +311,7 @@ def test_ingress_controller(rendered: dict[str, list[dict[str, Any]]], monkeypat
     (c,) = pod["containers"]
     args = meshgate_args(c["args"])
     assert args.cmd == "ingress-controller"
-    assert args.admin_url == f"http://mg-meshgate-admin.{NS}.svc:9180"
+    assert args.admin_url == [f"http://mg-meshgate-admin.{NS}.svc:9180"]
     assert not args.admin_key  # from $MESHGATE_ADMIN_KEY, not the pod spec
     assert args.leader_elect and args.leader_elect_namespace == NS
     assert args.ingress_class == "meshgate" and args.watch_namespace == ["default", "shop"]

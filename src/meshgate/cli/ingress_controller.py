@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from ..config.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from ..k8s.client import KubeClient, KubeConfigError, LeaderElector
-from ..k8s.controller import AdminClient, AdminError, Controller, ControllerOptions, GatewayWriter
+from ..k8s.controller import AdminClient, AdminError, Controller, ControllerOptions, FanOut, GatewayWriter
 
 __all__ = ["add_parser", "run"]
 
@@ -57,9 +57,11 @@ def add_parser(sub: argparse._SubParsersAction[_P]) -> None:
     s = p.add_argument
     s("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
     s("--context", default=None, help="kubeconfig context (default: the current one)")
-    s("--admin-url", default=None, help="gateway Admin API base URL, e.g. http://127.0.0.1:9180 (this or --etcd)")
+    s("--admin-url", action="append", default=[], metavar="URL",
+      help="gateway Admin API base URL, e.g. http://127.0.0.1:9180 (this or --etcd; repeatable: gateways with an "
+           "Admin API each, kept identical)")
     s("--admin-key", default=os.environ.get("MESHGATE_ADMIN_KEY", ""),
-      help="Admin API key (default $MESHGATE_ADMIN_KEY)")
+      help="Admin API key, the same for every --admin-url (default $MESHGATE_ADMIN_KEY)")
     s("--etcd", action="append", default=[], metavar="URL",
       help="write into the gateways' etcd instead of an Admin API, e.g. http://etcd:2379 (repeatable: the cluster's "
            "members)")
@@ -148,8 +150,9 @@ def _fail(msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     if bool(args.admin_url) == bool(args.etcd):
         return _fail("give one of --admin-url (the gateway's Admin API) or --etcd (the gateways' etcd)")
-    if args.admin_url and not args.admin_url.startswith(("http://", "https://")):
-        return _fail(f"--admin-url must be an http(s) URL, got {args.admin_url!r}")
+    for url in args.admin_url:
+        if not url.startswith(("http://", "https://")):
+            return _fail(f"--admin-url must be an http(s) URL, got {url!r}")
     if args.etcd:
         from ..config.etcd import parse_endpoints
 
@@ -176,9 +179,14 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
                              require_class=args.ingress_class is not None,
                              resync_period=args.resync_period,
                              controller_name=args.controller_name or DEFAULT_CONTROLLER_NAME)
-    admin: GatewayWriter = AdminClient(args.admin_url, args.admin_key) if args.admin_url else \
-        EtcdWriter(list(args.etcd), args.etcd_prefix, user=args.etcd_user,
-                   password=os.environ.get("MESHGATE_ETCD_PASSWORD") or None)
+    admin: GatewayWriter
+    if len(args.admin_url) > 1:
+        admin = FanOut([(u, AdminClient(u, args.admin_key)) for u in dict.fromkeys(args.admin_url)])
+    elif args.admin_url:
+        admin = AdminClient(args.admin_url[0], args.admin_key)
+    else:
+        admin = EtcdWriter(list(args.etcd), args.etcd_prefix, user=args.etcd_user,
+                           password=os.environ.get("MESHGATE_ETCD_PASSWORD") or None)
     ctl = Controller(kube, admin, opts)
     elector: LeaderElector | None = None
     if args.leader_elect and not args.dry_run:
@@ -201,7 +209,7 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    target = f"admin {args.admin_url}" if args.admin_url else f"etcd {','.join(args.etcd)} {args.etcd_prefix}"
+    target = f"admin {', '.join(args.admin_url)}" if args.admin_url else f"etcd {','.join(args.etcd)} {args.etcd_prefix}"
     log.warning("ingress controller started: %s, namespaces %s, class %s%s", target,
                 ",".join(opts.namespaces) or "all", opts.ingress_class, " (required)" if opts.require_class else "")
     try:

@@ -55,7 +55,7 @@ from .translate.gatewayapi import (gateway_class_accepted, gateway_class_status,
                                    translate_gateway, translate_http_route)
 from .translate.naming import MANAGED_BY, global_rule_prefix
 
-__all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "GatewayWriter", "Controller", "plan",
+__all__ = ["Owner", "Change", "ControllerOptions", "AdminClient", "AdminError", "GatewayWriter", "FanOut", "Controller", "plan",
            "format_plan", "owned", "class_matches", "accepted_condition", "make_condition", "merge_conditions",
            "conditions_equal",
            "MANAGED_KINDS"]
@@ -297,6 +297,79 @@ class AdminClient:
         except AdminError as e:
             if e.status != 404:
                 raise
+
+
+class FanOut:
+    """Several gateways, each with its own Admin API (standalone, API-driven gateways), kept
+    identical: what the controller sees as one gateway.
+
+    ``list`` reads every reachable gateway: an object every one of them holds with the same
+    value is that value; one missing or different somewhere comes back marked, so the plan
+    writes it again (to all: PUTs are idempotent), and one held by some gateway but no longer
+    desired is deleted from all.  A gateway that cannot be reached is left out (``degraded``
+    tells the controller to come back with a full pass soon) instead of holding up the others;
+    it is brought up to date by the first full pass that reaches it."""
+
+    PARTIAL = "_meshgate_not_on_every_gateway"
+
+    def __init__(self, writers: Sequence[tuple[str, GatewayWriter]]) -> None:
+        self.writers = list(writers)
+        self.down: set[str] = set()
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.down)
+
+    async def list(self, kind: str) -> dict[str, dict[str, Any]]:
+        got = await asyncio.gather(*(w.list(kind) for _, w in self.writers), return_exceptions=True)
+        lists: list[dict[str, dict[str, Any]]] = []
+        errors: list[AdminError] = []
+        for (name, _), r in zip(self.writers, got):
+            if isinstance(r, AdminError):
+                if 400 <= r.status < 500 and r.status not in (401, 403):
+                    raise r        # the kind is not served: as for one gateway
+                errors.append(r)
+                if name not in self.down:
+                    log.warning("gateway %s left out until it answers: %s", name, r)
+                self.down.add(name)
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                self.down.discard(name)
+                lists.append(r)
+        if not lists:
+            raise errors[0]
+        out: dict[str, dict[str, Any]] = {}
+        for id_ in dict.fromkeys(k for lst in lists for k in lst):
+            vals = [lst.get(id_) for lst in lists]
+            first = next(v for v in vals if v is not None)
+            same = all(v is not None and comparable(kind, v) == comparable(kind, first) for v in vals)
+            out[id_] = first if same else {**first, self.PARTIAL: True}
+        return out
+
+    async def _each(self, what: str, op: Callable[[GatewayWriter], Any]) -> None:
+        live = [(n, w) for n, w in self.writers if n not in self.down] or self.writers
+        got = await asyncio.gather(*(op(w) for _, w in live), return_exceptions=True)
+        failed = [(n, r) for (n, _), r in zip(live, got) if isinstance(r, BaseException)]
+        for n, r in failed:
+            if not isinstance(r, AdminError):
+                raise r
+            if r.status == 0 or r.status >= 500:
+                self.down.add(n)
+        if failed:
+            first = failed[0][1]
+            assert isinstance(first, AdminError)
+            raise AdminError(first.status, "; ".join(f"gateway {n}: {r}" for n, r in failed) + f" ({what})")
+
+    async def put(self, kind: str, id: str, value: Mapping[str, Any]) -> None:
+        await self._each(f"put {kind}/{id}", lambda w: w.put(kind, id, value))
+
+    async def delete(self, kind: str, id: str) -> None:
+        await self._each(f"delete {kind}/{id}", lambda w: w.delete(kind, id))
+
+    async def close(self) -> None:
+        for _, w in self.writers:
+            await w.close()
 
 
 # --- the controller -------------------------------------------------------------------------
@@ -652,6 +725,9 @@ class Controller:
             elif all(comparable(it.kind, self.actual.get((it.kind, it.id)) or {}) == comparable(it.kind, it.value)
                      for it in res.translation.items):
                 res.sync_error = None
+        if getattr(self.admin, "degraded", False):
+            self._full = True     # a gateway was left out: list them all again soon
+            retry = True
         if retry:
             self._retry_delay = min(max(self._retry_delay * 2, self.opts.retry_min), self.opts.retry_max)
         else:

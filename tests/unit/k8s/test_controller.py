@@ -469,3 +469,39 @@ async def test_global_rules_synced_and_owned_by_id(ctl: Controller) -> None:
     put(ctl, agr, "DELETED")
     assert await ctl.sync_once()
     assert set(admin.store["global_rules"]) == {"manual"}
+
+
+async def test_fan_out_keeps_several_gateways_identical_and_survives_one_down() -> None:
+    from meshgate.k8s.controller import FanOut
+
+    a, b = FakeAdmin(), FakeAdmin()
+    fan = FanOut([("a", a), ("b", b)])
+    ctl = Controller(FakeKube(), fan, ControllerOptions())  # type: ignore[arg-type]
+    b.store["routes"] = {"stale": route("stale")}                  # ours, on one gateway only, not desired
+    put(ctl, svc("ns", "web"))
+    put(ctl, eps("ns", "web", "10.0.0.1"))
+    put(ctl, ar("ns", "r", "web"))
+    assert await ctl.sync_once()
+    assert a.store["routes"].keys() == b.store["routes"].keys() and "stale" not in b.store["routes"]
+    assert a.store["upstreams"] == b.store["upstreams"]
+    # b loses an object behind our back (a restart with an empty store): the next full pass restores it
+    b.store["routes"].clear()
+    a.calls.clear()
+    ctl._full = True
+    assert await ctl.sync_once()
+    assert b.store["routes"].keys() == a.store["routes"].keys()
+    # b down: a still gets the changes; the controller comes back with a full pass
+    real_list = b.list
+
+    async def down(*args: Any) -> dict[str, dict[str, Any]]:
+        raise AdminError(0, "connection refused")
+    b.list = down  # type: ignore[method-assign]
+    b.put = down  # type: ignore[assignment,method-assign]
+    ctl._full = True
+    put(ctl, ar("ns", "r2", "web"))
+    assert await ctl.sync_once()
+    assert len(a.store["routes"]) == 2 and fan.degraded and ctl._full and ctl._retry_delay > 0
+    b.list = real_list  # type: ignore[method-assign]
+    del b.put
+    assert await ctl.sync_once()
+    assert b.store["routes"].keys() == a.store["routes"].keys() and not fan.degraded
