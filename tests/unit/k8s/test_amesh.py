@@ -13,6 +13,8 @@ from meshgate.k8s.amesh import check_selector, parse_config, pod_state, selector
 from meshgate.k8s.mesh_controller import MeshController
 from meshgate.plugins import PluginRegistry
 
+from k8stools import load
+
 SAMPLE = '{"body":"BODY_REWRITE","headers":{"X-Header":"Rewrite"}}'
 
 
@@ -184,3 +186,18 @@ def test_relabelled_pod_gets_another_set_and_unknown_pod_uses_sidecar_labels(reg
     put(ctl, {**pod("p", {"app": "reviews"}), "status": {"phase": "Running", "podIP": "10.0.0.9"}}, "MODIFIED")
     assert d.notified == n + 1                   # nothing that decides a plugin set changed
     assert ctl.state_for("default", "not-in-cache", {"app": "reviews"})["plugins"]
+
+
+def test_yaml_fixture_per_pod_sets(registry: PluginRegistry) -> None:
+    objs = load("amesh.yaml")
+    configs = [parse_config(o, registry) for o in objs if o["kind"] == "AmeshPluginConfig"]
+    assert all(c.ok for c in configs), [c.errors for c in configs]
+    pods = {o["metadata"]["name"]: o["metadata"]["labels"] for o in objs if o["kind"] == "Pod"}
+    v2 = pod_state("bookinfo", pods["reviews-v2-7d9f"], configs)
+    # the sample (every pod) then reviews-limits (newer): its response-rewrite wins
+    assert v2["plugins"] == {"limit-count": {"count": 100, "time_window": 60, "rejected_code": 429},
+                             "response-rewrite": {"headers": {"set": {"X-Reviews": "limited"}}}}
+    assert v2["sources"] == [{"namespace": "bookinfo", "name": "ameshpluginconfig-sample", "generation": 1},
+                             {"namespace": "bookinfo", "name": "reviews-limits", "generation": 3}]
+    v1 = pod_state("bookinfo", pods["reviews-v1-5c8b"], configs)
+    assert v1["plugins"] == {"response-rewrite": {"body": "BODY_REWRITE", "headers": {"X-Header": "Rewrite"}}}
