@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from .. import __version__
 from .ads import AdsSession, AdsState, AdsStats, Applier, Request
 
-__all__ = ["XdsClient", "make_node", "node_metadata_struct", "KEEPALIVE_OPTIONS", "full_jitter"]
+__all__ = ["XdsClient", "StreamKeeper", "make_node", "node_metadata_struct", "KEEPALIVE_OPTIONS", "full_jitter"]
 
 log = logging.getLogger("meshgate.xds.client")
 
@@ -191,8 +191,101 @@ def full_jitter(rng: random.Random, base: float, cap: float, failures: int) -> f
     return max(base / 10, rng.uniform(0, top))
 
 
-class XdsClient:
+class StreamKeeper:
+    """One gRPC stream kept up until ``stop()``: the reconnect loop both xDS clients share.
+
+    A subclass sets ``what`` and ``target`` (for logs), implements ``_stream_once`` (one
+    stream; it keeps ``self._channel`` / ``self._call`` so that ``stop()`` can end them, and
+    resets ``failures`` once a response arrived) and calls ``_keeper_init``."""
+
+    what = "stream"
+    target: str
+
+    def _keeper_init(self, backoff_base: float, backoff_max: float, rng: random.Random | None) -> None:
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.connected = False
+        self.last_error: str | None = None       # why the last stream ended
+        self.connects = 0                        # streams attempted
+        self.failures = 0                        # consecutive streams without a response
+        self.backoffs: deque[float] = deque(maxlen=32)   # recent delays slept, for status/tests
+        self._rng = rng or random.Random()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._channel: Any = None
+        self._call: Any = None
+        self._running = False
+        self._done = asyncio.Event()
+
+    async def _stream_once(self) -> Any:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Keep the stream up until ``stop()`` (or cancellation); returns when stopped."""
+        if self._running:
+            raise RuntimeError(f"{type(self).__name__}.run() is already running")
+        self._running = True
+        self._stopping = False
+        self._done.clear()
+        try:
+            while not self._stopping:
+                try:
+                    await self._stream_once()
+                    if not self._stopping:
+                        self.last_error = "stream closed by the server"
+                except grpc.aio.AioRpcError as e:
+                    if not self._stopping:
+                        self.last_error = f"{e.code().name}: {e.details()}"
+                except asyncio.CancelledError:
+                    if self._stopping:
+                        break
+                    raise
+                except Exception as e:   # task root of the stream: log, back off, retry
+                    log.exception("%s to %s failed", self.what, self.target)
+                    self.last_error = f"{type(e).__name__}: {e}"
+                finally:
+                    self.connected = False
+                    await self._close()
+                if self._stopping:
+                    break
+                delay = full_jitter(self._rng, self.backoff_base, self.backoff_max, self.failures)
+                self.failures += 1
+                self.backoffs.append(delay)
+                log.warning("%s to %s ended (%s); reconnecting in %.2fs", self.what, self.target, self.last_error,
+                            delay)
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            self._running = False
+            self._done.set()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop: cancel the call (before closing the channel), wait for ``run()`` to return."""
+        self._stopping = True
+        self._wake.set()
+        await self._close()
+        if self._running:
+            try:
+                await asyncio.wait_for(self._done.wait(), timeout)
+            except TimeoutError:
+                log.warning("%s client did not stop within %.1fs", self.what, timeout)
+
+    async def _close(self) -> None:
+        call, channel = self._call, self._channel
+        self._call = self._channel = None
+        if call is not None:
+            call.cancel()   # first: closing the channel under a live call can deadlock
+        if channel is not None:
+            await channel.close()
+
+
+class XdsClient(StreamKeeper):
     """One ADS stream kept alive against ``target`` (``host:port``) until ``stop()``."""
+
+    what = "xDS stream"
 
     def __init__(
         self,
@@ -208,28 +301,15 @@ class XdsClient:
         state: AdsState | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self._keeper_init(backoff_base, backoff_max, rng)
         self.target = target
         self.node = node
         self.applier = applier
         self.delta = delta
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self.warming_timeout = warming_timeout   # Envoy's initial_fetch_timeout for cluster warming
         self.channel_options = list(KEEPALIVE_OPTIONS) + list(channel_options)
         self.state = state if state is not None else AdsState()
         self.session: AdsSession | None = None
-        self.connected = False
-        self.last_error: str | None = None
-        self.connects = 0                 # streams attempted
-        self.failures = 0                 # consecutive attempts without a response
-        self.backoffs: deque[float] = deque(maxlen=32)   # recent delays slept, for status/tests
-        self._rng = rng or random.Random()
-        self._stopping = False
-        self._wake = asyncio.Event()
-        self._channel: Any = None
-        self._call: Any = None
-        self._running = False
-        self._done = asyncio.Event()
 
     # -- status --
 
@@ -255,70 +335,8 @@ class XdsClient:
             **self.state.stats.as_dict(),
         }
 
-    # -- lifecycle --
-
-    async def run(self) -> None:
-        """Keep the stream up until ``stop()``; returns when stopped."""
-        if self._running:
-            raise RuntimeError("XdsClient.run() is already running")
-        self._running = True
-        self._done.clear()
-        try:
-            while not self._stopping:
-                try:
-                    await self._stream_once()
-                    if not self._stopping:
-                        self.last_error = "stream closed by the server"
-                except grpc.aio.AioRpcError as e:
-                    if not self._stopping:
-                        self.last_error = f"{e.code().name}: {e.details()}"
-                except asyncio.CancelledError:
-                    if self._stopping:
-                        break
-                    raise
-                except Exception as e:   # task root of the stream: log, back off, retry
-                    log.exception("xDS stream to %s failed", self.target)
-                    self.last_error = f"{type(e).__name__}: {e}"
-                finally:
-                    self.connected = False
-                    await self._close()
-                if self._stopping:
-                    break
-                delay = self._backoff(self.failures)
-                self.failures += 1
-                self.backoffs.append(delay)
-                log.warning("xDS stream to %s ended (%s); reconnecting in %.2fs",
-                            self.target, self.last_error, delay)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
-        finally:
-            self._running = False
-            self._done.set()
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Stop: cancel the call (before closing the channel), wait for ``run()`` to return."""
-        self._stopping = True
-        self._wake.set()
-        await self._close()
-        if self._running:
-            try:
-                await asyncio.wait_for(self._done.wait(), timeout)
-            except TimeoutError:
-                log.warning("xDS client did not stop within %.1fs", timeout)
-
     def _backoff(self, failures: int) -> float:
         return full_jitter(self._rng, self.backoff_base, self.backoff_max, failures)
-
-    async def _close(self) -> None:
-        call, channel = self._call, self._channel
-        self._call = self._channel = None
-        if call is not None:
-            call.cancel()   # first: closing the channel under a live call can deadlock
-        if channel is not None:
-            await channel.close()
 
     async def _stream_once(self) -> bool:
         """One stream; returns whether a response arrived (raises on failure)."""

@@ -54,7 +54,7 @@ import math
 import random
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -68,7 +68,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from .ads import INVALID_ARGUMENT, XdsRejected
-from .client import KEEPALIVE_OPTIONS, full_jitter
+from .client import KEEPALIVE_OPTIONS, StreamKeeper
 
 __all__ = [
     "TYPE_URL",
@@ -646,8 +646,10 @@ class ExtConfigServer:
 # --- the client -----------------------------------------------------------------------------------
 
 
-class ExtConfigClient:
+class ExtConfigClient(StreamKeeper):
     """The sidecar end: one stream to ``address`` kept alive until ``stop()``."""
+
+    what = "extension config stream"
 
     def __init__(
         self,
@@ -661,34 +663,21 @@ class ExtConfigClient:
         rng: random.Random | None = None,
     ) -> None:
         parse_address(address)
-        self.address = address
+        self._keeper_init(backoff_base, backoff_max, rng)
+        self.address = self.target = address
         self.node = node
         self.apply = apply
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self.channel_options = list(KEEPALIVE_OPTIONS) + list(channel_options)
         self.version: str | None = None          # applied version
         self.state: dict[str, Any] | None = None  # applied state
-        self.connected = False
-        self.last_error: str | None = None       # why the last stream ended
         self.last_nack: str | None = None
-        self.connects = 0
-        self.failures = 0                        # consecutive streams without a response
         self.responses = 0
         self.applied = 0                         # successful apply() calls
         self.unchanged = 0                       # responses of the applied version (not re-applied)
         self.acks = 0
         self.nacks = 0
         self.ignored = 0                         # responses of other type URLs
-        self.backoffs: deque[float] = deque(maxlen=32)
-        self._rng = rng or random.Random()
         self._ready = asyncio.Event()
-        self._stopping = False
-        self._wake = asyncio.Event()
-        self._channel: Any = None
-        self._call: Any = None
-        self._running = False
-        self._done = asyncio.Event()
 
     # -- status --
 
@@ -710,69 +699,6 @@ class ExtConfigClient:
             "responses": self.responses, "applied": self.applied, "unchanged": self.unchanged,
             "acks": self.acks, "nacks": self.nacks, "ignored": self.ignored,
         }
-
-    # -- lifecycle --
-
-    async def run(self) -> None:
-        """Keep the stream up until ``stop()`` (or cancellation); returns when stopped."""
-        if self._running:
-            raise RuntimeError("ExtConfigClient.run() is already running")
-        self._running = True
-        self._stopping = False
-        self._done.clear()
-        try:
-            while not self._stopping:
-                try:
-                    await self._stream_once()
-                    if not self._stopping:
-                        self.last_error = "stream closed by the server"
-                except grpc.aio.AioRpcError as e:
-                    if not self._stopping:
-                        self.last_error = f"{e.code().name}: {e.details()}"
-                except asyncio.CancelledError:
-                    if self._stopping:
-                        break
-                    raise
-                except Exception as e:   # task root of the stream: log, back off, retry
-                    log.exception("extension config stream to %s failed", self.address)
-                    self.last_error = f"{type(e).__name__}: {e}"
-                finally:
-                    self.connected = False
-                    await self._close()
-                if self._stopping:
-                    break
-                delay = full_jitter(self._rng, self.backoff_base, self.backoff_max, self.failures)
-                self.failures += 1
-                self.backoffs.append(delay)
-                log.warning("extension config stream to %s ended (%s); reconnecting in %.2fs",
-                            self.address, self.last_error, delay)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
-        finally:
-            self._running = False
-            self._done.set()
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Cancel the stream and wait (at most ``timeout``) for ``run()`` to return."""
-        self._stopping = True
-        self._wake.set()
-        await self._close()
-        if self._running:
-            try:
-                await asyncio.wait_for(self._done.wait(), timeout)
-            except TimeoutError:
-                log.warning("extension config client did not stop within %.1fs", timeout)
-
-    async def _close(self) -> None:
-        call, channel = self._call, self._channel
-        self._call = self._channel = None
-        if call is not None:
-            call.cancel()   # first: closing the channel under a live call can deadlock
-        if channel is not None:
-            await channel.close()
 
     def _request(self, *, version: str, nonce: str, error: str | None = None, node: bool = False) -> Any:
         req: Any = discovery_pb2.DiscoveryRequest(version_info=version, type_url=TYPE_URL,
