@@ -13,13 +13,49 @@ ingress-nginx ``rewrite-target``, which implies it there) a path is a regular ex
 ``uris ["/*"]`` and ``vars [["uri", "~~", "^" + p]]`` (``~*``, case-insensitive, for the
 ingress-nginx annotations, as ingress-nginx's regex locations).
 
-Backends: ``service {name, port {number | name}}`` resolved by :func:`resolve_backend`;
-``resource`` backends and ``spec.defaultBackend`` are not supported (an error).
+Backends: ``service {name, port {number | name}}`` resolved by :func:`resolve_backend`, in the
+Ingress's namespace or the ``svc-namespace`` annotation's; ``resource`` backends and
+``spec.defaultBackend`` are not supported (an error).
 
-Annotations are parsed against a strict schema, one parser per key; a value never reaches
-configuration text, it only fills typed plugin fields (CVE-2021-25742 family).  A bad value
-is an error naming the annotation and what is expected; its path's route is left out.
-Unknown keys under the two prefixes are warnings.  See :data:`APISIX` and :data:`NGINX`.
+Annotations are parsed against a strict schema, one parser per key (:data:`_PARSERS`); a value
+never reaches configuration text, it only fills typed plugin fields (CVE-2021-25742 family).  A
+bad value is an error naming the annotation and what is expected, and the Ingress produces no
+route.  Unknown keys under the two prefixes are warnings, and so is a setting whose switch is
+absent (``csrf-key`` without ``enable-csrf``...).  Names, values and semantics are those of
+apisix-ingress-controller (AIC) v2; lists are comma-separated (empty items dropped).
+``k8s.apisix.apache.org/`` (:data:`APISIX`):
+
+* ``enable-websocket``, ``use-regex`` (above), ``rewrite-target`` → ``proxy-rewrite.uri``;
+  ``rewrite-target-regex`` + ``-template`` (together) → ``proxy-rewrite.regex_uri``;
+* ``http-to-https`` → ``redirect {http_to_https}``; ``http-redirect`` (a path or http(s) URL)
+  and ``http-redirect-code`` (301, 302, 303, 307, 308; default 301) → ``redirect {uri,
+  ret_code}``; with both, http-to-https wins (as AIC; a warning);
+* ``enable-cors`` with ``cors-allow-origin`` / ``-headers`` / ``-methods`` → ``cors``;
+* ``enable-csrf`` + ``csrf-key`` (required then; never repeated in messages) → ``csrf {key}``;
+* ``enable-response-rewrite`` with ``response-rewrite-status-code`` (200-598), ``-body`` (empty:
+  left alone), ``-body-base64`` (the body must then be base64), ``-add-header``
+  (``Name:value,...``), ``-set-header`` (``Name:value,...``) and ``-remove-header`` (names) →
+  ``response-rewrite {status_code, body, body_base64, headers {add, set, remove}}``;
+* ``auth-uri`` (http(s) URL) with ``auth-ssl-verify`` (default true), ``auth-request-headers``,
+  ``auth-upstream-headers``, ``auth-client-headers`` → ``forward-auth``;
+* ``allowlist-source-range`` / ``blocklist-source-range`` (not both) → ``ip-restriction``;
+* ``http-allow-methods`` / ``http-block-methods`` (method names, upper-cased) → AIC v2's
+  ``fault-injection {abort {http_status: 405, vars: [[["request_method", "!", "in" | "in",
+  [...]]]]}}``: a refused method gets 405 before any other plugin runs; with both, only the allow
+  list applies (AIC's documented rule; a warning);
+* ``auth-type`` (``basicAuth`` | ``keyAuth``) → ``basic-auth {}`` | ``key-auth {}`` (consumers
+  from ApisixConsumer);
+* ``svc-namespace``: the backends' (and :func:`ingress_service_refs`') namespace;
+* ``plugin-config-name``: an ApisixPluginConfig of the Ingress's namespace whose plugins
+  (:func:`plugin_config_plugins`: disabled ones dropped, ``secretRef`` merged) are the base of
+  every route's plugins, the annotations' plugins winning by name (as AIC v2).  A missing or
+  broken config is an error and the Ingress produces no route;
+* ``upstream-scheme``, ``upstream-retries``, ``upstream-connect-timeout`` / ``-read-`` /
+  ``-send-`` (durations; an unset one is 60 s) → the route's upstream.
+
+``nginx.ingress.kubernetes.io/`` (:data:`NGINX`): ``rewrite-target``, ``use-regex``,
+``ssl-redirect``, ``enable-cors`` and ``cors-allow-*``, ``whitelist-source-range``,
+``proxy-body-size`` (→ ``client-control``) and the canary ones below.
 
 Canary (ingress-nginx semantics): an Ingress annotated ``nginx.ingress.kubernetes.io/canary:
 "true"`` produces no route of its own.  For each of its host+path, the non-canary Ingress of the
@@ -32,15 +68,20 @@ backend and a ``traffic-split`` plugin: ``canary-by-header`` (with
 
 from __future__ import annotations
 
+import base64
+import binascii
+import copy
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...errors import ConfigError
 from ...plugins.builtin.cors import ORIGINS_PATTERN
 from ...router import compile_expr
+from .apisixpluginconfig import plugin_config_plugins
 from .apisixupstream import cert_and_key
 from .common import ClusterState, Item, Translation, TranslateError, object_ref, parse_duration, seconds
 from .endpoints import Backend, BackendError, resolve_backend
@@ -62,6 +103,9 @@ _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
 _SIZE_UNIT = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 _CAPTURE = re.compile(r"\$(\d+)")
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?")
+_AUTH_TYPES = {"basicAuth": "basic-auth", "keyAuth": "key-auth"}
+_REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 
 # --- class filter -----------------------------------------------------------------------------
@@ -97,8 +141,15 @@ def is_canary(ing: Obj) -> bool:
 
 
 def ingress_service_refs(ing: Obj) -> set[tuple[str, str]]:
-    """``(namespace, Service)`` an Ingress's backends name."""
+    """``(namespace, Service)`` an Ingress's backends name (``svc-namespace`` honoured)."""
     _, ns, _ = object_ref(ing)
+    ann = (ing.get("metadata") or {}).get("annotations") or {}
+    other = ann.get(APISIX + "svc-namespace") if isinstance(ann, Mapping) else None
+    if isinstance(other, str):
+        try:
+            ns = _dns_label(other)
+        except _Bad:
+            pass
     out: set[tuple[str, str]] = set()
     for _i, _j, _rule, path in _paths(ing):
         svc = ((path.get("backend") or {}).get("service") or {}) if isinstance(path.get("backend"), Mapping) else {}
@@ -257,6 +308,110 @@ def _value(v: str) -> str:
     return v
 
 
+def _text(v: str) -> str:
+    return v  # a response body: any text, it only fills the plugin's body field
+
+
+def _url(v: str) -> str:
+    s = v.strip()
+    try:
+        u = urlsplit(s) if s and not any(c.isspace() or ord(c) < 32 for c in s) else None
+        ok = u is not None and u.scheme in ("http", "https") and bool(u.hostname) and len(s) <= 4096
+        _ = u and u.port  # an invalid port raises
+    except ValueError:
+        ok = False
+    if not ok:
+        raise _Bad("expected an http:// or https:// URL such as https://auth.example.com/verify "
+                   "(no spaces or control characters)")
+    return s
+
+
+def _header_list(v: str) -> list[str]:
+    parts = list(dict.fromkeys(p.strip() for p in v.split(",") if p.strip()))
+    if not parts or any(not _TOKEN.match(p) for p in parts):
+        raise _Bad("expected a comma-separated list of header names")
+    return parts
+
+
+def _header_pair(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not _TOKEN.match(name) or any(ord(c) < 32 for c in value):
+        raise _Bad("expected a comma-separated list of Name:value headers")
+    return name, value
+
+
+def _add_headers(v: str) -> list[str]:
+    out: list[str] = []
+    for item in (p.strip() for p in v.split(",")):
+        if not item:
+            continue
+        name, value = _header_pair(item)
+        if not value or ":" in value or value.endswith("/"):
+            raise _Bad("expected a comma-separated list of Name:value headers, each value non-empty, "
+                       "without : and not ending with /")
+        out.append(f"{name}:{value}")
+    if not out:
+        raise _Bad("expected a comma-separated list of Name:value headers")
+    return out
+
+
+def _set_headers(v: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (p.strip() for p in v.split(",")):
+        if item:
+            name, value = _header_pair(item)
+            out[name] = value
+    if not out:
+        raise _Bad("expected a comma-separated list of Name:value headers")
+    return out
+
+
+def _method_list(v: str) -> list[str]:
+    parts = list(dict.fromkeys(p.strip().upper() for p in v.split(",") if p.strip()))
+    if not parts or any(p not in _METHODS for p in parts):
+        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_METHODS))}")
+    return parts
+
+
+def _auth_type(v: str) -> str:
+    s = v.strip()
+    if s not in _AUTH_TYPES:
+        raise _Bad(f"expected one of {', '.join(_AUTH_TYPES)}")
+    return _AUTH_TYPES[s]
+
+
+def _dns_label(v: str) -> str:
+    s = v.strip()
+    if len(s) > 63 or not _DNS_LABEL.fullmatch(s):
+        raise _Bad("expected a namespace name (lower-case letters, digits and -, at most 63 characters)")
+    return s
+
+
+def _dns_subdomain(v: str) -> str:
+    s = v.strip()
+    if len(s) > 253 or not re.fullmatch(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*", s):
+        raise _Bad("expected the name of an ApisixPluginConfig of this namespace (lower-case letters, digits, "
+                   "- and .)")
+    return s
+
+
+def _redirect_uri(v: str) -> str:
+    s = v.strip()
+    if s.startswith(("http://", "https://")):
+        return _url(s)
+    if len(s) < 2 or not s.startswith("/") or any(c.isspace() or ord(c) < 32 for c in s) or len(s) > 4096:
+        raise _Bad("expected a path starting with / or an http(s):// URL, without spaces or control characters")
+    return s
+
+
+def _redirect_code(v: str) -> int:
+    s = v.strip()
+    if s not in {str(c) for c in _REDIRECT_CODES}:
+        raise _Bad(f"expected one of {', '.join(map(str, _REDIRECT_CODES))}")
+    return int(s)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     APISIX + "enable-websocket": _bool,
     APISIX + "use-regex": _bool,
@@ -275,6 +430,27 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     APISIX + "upstream-connect-timeout": _duration,
     APISIX + "upstream-read-timeout": _duration,
     APISIX + "upstream-send-timeout": _duration,
+    APISIX + "http-redirect": _redirect_uri,
+    APISIX + "http-redirect-code": _redirect_code,
+    APISIX + "enable-csrf": _bool,
+    APISIX + "csrf-key": _value,
+    APISIX + "enable-response-rewrite": _bool,
+    APISIX + "response-rewrite-status-code": _int(200, 598),
+    APISIX + "response-rewrite-body": _text,
+    APISIX + "response-rewrite-body-base64": _bool,
+    APISIX + "response-rewrite-add-header": _add_headers,
+    APISIX + "response-rewrite-set-header": _set_headers,
+    APISIX + "response-rewrite-remove-header": _header_list,
+    APISIX + "auth-uri": _url,
+    APISIX + "auth-ssl-verify": _bool,
+    APISIX + "auth-request-headers": _header_list,
+    APISIX + "auth-upstream-headers": _header_list,
+    APISIX + "auth-client-headers": _header_list,
+    APISIX + "http-allow-methods": _method_list,
+    APISIX + "http-block-methods": _method_list,
+    APISIX + "auth-type": _auth_type,
+    APISIX + "svc-namespace": _dns_label,
+    APISIX + "plugin-config-name": _dns_subdomain,
     NGINX + "rewrite-target": _template,
     NGINX + "use-regex": _bool,
     NGINX + "ssl-redirect": _bool,
@@ -291,6 +467,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     NGINX + "canary-weight": _int(0),
     NGINX + "canary-weight-total": _int(1),
 }
+
+
+# An annotation that only configures another one: ignored (a warning) when that one is absent.
+_NEEDS: dict[str, str] = {
+    APISIX + "http-redirect-code": APISIX + "http-redirect",
+    APISIX + "csrf-key": APISIX + "enable-csrf",
+    **{APISIX + f"response-rewrite-{k}": APISIX + "enable-response-rewrite"
+       for k in ("status-code", "body", "body-base64", "add-header", "set-header", "remove-header")},
+    **{APISIX + k: APISIX + "auth-uri"
+       for k in ("auth-ssl-verify", "auth-request-headers", "auth-upstream-headers", "auth-client-headers")},
+}
+_SECRET = {APISIX + "csrf-key"}  # never repeated in messages
 
 
 @dataclass
@@ -326,8 +514,13 @@ def _parse_annotations(ing: Obj) -> _Ann:
                 raise _Bad("expected a string")
             out.values[k] = parser(v)
         except _Bad as e:
-            out.errors.append((_ptr(k), f"annotation {k}: {e}, got {v!r}"))
+            got = "" if k in _SECRET else f", got {v!r}"
+            out.errors.append((_ptr(k), f"annotation {k}: {e}{got}"))
     ann = out.values
+    for k, switch in _NEEDS.items():
+        if k in ann and switch not in raw:
+            out.warnings.append(f"annotation {k} is ignored without {switch}"
+                                + (': "true"' if switch.rpartition("/")[2].startswith("enable-") else ""))
     # combinations
     if APISIX + "rewrite-target" in ann and APISIX + "rewrite-target-regex" in ann:
         out.errors.append((_ptr(APISIX + "rewrite-target-regex"), f"annotation {APISIX}rewrite-target-regex: "
@@ -344,6 +537,25 @@ def _parse_annotations(ing: Obj) -> _Ann:
     if allow and ann.get(APISIX + "blocklist-source-range"):
         out.errors.append((_ptr(APISIX + "blocklist-source-range"), f"annotation {APISIX}blocklist-source-range: "
                            "cannot be combined with an allowlist (allowlist-source-range / whitelist-source-range)"))
+    if ann.get(APISIX + "enable-csrf") and APISIX + "csrf-key" not in raw:
+        out.errors.append((_ptr(APISIX + "csrf-key"), f'annotation {APISIX}csrf-key: required when {APISIX}enable-csrf '
+                           'is "true" (the secret that signs the CSRF tokens)'))
+    if ann.get(APISIX + "response-rewrite-body-base64"):
+        body = ann.get(APISIX + "response-rewrite-body", "")
+        try:
+            ok = bool(body) and bool(base64.b64decode(body, validate=True))
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            out.errors.append((_ptr(APISIX + "response-rewrite-body"), f"annotation {APISIX}response-rewrite-body: "
+                               f'expected non-empty base64 content when {APISIX}response-rewrite-body-base64 is "true"'
+                               + (f", got {body!r}" if body else "")))
+    if ann.get(APISIX + "http-allow-methods") and ann.get(APISIX + "http-block-methods"):
+        out.warnings.append(f"annotation {APISIX}http-block-methods is ignored: {APISIX}http-allow-methods is set "
+                            "and only the allow list applies (as apisix-ingress-controller)")
+    if ann.get(APISIX + "http-redirect") and (ann.get(APISIX + "http-to-https") or ann.get(NGINX + "ssl-redirect")):
+        out.warnings.append(f"annotation {APISIX}http-redirect is ignored: http-to-https is set and wins "
+                            "(as apisix-ingress-controller)")
     total = ann.get(NGINX + "canary-weight-total", 100)
     if ann.get(NGINX + "canary-weight", 0) > total:
         out.errors.append((_ptr(NGINX + "canary-weight"), f"annotation {NGINX}canary-weight: expected an integer "
@@ -364,6 +576,9 @@ def _plugins(ann: _Ann, path: str) -> dict[str, Any]:
         plugins["proxy-rewrite"] = {"regex_uri": [f"^(?:{path}).*", a[NGINX + "rewrite-target"]]}
     if a.get(APISIX + "http-to-https") or a.get(NGINX + "ssl-redirect"):
         plugins["redirect"] = {"http_to_https": True}
+    elif a.get(APISIX + "http-redirect"):
+        plugins["redirect"] = {"uri": a[APISIX + "http-redirect"],
+                               "ret_code": a.get(APISIX + "http-redirect-code", 301)}
     cors_on = a.get(APISIX + "enable-cors") or a.get(NGINX + "enable-cors")
     if cors_on:
         conf: dict[str, Any] = {}
@@ -379,7 +594,35 @@ def _plugins(ann: _Ann, path: str) -> dict[str, Any]:
         plugins["ip-restriction"] = {"blacklist": list(a[APISIX + "blocklist-source-range"])}
     if a.get(NGINX + "proxy-body-size") is not None:
         plugins["client-control"] = {"max_body_size": a[NGINX + "proxy-body-size"]}
-    return plugins
+    if a.get(APISIX + "enable-csrf"):
+        plugins["csrf"] = {"key": a[APISIX + "csrf-key"]}
+    if a.get(APISIX + "enable-response-rewrite"):
+        rr: dict[str, Any] = {}
+        if APISIX + "response-rewrite-status-code" in a:
+            rr["status_code"] = a[APISIX + "response-rewrite-status-code"]
+        if a.get(APISIX + "response-rewrite-body"):  # empty: the body is left alone (as AIC)
+            rr["body"] = a[APISIX + "response-rewrite-body"]
+            if a.get(APISIX + "response-rewrite-body-base64"):
+                rr["body_base64"] = True
+        headers = {k: a[APISIX + f"response-rewrite-{k}-header"] for k in ("add", "set", "remove")
+                   if APISIX + f"response-rewrite-{k}-header" in a}
+        if headers:
+            rr["headers"] = headers
+        plugins["response-rewrite"] = rr
+    if a.get(APISIX + "auth-uri"):
+        fa: dict[str, Any] = {"uri": a[APISIX + "auth-uri"], "ssl_verify": a.get(APISIX + "auth-ssl-verify", True)}
+        for k in ("request", "upstream", "client"):
+            if APISIX + f"auth-{k}-headers" in a:
+                fa[f"{k}_headers"] = list(a[APISIX + f"auth-{k}-headers"])
+        plugins["forward-auth"] = fa
+    allow_m, block_m = a.get(APISIX + "http-allow-methods"), a.get(APISIX + "http-block-methods")
+    if allow_m or block_m:  # 405 for a method outside the allow list (it wins) or inside the block list
+        cond = (["request_method", "!", "in", list(allow_m)] if allow_m
+                else ["request_method", "in", list(block_m or ())])
+        plugins["fault-injection"] = {"abort": {"http_status": 405, "vars": [[cond]]}}
+    if a.get(APISIX + "auth-type"):
+        plugins[a[APISIX + "auth-type"]] = {}
+    return copy.deepcopy(plugins)  # each route its own lists and maps
 
 
 def _upstream_extras(ann: _Ann) -> dict[str, Any]:
@@ -423,8 +666,9 @@ class _Ctx:
     def error(self, pointer: str, message: str) -> None:
         self.errors.append(TranslateError(pointer, message, kind=self.kind, id=f"{self.ns}/{self.name}"))
 
-    def backend(self, path: Obj, ptr: str, weight: int = 100) -> dict[str, Any]:
-        """The upstream (``type``, ``nodes``, ``scheme``) of a path's backend; raises BackendError."""
+    def backend(self, path: Obj, ptr: str, weight: int = 100, svc_ns: str | None = None) -> dict[str, Any]:
+        """The upstream (``type``, ``nodes``, ``scheme``) of a path's backend, a Service of
+        ``svc_ns`` (default: the Ingress's namespace); raises BackendError."""
         b = path.get("backend")
         if not isinstance(b, Mapping):
             raise BackendError("required field is missing: backend.service {name, port}")
@@ -442,9 +686,9 @@ class _Ctx:
                 pv = str(port["name"])
         if isinstance(pv, bool) or not (pv is None or isinstance(pv, (int, str))):
             raise BackendError(f"backend.service.port.number must be an integer, got {pv!r}")
-        sname = str(svc["name"])
-        res = resolve_backend(self.state.service(self.ns, sname), self.state.slices_of(self.ns, sname),
-                              Backend(sname, pv, weight=weight), namespace=self.ns, pods=self.state.pods)
+        sname, sns = str(svc["name"]), svc_ns or self.ns
+        res = resolve_backend(self.state.service(sns, sname), self.state.slices_of(sns, sname),
+                              Backend(sname, pv, weight=weight), namespace=sns, pods=self.state.pods)
         up: dict[str, Any] = {"type": "roundrobin", "nodes": res.nodes}
         if res.scheme:
             up["scheme"] = res.scheme
@@ -475,8 +719,22 @@ def translate_ingress(ing: Obj, state: ClusterState, *, controller_name: str = D
     if ann.errors:  # a bad annotation: no route rather than a route without the intended policy
         return Translation(kind, ns, name, own, (), tuple(ctx.errors), tuple(ctx.warnings))
 
-    canaries = _canaries(ing, peers, ctx)
     a = ann.values
+    shared: dict[str, Any] = {}  # the plugin-config-name's plugins, under each route's own
+    pc_name = a.get(APISIX + "plugin-config-name")
+    if pc_name:
+        key, apc = APISIX + "plugin-config-name", state.plugin_config(ns, pc_name)
+        problem = f"ApisixPluginConfig {ns}/{pc_name} not found" if apc is None else None
+        if apc is not None:
+            try:
+                shared = plugin_config_plugins(apc, state)
+            except ConfigError as e:
+                problem = f"ApisixPluginConfig {ns}/{pc_name}: {e.pointer}: {e.message}"
+        if problem:  # as a bad annotation: no route rather than one without the config's plugins
+            ctx.error(_ptr(key), f"annotation {key}: {problem}")
+            return Translation(kind, ns, name, own, (), tuple(ctx.errors), tuple(ctx.warnings))
+    svc_ns = a.get(APISIX + "svc-namespace")
+    canaries = _canaries(ing, peers, ctx)
     regex = bool(a.get(APISIX + "use-regex"))
     nginx_regex = bool(a.get(NGINX + "use-regex") or a.get(NGINX + "rewrite-target"))
     if not isinstance((spec or {}).get("rules") or [], list):
@@ -510,9 +768,9 @@ def translate_ingress(ing: Obj, state: ClusterState, *, controller_name: str = D
             route["vars"] = vars_
         if a.get(APISIX + "enable-websocket"):
             route["enable_websocket"] = True
-        plugins = _plugins(ann, p)
+        plugins = {**copy.deepcopy(shared), **_plugins(ann, p)}
         try:
-            up = ctx.backend(path, ptr + "/backend")
+            up = ctx.backend(path, ptr + "/backend", svc_ns=svc_ns)
         except BackendError as e:
             ctx.error(ptr + "/backend", e.message)
             up = {"type": "roundrobin", "nodes": []}  # answer (503), don't fall through to another route
@@ -524,7 +782,8 @@ def translate_ingress(ing: Obj, state: ClusterState, *, controller_name: str = D
             cing, cpath, cann = canary
             uname = rname + "_canary"
             try:
-                cup = _Ctx(kind, ns, str((cing.get("metadata") or {}).get("name")), state).backend(cpath, "")
+                cup = _Ctx(kind, ns, str((cing.get("metadata") or {}).get("name")), state).backend(
+                    cpath, "", svc_ns=cann.get(APISIX + "svc-namespace"))
                 cup.update(_upstream_extras(cann))
                 uid = gen_id(uname)
                 extra.append(Item("upstreams", uid, {"id": uid, "name": fit_name(uname), "desc": DESC,
@@ -617,6 +876,7 @@ def _canaries(ing: Obj, peers: Sequence[Obj], ctx: _Ctx) -> dict[tuple[str, str,
 
 def _check_canary(ing: Obj, ctx: _Ctx, peers: Sequence[Obj]) -> None:
     ann = _parse_annotations(ing).values
+    svc_ns = ann.get(APISIX + "svc-namespace")
     if not any(k in ann for k in (NGINX + "canary-by-header", NGINX + "canary-by-cookie", NGINX + "canary-weight")):
         ctx.warnings.append("canary Ingress without canary-by-header, canary-by-cookie or canary-weight: it gets no "
                             "traffic")
@@ -629,6 +889,6 @@ def _check_canary(ing: Obj, ctx: _Ctx, peers: Sequence[Obj]) -> None:
                       f"({k[2]}); a canary only adds a backend to an existing Ingress path")
             continue
         try:
-            ctx.backend(path, "")
+            ctx.backend(path, "", svc_ns=svc_ns)
         except BackendError as e:
             ctx.error(f"/spec/rules/{i}/http/paths/{j}/backend", e.message)
