@@ -29,68 +29,30 @@ import httpx
 import pytest
 import yaml
 from gwtools import Gateway, Upstream, free_port, http, start_gateway
+from pki import PKI, make_ca, make_leaf
 
 TIMEOUT = 10.0
 
 # --- certificates ---------------------------------------------------------------------------------
 
 
-def _openssl(d: Path, *args: str) -> None:
-    subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=30)
-
-
-def _key_args(rsa: bool) -> list[str]:
-    return ["-newkey", "rsa:2048"] if rsa else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-
-
-def _ca(d: Path, name: str, cn: str) -> None:
-    _openssl(d, "req", "-x509", *_key_args(False), "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt",
-             "-days", "2", "-subj", f"/CN={cn}")
-
-
-def _leaf(d: Path, name: str, ca: str, subj: str, *, dns: tuple[str, ...] = (), client: bool = False,
-          rsa: bool = False, serial: str | None = None) -> None:
-    _openssl(d, "req", "-new", *_key_args(rsa), "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", subj)
-    ext = ["basicConstraints=CA:FALSE", f"extendedKeyUsage={'clientAuth' if client else 'serverAuth'}"]
-    if dns:
-        ext.append("subjectAltName=" + ",".join(f"DNS:{n}" for n in dns))
-    (d / f"{name}.ext").write_text("\n".join(ext) + "\n")
-    _openssl(d, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-out",
-             f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", *(["-set_serial", serial] if serial else []))
-
-
-class PKI:
-    def __init__(self, d: Path) -> None:
-        self.dir = d
-
-    def path(self, name: str) -> str:
-        return str(self.dir / name)
-
-    def pem(self, name: str) -> str:
-        return (self.dir / name).read_text()
-
-    def pair(self, name: str) -> dict[str, str]:
-        return {"cert": self.pem(f"{name}.crt"), "key": self.pem(f"{name}.key")}
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     d = tmp_path_factory.mktemp("pki")
-    _ca(d, "ca", "Meshgate Test CA")
-    _leaf(d, "a-rsa", "ca", "/CN=a.test RSA", dns=("a.test",), rsa=True)
-    _leaf(d, "a-ec", "ca", "/CN=a.test ECDSA", dns=("a.test",))
-    _leaf(d, "wild", "ca", "/CN=wildcard.wild.test", dns=("*.wild.test",))
-    _leaf(d, "exact", "ca", "/CN=exact.wild.test", dns=("exact.wild.test",))
-    _leaf(d, "rot1", "ca", "/CN=rot.test v1", dns=("rot.test",))
-    _leaf(d, "rot2", "ca", "/CN=rot.test v2", dns=("rot.test",))
-    _leaf(d, "v13", "ca", "/CN=v13.test", dns=("v13.test",))
-    _leaf(d, "off", "ca", "/CN=off.test", dns=("off.test",))
-    _leaf(d, "mtls", "ca", "/CN=mtls.test", dns=("mtls.test", "skip.test"))
-    _ca(d, "clientca", "Meshgate Client CA")
-    _leaf(d, "client", "clientca", "/C=US/O=Acme/CN=client one", client=True, serial="0x1A2B")
-    _ca(d, "otherca", "Another CA")
-    _leaf(d, "intruder", "otherca", "/CN=intruder", client=True)
+    make_ca(d, "ca", "Meshgate Test CA")
+    make_leaf(d, "a-rsa", "ca", "/CN=a.test RSA", dns=("a.test",), rsa=True)
+    make_leaf(d, "a-ec", "ca", "/CN=a.test ECDSA", dns=("a.test",))
+    make_leaf(d, "wild", "ca", "/CN=wildcard.wild.test", dns=("*.wild.test",))
+    make_leaf(d, "exact", "ca", "/CN=exact.wild.test", dns=("exact.wild.test",))
+    make_leaf(d, "rot1", "ca", "/CN=rot.test v1", dns=("rot.test",))
+    make_leaf(d, "rot2", "ca", "/CN=rot.test v2", dns=("rot.test",))
+    make_leaf(d, "v13", "ca", "/CN=v13.test", dns=("v13.test",))
+    make_leaf(d, "off", "ca", "/CN=off.test", dns=("off.test",))
+    make_leaf(d, "mtls", "ca", "/CN=mtls.test", dns=("mtls.test", "skip.test"))
+    make_ca(d, "clientca", "Meshgate Client CA")
+    make_leaf(d, "client", "clientca", "/C=US/O=Acme/CN=client one", client=True, serial="0x1A2B")
+    make_ca(d, "otherca", "Another CA")
+    make_leaf(d, "intruder", "otherca", "/CN=intruder", client=True)
     return PKI(d)
 
 

@@ -77,12 +77,19 @@ def metrics_export(node: NodeConfig) -> MetricsExport | None:
 
 
 def _listen(node: NodeConfig) -> list[tuple[str, int]]:
-    return [(l.ip, l.port) for l in node.node_listen]
+    """The HTTP addresses (none with ``apisix.proxy_mode: stream``)."""
+    return [(l.ip, l.port) for l in node.node_listen] if node.proxy_mode != "stream" else []
 
 
 def _tls_listen(node: NodeConfig) -> list[tuple[str, int]]:
-    """The HTTPS addresses (``apisix.ssl.listen``), unless ``apisix.ssl.enable`` is false."""
-    return [(l.ip, l.port) for l in node.ssl.listen] if node.ssl.enable else []
+    """The HTTPS addresses (``apisix.ssl.listen``), unless ``apisix.ssl.enable`` is false or
+    the node proxies streams only."""
+    return [(l.ip, l.port) for l in node.ssl.listen] if node.ssl.enable and node.proxy_mode != "stream" else []
+
+
+def _stream_listen(node: NodeConfig) -> list[tuple[str, str, int]]:
+    """The ``apisix.stream_proxy`` addresses (``proxy_mode`` with stream)."""
+    return [(l.kind, l.ip, l.port) for l in node.stream_listen]
 
 
 def check_admin_keys(node: NodeConfig) -> None:
@@ -175,7 +182,7 @@ async def run_control_plane(node: NodeConfig, *, stop_event: asyncio.Event | Non
     client = etcd_client(node)
     api = AdminAPI(etcd=client, prefix=node.etcd.prefix, admin=node.admin, plugins=plugins,
                    cipher=field_cipher(node, plugins), config_provider="etcd",
-                   reload_plugins=lambda: plugins.reload())
+                   stream_enabled="stream" in node.proxy_mode, reload_plugins=lambda: plugins.reload())
     server = await _serve_admin(node, api)
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -245,7 +252,7 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
     sup = Supervisor(workers=node.worker_processes, listen=_listen(node), settings=proxy_settings(node),
                      router_kind=node.router_http, log_level=log_level, grace=node.worker_shutdown_timeout,
                      metrics_export=metrics_export(node), plugin_dirs=node.plugin_dirs,
-                     enabled_plugins=enabled, tls_listen=_tls_listen(node))
+                     enabled_plugins=enabled, tls_listen=_tls_listen(node), stream_listen=_stream_listen(node))
     try:
         await sup.start(store.snapshot)
     except (RuntimeError, asyncio.TimeoutError, OSError) as e:
@@ -289,13 +296,15 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         api = AdminAPI(etcd=client, prefix=node.etcd.prefix, admin=node.admin, plugins=sup.plugins,
                        cipher=field_cipher(node, sup.plugins) if client is not None else None,
                        standalone=standalone, config_provider=node.config_provider,
+                       stream_enabled="stream" in node.proxy_mode,
                        # APISIX reloads with config.yaml's list, then publishes the result
                        reload_plugins=lambda: sup.reload_plugins(enabled=local_enabled))
         try:
             servers.append(await _serve_admin(node, api))
         except GatewayError as e:
             raise await fail(str(e))
-    addrs = ", ".join([f"{h}:{p}" for h, p in _listen(node)] + [f"https {h}:{p}" for h, p in _tls_listen(node)])
+    addrs = ", ".join([f"{h}:{p}" for h, p in _listen(node)] + [f"https {h}:{p}" for h, p in _tls_listen(node)]
+                      + [f"{k} {h}:{p}" for k, h, p in _stream_listen(node)])
     log.warning("meshgate %d worker(s) serving on %s (config version %d, %s)", sup.nworkers, addrs,
                 store.snapshot.version, where)
     loop = asyncio.get_running_loop()
@@ -315,7 +324,8 @@ async def run_gateway(node: NodeConfig, *, log_level: str = "WARNING",
         node = new
         log.warning("SIGHUP: reloading node config %s", node.source)
         await sup.replace_workers(listen=_listen(node), settings=proxy_settings(node), workers=node.worker_processes,
-                                  router_kind=node.router_http, tls_listen=_tls_listen(node))
+                                  router_kind=node.router_http, tls_listen=_tls_listen(node),
+                                  stream_listen=_stream_listen(node))
 
     loop.add_signal_handler(signal.SIGHUP, lambda: reloading.append(loop.create_task(reload_node())))
     if on_ready is not None:

@@ -49,6 +49,8 @@ __all__ = [
     "NodeConfig",
     "NodeConfigErrors",
     "Listen",
+    "StreamListen",
+    "ProxyMode",
     "SSLConfig",
     "DEFAULT_SSL_CIPHERS",
     "HttpConfig",
@@ -129,6 +131,22 @@ DEFAULT_SSL_CIPHERS = ":".join((
 ))
 # the names nginx's ssl_protocols takes that OpenSSL 3 still speaks
 TLS_PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamListen:
+    """An ``apisix.stream_proxy`` address: ``tcp`` (``tls`` terminates TLS first) or ``udp``."""
+
+    ip: str = "0.0.0.0"
+    port: int
+    kind: Literal["tcp", "tls", "udp"] = "tcp"
+
+    def __str__(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.kind} {host}:{self.port}"
+
+
+ProxyMode = Literal["http", "stream", "http&stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +261,8 @@ class NodeConfig:
     source: str
     # apisix
     node_listen: tuple[Listen, ...]
+    proxy_mode: ProxyMode
+    stream_listen: tuple[StreamListen, ...]   # apisix.stream_proxy tcp + udp (proxy_mode with stream)
     ssl: SSLConfig
     router_http: RouterName
     enable_control: bool
@@ -297,6 +317,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "apisix": {
             "node_listen": [9080],
+            "proxy_mode": "http",
             "enable_admin": True,
             "ssl": {"enable": True, "listen": [{"port": 9443}], "ssl_protocols": "TLSv1.2 TLSv1.3",
                     "ssl_ciphers": DEFAULT_SSL_CIPHERS},
@@ -372,6 +393,8 @@ _FREE = "free-form"
 _KNOWN: dict[str, Any] = {
     "apisix": {
         "node_listen": None,
+        "proxy_mode": None,
+        "stream_proxy": {"tcp": None, "udp": None},
         "enable_admin": None,
         "ssl": {"enable": None, "listen": None, "ssl_protocols": None, "ssl_ciphers": None, "fallback_sni": None,
                 "ssl_trusted_certificate": None},
@@ -540,6 +563,11 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
     merged = _merge(_plain(DEFAULTS), data)
 
     node_listen = r.listen_list(merged, ("apisix", "node_listen"), "0.0.0.0")
+    proxy_mode = cast(ProxyMode, r.choice(merged, ("apisix", "proxy_mode"), get_args(ProxyMode)))
+    stream_listen: tuple[StreamListen, ...] = ()
+    if "stream" in proxy_mode:
+        stream_listen = r.stream_listen(merged, ("apisix", "stream_proxy"))
+        r.stream_conflicts(stream_listen, node_listen if proxy_mode != "stream" else ())
     base = Path(path).absolute().parent if path is not None else Path.cwd() / "conf"
     ssl = SSLConfig(
         enable=r.boolean(merged, ("apisix", "ssl", "enable")),
@@ -620,6 +648,8 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
         config_dir=cfg_path.absolute().parent if cfg_path is not None else Path.cwd() / "conf",
         source=source,
         node_listen=node_listen,
+        proxy_mode=proxy_mode,
+        stream_listen=stream_listen,
         ssl=ssl,
         router_http=router_http,
         enable_control=r.boolean(merged, ("apisix", "enable_control")),
@@ -927,6 +957,64 @@ class _Reader:
             self.error(path + ("port",), "required field is missing (expected port 1..65535)")
             return Listen(ip=ip, port=0)
         return Listen(ip=ip, port=self._port(v["port"], path + ("port",)))
+
+    def stream_listen(self, data: Any, path: Key) -> tuple[StreamListen, ...]:
+        """``apisix.stream_proxy``: ``tcp`` entries ``9100``, ``"127.0.0.1:9101"`` or ``{addr, tls}``;
+        ``udp`` entries ``9200`` or ``"127.0.0.1:9211"`` (APISIX's forms)."""
+        v = _get(data, path)
+        if not isinstance(v, Mapping) or not (v.get("tcp") or v.get("udp")):
+            self.error(path, "expected {tcp: [...], udp: [...]} with at least one address when apisix.proxy_mode "
+                             f"includes stream, got {_short(v)}")
+            return ()
+        out: list[StreamListen] = []
+        for proto in ("tcp", "udp"):
+            items = v.get(proto)
+            if items is None:
+                continue
+            here = path + (proto,)
+            if not isinstance(items, list):
+                self.error(here, f"expected a list of ports or addresses, got {_short(items)}")
+                continue
+            for i, item in enumerate(items):
+                tls = False
+                at = here + (i,)
+                if proto == "tcp" and isinstance(item, Mapping):
+                    self.check_fields(item, ("addr", "tls"), at)
+                    tls = item.get("tls") is True
+                    if item.get("tls") not in (None, True, False):
+                        self.error(at + ("tls",), f"expected true or false, got {_short(item.get('tls'))}")
+                    at, item = at + ("addr",), item.get("addr")
+                ip, port = self._stream_addr(item, at)
+                if port:
+                    kind: Literal["tcp", "tls", "udp"] = "udp" if proto == "udp" else ("tls" if tls else "tcp")
+                    out.append(StreamListen(ip=ip, port=port, kind=kind))
+        return tuple(out)
+
+    def _stream_addr(self, v: Any, path: Key) -> tuple[str, int]:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return "0.0.0.0", self._port(v, path)
+        if isinstance(v, str):
+            host, sep, port = v.rpartition(":")
+            if sep and host and port.isdigit():
+                return self._ip(host, path), self._port(int(port), path)
+            if v.isdigit():
+                return "0.0.0.0", self._port(int(v), path)
+        self.error(path, f"expected a port or \"IP:PORT\", got {_short(v)}")
+        return "", 0
+
+    def stream_conflicts(self, stream: tuple[StreamListen, ...], http: tuple[Listen, ...]) -> None:
+        """A TCP port is either an HTTP or a stream port, and listed once."""
+        wild = ("0.0.0.0", "::")
+        seen: set[tuple[str, str, int]] = set()
+        for s in stream:
+            proto = "udp" if s.kind == "udp" else "tcp"
+            if (proto, s.ip, s.port) in seen:
+                self.error(("apisix", "stream_proxy", proto), f"{s.ip}:{s.port} is listed twice")
+            seen.add((proto, s.ip, s.port))
+            if proto == "tcp" and any(h.port == s.port and (h.ip == s.ip or h.ip in wild or s.ip in wild)
+                                      for h in http):
+                self.error(("apisix", "stream_proxy", "tcp"), f"port {s.port} is already an HTTP port "
+                                                              "(apisix.node_listen); expected another port")
 
     def listen_list(self, data: Any, path: Key, default_ip: str) -> tuple[Listen, ...]:
         """``int | [int] | [{ip, port}]`` (entries may mix both forms)."""

@@ -53,16 +53,17 @@ __all__ = ["Supervisor", "HealthOwner", "WorkerHandle", "MetricsExport"]
 log = logging.getLogger("meshgate.supervisor")
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
+def _listen_socket(host: str, port: int, *, udp: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    s = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         s.bind((host, port))
-        s.listen(4096)
+        if not udp:
+            s.listen(4096)
         s.setblocking(False)
     except OSError as e:
         s.close()
@@ -193,12 +194,15 @@ class Supervisor:
                  log_level: str = "WARNING", grace: float = 240.0,
                  metrics_export: MetricsExport | None = None, enabled_plugins: tuple[str, ...] | None = None,
                  tls_listen: list[tuple[str, int]] | None = None, mesh: bool = False,
-                 mesh_node: dict[str, Any] | None = None) -> None:
+                 mesh_node: dict[str, Any] | None = None,
+                 stream_listen: list[tuple[str, str, int]] | None = None) -> None:
         self.nworkers = max(1, workers)
         self.mesh = mesh                       # workers also serve the xDS listeners (meshgate mesh)
         self.mesh_node = mesh_node or {}       # the node metadata (Istio's metric labels)
         self.listen = listen
         self.tls_listen = tls_listen or []     # HTTPS addresses (apisix.ssl.listen when enabled)
+        self.stream_listen = stream_listen or []   # (tcp|tls|udp, host, port): apisix.stream_proxy
+        self.stream_sockets: dict[tuple[str, str, int], list[socket.socket]] = {}
         self.settings = settings
         self.router_kind = router_kind
         self.plugin_dirs = plugin_dirs
@@ -235,6 +239,16 @@ class Supervisor:
             socks = self.sockets.setdefault(addr, [])
             while len(socks) < self.nworkers:
                 socks.append(_listen_socket(*addr))
+            while len(socks) > self.nworkers:
+                socks.pop().close()
+        for key in list(self.stream_sockets):
+            if key not in self.stream_listen:
+                for s in self.stream_sockets.pop(key):
+                    s.close()
+        for key in self.stream_listen:
+            socks = self.stream_sockets.setdefault(key, [])
+            while len(socks) < self.nworkers:
+                socks.append(_listen_socket(key[1], key[2], udp=key[0] == "udp"))
             while len(socks) > self.nworkers:
                 socks.pop().close()
 
@@ -346,8 +360,9 @@ class Supervisor:
         tls = set(self.tls_listen)
         listen_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items() if (h, p) not in tls]
         tls_fds = [(h, p, socks[index].fileno()) for (h, p), socks in self.sockets.items() if (h, p) in tls]
-        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()] + [fd for _, _, fd in listen_fds + tls_fds],
-                                start_new_session=False)
+        stream_fds = [(k, h, p, socks[index].fileno()) for (k, h, p), socks in self.stream_sockets.items()]
+        proc = subprocess.Popen(cmd, pass_fds=[child.fileno()] + [fd for _, _, fd in listen_fds + tls_fds] +
+                                [fd for *_, fd in stream_fds], start_new_session=False)
         child.close()
         h = WorkerHandle(index=index, proc=proc, pid=proc.pid)
 
@@ -376,7 +391,8 @@ class Supervisor:
         h.channel = await open_channel(parent, on_message, on_lost)
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
-                        "listen": listen_fds, "tls_listen": tls_fds, "plugin_dirs": list(self.plugin_dirs),
+                        "listen": listen_fds, "tls_listen": tls_fds, "stream_listen": stream_fds,
+                        "plugin_dirs": list(self.plugin_dirs),
                         "enabled_plugins": self.enabled_plugins, "mesh": self.mesh,
                         "mesh_node": self.mesh_node, "workers": self.nworkers,
                         "snapshot": {"op": "snapshot", **self._full_wire()}})
@@ -407,11 +423,15 @@ class Supervisor:
         await self._start_metrics_server()
 
     async def replace_workers(self, *, listen: list[tuple[str, int]], settings: dict[str, Any], workers: int,
-                              router_kind: str, tls_listen: list[tuple[str, int]] | None = None) -> None:
+                              router_kind: str, tls_listen: list[tuple[str, int]] | None = None,
+                              stream_listen: list[tuple[str, str, int]] | None = None) -> None:
         """SIGHUP: start a new generation with the new node config, then drain the old one."""
         old = self.workers
         self.listen, self.settings, self.nworkers, self.router_kind = listen, settings, max(1, workers), router_kind
         self.tls_listen = tls_listen or []
+        old_stream = {k: v for k, v in self.stream_sockets.items() if k not in (stream_listen or [])}
+        self.stream_sockets = {k: v for k, v in self.stream_sockets.items() if k in (stream_listen or [])}
+        self.stream_listen = stream_listen or []
         assert self.snapshot is not None
         self.runtime = None
         self.publish(self.snapshot)
@@ -428,6 +448,9 @@ class Supervisor:
             if addr not in want:
                 for s in socks:
                     s.close()
+        for socks in old_stream.values():
+            for s in socks:
+                s.close()
 
     async def _drain(self, handles: list[WorkerHandle], grace: float) -> None:
         for w in handles:
@@ -455,10 +478,10 @@ class Supervisor:
             self.metrics_server.close()
             self.metrics_server = None
         # Stop accepting first: nothing new lands in a queue nobody will serve.
-        for socks in self.sockets.values():
+        for socks in [*self.sockets.values(), *self.stream_sockets.values()]:
             for s in socks:
                 s.close()
-        self.sockets = {}
+        self.sockets, self.stream_sockets = {}, {}
         await self._drain(self.workers, self.grace)
         await self.health.stop()
         # the shared-memory dicts of this gateway's workers (limit counters): gone with them

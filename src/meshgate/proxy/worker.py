@@ -28,6 +28,7 @@ from .common import S_HEAD, S_IDLE, ProxySettings
 from . import heap
 from .ipc import Channel, open_channel
 from .mesh import MeshConfig, compile_mesh
+from .stream import StreamServer
 from .breaker import Breakers
 from .mesh_server import MeshSockets
 from .runtime import Runtime, build_runtime
@@ -137,6 +138,7 @@ class WorkerMain:
         self.mesh_mode = False
         self.mesh: MeshConfig | None = None
         self.mesh_sockets: MeshSockets | None = None
+        self.stream: StreamServer | None = None
         self.mesh_peer: IstioPeer | None = None   # this proxy's workload, for Istio's metrics
 
     def on_message(self, msg: dict[str, Any]) -> None:
@@ -320,13 +322,20 @@ class WorkerMain:
             if self.mesh is not None:
                 await self.mesh_sockets.update(self.mesh)
         tls_listen = init.get("tls_listen") or []
-        if tls_listen:
+        stream_listen = init.get("stream_listen") or []
+        tls: TLSListener | None = None
+        if tls_listen or any(k == "tls" for k, *_ in stream_listen):
             # the certificate of each handshake comes from the Runtime serving at that moment
             server = self.server
             tls = TLSListener(lambda: server.runtime.tls, ssl_protocols=settings.ssl_protocols,
                               ssl_ciphers=settings.ssl_ciphers, fallback_sni=settings.fallback_sni)
-            for host, port, fd in tls_listen:
-                await server.listen(host, port, sock=socket.socket(fileno=fd), ssl_ctx=tls.context)
+        for host, port, fd in tls_listen:
+            assert tls is not None
+            await self.server.listen(host, port, sock=socket.socket(fileno=fd), ssl_ctx=tls.context)
+        if stream_listen:
+            self.stream = StreamServer(self.server, tls.context if tls is not None else None)
+            for kind, _host, _port, fd in stream_listen:
+                await self.stream.listen(kind, socket.socket(fileno=fd))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
@@ -334,7 +343,14 @@ class WorkerMain:
         await self.stop.wait()
         if self.mesh_sockets is not None:
             self.mesh_sockets.close()
+        drain_start = loop.time()
+        if self.stream is not None:
+            self.stream.close(())     # no new stream connections; established ones may finish
         await self.server.drain(self.grace)
+        if self.stream is not None:
+            while self.stream.conns and loop.time() - drain_start < self.grace:
+                await asyncio.sleep(0.1)
+            self.stream.close()
         # what loggers and tracers still buffer goes out before the worker exits (bounded)
         await asyncio.gather(flush_all(min(5.0, self.grace)), close_exporters(min(5.0, self.grace)))
         # Last samples, so the gateway's totals survive this worker (reload, scale down).
