@@ -50,7 +50,9 @@ def proxy_settings(node: NodeConfig) -> dict[str, Any]:
         "drain_grace": node.worker_shutdown_timeout,
         # what plugins may read of the node config (ctx.plugin_attr / ctx.node_ssl)
         "plugin_attr": node.plain("plugin_attr") or {},
-        "node_ssl": node.plain("apisix", "ssl"),
+        "node_ssl": {**(node.plain("apisix", "ssl") or {}),
+                     # resolved (relative to the config file): the upstream CAs for tls.verify
+                     "ssl_trusted_certificate": node.ssl.ssl_trusted_certificate},
         # the TLS listeners
         "ssl_protocols": node.ssl.ssl_protocols,
         "ssl_ciphers": node.ssl.ssl_ciphers,

@@ -741,7 +741,8 @@ class Exchange:
         host = node.host[1:-1] if node.host.startswith("[") else node.host
         kw: dict[str, Any] = {}
         if up.ssl_context is not None:
-            kw = {"ssl": up.ssl_context, "server_hostname": key[4] or ""}
+            # no SNI for an IP literal; a verified certificate must then name that address
+            kw = {"ssl": up.ssl_context, "server_hostname": key[4] or (host if up.ssl_context.check_hostname else "")}
         if up.bind_source is not None:
             kw["local_addr"] = (up.bind_source, 0)
         try:

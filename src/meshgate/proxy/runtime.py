@@ -26,11 +26,37 @@ from ..upstream import Balancer, Node, create_balancer, default_retries, parse_n
 from .breaker import cluster_limit
 from .tls import SNITable, build_sni_table
 
-__all__ = ["Runtime", "RouteRuntime", "UpstreamRuntime", "Timeouts", "build_runtime"]
+__all__ = ["Runtime", "RouteRuntime", "UpstreamRuntime", "Timeouts", "build_runtime", "set_upstream_ca"]
 
 log = logging.getLogger("meshgate.proxy")
 
 DEFAULT_TIMEOUT = 60.0
+
+# apisix.ssl.ssl_trusted_certificate: the CAs an upstream's certificate is verified against
+# when its ``tls.verify`` is true (APISIX's lua_ssl_trusted_certificate); None: the system's
+_UPSTREAM_CA: list[str | None] = [None]
+
+
+def set_upstream_ca(path: str | None) -> None:
+    """Set by the worker from the node config before it compiles anything."""
+    _UPSTREAM_CA[0] = path
+
+
+def _client_pair(ctx: ssl.SSLContext, cert: str, key: str, pointer: str, id: str) -> None:
+    """Load a client certificate and key given as PEM text (ssl wants files: a private
+    temporary one, removed at once)."""
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="meshgate-client-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(cert.strip() + "\n" + key.strip() + "\n")
+        ctx.load_cert_chain(path)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(pointer, f"client certificate and key do not load: {e}", kind="upstreams", id=id) from None
+    finally:
+        os.unlink(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +80,7 @@ class UpstreamRuntime:
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
                  "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit")
 
-    def __init__(self, key: str, conf: Mapping[str, Any]) -> None:
+    def __init__(self, key: str, conf: Mapping[str, Any], client: tuple[str, str] | None = None) -> None:
         self.key = key
         self.conf = conf
         self.scheme: str = conf.get("scheme", "http")
@@ -73,12 +99,20 @@ class UpstreamRuntime:
         self.pool_requests = int(pool.get("requests", 1000))
         self.ssl_context: ssl.SSLContext | None = None
         if self.scheme in ("https", "grpcs"):
-            ctx = ssl.create_default_context()
             tls = conf.get("tls") or {}
-            # APISIX leaves upstream certificate verification off unless tls.verify is true.
-            if not tls.get("verify", False):
+            # APISIX leaves upstream certificate verification off unless tls.verify is true;
+            # then the certificate must chain to ssl_trusted_certificate and name the SNI host
+            if tls.get("verify", False):
+                ctx = ssl.create_default_context(cafile=_UPSTREAM_CA[0])
+            else:
+                ctx = ssl.create_default_context()
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            # mTLS: the upstream's own client certificate (tls.client_cert/client_key), or
+            # the ssl object of type client that tls.client_cert_id names (given as ``client``)
+            pair = client or ((tls["client_cert"], tls["client_key"]) if tls.get("client_cert") else None)
+            if pair is not None:
+                _client_pair(ctx, pair[0], pair[1], "/tls/client_cert", key.split("/", 1)[-1])
             ctx.set_alpn_protocols(["http/1.1"])
             self.ssl_context = ctx
         # Addresses ("host:port") currently unhealthy, pushed by the health owner.
@@ -244,16 +278,27 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
     prev_up = previous.upstreams if previous is not None else {}
     upstreams: dict[str, UpstreamRuntime] = {}
 
+    ssls = snapshot.items("ssls")
+    ssls_same = previous is not None and previous.snapshot.items("ssls") is ssls
+
     def upstream_for(key: str, conf: Mapping[str, Any]) -> UpstreamRuntime | None:
         got = upstreams.get(key)
         if got is not None and got.conf is conf:
             return got
+        cid = (conf.get("tls") or {}).get("client_cert_id") if isinstance(conf.get("tls"), Mapping) else None
         old = prev_up.get(key)
-        if old is not None and old.conf is conf:
+        if old is not None and old.conf is conf and (cid is None or ssls_same):
             upstreams[key] = old
             return old
         try:
-            rt = UpstreamRuntime(key, conf)
+            client: tuple[str, str] | None = None
+            if cid is not None:
+                sres = ssls.get(str(cid))
+                if sres is None or sres.value.get("type") != "client":
+                    raise ConfigError("/tls/client_cert_id", f"no ssl object of type client with id {cid}",
+                                      kind="upstreams", id=key.split("/", 1)[-1])
+                client = (str(sres.value.get("cert") or ""), str(sres.value.get("key") or ""))
+            rt = UpstreamRuntime(key, conf, client)
         except ConfigError as e:
             (route_errors.setdefault(key[7:], []) if key.startswith("routes/") else errors).append(e)
             log.error("upstream %s rejected: %s", key, e)

@@ -31,7 +31,7 @@ from .mesh import MeshConfig, compile_mesh
 from .stream import StreamServer
 from .breaker import Breakers
 from .mesh_server import MeshSockets
-from .runtime import Runtime, build_runtime
+from .runtime import Runtime, build_runtime, set_upstream_ca
 from .server import ProxyServer
 from .tls import TLSListener
 
@@ -145,6 +145,8 @@ class WorkerMain:
         op = msg.get("op")
         if op == "init":
             self.init_msg = msg
+            # before anything is compiled: the CAs upstream certificates are verified against
+            set_upstream_ca(((msg.get("settings") or {}).get("node_ssl") or {}).get("ssl_trusted_certificate"))
             self.init_done.set()
         elif op == "snapshot":
             if self.init_done.is_set() and self.runtime is not None:
