@@ -244,16 +244,16 @@ async def test_failover_config_change_and_refused_routes(tmp_path: Path) -> None
     try:
         for _ in range(4):            # the dead node is replaced by the live one every time
             assert await roundtrip(pt, b"z") == b"A:z"
-        # a change applies to the next connection; a route with stream plugins is refused, logged
+        # a change applies to the next connection; a route with a plugin streams cannot run is
+        # refused, logged, and the next route serves instead
         gw.write_routes({"stream_routes": [
-            {"id": "r", "server_port": pt, "upstream": up(b.port)},
-            {"id": "p", "server_port": pt, "remote_addr": "127.0.0.1", "upstream": up(a.port),
-             "plugins": {"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}}}]})
+            {"id": "p", "server_port": pt, "upstream": up(a.port), "plugins": {"syslog": {"host": "127.0.0.1"}}},
+            {"id": "r", "server_port": pt, "upstream": up(b.port)}]})
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and await roundtrip(pt, b"q") != b"B:q":
             await asyncio.sleep(0.1)
         assert await roundtrip(pt, b"q") == b"B:q"
-        assert "stream route p not served: " in gw.log() and "stream plugins are not run" in gw.log()
+        assert "stream route p not served: " in gw.log() and "plugin syslog does not run on stream routes" in gw.log()
     finally:
         gw.stop()
         await a.close()
@@ -285,3 +285,38 @@ def test_bad_stream_config_is_refused_with_the_reason(tmp_path: Path) -> None:
     text = str(e.value)
     assert "/apisix/stream_proxy/tcp: port 9080 is already an HTTP port" in text
     assert "/apisix/stream_proxy/tcp/1: expected a port or \"IP:PORT\", got \"x:y\"" in text
+
+
+async def test_stream_plugins_ip_restriction_and_limit_conn(tmp_path: Path) -> None:
+    a = await TcpEcho(b"A:").start()
+    pi, pl = free_port(), free_port()
+    routes = {"stream_routes": [
+        {"id": "ip", "server_port": pi, "upstream": up(a.port), "plugins": {"ip-restriction": {"whitelist": ["127.0.0.2"]}}},
+        {"id": "lc", "server_port": pl, "upstream": up(a.port),
+         "plugins": {"limit-conn": {"conn": 1, "burst": 0, "default_conn_delay": 0.1, "key": "remote_addr"}}},
+    ]}
+    gw = start_gateway(tmp_path, routes, node=stream_node([pi, pl]))
+    try:
+        assert await roundtrip(pi, b"ok", local="127.0.0.2") == b"A:ok"
+        assert await closed_without_answer(pi, local="127.0.0.3")          # not on the whitelist
+        # one connection at a time per address: a second one is refused while the first is open
+        r1, w1 = await asyncio.open_connection("127.0.0.1", pl)
+        w1.write(b"first")
+        assert await asyncio.wait_for(r1.readexactly(7), 5) == b"A:first"
+        assert await closed_without_answer(pl)
+        assert await roundtrip(pl, b"other", local="127.0.0.5") == b"A:other"   # another address: its own count
+        w1.close()
+        await asyncio.sleep(0.2)
+        deadline = time.monotonic() + 5                                  # its end gives the slot back
+        while time.monotonic() < deadline:
+            try:
+                if await roundtrip(pl, b"again", timeout=2) == b"A:again":
+                    break
+            except (ConnectionError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the limit-conn slot was not given back:\n" + gw.log()[-2000:])
+    finally:
+        gw.stop()
+        await a.close()

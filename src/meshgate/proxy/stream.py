@@ -30,9 +30,12 @@ does not answer within ``timeout.connect`` is replaced by another one up to ``re
   the node's answers go back to the client, the session ends after ``timeout.read`` (default
   60 s) without datagrams.
 
-Stream plugins (APISIX's ``ip-restriction``, ``limit-conn``, ``mqtt-proxy``...) are not run
-yet: a stream route with ``plugins`` is refused when compiled, with the reason in the log,
-rather than served without them.
+Stream plugins: ``ip-restriction`` and ``limit-conn``, APISIX's stream plugins users reach for
+first, run as in APISIX's ``preread`` phase when the connection (or UDP session) starts, with
+the connection's variables (``remote_addr``, ``server_port``...): a refusal closes it (the
+datagram is dropped); limit-conn counts the connection until it ends (its ``log`` phase).
+Another plugin on a stream route (``mqtt-proxy``, ``syslog``...) is refused when compiled, with
+the reason in the log, rather than served without it.
 """
 
 from __future__ import annotations
@@ -47,17 +50,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..plugins import PluginChain
+from ..plugins.runtime import Pending
 from ..upstream.nodes import Node
 from .runtime import Runtime, UpstreamRuntime
 from .tls import normalize_sni, tls_connection
 
-__all__ = ["StreamRoute", "StreamRoutes", "StreamServer", "TCP_IDLE", "UDP_IDLE"]
+__all__ = ["StreamRoute", "StreamRoutes", "StreamServer", "StreamContext", "TCP_IDLE", "UDP_IDLE", "STREAM_PLUGINS"]
 
 log = logging.getLogger("meshgate.stream")
 
 TCP_IDLE = 600.0      # nginx's proxy_timeout default
 UDP_IDLE = 60.0
 _PENDING_MAX = 1 << 20   # client bytes held while the upstream connects; reading pauses beyond
+STREAM_PLUGINS = ("ip-restriction", "limit-conn")   # the plugins that run on stream routes
 
 
 # --- routing ------------------------------------------------------------------------------------
@@ -72,6 +78,7 @@ class StreamRoute:
     server_port: int | None = None
     remote: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     sni: str | None = None
+    chain: PluginChain | None = None
 
     def matches(self, server_ip: str, server_port: int, remote_ip: str) -> bool:
         if self.server_port is not None and self.server_port != server_port:
@@ -123,10 +130,17 @@ class StreamRoutes:
 
     @staticmethod
     def _compile(id: str, conf: Mapping[str, Any], rt: Runtime, services: Mapping[str, Any]) -> StreamRoute:
-        if conf.get("plugins"):
-            raise ConfigError("/plugins", "stream plugins are not run by Meshgate yet "
-                                          f"({', '.join(sorted(conf['plugins']))}); remove them to serve this route",
-                              kind="stream_routes", id=id)
+        chain: PluginChain | None = None
+        plugins = conf.get("plugins") or {}
+        if plugins:
+            other = sorted(n for n in plugins if n not in STREAM_PLUGINS)
+            if other:
+                raise ConfigError("/plugins", f"plugin {', '.join(other)} does not run on stream routes (Meshgate's "
+                                              f"stream plugins: {', '.join(STREAM_PLUGINS)})", kind="stream_routes", id=id)
+            if rt.plugins is None:
+                raise ConfigError("/plugins", "no plugin registry", kind="stream_routes", id=id)
+            chain = rt.plugins.compile_chain(plugins, pointer="/plugins", kind="stream_routes", id=id,
+                                             owner=f"stream_route:{id}")
         up: UpstreamRuntime | None = None
         if conf.get("upstream_id") is not None:
             up = rt.upstreams.get(f"upstreams/{conf['upstream_id']}")
@@ -157,7 +171,7 @@ class StreamRoutes:
         sni = conf.get("sni")
         return StreamRoute(id=id, conf=conf, upstream=up, server_addr=conf.get("server_addr") or None,
                            server_port=int(port) if port is not None else None, remote=remote,
-                           sni=normalize_sni(str(sni)) if sni else None)
+                           sni=normalize_sni(str(sni)) if sni else None, chain=chain)
 
     def match(self, server_ip: str, server_port: int, remote_ip: str, sni: str | None = None) -> StreamRoute | None:
         if sni:
@@ -179,20 +193,51 @@ def _covers(wildcard: str, name: str) -> bool:
     return name.endswith(suffix) and "." not in name[: -len(suffix)] and len(name) > len(suffix)
 
 
-class _ConnContext:
-    """What a balancer may hash on for a connection (``chash`` ``hash_on: vars``)."""
+class StreamContext:
+    """A connection's (or UDP session's) variables: what a balancer hashes on (``chash``) and
+    what stream plugins read and keep (``ctx.var`` / ``ctx.set_var``)."""
 
-    __slots__ = ("vars",)
+    __slots__ = ("vars", "runtime")
     consumer_name: str | None = None
 
-    def __init__(self, vars: Mapping[str, str]) -> None:
+    def __init__(self, vars: dict[str, Any], runtime: Runtime | None = None) -> None:
         self.vars = vars
+        self.runtime = runtime
 
-    def var(self, name: str) -> str | None:
+    def var(self, name: str) -> Any:
         return self.vars.get(name)
 
+    def set_var(self, name: str, value: Any) -> None:
+        self.vars[name] = value
 
-async def _connect_tcp(loop: asyncio.AbstractEventLoop, up: UpstreamRuntime, ctx: _ConnContext,
+    def plugin_metadata(self, name: str) -> Any:
+        return self.runtime.plugin_metadata.get(name) if self.runtime is not None else None
+
+    def set_resp_header(self, name: str, value: str) -> None:
+        return None     # a stream has no response head
+
+
+async def _preread(chain: PluginChain, ctx: StreamContext) -> bool:
+    """APISIX's preread: the plugins' rewrite and access hooks; False when one refused."""
+    for phase in ("rewrite", "access"):
+        res = chain.run(phase, ctx)
+        while isinstance(res, Pending):
+            got = await res.awaitable
+            if got is not None:
+                return False
+            res = chain.run(phase, ctx, res.index + 1)
+        if res is not None:
+            return False
+    return True
+
+
+def _log_phase(route: StreamRoute, ctx: StreamContext) -> None:
+    if route.chain is not None:
+        route.chain.run_filters("log", ctx)
+
+
+
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, up: UpstreamRuntime, ctx: StreamContext,
                        factory: Any) -> tuple[Any, Node] | None:
     """A connection to one of ``up``'s nodes: another node after a refusal or a connect
     timeout, ``retries`` times at most."""
@@ -230,6 +275,8 @@ class _TcpStream(asyncio.Protocol):
         self.idle = TCP_IDLE
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
+        self.route: StreamRoute | None = None
+        self.ctx: StreamContext | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = transport  # type: ignore[assignment]
@@ -248,13 +295,25 @@ class _TcpStream(asyncio.Protocol):
             return
         up = route.upstream
         self.idle = up.timeouts.read if up.conf.get("timeout") else TCP_IDLE
-        ctx = _ConnContext({"remote_addr": _plain_ip(peer[0]), "remote_port": str(peer[1]),
-                            "server_addr": _plain_ip(sock_ip), "server_port": str(sock_port),
-                            "ssl_server_name": sni or ""})
+        ctx = StreamContext({"remote_addr": _plain_ip(peer[0]), "remote_port": str(peer[1]),
+                             "server_addr": _plain_ip(sock_ip), "server_port": str(sock_port),
+                             "ssl_server_name": sni or "", "route_id": route.id}, self.owner.server.runtime)
+        self.route, self.ctx = route, ctx
         self.owner.server.loop.create_task(self._connect(up, ctx))
         self._arm()
 
-    async def _connect(self, up: UpstreamRuntime, ctx: _ConnContext) -> None:
+    async def _connect(self, up: UpstreamRuntime, ctx: StreamContext) -> None:
+        if self.route is not None and self.route.chain is not None:
+            try:
+                ok = await _preread(self.route.chain, ctx)
+            except Exception:
+                log.exception("stream route %s: a plugin failed", self.route.id)
+                ok = False
+            if not ok:
+                log.info("stream route %s: refused by a plugin: closed", self.route.id)
+                if self.transport is not None:
+                    self.transport.close()
+                return
         got = await _connect_tcp(self.owner.server.loop, up, ctx, lambda: _TcpUpstream(self))
         if got is None or self.closed:
             if got is not None:
@@ -335,6 +394,9 @@ class _TcpStream(asyncio.Protocol):
             self.timer = None
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
+        if self.route is not None and self.ctx is not None:
+            route, ctx, self.route, self.ctx = self.route, self.ctx, None, None
+            _log_phase(route, ctx)
 
 
 class _TcpUpstream(asyncio.Protocol):
@@ -385,10 +447,14 @@ class _TcpUpstream(asyncio.Protocol):
 class _UdpSession(asyncio.DatagramProtocol):
     """One client address's datagrams to one node, and the node's back."""
 
-    def __init__(self, listener: _UdpListener, client: tuple[Any, ...], idle: float) -> None:
+    def __init__(self, listener: _UdpListener, client: tuple[Any, ...], idle: float, route: StreamRoute,
+                 ctx: StreamContext) -> None:
         self.listener = listener
         self.client = client
         self.idle = idle
+        self.route = route
+        self.ctx = ctx
+        self.refused = False
         self.transport: asyncio.DatagramTransport | None = None
         self.queue: list[bytes] = []
         self.last = time.monotonic()
@@ -403,6 +469,8 @@ class _UdpSession(asyncio.DatagramProtocol):
 
     def send(self, data: bytes) -> None:
         self.last = time.monotonic()
+        if self.closed or self.refused:
+            return
         if self.transport is not None:
             self.transport.sendto(data)
         elif len(self.queue) < 64:
@@ -423,9 +491,11 @@ class _UdpSession(asyncio.DatagramProtocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.listener.sessions.pop(self.client, None)
+            if self.listener.sessions.get(self.client) is self:
+                del self.listener.sessions[self.client]
             if self.transport is not None:
                 self.transport.close()
+            _log_phase(self.route, self.ctx)
 
 
 class _UdpListener(asyncio.DatagramProtocol):
@@ -456,16 +526,28 @@ class _UdpListener(asyncio.DatagramProtocol):
             if route is None or route.upstream is None:
                 return
             up = route.upstream
-            ctx = _ConnContext({"remote_addr": _plain_ip(addr[0]), "remote_port": str(addr[1]),
-                                "server_addr": self.sock_ip, "server_port": str(self.sock_port)})
+            ctx = StreamContext({"remote_addr": _plain_ip(addr[0]), "remote_port": str(addr[1]),
+                                 "server_addr": self.sock_ip, "server_port": str(self.sock_port),
+                                 "route_id": route.id}, self.owner.server.runtime)
             node = up.balancer.pick(ctx, healthy=up.healthy if up.unhealthy else None)
             if node is None:
                 return
-            s = self.sessions[addr] = _UdpSession(self, addr, up.timeouts.read if up.conf.get("timeout") else UDP_IDLE)
+            s = self.sessions[addr] = _UdpSession(self, addr, up.timeouts.read if up.conf.get("timeout") else UDP_IDLE,
+                                                  route, ctx)
             self.owner.server.loop.create_task(self._open(s, node))
         s.send(data)
 
     async def _open(self, s: _UdpSession, node: Node) -> None:
+        if s.route.chain is not None:
+            try:
+                ok = await _preread(s.route.chain, s.ctx)
+            except Exception:
+                log.exception("stream route %s: a plugin failed", s.route.id)
+                ok = False
+            if not ok:
+                s.queue.clear()
+                s.refused = True     # the session stays, dropping this client's datagrams until idle
+                return
         try:
             await self.owner.server.loop.create_datagram_endpoint(lambda: s, remote_addr=(node.host, node.port))
         except OSError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshgate.model import Resource, Snapshot
+from meshgate.plugins import PluginRegistry
 from meshgate.proxy.runtime import build_runtime
 from meshgate.proxy.stream import StreamRoutes
 
@@ -16,7 +17,9 @@ def routes(*confs: dict[str, Any], extra: dict[str, Any] | None = None) -> Strea
     for kind, objs in (extra or {}).items():
         for o in objs:
             res[kind][o["id"]] = Resource(kind, o["id"], o)
-    return StreamRoutes(build_runtime(Snapshot(version=1, resources=res)))
+    reg = PluginRegistry()
+    reg.load_builtin()
+    return StreamRoutes(build_runtime(Snapshot(version=1, resources=res), plugins=reg))
 
 
 UP = {"type": "roundrobin", "nodes": {"127.0.0.1:1": 1}}
@@ -47,11 +50,16 @@ def test_upstream_sources_and_refusals() -> None:
     r = routes({"id": "by-id", "server_port": 1, "upstream_id": "u"},
                {"id": "by-service", "server_port": 2, "service_id": "s"},
                {"id": "missing", "server_port": 3, "upstream_id": "nope"},
-               {"id": "plugins", "server_port": 4, "upstream": UP, "plugins": {"ip-restriction": {"whitelist": []}}},
+               {"id": "plugins", "server_port": 4, "upstream": UP, "plugins": {"syslog": {"host": "127.0.0.1"}}},
+               {"id": "stream-plugin", "server_port": 5, "upstream": UP,
+                "plugins": {"ip-restriction": {"whitelist": ["10.0.0.0/8"]}}},
                extra={"upstreams": [{"id": "u", **UP}], "services": [{"id": "s", "upstream": UP}]})
     assert r.match("127.0.0.1", 1, "1.1.1.1").upstream.key == "upstreams/u"      # type: ignore[union-attr]
     assert r.match("127.0.0.1", 2, "1.1.1.1").upstream is not None              # type: ignore[union-attr]
     assert r.match("127.0.0.1", 3, "1.1.1.1") is None and r.match("127.0.0.1", 4, "1.1.1.1") is None
     msgs = sorted(str(e) for e in r.errors)
     assert any("missing" in m and "no upstream" in m for m in msgs), msgs
-    assert any("plugins" in m and "stream plugins are not run by Meshgate yet (ip-restriction)" in m for m in msgs)
+    assert any("plugin syslog does not run on stream routes (Meshgate's stream plugins: ip-restriction, "
+               "limit-conn)" in m for m in msgs), msgs
+    sp = r.match("127.0.0.1", 5, "1.1.1.1")
+    assert sp is not None and sp.chain is not None and sp.chain.names == ("ip-restriction",)
