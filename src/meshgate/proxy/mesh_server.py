@@ -33,6 +33,7 @@ from ..upstream import Node
 from .http1 import ClientConnection
 from .mesh import MeshChain, MeshConfig, MeshListener, select_chain
 from .origdst import original_dst
+from .stream import RelayDown, RelayUpstream
 from ..observability.istio import TCP_CLOSED, TCP_OPENED, TCP_RECEIVED, TCP_SENT, IstioPeer, tcp_labels
 
 if TYPE_CHECKING:
@@ -188,15 +189,13 @@ def _ip(addr: Any) -> str:
     return s
 
 
-class TcpRelay(asyncio.Protocol):
+class TcpRelay(RelayDown):
     """tcp_proxy: the client's bytes to one endpoint of the chain's cluster, and back."""
 
     def __init__(self, owner: MeshSockets, chain: MeshChain, dst: tuple[str, int]) -> None:
         self.owner = owner
         self.chain = chain
         self.dst = dst
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Upstream | None = None
         self.pending: list[bytes] = []
         self.closed = False
         self.idle = float(chain.conf["tcp"]["idle_timeout"] or 0) if chain.conf.get("tcp") else 0.0
@@ -238,7 +237,7 @@ class TcpRelay(asyncio.Protocol):
             kw["local_addr"] = (up.bind_source, 0)
         try:
             _, peer = await asyncio.wait_for(
-                loop.create_connection(lambda: _Upstream(self), node.host, node.port, **kw),
+                loop.create_connection(lambda: RelayUpstream(self), node.host, node.port, **kw),
                 up.timeouts.connect if up is not None else 10.0)
         except (OSError, asyncio.TimeoutError) as e:
             log.info("tcp_proxy %s: connect to %s failed: %s", name, node.addr, e)
@@ -279,21 +278,6 @@ class TcpRelay(asyncio.Protocol):
             return True
         return None
 
-    def end(self) -> None:
-        """Both directions are done: close both sides (connection_lost records the metrics)."""
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-        if self.transport is not None:
-            self.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.owner.relays.discard(self)
@@ -314,47 +298,6 @@ class _NoCtx:
 
     def var(self, name: str) -> str | None:
         return None
-
-
-class _Upstream(asyncio.Protocol):
-    def __init__(self, relay: TcpRelay) -> None:
-        self.relay = relay
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        t = self.relay.transport
-        if t is not None:
-            self.relay.sent += len(data)
-            t.write(data)
-
-    def eof_received(self) -> bool | None:
-        relay = self.relay
-        relay.upstream_eof = True
-        t = relay.transport
-        if t is not None and t.can_write_eof():
-            t.write_eof()
-            if relay.client_eof:
-                relay.end()
-            return True
-        return None
-
-    def pause_writing(self) -> None:
-        t = self.relay.transport
-        if t is not None:
-            t.pause_reading()
-
-    def resume_writing(self) -> None:
-        t = self.relay.transport
-        if t is not None:
-            t.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        t = self.relay.transport
-        if t is not None:
-            t.close()
 
 
 def _entry_factory(owner: MeshSockets, name: str) -> Any:

@@ -56,7 +56,7 @@ from ..upstream.nodes import Node
 from .runtime import Runtime, UpstreamRuntime
 from .tls import normalize_sni, tls_connection
 
-__all__ = ["StreamRoute", "StreamRoutes", "StreamServer", "StreamContext", "TCP_IDLE", "UDP_IDLE", "STREAM_PLUGINS"]
+__all__ = ["StreamRoute", "StreamRoutes", "StreamServer", "StreamContext", "RelayDown", "RelayUpstream", "TCP_IDLE", "UDP_IDLE", "STREAM_PLUGINS"]
 
 log = logging.getLogger("meshgate.stream")
 
@@ -259,19 +259,88 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, up: UpstreamRuntime, ctx
 # --- TCP ------------------------------------------------------------------------------------------
 
 
-class _TcpStream(asyncio.Protocol):
+class RelayDown(asyncio.Protocol):
+    """The client side of a TCP relay (this module's stream connections, the mesh's
+    tcp_proxy): what :class:`RelayUpstream` reads and calls on it."""
+
+    transport: asyncio.Transport | None = None
+    peer: RelayUpstream | None = None
+    client_eof = False
+    upstream_eof = False
+    sent = 0            # bytes written to the client
+    last = 0.0          # monotonic time of the last bytes either way
+
+    def end(self) -> None:
+        """Both directions are done (or cannot go on): close both sides."""
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class RelayUpstream(asyncio.Protocol):
+    """The upstream side of a TCP relay: its bytes to the client, half-closes passed on, flow
+    control both ways."""
+
+    def __init__(self, down: RelayDown) -> None:
+        self.down = down
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        d = self.down
+        d.last = time.monotonic()
+        if d.transport is not None:
+            d.sent += len(data)
+            d.transport.write(data)
+
+    def eof_received(self) -> bool | None:
+        d = self.down
+        d.upstream_eof = True
+        t = d.transport
+        if t is not None and t.can_write_eof():
+            t.write_eof()
+            if d.client_eof:
+                d.end()
+            return True
+        d.end()
+        return None
+
+    def pause_writing(self) -> None:
+        t = self.down.transport
+        if t is not None:
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self.down.transport
+        if t is not None:
+            t.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        t = self.down.transport
+        if t is not None:
+            t.close()
+
+
+class _TcpStream(RelayDown):
     """One downstream connection: route, connect, then bytes both ways."""
 
     def __init__(self, owner: StreamServer, tls: bool) -> None:
         self.owner = owner
         self.tls = tls
-        self.transport: asyncio.Transport | None = None
-        self.peer: _TcpUpstream | None = None
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.closed = False
-        self.client_eof = False
-        self.upstream_eof = False
         self.idle = TCP_IDLE
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
@@ -314,7 +383,7 @@ class _TcpStream(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
-        got = await _connect_tcp(self.owner.server.loop, up, ctx, lambda: _TcpUpstream(self))
+        got = await _connect_tcp(self.owner.server.loop, up, ctx, lambda: RelayUpstream(self))
         if got is None or self.closed:
             if got is not None:
                 got[0].close()
@@ -372,20 +441,6 @@ class _TcpStream(asyncio.Protocol):
             return None     # TLS transports cannot half-close: the connection ends here
         return True
 
-    def end(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-        if self.transport is not None:
-            self.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.owner.conns.discard(self)
@@ -397,48 +452,6 @@ class _TcpStream(asyncio.Protocol):
         if self.route is not None and self.ctx is not None:
             route, ctx, self.route, self.ctx = self.route, self.ctx, None, None
             _log_phase(route, ctx)
-
-
-class _TcpUpstream(asyncio.Protocol):
-    def __init__(self, down: _TcpStream) -> None:
-        self.down = down
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.down.last = time.monotonic()
-        t = self.down.transport
-        if t is not None:
-            t.write(data)
-
-    def eof_received(self) -> bool | None:
-        d = self.down
-        d.upstream_eof = True
-        t = d.transport
-        if t is not None and t.can_write_eof():
-            t.write_eof()
-            if d.client_eof:
-                d.end()
-            return True
-        d.end()
-        return None
-
-    def pause_writing(self) -> None:
-        t = self.down.transport
-        if t is not None:
-            t.pause_reading()
-
-    def resume_writing(self) -> None:
-        t = self.down.transport
-        if t is not None:
-            t.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        t = self.down.transport
-        if t is not None:
-            t.close()
 
 
 # --- UDP ------------------------------------------------------------------------------------------
