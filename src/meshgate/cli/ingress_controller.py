@@ -16,7 +16,7 @@ import sys
 import uuid
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..config.etcd import EtcdClient, EtcdError, EtcdUnavailable
@@ -142,6 +142,24 @@ class EtcdWriter:
         await self.etcd.close()
 
 
+def cancel_on_signals() -> Callable[[], bool]:
+    """SIGTERM / SIGINT cancel the running task (once): a controller's way to stop cleanly;
+    the returned function tells whether that is why it was cancelled."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = [False]
+
+    def stop() -> None:
+        if not stopping[0]:
+            stopping[0] = True
+            main.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    return lambda: stopping[0]
+
+
 def _fail(msg: str) -> int:
     print(f"meshgate ingress-controller: error: {msg}", file=sys.stderr)
     return 2
@@ -196,19 +214,7 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
                                 renew_deadline=args.leader_elect_renew_deadline,
                                 retry_period=args.leader_elect_retry_period, on_change=ctl.on_leadership)
         ctl.elector = elector
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            main.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    stopping = cancel_on_signals()
     target = f"admin {', '.join(args.admin_url)}" if args.admin_url else f"etcd {','.join(args.etcd)} {args.etcd_prefix}"
     log.warning("ingress controller started: %s, namespaces %s, class %s%s", target,
                 ",".join(opts.namespaces) or "all", opts.ingress_class, " (required)" if opts.require_class else "")
@@ -218,7 +224,7 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
                 tg.create_task(elector.run(), name="leader-election")
             await ctl.run(dry_run=args.dry_run)  # returns only after a dry run (no elector then)
     except asyncio.CancelledError:
-        if not stopping:
+        if not stopping():
             raise
     finally:
         if elector is not None:

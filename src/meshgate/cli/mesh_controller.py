@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from ..admin.httpserver import ApiRequest, ApiServer, json_response
 from ..k8s.client import KubeClient, KubeConfigError
 from ..k8s.mesh_controller import MeshController
 from ..xds.extconfig import ExtConfigServer, NodeInfo, parse_address, state_version
+from .ingress_controller import cancel_on_signals
 
 __all__ = ["add_parser", "run", "DEFAULT_LISTEN"]
 
@@ -108,19 +108,7 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
                                                                   "sidecars": len(server.connected())})
         return 404, {"Content-Type": "text/plain"}, b"not found\n"
 
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    stopping = False
-
-    def stop() -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
-            main.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+    stopping = cancel_on_signals()
     try:
         try:
             bound = await server.start(args.listen)
@@ -139,7 +127,7 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
             server.notify()
         await ctl.run(ready=on_ready)
     except asyncio.CancelledError:
-        if not stopping:
+        if not stopping():
             raise
     finally:
         await server.stop()
