@@ -127,6 +127,10 @@ class StreamRoutes:
             except ConfigError as e:
                 self.errors.append(e)
                 log.error("stream route %s not served: %s", id, e)
+            except Exception as e:   # never let one object stop the others (or a connection)
+                self.errors.append(ConfigError("/", f"cannot compile: {type(e).__name__}: {e}",
+                                               kind="stream_routes", id=id))
+                log.exception("stream route %s not served", id)
 
     @staticmethod
     def _compile(id: str, conf: Mapping[str, Any], rt: Runtime, services: Mapping[str, Any]) -> StreamRoute:
