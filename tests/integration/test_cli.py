@@ -70,6 +70,19 @@ def test_validate_runs_every_check_the_gateway_runs(tmp_path):
     assert r.returncode == 0 and "references upstream" in r.stderr
 
 
+def test_validate_checks_stream_routes_as_a_worker_compiles_them(tmp_path):
+    f = tmp_path / "apisix.yaml"
+    f.write_text("stream_routes:\n"
+                 "  - {id: s1, server_port: 9100, upstream: {nodes: {'127.0.0.1:1': 1}}, plugins: {syslog: {host: x}}}\n"
+                 "  - {id: s2, server_port: 9101, upstream_id: missing}\n"
+                 "  - {id: s3, server_port: 9102, upstream: {nodes: {'127.0.0.1:1': 1}}}\n#END\n")
+    r = meshgate("validate", str(f))
+    assert r.returncode == 1, r.stderr
+    assert "stream_routes id=s1: /plugins: plugin syslog does not run on stream routes" in r.stderr
+    assert "stream_routes id=s2: /upstream: no upstream" in r.stderr
+    assert "id=s3" not in r.stderr
+
+
 def test_port_in_use_is_a_clear_error(tmp_path):
     import socket
 

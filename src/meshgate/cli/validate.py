@@ -58,6 +58,16 @@ def validate(config: str | None, routes_file: str | None) -> int:
             finally:
                 quiet.setLevel(level)
             errors += [f"{rpath}: {e}" for e in rt.errors]
+            if snap.items("stream_routes") and (node is None or "stream" in node.proxy_mode):
+                from ..proxy.stream import StreamRoutes
+
+                quiet_stream = logging.getLogger("meshgate.stream")
+                level = quiet_stream.level
+                quiet_stream.setLevel(logging.CRITICAL)
+                try:
+                    errors += [f"{rpath}: {e}" for e in StreamRoutes(rt).errors]   # as a worker compiles them
+                finally:
+                    quiet_stream.setLevel(level)
             # APISIX accepts dangling references from files (the request fails at run time)
             for ref in check_references(parsed.items):
                 print(f"warning: {rpath}: {ref}", file=sys.stderr)
