@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ..admin.httpserver import ApiRequest, ApiServer, json_response
 from ..k8s.client import KubeClient, KubeConfigError
 from ..k8s.mesh_controller import MeshController
-from ..xds.extconfig import ExtConfigServer, NodeInfo, parse_address, state_version
+from ..xds.extconfig import ExtConfigServer, NodeInfo, NotReady, parse_address, state_version
 from .ingress_controller import cancel_on_signals
 
 __all__ = ["add_parser", "run", "DEFAULT_LISTEN"]
@@ -90,7 +90,9 @@ async def _main(args: argparse.Namespace, kube: KubeClient) -> int:
 
     def resolve(node: NodeInfo) -> dict[str, Any] | None:
         if not ready.is_set():
-            return None     # never push an empty set before the caches are filled
+            # never an empty set before the caches are filled: after a controller restart the
+            # sidecars keep running their plugins until the real set is known
+            raise NotReady()
         return ctl.state_for(node.namespace, node.pod, node.labels)
 
     def on_status(node: NodeInfo, version: str | None, error: str | None) -> None:

@@ -78,6 +78,7 @@ __all__ = [
     "NodeInfo",
     "NodeStatus",
     "ExtConfigServer",
+    "NotReady",
     "ExtConfigClient",
     "ResolveFn",
     "StatusFn",
@@ -325,7 +326,13 @@ class NodeStatus:
                 "error": self.error, "responses": self.responses, "connected_at": self.connected_at}
 
 
-#: ``resolve(node) -> state``: the document for a node (``None``: the empty state ``{}``).
+class NotReady(Exception):
+    """Raised by a resolver that cannot answer yet (its caches are not filled): nothing is sent
+    to the node, which keeps what it runs, until a later ``notify()``."""
+
+
+#: ``resolve(node) -> state``: the document for a node (``None``: the empty state ``{}``);
+#: raising :class:`NotReady` defers the answer.
 ResolveFn = Callable[[NodeInfo], Mapping[str, Any] | None]
 #: ``on_status(node, acked_version, error)``: after every ACK ``(node, version, None)``, every
 #: NACK ``(node, version still acked or None, error)``, and when a node's last stream closes
@@ -624,6 +631,8 @@ class ExtConfigServer:
         assert node is not None
         try:
             version, packed = self._encode(self.resolve(node), memo)
+        except NotReady:
+            return False
         except Exception:
             # keep what the node has; the next notify() tries again
             log.exception("resolving the extension config of %s failed", node.key)

@@ -22,6 +22,7 @@ from meshgate.xds.extconfig import (
     ExtConfigClient,
     ExtConfigServer,
     NodeInfo,
+    NotReady,
     XdsRejected,
     decode_state,
     encode_state,
@@ -61,12 +62,15 @@ class Controller:
         self.events: list[tuple[NodeInfo, str | None, str | None]] = []
         self.resolves = 0
         self.fail: set[str] = set()
+        self.not_ready = False
         self.server = ExtConfigServer(self.resolve, on_status=self.on_status)
 
     def resolve(self, node: NodeInfo) -> Mapping[str, Any] | None:
         self.resolves += 1
         if node.pod in self.fail:
             raise RuntimeError("resolver bug")
+        if self.not_ready:
+            raise NotReady()
         return self.states.get(node.pod)
 
     def on_status(self, node: NodeInfo, version: str | None, error: str | None) -> None:
@@ -308,6 +312,30 @@ async def test_resolver_failure_keeps_the_stream(env: dict[str, Any]) -> None:
     assert sc.client.connects == 1
 
 
+async def test_a_resolver_not_ready_defers_and_the_sidecar_keeps_its_state(env: dict[str, Any],
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A controller restarting: until its caches are filled it answers nothing, so a sidecar that
+    reconnects keeps running its plugins instead of getting an empty set."""
+    ctl, addr = await serve(env)
+    ctl.states["web-1"] = state(cors={})
+    sc = sidecar(env, addr, "web-1")
+    await asyncio.wait_for(sc.client.wait_ready(), T)
+    first = sc.client.version
+    await ctl.server.stop(0)
+    ctl2 = Controller()
+    ctl2.not_ready = True
+    ctl2.states["web-1"] = state(cors={}, echo={"body": "x"})
+    await serve(env, ctl2, addr)
+    await until(lambda: ctl2.resolves >= 1 and bool(ctl2.server.connected()), "the new subscription")
+    await asyncio.sleep(0.1)
+    assert sc.client.version == first and ctl2.server.responses == 0       # nothing pushed, nothing lost
+    assert "failed" not in caplog.text                                      # not an error
+    ctl2.not_ready = False
+    ctl2.server.notify()
+    await until(lambda: sc.client.version not in (None, first), "the real state once ready")
+    assert sc.applied[-1][0]["plugins"] == {"cors": {}, "echo": {"body": "x"}}
+
+
 async def test_two_clients_get_their_own_states(env: dict[str, Any]) -> None:
     ctl, addr = await serve(env)
     ctl.states["web-1"] = state(cors={})
@@ -484,8 +512,9 @@ async def test_delta_is_unimplemented(env: dict[str, Any]) -> None:
     _, addr = await serve(env)
     async with grpc.aio.insecure_channel(addr) as ch:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(ch).DeltaAggregatedResources()
-        await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URL))
         with pytest.raises(grpc.aio.AioRpcError) as exc:
+            # the server may end the call before the write is done: either step reports it
+            await call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=TYPE_URL))
             await asyncio.wait_for(call.read(), T)
         assert exc.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
