@@ -570,9 +570,15 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 def run_wrk(port: int, path: str, conns: int, duration: float, cpu: str, lua: Path,
             headers: Sequence[str] = ()) -> tuple[str, str, int]:
+    return run_wrk_url(f"http://{LOOPBACK}:{port}{path}", conns, duration, cpu, lua, headers)
+
+
+def run_wrk_url(url: str, conns: int, duration: float, cpu: str, lua: Path,
+                headers: Sequence[str] = ()) -> tuple[str, str, int]:
+    """wrk against any URL (https too). Bounded: -d plus a hard timeout."""
     argv = (["taskset", "-c", cpu] if cpu else []) + [
         "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "2s",
-        *(a for h in headers for a in ("-H", h)), "-s", str(lua), f"http://{LOOPBACK}:{port}{path}"]
+        *(a for h in headers for a in ("-H", h)), "-s", str(lua), url]
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True, preexec_fn=_child_setup)
     try:

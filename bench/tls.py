@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as B  # noqa: E402  (bench/run.py: servers, /proc accounting, wrk parsing)
@@ -215,28 +215,6 @@ def resumed(port: int, cafile: Path, tmp: Path) -> str:
     return "?" if not m else ("yes" if m.group(1) == "Reused" else "no")
 
 
-# --------------------------------------------------------------------------- wrk
-
-def run_wrk(url: str, conns: int, duration: float, cpu: str, lua: Path,
-            headers: Sequence[str] = ()) -> tuple[str, str, int]:
-    """bench/run.py's run_wrk, for any URL (https too). Bounded: -d plus a hard timeout."""
-    argv = (["taskset", "-c", cpu] if cpu else []) + [
-        "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "2s",
-        *(a for h in headers for a in ("-H", h)), "-s", str(lua), url]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True, preexec_fn=B._child_setup)
-    try:
-        out, err = p.communicate(timeout=duration + 30)
-    except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait()
-        raise
-    return out, err, p.returncode
-
-
 # --------------------------------------------------------------------------- measuring
 
 def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
@@ -320,7 +298,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
         for sc in scenarios:   # warm-up, not recorded
             for t in TARGETS:
                 _, u = url(t, sc)
-                run_wrk(u, args.conns, args.warmup, args.load_cpu, lua,
+                B.run_wrk_url(u, args.conns, args.warmup, args.load_cpu, lua,
                         ["Connection: close"] if SCENARIOS[sc][1] else [])
         up = servers["upstream"]
         total = args.reps * len(scenarios) * len(TARGETS)
@@ -339,7 +317,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
                     p0 = B._all_stats()
                     c0, u0 = B.tree_cpu_seconds(srv.pid, p0), B.tree_cpu_seconds(up.pid, p0)
                     s0, k0, h0, w0 = B.cpu_stat(), B.children_cpu_seconds(), B.self_cpu_seconds(), time.monotonic()
-                    out, err, rc = run_wrk(u, args.conns, args.duration, args.load_cpu, lua,
+                    out, err, rc = B.run_wrk_url(u, args.conns, args.duration, args.load_cpu, lua,
                                            ["Connection: close"] if SCENARIOS[sc][1] else [])
                     w1, k1, s1 = time.monotonic(), B.children_cpu_seconds(), B.cpu_stat()
                     p1 = B._all_stats()
