@@ -220,6 +220,13 @@ class StreamKeeper:
     async def _stream_once(self) -> Any:
         raise NotImplementedError
 
+    def _stream_up(self, detail: str = "") -> None:
+        """The first response of a stream arrived: connected, and the backoff starts over."""
+        self.connected = True
+        self.last_error = None
+        self.failures = 0
+        log.info("%s to %s up%s", self.what, self.target, detail)
+
     async def run(self) -> None:
         """Keep the stream up until ``stop()`` (or cancellation); returns when stopped."""
         if self._running:
@@ -371,10 +378,7 @@ class XdsClient(StreamKeeper):
             async for resp in call:
                 if not got:
                     got = True
-                    self.connected = True
-                    self.last_error = None
-                    self.failures = 0
-                    log.info("xDS stream to %s up (%s)", self.target, "delta" if self.delta else "sotw")
+                    self._stream_up(" (delta)" if self.delta else " (sotw)")
                 for req in session.on_response(resp):
                     queue.put_nowait(req)
                 if session.lds_pending and warming is None and self.warming_timeout is not None:

@@ -740,10 +740,7 @@ class ExtConfigClient(StreamKeeper):
             async for resp in call:
                 if not got:
                     got = True
-                    self.connected = True
-                    self.last_error = None
-                    self.failures = 0
-                    log.info("extension config stream to %s up", self.address)
+                    self._stream_up()
                 reply = await self._on_response(resp)
                 if reply is not None:
                     queue.put_nowait(reply)
