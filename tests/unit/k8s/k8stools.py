@@ -21,3 +21,17 @@ def valid(t: Translation, registry: PluginRegistry) -> Translation:
     checked = validate_translation(t, registry)
     assert t.items and len(checked.items) == len(t.items), checked.messages()
     return t
+
+
+def put(ctl: Any, obj: dict[str, Any], typ: str = "ADDED") -> None:
+    """An informer event, as a watch delivers it, to a controller (ingress or mesh) whose
+    informers are filled by hand: the cache updated, then the controller's event handler."""
+    kind = obj["kind"]
+    inf = ctl.informers[kind][0]
+    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+    prev = inf.cache.get(key)
+    if typ == "DELETED":
+        inf.cache.pop(key, None)
+    else:
+        inf.cache[key] = obj
+    ctl._on_event(kind, typ, obj, prev)

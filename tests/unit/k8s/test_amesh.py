@@ -13,7 +13,7 @@ from meshgate.k8s.amesh import check_selector, parse_config, pod_state, selector
 from meshgate.k8s.mesh_controller import MeshController
 from meshgate.plugins import PluginRegistry
 
-from k8stools import load
+from k8stools import load, put
 
 SAMPLE = '{"body":"BODY_REWRITE","headers":{"X-Header":"Rewrite"}}'
 
@@ -109,18 +109,6 @@ def controller(registry: PluginRegistry) -> tuple[MeshController, Delivery]:
     d = Delivery()
     ctl = MeshController(None, d, registry=registry)  # type: ignore[arg-type]
     return ctl, d
-
-
-def put(ctl: MeshController, obj: dict[str, Any], typ: str = "ADDED") -> None:
-    kind = obj["kind"]
-    inf = ctl.informers[kind][0]
-    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-    prev = inf.cache.get(key)
-    if typ == "DELETED":
-        inf.cache.pop(key, None)
-    else:
-        inf.cache[key] = obj
-    ctl._on_event(kind, typ, obj, prev)
 
 
 def test_status_counts_applied_pending_failed_pods(registry: PluginRegistry) -> None:

@@ -14,6 +14,8 @@ from meshgate.k8s.controller import (AdminClient, AdminError, Controller, Contro
                                      service_refs)
 from meshgate.k8s.translate import labels
 
+from k8stools import put
+
 OWN = labels("ApisixRoute", "ns", "r")
 
 
@@ -170,18 +172,6 @@ def ar(ns: str, name: str, service: str, port: int = 80, cls: str | None = None,
         spec["ingressClassName"] = cls
     return {"kind": "ApisixRoute", "apiVersion": "apisix.apache.org/v2",
             "metadata": {"namespace": ns, "name": name, "generation": gen, "resourceVersion": str(gen)}, "spec": spec}
-
-
-def put(ctl: Controller, obj: dict[str, Any], typ: str = "ADDED") -> None:
-    kind = obj["kind"]
-    inf = ctl.informers[kind][0]
-    key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
-    prev = inf.cache.get(key)
-    if typ == "DELETED":
-        inf.cache.pop(key, None)
-    else:
-        inf.cache[key] = obj
-    ctl._on_event(kind, typ, obj, prev)
 
 
 @pytest.fixture
