@@ -83,7 +83,7 @@ class Run:
         self.client = ClientConnection(self.server)
         info: dict[str, Any] = {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 9080)}
         if tls:   # what an SSL transport adds (the handshake's SSLObject: a stand-in)
-            info.update(sslcontext=object(), ssl_object=types.SimpleNamespace())
+            info.update(sslcontext=object(), ssl_object=types.SimpleNamespace(selected_alpn_protocol=lambda: "http/1.1"))
         self.client_t = Transport(info)
         self.client.connection_made(self.client_t)  # type: ignore[arg-type]
 

@@ -47,6 +47,7 @@ def proxy_settings(node: NodeConfig) -> dict[str, Any]:
         "real_ip_from": tuple(h.real_ip_from),
         "trusted_addresses": tuple(node.trusted_addresses),
         "show_upstream_status": node.show_upstream_status_in_response_header,
+        "http2": node.enable_http2,
         "drain_grace": node.worker_shutdown_timeout,
         # what plugins may read of the node config (ctx.plugin_attr / ctx.node_ssl)
         "plugin_attr": node.plain("plugin_attr") or {},

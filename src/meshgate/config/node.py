@@ -272,6 +272,7 @@ class NodeConfig:
     show_upstream_status_in_response_header: bool
     trusted_addresses: tuple[str, ...]
     data_encryption: DataEncryption
+    enable_http2: bool            # h2 by ALPN on the TLS listeners, h2c by prior knowledge on node_listen
     # nginx_config
     worker_processes: int
     worker_shutdown_timeout: float
@@ -327,6 +328,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType(
             "delete_uri_tail_slash": False,
             "normalize_uri_like_servlet": False,
             "show_upstream_status_in_response_header": False,
+            "enable_http2": True,
             "trusted_addresses": [],
             "data_encryption": {"enable_encrypt_fields": True, "keyring": list(DEFAULT_KEYRING)},
         },
@@ -404,6 +406,7 @@ _KNOWN: dict[str, Any] = {
         "delete_uri_tail_slash": None,
         "normalize_uri_like_servlet": None,
         "show_upstream_status_in_response_header": None,
+        "enable_http2": None,
         "trusted_addresses": None,
         "plugin_dirs": None,
         "data_encryption": {"enable_encrypt_fields": None, "keyring": None},
@@ -658,6 +661,7 @@ def parse_node_config(data: Mapping[str, Any], *, source: str, path: str | Path 
         normalize_uri_like_servlet=r.boolean(merged, ("apisix", "normalize_uri_like_servlet")),
         show_upstream_status_in_response_header=r.boolean(merged, ("apisix", "show_upstream_status_in_response_header")),
         trusted_addresses=r.addresses(merged, ("apisix", "trusted_addresses"), allow_unix=False),
+        enable_http2=r.boolean(merged, ("apisix", "enable_http2")),
         data_encryption=r.data_encryption(data, merged, ("apisix", "data_encryption")),
         worker_processes=r.worker_processes(merged, ("nginx_config", "worker_processes")),
         worker_shutdown_timeout=r.duration(merged, ("nginx_config", "worker_shutdown_timeout")),
@@ -950,8 +954,13 @@ class _Reader:
         return self._listen_obj(v, path, default_ip, warn=False)
 
     def _listen_obj(self, v: Mapping[str, Any], path: Key, default_ip: str, *, warn: bool) -> Listen:
+        if "enable_http2" in v and path[:2] in (("apisix", "node_listen"), ("apisix", "ssl")):
+            where = "node_listen" if path[1] == "node_listen" else "ssl.listen"
+            # APISIX 3.9+ refuses to start with it (apisix/cli/ops.lua)
+            self.error(path + ("enable_http2",), f"port level enable_http2 in {where} is deprecated from 3.9 "
+                                                 "version, and you should use enable_http2 in apisix level")
         if warn:
-            self.check_fields(v, ("ip", "port"), path)
+            self.check_fields(v, ("ip", "port", "enable_http2"), path)
         ip = self._ip(v["ip"], path + ("ip",)) if v.get("ip") is not None else default_ip
         if "port" not in v:
             self.error(path + ("port",), "required field is missing (expected port 1..65535)")

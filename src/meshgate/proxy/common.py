@@ -126,6 +126,7 @@ class ProxySettings:
     real_ip_from: tuple[str, ...] = ("127.0.0.1", "unix:")
     trusted_addresses: tuple[str, ...] = ()
     show_upstream_status: bool = False
+    http2: bool = True          # apisix.enable_http2: h2 by ALPN on TLS, h2c by prior knowledge on plaintext
     drain_grace: float = 240.0
     plugin_attr: dict[str, Any] = field(default_factory=dict)   # config.yaml plugin_attr (ctx.plugin_attr)
     node_ssl: dict[str, Any] | None = None                      # config.yaml apisix.ssl (ctx.node_ssl)

@@ -30,7 +30,7 @@ from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..upstream import Node
-from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, date_server_lines, error_body
+from .common import HTML, NOT_FOUND, P_BUFFER, error_body
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -96,14 +96,15 @@ def _apply_op(headers: list[tuple[bytes, bytes]], op: int, name: str, value: str
 
 
 class Downstream(Protocol):
-    """What an exchange needs from the downstream codec that feeds it (HTTP/1 today)."""
+    """What an exchange needs from the downstream codec that feeds it: an HTTP/1 connection
+    (``http1.ClientConnection``) or one HTTP/2 stream (``http2.H2Stream``).  ``send_local`` with
+    an empty ``content_type`` sends neither Content-Type nor a body (Envoy's bare local replies)."""
 
     handle: Any          # mesh: the connection's filter chain (proxy/mesh.ChainHandle), else None
     orig_dst: Any        # mesh: (ip, port) the connection was sent to before capture, else None
     server_name: bytes | None   # mesh: the Server header value, else None (the gateway's)
 
     server: ProxyServer
-    closing: bool
     peer_ip: str
     peer_trusted: bool          # peer in apisix.trusted_addresses
     peer_real_ip_ok: bool       # peer in real_ip_from
@@ -111,6 +112,8 @@ class Downstream(Protocol):
     fwd_host: str               # the Host value fwd_tail was built for
     fwd_tail: bytes             # X-Forwarded-Port/-Host lines for that Host
 
+    @property
+    def closing(self) -> bool: ...
     def write(self, data: bytes) -> None: ...
     def send_continue(self) -> None: ...
     def send_local(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
@@ -997,10 +1000,7 @@ class Exchange:
 
     def _mesh_send_bare(self, status: int, *, close: bool, extra: bytes) -> None:
         """An empty local reply as Envoy sends it: no Content-Type, no body."""
-        length = b"" if status in (204, 304) else b"Content-Length: 0\r\n"
-        self.conn.write(b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n" % (
-            status, REASONS.get(status, "Unknown").encode(), date_server_lines(self.conn.server_name), length, extra,
-            b"Connection: close\r\n" if close else b""))
+        self.conn.send_local(status, b"", close=close, content_type=b"", extra=extra)
 
     def _mesh_retry_ok(self) -> bool:
         pol = self.route.mesh   # type: ignore[union-attr]

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .server import ProxyServer
     from .upstream_conn import UpstreamConnection
 
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "identity_header", "header_tables", "parse_host", "real_ip"]
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -62,7 +62,7 @@ class ClientConnection(asyncio.Protocol):
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
                  "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls",
-                 "handle", "orig_dst", "server_name")
+                 "handle", "orig_dst", "server_name", "sniff", "early")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -112,6 +112,8 @@ class ClientConnection(asyncio.Protocol):
         self.handle: Any = None     # mesh: the filter chain's handle (proxy/mesh.ChainHandle)
         self.orig_dst: tuple[str, int] | None = None   # mesh: the destination before capture
         self.server_name: bytes | None = None   # mesh: the Server header Envoy's HCM would send
+        self.sniff = False          # apisix.enable_http2 on plaintext: the first bytes may be the h2 preface
+        self.early = b""            # the start of a preface, until it is whole
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -127,6 +129,10 @@ class ClientConnection(asyncio.Protocol):
             sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 self.tls = tls_connection(sslobj)
+                if sslobj.selected_alpn_protocol() == "h2":
+                    self.early = b"h2"   # (handed over below, once the connection is set up)
+        elif self.server.settings.http2 and self.handle is None:
+            self.sniff = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:  # responses are written whole; never let Nagle hold a tail back
@@ -144,6 +150,9 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_drop = bool(server.settings._trusted_nets) and not self.peer_trusted
         self.since = server.loop.time()
         server.connections.add(self)
+        if self.early:
+            self.early = b""
+            self._become_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = S_CLOSED
@@ -197,6 +206,21 @@ class ClientConnection(asyncio.Protocol):
         if (self.new_message and self.state == S_IDLE and self.active is None and data[-4:] == b"\r\n\r\n"
                 and data.find(b"\r\n\r\n") == len(data) - 4 and self._lite_request(data)):
             return
+        if self.sniff:
+            # HTTP/2 with prior knowledge (nginx "http2 on" on a plaintext listener)
+            self.sniff = False
+            if self.requests == 0 and self.new_message:
+                if self.early:
+                    data = self.early + data
+                    self.early = b""
+                n = len(data) if len(data) < 24 else 24
+                if data[:n] == H2_PREFACE[:n]:
+                    if n < 24:
+                        self.early = data
+                        self.sniff = True
+                        return
+                    self._become_h2(data)
+                    return
         if self.new_message and self.state == S_IDLE:
             # llhttp tolerates repeated SP in the request line; RFC 9112 3 allows exactly one.
             eol = data.find(b"\r\n", 0, MAX_URL + 64)
@@ -241,6 +265,11 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def _become_h2(self, data: bytes) -> None:
+        """The connection speaks HTTP/2 (ALPN h2, or the preface on plaintext): hand it over."""
+        from .http2 import H2Connection
+        H2Connection.adopt(self, data)
 
     def _stamp(self, req: Request) -> None:
         """What the request takes from its connection (both parse paths)."""
@@ -288,7 +317,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         try:
             t = parse_target(target)
-            host = _parse_host(http_host)
+            host = parse_host(http_host)
         except ProtocolError:
             return False
         server = self.server
@@ -376,31 +405,8 @@ class ClientConnection(asyncio.Protocol):
             self.conn_tokens = (self.conn_tokens or []) + toks
         elif kind == H_UPGRADE:
             req.upgrade = value
-        elif kind == H_EXPECT:
-            if value.lower() == b"100-continue":
-                req.expect_continue = True
-        elif kind == H_REAL_IP:
-            if req.real_ip is None:
-                req.real_ip = value
-        elif kind == H_STRIP:
-            return False
-        elif kind == H_FORWARDING:
-            return self.peer_trusted
-        elif kind == H_XFWD:
-            # APISIX 3.x: X-Forwarded-Proto/-Host/-Port count only from trusted_addresses; so does
-            # X-Forwarded-For once trusted_addresses is set (unset, it is kept and extended)
-            if self.real_ip_xff and name.lower() == b"x-forwarded-for":
-                last = value.rsplit(b",", 1)[-1]
-                req.real_ip = last   # real_ip_header X-Forwarded-For: the last (nearest) address
-            if not self.peer_trusted:
-                if name.lower() != b"x-forwarded-for":
-                    return False
-                if self.fwd_drop:
-                    # still readable by plugins as $original_x_forwarded_for (APISIX)
-                    prev = req.ctx.get("original_x_forwarded_for")
-                    v = value.decode("latin-1")
-                    req.ctx["original_x_forwarded_for"] = prev + ", " + v if prev else v
-                    return False
+        else:
+            return identity_header(req, kind, name, value, self.peer_trusted, self.fwd_drop, self.real_ip_xff)
         return True
 
     def on_headers_complete(self) -> None:
@@ -440,7 +446,7 @@ class ClientConnection(asyncio.Protocol):
         host = t.authority if t.authority is not None else req.http_host
         if t.authority is not None:
             req.http_host = t.authority
-        req.host = _parse_host(host)
+        req.host = parse_host(host)
         if req.method == "CONNECT":
             raise ProtocolError(405, "CONNECT is not allowed")
         if not parser.should_keep_alive():
@@ -448,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
         self._stamp(req)
         server = self.server
         if self.peer_real_ip_ok and req.real_ip is not None:
-            real = _real_ip(req.real_ip)
+            real = real_ip(req.real_ip)
             if real is not None:
                 req.remote_addr = real
         req.start_time = server.loop.time()
@@ -617,6 +623,14 @@ class ClientConnection(asyncio.Protocol):
     def send_local(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
                      extra: bytes = b"", head_only: bool = False) -> None:
         reason = REASONS.get(status, "Unknown")
+        if not content_type:
+            # bare (Envoy's empty local replies): no Content-Type, no body, no length on 204/304
+            head = (b"HTTP/1.1 %d %s\r\n%s%s%s%s\r\n"
+                    % (status, reason.encode(), date_server_lines(self.server_name),
+                       b"" if status in (204, 304) else b"Content-Length: 0\r\n", extra,
+                       b"Connection: close\r\n" if close else b""))
+            self.transport.write(head)
+            return
         head = (b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n"
                 % (status, reason.encode(), date_server_lines(self.server_name), content_type, len(body), extra,
                    b"Connection: close\r\n" if close else b""))
@@ -685,11 +699,45 @@ _REQ_SPECIAL: dict[bytes, int] = {
 }
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
 
+
+def identity_header(req: Request, kind: int, name: bytes, value: bytes, trusted: bool, fwd_drop: bool,
+                    real_ip_xff: bool) -> bool:
+    """The request fields every downstream codec treats alike (Expect, the real-IP field, identity
+    and forwarding headers; hardening cases 31 and 37); False drops the field.  ``trusted``: the
+    peer is in apisix.trusted_addresses; ``fwd_drop``: its forwarding headers are dropped."""
+    if kind == H_EXPECT:
+        if value.lower() == b"100-continue":
+            req.expect_continue = True
+    elif kind == H_REAL_IP:
+        if req.real_ip is None:
+            req.real_ip = value
+    elif kind == H_STRIP:
+        return False
+    elif kind == H_FORWARDING:
+        return trusted
+    elif kind == H_XFWD:
+        # APISIX 3.x: X-Forwarded-Proto/-Host/-Port count only from trusted_addresses; so does
+        # X-Forwarded-For once trusted_addresses is set (unset, it is kept and extended)
+        if real_ip_xff and name.lower() == b"x-forwarded-for":
+            last = value.rsplit(b",", 1)[-1]
+            req.real_ip = last   # real_ip_header X-Forwarded-For: the last (nearest) address
+        if not trusted:
+            if name.lower() != b"x-forwarded-for":
+                return False
+            if fwd_drop:
+                # still readable by plugins as $original_x_forwarded_for (APISIX)
+                prev = req.ctx.get("original_x_forwarded_for")
+                v = value.decode("latin-1")
+                req.ctx["original_x_forwarded_for"] = prev + ", " + v if prev else v
+                return False
+    return True
+
 _REAL_IP_CACHE: dict[bytes, str | None] = {}
 
 # Fast path (ClientConnection._lite_request): requests naming any of these fields take the
 # full path.  Each field starts with CRLF in the raw head, so a search cannot hit a value.
 LITE_MAX = 4096
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _LITE_SKIP_RE = re.compile(
     rb"\r\n(?:(?:content-length|transfer-encoding|upgrade|expect|connection|keep-alive|proxy-connection|te"
     rb"|trailer|http2-settings|proxy-authenticate|x-real-ip|forwarded|x-userinfo|x-id-token|x-access-token"
@@ -711,7 +759,7 @@ def header_tables(real_ip_header: str) -> tuple[dict[bytes, int], Any]:
     return table, skip
 
 
-def _real_ip(value: bytes) -> str | None:
+def real_ip(value: bytes) -> str | None:
     """A valid IP from the real_ip_header, else None (cached: the same proxies repeat)."""
     r = _REAL_IP_CACHE.get(value, "")
     if r == "":
@@ -732,7 +780,7 @@ _HOST_V6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]*)?")  # applied to the lower-ca
 _HOST_CACHE: dict[str, str] = {}
 
 
-def _parse_host(host: str) -> str:
+def parse_host(host: str) -> str:
     """nginx $host: lower-cased, port stripped; invalid characters or '..' -> 400.
 
     Valid results are cached (clients repeat a handful of Host values)."""

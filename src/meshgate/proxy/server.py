@@ -1,6 +1,7 @@
 """One worker's data plane: listeners, live connections, the upstream pool, the Runtime.
 
-Protocol-agnostic: each listener gets the downstream codec of its protocol (HTTP/1 today),
+Protocol-agnostic: each listener gets the downstream codec of its protocol (HTTP/1, which hands a
+connection that speaks HTTP/2 over to ``http2.H2Connection``),
 which feeds requests to :class:`~meshgate.proxy.exchange.Exchange`.  Timeouts are enforced
 by one sweeper per worker instead of a timer per request: client header/body/keep-alive/send
 deadlines every 300 ms, upstream connect/send/read deadlines every 100 ms.
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .common import S_IDLE, ProxySettings, ip_in
 from .http1 import ClientConnection, header_tables
@@ -28,6 +29,16 @@ log = logging.getLogger("meshgate.proxy")
 access_log = logging.getLogger("meshgate.access")
 
 
+class ClientSide(Protocol):
+    """A downstream connection as the sweeper and the drain see it (HTTP/1 or HTTP/2)."""
+
+    state: int
+    requests: int
+
+    def close(self) -> None: ...
+    def check_deadline(self, now: float, s: ProxySettings) -> None: ...
+
+
 class ProxyServer:
     """One worker's data plane: listeners, connections, pools, the current Runtime."""
 
@@ -39,7 +50,7 @@ class ProxyServer:
         # nginx_config.http.real_ip_header decides which request field carries the real IP
         self.req_special, self.lite_skip = header_tables(settings.real_ip_header)
         self.real_ip_xff = settings.real_ip_header.strip().lower() == "x-forwarded-for"
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ClientSide] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
         self.pool = Pool()
         self.servers: list[asyncio.AbstractServer] = []

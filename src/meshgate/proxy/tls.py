@@ -72,7 +72,7 @@ from ..errors import ConfigError
 from ..model import Resource
 
 __all__ = ["SNITable", "SSLEntry", "TLSListener", "TLSConnection", "build_sni_table", "tls_connection",
-           "normalize_sni", "NATIVE", "TLS_VARS"]
+           "normalize_sni", "NATIVE", "TLS_VARS", "ALPN_H2", "ALPN_H1", "ALPN_NONE"]
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -289,12 +289,20 @@ def _resolve(value: Any, pointer: str, id: str) -> str:
     return value
 
 
-def _server_context() -> ssl.SSLContext:
+# ALPN offers: HTTP listeners with apisix.enable_http2 (the default), without it, and the stream
+# proxy's TLS listeners (no ALPN, as nginx's stream module: the bytes are relayed as they are)
+ALPN_H2: tuple[str, ...] = ("h2", "http/1.1")
+ALPN_H1: tuple[str, ...] = ("http/1.1",)
+ALPN_NONE: tuple[str, ...] = ()
+
+
+def _server_context(alpn: tuple[str, ...] = ALPN_H2) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     # nginx with APISIX's defaults: no session tickets, no renegotiation, server cipher order
     ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.num_tickets = 0
-    ctx.set_alpn_protocols(["http/1.1"])   # the HTTP/1.1 codec is the only one behind TLS so far
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -304,20 +312,32 @@ class SSLEntry:
 
     id: str
     value: Mapping[str, Any]                 # the config value it was built from (identity: reuse)
-    ctx: ssl.SSLContext
+    ctx: ssl.SSLContext                      # offering ALPN_H2
     snis: tuple[str, ...]                    # normalized names and patterns
     verify: int = VERIFY_NONE                # SSL_set_verify mode for its handshakes
     depth: int = 1                           # client.depth (nginx ssl_verify_depth)
     skip: tuple[re.Pattern[str], ...] | None = None   # client.skip_mtls_uri_regex
     protocols_off: int | None = None         # ssl_protocols as SSL_OP_NO_* (None: the listener's)
+    others: dict[tuple[str, ...], ssl.SSLContext] = field(default_factory=dict)   # other ALPN offers
 
     @property
     def mtls(self) -> bool:
         return self.verify != VERIFY_NONE
 
+    def context(self, alpn: tuple[str, ...]) -> ssl.SSLContext:
+        """The context offering ``alpn`` (OpenSSL takes the ALPN choice from the context the SNI
+        callback switched to); other offers than ALPN_H2 are built on first use."""
+        if alpn == ALPN_H2:
+            return self.ctx
+        ctx = self.others.get(alpn)
+        if ctx is None:
+            ctx = self.others[alpn] = _entry_context(self.id, self.value, alpn)
+        return ctx
 
-def _compile_entry(id: str, v: Mapping[str, Any]) -> SSLEntry:
-    ctx = _server_context()
+
+def _entry_context(id: str, v: Mapping[str, Any], alpn: tuple[str, ...]) -> ssl.SSLContext:
+    """A context holding the certificates (and the client CA) of ssl object ``v``."""
+    ctx = _server_context(alpn)
     pairs: list[tuple[str, Any, Any]] = [("/cert", v.get("cert"), v.get("key"))]
     certs, keys = v.get("certs") or [], v.get("keys") or []
     if len(certs) != len(keys):
@@ -332,7 +352,6 @@ def _compile_entry(id: str, v: Mapping[str, Any]) -> SSLEntry:
         except (ssl.SSLError, OSError, ValueError) as e:
             raise ConfigError(ptr, f"cannot load the certificate and its key: {_ssl_reason(e)}", kind="ssls",
                               id=id) from None
-    entry = SSLEntry(id=id, value=v, ctx=ctx, snis=_snis(v))
     client = v.get("client")
     if client:
         if not NATIVE.ok:
@@ -343,6 +362,13 @@ def _compile_entry(id: str, v: Mapping[str, Any]) -> SSLEntry:
         except (ssl.SSLError, ValueError) as e:
             raise ConfigError("/client/ca", f"cannot load the CA certificate: {_ssl_reason(e)}", kind="ssls",
                               id=id) from None
+    return ctx
+
+
+def _compile_entry(id: str, v: Mapping[str, Any]) -> SSLEntry:
+    entry = SSLEntry(id=id, value=v, ctx=_entry_context(id, v, ALPN_H2), snis=_snis(v))
+    client = v.get("client")
+    if client:
         entry.depth = int(client.get("depth", 1))
         patterns = client.get("skip_mtls_uri_regex")
         if patterns:
@@ -444,12 +470,13 @@ class TLSListener:
     """The base context of a worker's TLS listeners (see module doc)."""
 
     def __init__(self, current: Callable[[], SNITable | None], *, ssl_protocols: str = "TLSv1.2 TLSv1.3",
-                 ssl_ciphers: str = "", fallback_sni: str | None = None) -> None:
+                 ssl_ciphers: str = "", fallback_sni: str | None = None, alpn: tuple[str, ...] = ALPN_H2) -> None:
         self.current = current
         self.fallback = normalize_sni(fallback_sni) if fallback_sni else None
+        self.alpn = alpn
         names = ssl_protocols.split()
         self.protocols_off = protocol_mask(names)
-        ctx = _server_context()
+        ctx = _server_context(alpn)
         if ssl_ciphers:
             ctx.set_ciphers(ssl_ciphers)
         self._hello: Any = None
@@ -501,7 +528,7 @@ class TLSListener:
             if entry is None:
                 log.warning("failed to match any SSL certificate by SNI: %s", sni)
                 return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
-            obj.context = entry.ctx
+            obj.context = entry.context(self.alpn)
             if entry.verify:
                 NATIVE.set_verify(obj, entry.verify, entry.depth)
             setattr(obj, "_meshgate_tls", (entry, server_name, sni))

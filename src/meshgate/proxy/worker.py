@@ -33,7 +33,7 @@ from .breaker import Breakers
 from .mesh_server import MeshSockets
 from .runtime import Runtime, build_runtime, set_upstream_ca
 from .server import ProxyServer
-from .tls import TLSListener
+from .tls import ALPN_H1, ALPN_H2, ALPN_NONE, TLSListener
 
 __all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_delta", "snapshot_from_wire", "main"]
 
@@ -325,17 +325,21 @@ class WorkerMain:
                 await self.mesh_sockets.update(self.mesh)
         tls_listen = init.get("tls_listen") or []
         stream_listen = init.get("stream_listen") or []
-        tls: TLSListener | None = None
-        if tls_listen or any(k == "tls" for k, *_ in stream_listen):
+        server = self.server
+
+        def tls_listener(alpn: tuple[str, ...]) -> TLSListener:
             # the certificate of each handshake comes from the Runtime serving at that moment
-            server = self.server
-            tls = TLSListener(lambda: server.runtime.tls, ssl_protocols=settings.ssl_protocols,
-                              ssl_ciphers=settings.ssl_ciphers, fallback_sni=settings.fallback_sni)
-        for host, port, fd in tls_listen:
-            assert tls is not None
-            await self.server.listen(host, port, sock=socket.socket(fileno=fd), ssl_ctx=tls.context)
+            return TLSListener(lambda: server.runtime.tls, ssl_protocols=settings.ssl_protocols,
+                               ssl_ciphers=settings.ssl_ciphers, fallback_sni=settings.fallback_sni, alpn=alpn)
+        if tls_listen:
+            # apisix.enable_http2: ALPN offers h2 (then http/1.1)
+            tls = tls_listener(ALPN_H2 if settings.http2 else ALPN_H1)
+            for host, port, fd in tls_listen:
+                await self.server.listen(host, port, sock=socket.socket(fileno=fd), ssl_ctx=tls.context)
         if stream_listen:
-            self.stream = StreamServer(self.server, tls.context if tls is not None else None)
+            # the stream proxy relays what the client sends: no ALPN (nginx's stream module)
+            stream_tls = tls_listener(ALPN_NONE) if any(k == "tls" for k, *_ in stream_listen) else None
+            self.stream = StreamServer(self.server, stream_tls.context if stream_tls is not None else None)
             for kind, _host, _port, fd in stream_listen:
                 await self.stream.listen(kind, socket.socket(fileno=fd))
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -234,7 +234,7 @@ def test_parse_size_rejects(value: Any) -> None:
 
 def test_unknown_keys_are_warnings_naming_the_dotted_key() -> None:
     c = parse({
-        "apisix": {"enable_ipv6": False, "node_listen": [{"port": 9080, "enable_http2": True}]},
+        "apisix": {"enable_ipv6": False, "node_listen": [{"port": 9080, "backlog": 511}]},
         "nginx_config": {"http": {"lua_shared_dict": {"a": "1m"}}},
         "deployment": {"admin": {"admin_key": [{"name": "a", "key": "k", "role": "admin", "x": 1}]}},
         "graphql": {"max_size": 1},
@@ -244,9 +244,21 @@ def test_unknown_keys_are_warnings_naming_the_dotted_key() -> None:
         "unknown key apisix.enable_ipv6 (not supported by Meshgate; ignored)",
         "unknown key nginx_config.http.lua_shared_dict (not supported by Meshgate; ignored)",
         "unknown key graphql (not supported by Meshgate; ignored)",
-        "unknown key apisix.node_listen[0].enable_http2 (not supported by Meshgate; ignored)",
+        "unknown key apisix.node_listen[0].backlog (not supported by Meshgate; ignored)",
         "unknown key deployment.admin.admin_key[0].x (not supported by Meshgate; ignored)",
     )
+
+
+def test_enable_http2_is_an_apisix_level_key() -> None:
+    assert parse({}).enable_http2 is True            # APISIX 3.9+ default
+    assert parse({"apisix": {"enable_http2": False}}).enable_http2 is False
+    # the port-level key of APISIX < 3.9 stops APISIX from starting; so it does here
+    got = errors_of({"apisix": {"node_listen": [{"port": 9080, "enable_http2": True}],
+                                "ssl": {"listen": [{"port": 9443, "enable_http2": True}]}}})
+    assert ("/apisix/node_listen/0/enable_http2", "port level enable_http2 in node_listen is deprecated from 3.9 "
+            "version, and you should use enable_http2 in apisix level") in got
+    assert ("/apisix/ssl/listen/0/enable_http2", "port level enable_http2 in ssl.listen is deprecated from 3.9 "
+            "version, and you should use enable_http2 in apisix level") in got
 
 
 def test_wrong_types_list_every_error() -> None:
