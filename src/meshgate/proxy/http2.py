@@ -52,6 +52,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from ..errors import ProtocolError
 from ..http import Request, parse_target
@@ -270,6 +271,7 @@ class H2Connection(asyncio.Protocol):
         self.real_ip_xff = server.real_ip_xff
         self.closing = False
         self.goaway_sent = False
+        self.goaway_last = 0
         self.write_paused = False
         self.write_paused_since = 0.0
         self.streams: dict[int, H2Stream] = {}
@@ -421,10 +423,10 @@ class H2Connection(asyncio.Protocol):
                 if ev.stream_ended is not None and not st.remote_ended:
                     self._remote_end(st)
         elif t is h2.events.ConnectionTerminated:
-            # the client's GOAWAY: finish what is in flight, then close
+            # the client's GOAWAY: h2 sends nothing more from here (its state machine is closed)
             self.goaway_sent = True
-            if not self.streams:
-                self.close()
+            self.closing = True
+            self.transport.close()
 
     def _control(self) -> None:
         now = self.server.loop.time()
@@ -443,7 +445,8 @@ class H2Connection(asyncio.Protocol):
         st.since = server.loop.time()
         if ended:
             st.remote_ended = True
-        if self.goaway_sent and server.draining:
+        if self.goaway_sent and sid > self.goaway_last:
+            # after our GOAWAY: never processed, the client may retry it elsewhere
             self.reset_stream(st, h2.errors.ErrorCodes.REFUSED_STREAM)
             st.done = True
             self._forget(st)
@@ -521,16 +524,16 @@ class H2Connection(asyncio.Protocol):
                         raise _Malformed("conflicting content-length")
                     req.content_length = n
                     continue
-                if kind == H_TE:
-                    if value.lower() != b"trailers":
-                        raise _Malformed("te other than trailers")
-                    continue   # hop-by-hop: not forwarded to an HTTP/1.1 upstream
-                if kind == H_CONNECTION or kind == H_UPGRADE:
+                if kind == H_TE or kind == H_CONNECTION or kind == H_UPGRADE:
                     raise _Malformed(f"connection-specific header field {name.decode()}")
                 if not identity_header(req, kind, name, value, self.peer_trusted, self.fwd_drop, self.real_ip_xff):
                     continue
             elif name in _CONN_SPECIFIC:
                 raise _Malformed(f"connection-specific header field {name.decode()}")
+            elif name == b"te":
+                if value.lower() != b"trailers":
+                    raise _Malformed("te other than trailers")
+                continue   # hop-by-hop: not forwarded to an HTTP/1.1 upstream
             elif name.startswith((b"x-envoy-", b"x-apisix-", b"x-consumer-")):
                 continue
             elif name == b"cookie":
@@ -798,16 +801,18 @@ class H2Connection(asyncio.Protocol):
         self.transport.close()
 
     def goaway(self) -> None:
-        """Graceful: no new streams; the connection closes when the last one ends."""
+        """Graceful: GOAWAY NO_ERROR naming the last stream taken; the streams up to it finish and
+        the connection closes when the last one ends.  (Written as a raw frame: the h2 state
+        machine closes a connection that sent GOAWAY, which would cut the streams short.)"""
         if self.goaway_sent or self.closing:
             return
         self.goaway_sent = True
-        try:
-            self.conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR,
-                                       last_stream_id=self.conn.highest_inbound_stream_id)
-            self.flush()
-        except h2.exceptions.ProtocolError:
-            pass
+        self.goaway_last = self.conn.highest_inbound_stream_id
+        self.flush()
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.goaway_last
+        f.error_code = h2.errors.ErrorCodes.NO_ERROR
+        self.transport.write(f.serialize())
         if not self.streams:
             self.close()
 
