@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -30,7 +31,7 @@ from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..upstream import Node
-from .common import HTML, NOT_FOUND, P_BUFFER, error_body
+from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, error_body
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Downstream(Protocol):
     def response_head(self, ex: Exchange, status_line: bytes, fields: bytes, status: int, cl: int | None,
                       no_body: bool, keep: bool) -> tuple[bytes, bool, bool]: ...
     def start_tunnel(self, upstream: UpstreamConnection, early: bytes) -> None: ...
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None: ...
     def exchange_done(self, ex: Exchange, keep_alive: bool) -> None: ...
     def pause_read(self, reason: int) -> None: ...
     def resume_read(self, reason: int) -> None: ...
@@ -142,9 +144,9 @@ class Exchange:
     tried: Sequence[Node] = ()
     upstream: UpstreamConnection | None = None
     req_done = False
-    body_buf: list[bytes] | None = None      # framed chunks not yet sent upstream
+    body_buf: list[bytes] | None = None      # body chunks not yet sent upstream (as received)
     body_size = 0
-    replay: list[bytes] | None = None        # framed body kept for retries...
+    replay: list[bytes] | None = None        # body chunks kept for retries...
     replay_ok = True                         # ...until it grows past REPLAY_LIMIT
     sent_upstream = False
     resp_started = False
@@ -327,8 +329,7 @@ class Exchange:
         limit = min(max_size, node_limit) if max_size and node_limit else max_size or node_limit or MAX_READ_BODY
         if self.collect is None:
             buf = self.body_buf or []
-            data = buf[1::3] if req.chunked else buf
-            self.collect = [b"".join(data)] if data else []
+            self.collect = [b"".join(buf)] if buf else []
             self.collect_size = sum(len(b) for b in self.collect)
             self.collect_limit = limit
             self.conn.resume_read(P_BUFFER)
@@ -630,24 +631,26 @@ class Exchange:
             if self.collect_size > self.collect_limit and self.body_waiter is not None \
                     and not self.body_waiter.done():
                 self.body_waiter.set_exception(ProtocolError(413, "request body too large"))
-        framed = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if self.req.chunked else (chunk,)
         size = self.body_size = self.body_size + len(chunk)
         if self.replay_ok:
             if size <= REPLAY_LIMIT:
                 if self.replay is None:
                     self.replay = []
-                self.replay.extend(framed)
+                self.replay.append(chunk)
             else:
                 self.replay_ok = False
                 self.replay = None
         up = self.upstream
         if up is not None and self.sent_upstream and not up.closed:
-            up.transport.writelines(framed)
+            if self.req.chunked and not up.h2:
+                up.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                up.transport.write(chunk)
             self._touch_upstream()
         else:
             if self.body_buf is None:
                 self.body_buf = []
-            self.body_buf.extend(framed)
+            self.body_buf.append(chunk)
             if size > HIGH_WATER and not self.replay_ok and col is None:
                 self.conn.pause_read(P_BUFFER)
 
@@ -656,19 +659,24 @@ class Exchange:
         fut = self.body_waiter
         if fut is not None and not fut.done():
             fut.set_result(None)
-        if self.req.chunked:
-            term = b"0\r\n\r\n"
-            if self.replay_ok:
-                if self.replay is None:
-                    self.replay = []
-                self.replay.append(term)
-            up = self.upstream
-            if up is not None and self.sent_upstream and not up.closed:
-                up.transport.write(term)
-            else:
-                if self.body_buf is None:
-                    self.body_buf = []
-                self.body_buf.append(term)
+        up = self.upstream
+        if up is not None and self.sent_upstream and not up.closed:
+            if up.h2:
+                up.transport.write_eof()          # END_STREAM
+            elif self.req.chunked:
+                up.transport.write(b"0\r\n\r\n")
+
+    def _framed(self, chunks: list[bytes], h2: bool) -> bytes:
+        """Body chunks as they go to the upstream (chunked to an HTTP/1.1 one when the length
+        is unknown; the last chunk once the request is complete)."""
+        if not self.req.chunked or h2:
+            return b"".join(chunks)
+        out: list[bytes] = []
+        for c in chunks:
+            out.extend((b"%x\r\n" % len(c), c, b"\r\n"))
+        if self.req_done:
+            out.append(b"0\r\n\r\n")
+        return b"".join(out)
 
     # -- upstream selection / connection --------------------------------------------------
     def _try_node(self) -> None:
@@ -707,7 +715,12 @@ class Exchange:
         self.node = node
         server = self.server
         key = self._pool_key(up, node)
-        conn = server.pool.get(key, up.pool_idle_timeout, server.loop.time())
+        if up.h2:
+            # grpc/grpcs: a new stream on a shared HTTP/2 connection (upstream_h2.py)
+            h2c = server.h2pool.get(key)
+            conn = h2c.stream() if h2c is not None else None
+        else:
+            conn = server.pool.get(key, up.pool_idle_timeout, server.loop.time())
         server.waiting.add(self)
         if up.track_load:
             up.balancer.on_start(node)
@@ -749,6 +762,12 @@ class Exchange:
         if up.bind_source is not None:
             kw["local_addr"] = (up.bind_source, 0)
         try:
+            if up.h2:
+                h2c = await self.server.h2pool.connect(key, up.scheme, host, node.port, kw)
+                if self.finished or self.up_phase != 1 or self.node is not node:
+                    return
+                self._attach(h2c.stream(), reused=False)
+                return
             _, conn = await loop.create_connection(lambda: UpstreamConnection(self.server, key), host, node.port, **kw)
         except asyncio.CancelledError:
             raise
@@ -776,18 +795,23 @@ class Exchange:
         if not self.t_up_start:
             self.t_up_start = now
         head = self._build_head()
+        h2 = conn.h2
         if self.tried and self.replay is not None:
             # a retry: replay what was received so far; later chunks stream as they come
-            data = head + b"".join(self.replay)
+            data = head + self._framed(self.replay, h2)
             self.body_buf = None
         elif self.body_buf:
-            data = head + b"".join(self.body_buf)
+            data = head + self._framed(self.body_buf, h2)
             self.body_buf = None
             self.conn.resume_read(P_BUFFER)
+        elif self.req.chunked and self.req_done and not h2:
+            data = head + b"0\r\n\r\n"
         else:
             data = head
         conn.transport.write(data)
         self.sent_upstream = True
+        if h2 and self.req_done:
+            conn.transport.write_eof()
 
     def _upstream_host_for(self, node: Node) -> str:
         up = self.up
@@ -1237,6 +1261,12 @@ class Exchange:
             self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
 
+    def on_resp_trailers(self, conn: UpstreamConnection, fields: list[tuple[bytes, bytes]]) -> None:
+        """The upstream's trailers (an HTTP/2 upstream: gRPC's grpc-status and trailing metadata),
+        passed on by a downstream that can carry them (HTTP/2); HTTP/1.1 responses go without."""
+        if conn is self.upstream and self.resp_body_allowed:
+            self.conn.send_trailers(fields)
+
     def on_resp_body_raw(self, chunk: bytes) -> None:
         if self.resp_chunked:
             self.out.extend((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
@@ -1349,7 +1379,11 @@ class Exchange:
         if status >= 500 and self.upstream_status and self.conn.handle is None:
             extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
         self.bytes_sent += len(body)
-        if bare:
+        if self.req.version == "2.0" and _is_grpc(self.req.header("content-type")):
+            # a gRPC client reads the status from grpc-status: a trailers-only answer (Envoy)
+            self.conn.send_local(200, b"", close=not keep, content_type=b"application/grpc",
+                                 extra=extra + _grpc_status_lines(status, body))
+        elif bare:
             self._mesh_send_bare(status, close=not keep, extra=extra)
         else:
             self.conn.send_local(status, body, close=not keep, content_type=content_type, extra=extra,
@@ -1372,6 +1406,33 @@ class Exchange:
             access_log.info('%s - "%s %s HTTP/%s" %d upstream=%s route=%s', req.remote_addr, req.method,
                             req.request_uri, req.version, self.resp_status,
                             self.node.addr if self.node else "-", self.route.id if self.route else "-")
+
+
+# the gRPC status for a gateway's HTTP answer (gRPC's "HTTP to gRPC status code mapping")
+_GRPC_CODES = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def _is_grpc(content_type: str | None) -> bool:
+    """application/grpc, application/grpc+proto, application/grpc;...: not grpc-web."""
+    if not content_type or not content_type.startswith("application/grpc"):
+        return False
+    return len(content_type) == 16 or content_type[16] in "+;"
+
+
+def _grpc_status_lines(status: int, body: bytes) -> bytes:
+    """grpc-status and grpc-message (percent-encoded as gRPC says) for a local answer."""
+    code = 0 if status < 300 else _GRPC_CODES.get(status, 2)
+    msg = ""
+    if body[:1] == b"{":
+        try:
+            doc = json.loads(body)
+            msg = str(doc.get("error_msg") or doc.get("message") or "") if isinstance(doc, dict) else ""
+        except ValueError:
+            msg = ""
+    if not msg and code:
+        msg = f"{status} {REASONS.get(status, 'Error')}"
+    enc = "".join(c if " " <= c <= "~" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in msg)
+    return b"grpc-status: %d\r\n" % code + (b"grpc-message: " + enc.encode() + b"\r\n" if enc else b"")
 
 
 def _appendable(ops: list[tuple[int, str, str | None]], lower_head: bytes) -> bool:

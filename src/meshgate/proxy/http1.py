@@ -586,6 +586,9 @@ class ClientConnection(asyncio.Protocol):
             upstream.transport.write(early)
         self.resume_read(P_BUFFER)
 
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """HTTP/1.1 responses go without the upstream's trailers (as nginx's proxy module)."""
+
     def response_head(self, ex: Exchange, status_line: bytes, fields: bytes, status: int, cl: int | None,
                       no_body: bool, keep: bool) -> tuple[bytes, bool, bool]:
         """The HTTP/1.1 response head for ``ex``: ``status_line`` and ``fields`` ("\r\nName: value"

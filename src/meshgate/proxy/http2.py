@@ -172,7 +172,7 @@ class H2Stream:
         hl: list[tuple[bytes, bytes]] = [(b":status", b"%d" % status)]
         if content_type:
             hl.append((b"content-type", content_type))
-        if status not in (204, 304):
+        if status not in (204, 304) and (body or not content_type.startswith(b"application/grpc")):
             hl.append((b"content-length", b"%d" % len(body)))
         _add_date_server(hl, self.server_name)
         _add_lines(hl, extra)
@@ -197,10 +197,19 @@ class H2Stream:
         _add_date_server(hl, self.server_name)
         if (status >= 500 or self.server.settings.show_upstream_status) and self.handle is None:
             hl.append((b"x-apisix-upstream-status", b"%d" % ex.upstream_status))
+        if cl == 0 and not no_body:
+            # an empty body: END_STREAM on HEADERS (a gRPC trailers-only answer must look so)
+            self.h2.send_headers(self, hl, end=True)
+            return b"", False, True
         if cl is not None and (not no_body or ex.req.method == "HEAD"):
             hl.append((b"content-length", b"%d" % cl))
         self.h2.send_headers(self, hl, end=no_body)
         return b"", False, True
+
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """Sent with END_STREAM once the body is out (gRPC's grpc-status and trailing metadata)."""
+        if not self.ended:
+            self.trailers = [(n.lower(), v) for n, v in fields]
 
     def start_tunnel(self, upstream: UpstreamConnection, early: bytes) -> None:
         # never asked for: an HTTP/2 request carries no Upgrade (it is malformed)

@@ -78,12 +78,13 @@ class UpstreamRuntime:
 
     __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
-                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit")
+                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit", "h2")
 
     def __init__(self, key: str, conf: Mapping[str, Any], client: tuple[str, str] | None = None) -> None:
         self.key = key
         self.conf = conf
         self.scheme: str = conf.get("scheme", "http")
+        self.h2 = self.scheme in ("grpc", "grpcs")     # HTTP/2 to the upstream (upstream_h2.py)
         self.nodes: list[Node] = parse_nodes(conf.get("nodes") or {}, scheme=self.scheme)
         self.balancer: Balancer = create_balancer(conf, self.nodes)
         # only these balancers read in-flight counts / latencies (on_start / on_finish)
@@ -113,7 +114,7 @@ class UpstreamRuntime:
             pair = client or ((tls["client_cert"], tls["client_key"]) if tls.get("client_cert") else None)
             if pair is not None:
                 _client_pair(ctx, pair[0], pair[1], "/tls/client_cert", key.split("/", 1)[-1])
-            ctx.set_alpn_protocols(["http/1.1"])
+            ctx.set_alpn_protocols(["h2"] if self.h2 else ["http/1.1"])
             self.ssl_context = ctx
         # Addresses ("host:port") currently unhealthy, pushed by the health owner.
         self.unhealthy: frozenset[str] = frozenset()

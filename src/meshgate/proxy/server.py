@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from .common import S_IDLE, ProxySettings, ip_in
 from .http1 import ClientConnection, header_tables
 from .upstream_conn import Pool
+from .upstream_h2 import H2Pool
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -53,6 +54,7 @@ class ProxyServer:
         self.connections: set[ClientSide] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
         self.pool = Pool()
+        self.h2pool = H2Pool(self)                  # HTTP/2 upstream connections (grpc/grpcs)
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.passive_report = passive_report
@@ -104,6 +106,7 @@ class ProxyServer:
             if tick % 10 == 0:
                 rt = self.runtime
                 self.pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
+                self.h2pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, finish in-flight requests within ``grace``, then close the rest."""
@@ -124,6 +127,7 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.close()
         self.pool.close_all()
+        self.h2pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
 

@@ -96,7 +96,7 @@ class Pool:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
                  "bytes_in", "status", "hbuf", "hpos", "got_headers", "until_close", "tunnel",
-                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "lite")
+                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "lite", "h2")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
         self.server = server
@@ -123,6 +123,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._ka = True
         self.release = 0   # >0: return to the pool (of that size) once the current read is parsed
         self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_response)
+        # one stream of an HTTP/2 upstream connection (upstream_h2.py): ``transport`` is the
+        # stream, fed the request head as the exchange builds it, the body as it comes, EOF
+        self.h2 = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
