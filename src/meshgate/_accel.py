@@ -41,6 +41,7 @@ MODULES = (
     "meshgate.proxy.upstream_conn",
     "meshgate.proxy.exchange",
     "meshgate.proxy.http1",
+    "meshgate.proxy.http2",
     "meshgate.proxy.server",
     "meshgate.shared.dict",
     "meshgate.observability.metrics",

@@ -57,6 +57,7 @@ class Request:
     expect_continue = False
     upgrade: bytes | None = None
     real_ip: bytes | None = None       # the real_ip_header value as received
+    grpc = False                       # HTTP/2 with a gRPC content-type as the client sent it
     params: dict[str, str] | None = None
     _hindex: dict[str, str] | None = None
     _lfields: bytes | None = None

@@ -170,6 +170,7 @@ class Exchange:
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
+    resp_trailers: list[tuple[bytes, bytes]] | None = None   # the upstream's trailers (HTTP/2 upstream)
     # plugin pipeline state
     chain: PluginChain | None = None         # the route's chain (merged with the consumer's once known)
     gchain: PluginChain | None = None        # the global rules' chain as it runs for this route
@@ -220,6 +221,16 @@ class Exchange:
         f = _EX_VARS.get(name)
         if f is not None:
             return f(self)
+        if name.startswith("upstream_trailer_"):
+            # nginx $upstream_trailer_<name>: a field of the upstream's trailers (HTTP/2)
+            want = name[17:].replace("_", "-").encode("latin-1")
+            for n, v in self.resp_trailers or ():
+                if n.lower() == want:
+                    return v.decode("latin-1")
+            return None
+        if name.startswith("sent_http_"):
+            # nginx $sent_http_<name>: a response header as the client gets it
+            return self.resp_header(name[10:].replace("_", "-")) if self.in_resp else None
         return self.req.var(name)
 
     def metric_fields(self) -> tuple[Any, ...]:
@@ -1265,6 +1276,7 @@ class Exchange:
         """The upstream's trailers (an HTTP/2 upstream: gRPC's grpc-status and trailing metadata),
         passed on by a downstream that can carry them (HTTP/2); HTTP/1.1 responses go without."""
         if conn is self.upstream and self.resp_body_allowed:
+            self.resp_trailers = fields
             self.conn.send_trailers(fields)
 
     def on_resp_body_raw(self, chunk: bytes) -> None:
@@ -1379,7 +1391,7 @@ class Exchange:
         if status >= 500 and self.upstream_status and self.conn.handle is None:
             extra += b"X-APISIX-Upstream-Status: %d\r\n" % self.upstream_status
         self.bytes_sent += len(body)
-        if self.req.version == "2.0" and _is_grpc(self.req.header("content-type")):
+        if self.req.grpc:
             # a gRPC client reads the status from grpc-status: a trailers-only answer (Envoy)
             self.conn.send_local(200, b"", close=not keep, content_type=b"application/grpc",
                                  extra=extra + _grpc_status_lines(status, body))
@@ -1410,13 +1422,6 @@ class Exchange:
 
 # the gRPC status for a gateway's HTTP answer (gRPC's "HTTP to gRPC status code mapping")
 _GRPC_CODES = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-
-
-def _is_grpc(content_type: str | None) -> bool:
-    """application/grpc, application/grpc+proto, application/grpc;...: not grpc-web."""
-    if not content_type or not content_type.startswith("application/grpc"):
-        return False
-    return len(content_type) == 16 or content_type[16] in "+;"
 
 
 def _grpc_status_lines(status: int, body: bytes) -> bytes:

@@ -159,7 +159,7 @@ class H2Stream:
             return
         self.out.append(data)
         self.out_size += len(data)
-        self.h2.send_queued(self)
+        self.h2.queue(self)
 
     def send_continue(self) -> None:
         if not self.ended:
@@ -226,8 +226,8 @@ class H2Stream:
             self.reset_after = True
         if not self.ended:
             if self.out:
-                self.end_pending = True
-                self.h2.send_queued(self)
+                self.end_pending = True     # with the last DATA frame, sent by the pump
+                self.h2.queue(self)
             else:
                 self.h2.end_stream(self)
         elif self.reset_after:
@@ -288,6 +288,8 @@ class H2Connection(asyncio.Protocol):
         self.state = S_IDLE
         self.since = 0.0
         self.premature_resets = 0
+        self.dirty: list[H2Stream] = []       # streams with bytes for the pump
+        self.flush_pending = False
         self.control = 0
         self.control_since = 0.0
         cfg = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=False,
@@ -352,7 +354,7 @@ class H2Connection(asyncio.Protocol):
         for st in list(self.streams.values()):
             if st.out:
                 self.send_queued(st)
-        self.flush()
+        self.flush_soon()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -373,7 +375,7 @@ class H2Connection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             self.fail(_PROTOCOL_ERROR, f"http2: {e}")
             return
-        self.flush()
+        self.flush_soon()
 
     def eof_received(self) -> bool | None:
         return None
@@ -462,12 +464,12 @@ class H2Connection(asyncio.Protocol):
             return
         try:
             req = self._parse(headers, ended)
-        except _Malformed as e:
-            self._malformed(st, str(e))
+        except _Malformed as bad:
+            self._malformed(st, str(bad))
             return
-        except ProtocolError as e:
-            log.info("client %s: %s %s (stream %d)", self.peer_ip, e.status, e.reason, sid)
-            self._local_error(st, e.status)
+        except ProtocolError as perr:
+            log.info("client %s: %s %s (stream %d)", self.peer_ip, perr.status, perr.reason, sid)
+            self._local_error(st, perr.status)
             return
         self.requests += 1
         server.requests_total += 1
@@ -545,6 +547,10 @@ class H2Connection(asyncio.Protocol):
                 continue   # hop-by-hop: not forwarded to an HTTP/1.1 upstream
             elif name.startswith((b"x-envoy-", b"x-apisix-", b"x-consumer-")):
                 continue
+            elif name == b"content-type":
+                # gRPC (not grpc-web): the gateway's own answers become gRPC statuses
+                if value.startswith(b"application/grpc") and (len(value) == 16 or value[16:17] in (b"+", b";")):
+                    req.grpc = True
             elif name == b"cookie":
                 # crumbs are joined with "; " for an HTTP/1.1 upstream (RFC 9113 8.2.3)
                 if cookies is None:
@@ -686,7 +692,7 @@ class H2Connection(asyncio.Protocol):
             st.headers_sent = True
         if end:
             st.ended = True
-        self.flush()
+        self.flush_soon()
 
     def send_queued(self, st: H2Stream) -> None:
         """Send what the windows allow of ``st``'s queued response bytes."""
@@ -721,7 +727,7 @@ class H2Connection(asyncio.Protocol):
                 st.out_size = 0
             if not out and st.end_pending and not st.ended:
                 self.end_stream(st)     # the trailers
-            self.flush()
+            self.flush_soon()
         ex = st.ex
         up = ex.upstream if ex is not None else None
         if st.out_size > STREAM_HIGH:
@@ -750,7 +756,7 @@ class H2Connection(asyncio.Protocol):
                 self.conn.end_stream(st.sid)
         except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
             pass
-        self.flush()
+        self.flush_soon()
         if st.done and st.reset_after:
             self.reset_stream(st, h2.errors.ErrorCodes.NO_ERROR)
 
@@ -767,7 +773,7 @@ class H2Connection(asyncio.Protocol):
             self.conn.reset_stream(st.sid, code)
         except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
             pass
-        self.flush()
+        self.flush_soon()
 
     def ack(self, st: H2Stream, n: int) -> None:
         if n and not self.closing:
@@ -775,7 +781,7 @@ class H2Connection(asyncio.Protocol):
                 self.conn.acknowledge_received_data(n, st.sid)
             except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
                 return
-            self.flush()
+            self.flush_soon()
 
     def stream_done(self, st: H2Stream) -> None:
         """Forget ``st`` once the exchange is done with it and both sides are closed."""
@@ -790,6 +796,33 @@ class H2Connection(asyncio.Protocol):
             self.since = self.server.loop.time()
             if self.goaway_sent:
                 self.close()
+
+    def queue(self, st: H2Stream) -> None:
+        """``st`` has response bytes to send: the pump sends them with everything else queued in
+        this loop iteration (one write for many streams; the last DATA frame carries END_STREAM)."""
+        self.dirty.append(st)
+        if st.out_size > STREAM_HIGH and not st.up_paused:
+            ex = st.ex
+            up = ex.upstream if ex is not None else None
+            if up is not None and not up.closed:
+                st.up_paused = True
+                up.transport.pause_reading()
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.server.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        # (flush_pending stays set meanwhile: what is queued now goes out in this write)
+        while self.dirty:
+            dirty, self.dirty = self.dirty, []
+            for st in dirty:
+                if st.out or st.end_pending:
+                    self.send_queued(st)
+        self.flush_pending = False
+        self.flush()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -817,7 +850,7 @@ class H2Connection(asyncio.Protocol):
             return
         self.goaway_sent = True
         self.goaway_last = self.conn.highest_inbound_stream_id
-        self.flush()
+        self._pump()
         f = GoAwayFrame(0)
         f.last_stream_id = self.goaway_last
         f.error_code = h2.errors.ErrorCodes.NO_ERROR
@@ -829,6 +862,8 @@ class H2Connection(asyncio.Protocol):
         if not self.goaway_sent and not self.closing:
             self.goaway()
             return
+        if not self.closing:
+            self._pump()          # what is queued goes out before the close
         self.closing = True
         self.transport.close()
 

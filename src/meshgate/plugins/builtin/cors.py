@@ -213,6 +213,7 @@ def header_filter(conf: Prepared, ctx: Any) -> None:
         ctx.add_resp_header("Vary", "Origin")
     if allow:
         ctx.set_resp_header("Access-Control-Allow-Origin", allow)
+        ctx.set_var("cors_allow_origins", allow)   # APISIX ctx.cors_allow_origins (grpc-web reads it)
         for name, value in conf.headers:
             ctx.set_resp_header(name, value)
         if conf.allow_headers is None:

@@ -73,7 +73,8 @@ _IGNORED_HTTP = ("istio.", "envoy.filters.http.grpc_stats", "envoy.filters.http.
 _ROUTER = "envoy.filters.http.router"
 _FAULT = "envoy.filters.http.fault"
 _CORS = "envoy.filters.http.cors"
-# gRPC-Web translation is part of issue 10; until then a grpc-web request is proxied as is.
+# gRPC-Web: a sidecar passes grpc-web requests to the workload as they are (the translation is the
+# grpc-web plugin, on gateway routes and, through AmeshPluginConfig, on mesh routes).
 _PASS_HTTP = ("envoy.filters.http.grpc_web",)
 # Filters that enforce policy: refused even when marked optional (serving without them would
 # let through traffic the mesh owner denied).
