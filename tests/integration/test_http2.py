@@ -530,6 +530,35 @@ async def test_hpack_bomb_is_refused(tmp_path: Path, echo_up: Upstream) -> None:
         gw.stop()
 
 
+async def test_oversized_hpack_tables_are_refused_or_ignored(tmp_path: Path, echo_up: Upstream) -> None:
+    gw = h2_gateway(tmp_path, echo_up)
+    try:
+        # the client allows a 1 GiB table for our answers: ours stays at 4 KiB
+        raw = await Raw.open(gw.port)
+        raw.c.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 1 << 30})
+        raw.flush()
+        for i in range(5):
+            raw.get(2 * i + 1, b"/t%d" % i)
+        assert await raw.pump(lambda: {1, 3, 5, 7, 9} <= raw.ended)
+        assert all(raw.status[s] == 200 for s in (1, 3, 5, 7, 9))
+        assert raw.c.decoder.header_table.maxsize <= 4096
+        raw.close()
+        # a header block growing our decoder's table past the 4 KiB we allow: a connection error
+        raw = await Raw.open(gw.port)
+        from hpack.hpack import encode_integer
+        grow = encode_integer(1 << 20, 5)
+        grow[0] |= 0x20                                   # dynamic table size update to 1 MiB
+        block = bytes(grow) + hpack.Encoder().encode(BASE)
+        raw.write(HeadersFrame(1, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        assert await raw.pump(lambda: raw.closed or raw.goaway is not None)
+        assert raw.goaway is not None and raw.goaway.error_code in (h2.errors.ErrorCodes.COMPRESSION_ERROR,
+                                                                    h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        assert not any(r.path == "/m" for r in echo_up.requests)
+        await h1_ok(gw)
+    finally:
+        gw.stop()
+
+
 async def test_ping_flood_gets_goaway(tmp_path: Path, echo_up: Upstream) -> None:
     gw = h2_gateway(tmp_path, echo_up)
     try:

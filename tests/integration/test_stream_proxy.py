@@ -320,3 +320,31 @@ async def test_stream_plugins_ip_restriction_and_limit_conn(tmp_path: Path) -> N
     finally:
         gw.stop()
         await a.close()
+
+
+async def test_inline_stream_upstream_is_health_checked(tmp_path: Path) -> None:
+    a = await TcpEcho(b"A:").start()
+    dead = free_port()
+    pt = free_port()
+    checks = {"active": {"type": "tcp", "timeout": 1, "healthy": {"interval": 1, "successes": 1},
+                         "unhealthy": {"interval": 1, "tcp_failures": 1, "timeouts": 1}}}
+    routes = {"stream_routes": [{"id": "hc", "server_port": pt,
+                                 "upstream": {**up(dead, a.port), "retries": 0, "checks": checks}}]}
+    gw = start_gateway(tmp_path, routes, node=stream_node([pt]))
+    try:
+        def dead_unhealthy() -> bool:
+            for item in gw.control("/v1/healthcheck"):
+                if item["name"] == "/apisix/stream_routes/hc":
+                    return any(int(n["port"]) == dead and n["status"] == "unhealthy" for n in item["nodes"])
+            return False
+        deadline = time.monotonic() + 15
+        while not await asyncio.to_thread(dead_unhealthy):
+            assert time.monotonic() < deadline, "the dead node never turned unhealthy in /v1/healthcheck"
+            await asyncio.sleep(0.2)
+        # retries 0: without the checks, roundrobin would send every other connection to the dead
+        # node and it would fail; now the balancer skips it
+        for _ in range(6):
+            assert await roundtrip(pt, b"h") == b"A:h"
+    finally:
+        gw.stop()
+        await a.close()

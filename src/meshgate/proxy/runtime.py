@@ -437,6 +437,18 @@ def build_runtime(snapshot: Snapshot, *, router_kind: str = "radixtree_host_uri"
                 errors.append(e)
         for rr in routes.values():
             rr.gchain = _route_gchain(global_chain, rr, plugins)
+    # the inline upstreams of stream routes (and of their services) are upstreams like the others:
+    # health-checked by the supervisor under these keys, their health shared by every worker
+    for sid_, res in snapshot.items("stream_routes").items():
+        sconf = res.value
+        if sconf.get("upstream_id") is not None:
+            continue
+        if sconf.get("upstream") is not None:
+            upstream_for(f"stream_routes/{sid_}", sconf["upstream"])
+        elif sconf.get("service_id") is not None:
+            ssvc = services.get(str(sconf["service_id"]))
+            if ssvc is not None and ssvc.value.get("upstream_id") is None and ssvc.value.get("upstream") is not None:
+                upstream_for(f"services/{sconf['service_id']}", ssvc.value["upstream"])
     metadata: dict[str, Mapping[str, Any]] = {}
     for pid, res in snapshot.items("plugin_metadata").items():
         if plugins is not None and pid in plugins:

@@ -146,18 +146,22 @@ class StreamRoutes:
             chain = rt.plugins.compile_chain(plugins, pointer="/plugins", kind="stream_routes", id=id,
                                              owner=f"stream_route:{id}")
         up: UpstreamRuntime | None = None
+        # (inline upstreams were compiled by build_runtime under these keys: health-checked)
         if conf.get("upstream_id") is not None:
             up = rt.upstreams.get(f"upstreams/{conf['upstream_id']}")
         elif conf.get("upstream") is not None:
-            up = rt.upstream_for(conf["upstream"])
+            up = rt.upstreams.get(f"stream_routes/{id}")
         elif conf.get("service_id") is not None:
             svc = services.get(str(conf["service_id"]))
             sv = svc.value if svc is not None else {}
             if sv.get("upstream_id") is not None:
                 up = rt.upstreams.get(f"upstreams/{sv['upstream_id']}")
             elif sv.get("upstream") is not None:
-                up = rt.upstream_for(sv["upstream"])
+                up = rt.upstreams.get(f"services/{conf['service_id']}")
         if up is None:
+            if conf.get("upstream") is not None:
+                raise ConfigError("/upstream", "its upstream was rejected (see that error)", kind="stream_routes",
+                                  id=id)
             raise ConfigError("/upstream", "no upstream: upstream_id, upstream or a service_id whose service has "
                                            "one", kind="stream_routes", id=id)
         remote = []
