@@ -171,6 +171,7 @@ class Exchange:
     _resp_headers: list[tuple[bytes, bytes]] | None = None
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
     resp_trailers: list[tuple[bytes, bytes]] | None = None   # the upstream's trailers (HTTP/2 upstream)
+    up_h2 = False                            # this try talks HTTP/2 to the upstream
     # plugin pipeline state
     chain: PluginChain | None = None         # the route's chain (merged with the consumer's once known)
     gchain: PluginChain | None = None        # the global rules' chain as it runs for this route
@@ -726,8 +727,9 @@ class Exchange:
         self.node = node
         server = self.server
         key = self._pool_key(up, node)
-        if up.h2:
-            # grpc/grpcs: a new stream on a shared HTTP/2 connection (upstream_h2.py)
+        h2 = self.up_h2 = up.h2 or (up.h2_downstream and self.req.version == "2.0")
+        if h2:
+            # grpc/grpcs, HTTP/2 mesh clusters: a new stream on a shared connection (upstream_h2.py)
             h2c = server.h2pool.get(key)
             conn = h2c.stream() if h2c is not None else None
         else:
@@ -773,7 +775,7 @@ class Exchange:
         if up.bind_source is not None:
             kw["local_addr"] = (up.bind_source, 0)
         try:
-            if up.h2:
+            if self.up_h2:
                 h2c = await self.server.h2pool.connect(key, up.scheme, host, node.port, kw)
                 if self.finished or self.up_phase != 1 or self.node is not node:
                     return

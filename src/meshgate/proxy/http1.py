@@ -131,8 +131,8 @@ class ClientConnection(asyncio.Protocol):
                 self.tls = tls_connection(sslobj)
                 if sslobj.selected_alpn_protocol() == "h2":
                     self.early = b"h2"   # (handed over below, once the connection is set up)
-        elif self.server.settings.http2 and self.handle is None:
-            self.sniff = True
+        elif self.server.settings.http2:
+            self.sniff = True       # (a mesh listener's HTTP connection manager is codec AUTO too)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:  # responses are written whole; never let Nagle hold a tail back

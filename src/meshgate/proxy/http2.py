@@ -103,14 +103,14 @@ class _Malformed(Exception):
 class H2Stream:
     """One request/response on an HTTP/2 connection: the Downstream of its exchange."""
 
-    handle: Any = None
-    orig_dst: Any = None
-    server_name: bytes | None = None
-
     def __init__(self, conn: H2Connection, sid: int) -> None:
         self.h2 = conn
         self.sid = sid
         self.server = conn.server
+        # a mesh listener's: its filter chain, the original destination, Envoy's Server value
+        self.handle: Any = conn.handle
+        self.orig_dst: Any = conn.orig_dst
+        self.server_name: bytes | None = conn.server_name
         self.peer_ip = conn.peer_ip
         self.peer_trusted = conn.peer_trusted
         self.peer_real_ip_ok = conn.peer_real_ip_ok
@@ -278,6 +278,9 @@ class H2Connection(asyncio.Protocol):
         self.fwd_tail = b""
         self.special = server.req_special
         self.real_ip_xff = server.real_ip_xff
+        self.handle: Any = None
+        self.orig_dst: tuple[str, int] | None = None
+        self.server_name: bytes | None = None
         self.closing = False
         self.goaway_sent = False
         self.goaway_last = 0
@@ -315,6 +318,7 @@ class H2Connection(asyncio.Protocol):
         self.scheme, self.tls = old.scheme, old.tls
         self.peer_trusted, self.peer_real_ip_ok = old.peer_trusted, old.peer_real_ip_ok
         self.fwd_drop, self.fwd_lines = old.fwd_drop, old.fwd_lines
+        self.handle, self.orig_dst, self.server_name = old.handle, old.orig_dst, old.server_name
         old.closing = True
         old.state = S_CLOSED
         server = self.server

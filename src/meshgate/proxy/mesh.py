@@ -680,7 +680,16 @@ def stats_hook(conf: StatsConf, ex: Any) -> None:
     node = ex.node
     code = ex.resp_status
     flags = _flags(ex)
-    key = (up.key if up is not None else None, node, code, flags)
+    grpc = ex.req.grpc or (ex.req.header("content-type") or "").startswith("application/grpc")
+    gs = ""
+    if grpc:
+        # Istio's grpc_response_status: the grpc-status trailer (or header, trailers-only)
+        for n, v in ex.resp_trailers or ():
+            if n.lower() == b"grpc-status":
+                gs = v.decode("latin-1")
+        if not gs and ex.in_resp:
+            gs = ex.resp_header("grpc-status") or ""
+    key = (up.key if up is not None else None, node, code, flags, grpc, gs)
     labels = conf.cache.get(key)
     if labels is None:
         svc = None
@@ -692,10 +701,8 @@ def stats_hook(conf: StatsConf, ex: Any) -> None:
             sub = x.get("subset") or {}
             inbound = inbound or sub.get("direction") == "inbound" or up.key.startswith("upstreams/inbound|")
         workload = (node.metadata or {}).get("workload") if node is not None else None
-        ct = ex.req.header("content-type") or ""
         labels = request_labels(inbound=inbound, me=conf.me, service=svc, workload=workload,
-                                protocol="grpc" if ct.startswith("application/grpc") else "http", code=code,
-                                flags=flags)
+                                protocol="grpc" if grpc else "http", code=code, flags=flags, grpc_status=gs)
         if len(conf.cache) > 4096:
             conf.cache.clear()
         conf.cache[key] = labels

@@ -78,13 +78,18 @@ class UpstreamRuntime:
 
     __slots__ = ("key", "conf", "nodes", "balancer", "retries", "retry_timeout", "timeouts", "pass_host",
                  "upstream_host", "scheme", "pool_size", "pool_idle_timeout", "pool_requests", "ssl_context",
-                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit", "h2")
+                 "unhealthy", "has_checks", "passive", "track_load", "original_dst", "bind_source", "cb_limit", "h2",
+                 "h2_downstream")
 
     def __init__(self, key: str, conf: Mapping[str, Any], client: tuple[str, str] | None = None) -> None:
         self.key = key
         self.conf = conf
         self.scheme: str = conf.get("scheme", "http")
-        self.h2 = self.scheme in ("grpc", "grpcs")     # HTTP/2 to the upstream (upstream_h2.py)
+        # HTTP/2 to the upstream (upstream_h2.py): grpc/grpcs, or a mesh cluster with HTTP/2
+        # options; h2_downstream: the downstream's protocol (Envoy's use_downstream_protocol)
+        x = conf.get("xds") or {}
+        self.h2 = self.scheme in ("grpc", "grpcs") or bool(x.get("http2"))
+        self.h2_downstream = bool(x.get("use_downstream_protocol"))
         self.nodes: list[Node] = parse_nodes(conf.get("nodes") or {}, scheme=self.scheme)
         self.balancer: Balancer = create_balancer(conf, self.nodes)
         # only these balancers read in-flight counts / latencies (on_start / on_finish)
@@ -114,7 +119,7 @@ class UpstreamRuntime:
             pair = client or ((tls["client_cert"], tls["client_key"]) if tls.get("client_cert") else None)
             if pair is not None:
                 _client_pair(ctx, pair[0], pair[1], "/tls/client_cert", key.split("/", 1)[-1])
-            ctx.set_alpn_protocols(["h2"] if self.h2 else ["http/1.1"])
+            ctx.set_alpn_protocols(["h2"] if self.h2 else ["h2", "http/1.1"] if self.h2_downstream else ["http/1.1"])
             self.ssl_context = ctx
         # Addresses ("host:port") currently unhealthy, pushed by the health owner.
         self.unhealthy: frozenset[str] = frozenset()
@@ -123,7 +128,6 @@ class UpstreamRuntime:
         self.passive = bool(checks.get("passive")) and bool(checks.get("active"))
         # mesh clusters (meshgate.xds): ORIGINAL_DST / passthrough clusters connect to the
         # connection's original destination; inbound ones from a fixed source (127.0.0.6)
-        x = conf.get("xds") or {}
         self.original_dst: bool = bool(x.get("original_dst"))
         bs = x.get("bind_source")
         self.bind_source: str | None = (bs.get("address") or None) if isinstance(bs, Mapping) else bs

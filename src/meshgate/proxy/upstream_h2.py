@@ -155,7 +155,7 @@ def _headers(head: bytes, scheme: str) -> list[tuple[bytes, bytes]]:
             authority = value
         elif name not in _DROP:
             fields.append((name, value))
-    return [(b":method", method), (b":scheme", b"https" if scheme == "grpcs" else b"http"), (b":path", target),
+    return [(b":method", method), (b":scheme", b"https" if scheme in ("grpcs", "https") else b"http"), (b":path", target),
             (b":authority", authority), (b"te", b"trailers"), *fields]
 
 
