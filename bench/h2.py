@@ -694,14 +694,7 @@ def main(argv: list[str]) -> int:
             B.log(f"{tool} not found (bench/setup.sh installs h2load: Debian package nghttp2-client)")
             return 1
 
-    def _term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGHUP, _term)
-    try:
-        os.sched_setaffinity(0, {int(args.load_cpu)})
-    except (OSError, ValueError):
-        pass
+    B.harness_setup(args.load_cpu)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     envoy_bin = None
     if "envoy" in proxies:

@@ -540,6 +540,21 @@ def meshgate_files(d: Path, port: int, up_port: int, n_routes: int, prom_port: i
 
 # --------------------------------------------------------------------------- wrk
 
+def harness_setup(load_cpu: str) -> None:
+    """What every bench's main does first: SIGTERM/SIGHUP end the run through its cleanup (the
+    servers it started are stopped), SIGINT too even when started with it ignored, and the
+    harness itself stays on the load CPU (off the proxy CPU)."""
+    def _term(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGHUP, _term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        os.sched_setaffinity(0, {int(load_cpu)})
+    except (OSError, ValueError):
+        pass
+
+
 def parse_wrk(out: str) -> dict[str, Any]:
     m = re.search(r"^BENCHJSON (\{.*\})$", out, re.M)
     r: dict[str, Any] = {}
@@ -1248,17 +1263,7 @@ def main(argv: list[str]) -> int:
         log(f"nginx not found at {args.nginx}: run bench/setup.sh")
         return 1
 
-    def _term(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGHUP, _term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored
-
-    # The harness itself stays off the proxy CPU.
-    try:
-        os.sched_setaffinity(0, {int(args.load_cpu)})
-    except (OSError, ValueError):
-        pass
+    harness_setup(args.load_cpu)
 
     global WATCH
     WATCH = Watchdog()

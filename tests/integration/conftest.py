@@ -5,6 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from adsserver import AdsServer  # noqa: E402
 from etcdpeer import EtcdCluster  # noqa: E402
 from gwtools import Upstream  # noqa: E402
 
@@ -24,6 +25,15 @@ async def echo_up():
     await u.start()
     yield u
     await u.close()
+
+
+@pytest.fixture
+async def ads():
+    """A real gRPC ADS server (tests/integration/adsserver.py) for one test."""
+    srv = AdsServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-__all__ = ["PKI", "make_ca", "make_leaf"]
+__all__ = ["PKI", "make_ca", "make_leaf", "make_pki"]
 
 
 def _openssl(d: Path, *args: str) -> None:
@@ -45,3 +45,11 @@ class PKI:
 
     def pair(self, name: str) -> dict[str, str]:
         return {"cert": self.pem(f"{name}.crt"), "key": self.pem(f"{name}.key")}
+
+
+def make_pki(d: Path, leaves: dict[str, tuple[str, ...]]) -> PKI:
+    """A CA ("ca") and one server certificate per name, for those DNS names (CN: the first)."""
+    make_ca(d, "ca", "Meshgate Test CA")
+    for name, dns in leaves.items():
+        make_leaf(d, name, "ca", f"/CN={dns[0]}", dns=dns)
+    return PKI(d)

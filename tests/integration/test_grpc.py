@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 import grpc
 import pytest
 from gwtools import Gateway, free_port, start_gateway
-from pki import PKI, make_ca, make_leaf
+from pki import PKI, make_pki
 
 TIMEOUT = 10.0
 SVC = "/meshgate.test.Echo/"
@@ -190,11 +190,7 @@ async def test_gateway_errors_are_grpc_statuses(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    d = tmp_path_factory.mktemp("pki")
-    make_ca(d, "ca", "Meshgate Test CA")
-    make_leaf(d, "edge", "ca", "/CN=grpc.test", dns=("grpc.test",))
-    make_leaf(d, "backend", "ca", "/CN=backend.test", dns=("backend.test",))
-    return PKI(d)
+    return make_pki(tmp_path_factory.mktemp("pki"), {"edge": ("grpc.test",), "backend": ("backend.test",)})
 
 
 async def test_grpcs_upstream_behind_tls_listener(tmp_path: Path, pki: PKI) -> None:

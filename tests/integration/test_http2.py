@@ -28,7 +28,7 @@ import httpx
 import pytest
 from gwtools import Gateway, Upstream, UpstreamRequest, free_port, start_gateway
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, PingFrame
-from pki import PKI, make_ca, make_leaf
+from pki import PKI, make_pki
 
 TIMEOUT = 10.0
 
@@ -324,10 +324,7 @@ async def test_h2_settings_limit_streams_windows_and_header_list(tmp_path: Path,
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    d = tmp_path_factory.mktemp("pki")
-    make_ca(d, "ca", "Meshgate Test CA")
-    make_leaf(d, "a", "ca", "/CN=a.test", dns=("a.test",))
-    return PKI(d)
+    return make_pki(tmp_path_factory.mktemp("pki"), {"a": ("a.test",)})
 
 
 def tls_gateway(tmp: Path, pki: PKI, up: Upstream, *, http2: bool = True) -> tuple[Gateway, int]:

@@ -41,12 +41,6 @@ def vhost(name: str, domains: list[str], routes: list[dict[str, Any]], **extra: 
     return {"name": name, "domains": domains, "routes": routes, **extra}
 
 
-@pytest.fixture
-async def ads():
-    srv = AdsServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401  (registers the type)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from adsserver import CDS, LDS, AdsServer
 from gwtools import free_port
@@ -25,7 +25,7 @@ from test_grpc import SVC, Echo, grpc_server
 
 pytestmark = pytest.mark.timeout(90)
 
-HPO = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HPO = "type.googleapis.com/" + http_protocol_options_pb2.HttpProtocolOptions.DESCRIPTOR.full_name
 
 
 def protocol_options(kind: str) -> dict[str, Any]:
@@ -37,12 +37,6 @@ def protocol_options(kind: str) -> dict[str, Any]:
         "@type": HPO, **cfg}}}
 
 
-@pytest.fixture
-async def ads():
-    srv = AdsServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 @pytest.mark.parametrize("kind", ["http2", "downstream"])

@@ -31,12 +31,6 @@ def _backend(req: UpstreamRequest) -> Any:
     return 200, {"Content-Type": "application/json", "X-Backend": "reviews"}, json.dumps({"path": req.path}).encode()
 
 
-@pytest.fixture
-async def ads():
-    srv = AdsServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 async def test_controller_plugins_run_on_every_route_and_bad_sets_are_nacked(tmp_path: Path, ads: AdsServer) -> None:

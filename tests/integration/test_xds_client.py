@@ -120,12 +120,6 @@ def expected_initial(delta: bool) -> list[tuple[Any, ...]]:
     ]
 
 
-@pytest.fixture
-async def ads() -> AsyncIterator[AdsServer]:
-    srv = AdsServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 class Running:

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .server import ProxyServer
     from .upstream_conn import UpstreamConnection
 
-__all__ = ["ClientConnection", "identity_header", "header_tables", "parse_host", "real_ip"]
+__all__ = ["ClientConnection", "identity_header", "header_tables", "parse_host", "real_ip", "stamp"]
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -273,13 +273,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _stamp(self, req: Request) -> None:
         """What the request takes from its connection (both parse paths)."""
-        req.remote_addr = self.peer_ip
-        req.remote_port = self.peer_port
-        req.server_addr = self.local_ip
-        req.server_port = self.local_port
-        if self.scheme != "http":
-            req.scheme = self.scheme
-            req.tls = self.tls
+        stamp(req, self.peer_ip, self.peer_port, self.local_ip, self.local_port, self.scheme, self.tls)
 
     def _lite_request(self, data: bytes) -> bool:
         """Fast path for the common request: one complete head, no body, nothing else.
@@ -701,6 +695,18 @@ _REQ_SPECIAL: dict[bytes, int] = {
     **{h: H_XFWD for h in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")},
 }
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
+
+
+def stamp(req: Request, peer_ip: str, peer_port: int, local_ip: str, local_port: int, scheme: str,
+          tls: TLSConnection | None) -> None:
+    """What a request takes from its connection (every downstream codec)."""
+    req.remote_addr = peer_ip
+    req.remote_port = peer_port
+    req.server_addr = local_ip
+    req.server_port = local_port
+    if scheme != "http":
+        req.scheme = scheme
+        req.tls = tls
 
 
 def identity_header(req: Request, kind: int, name: bytes, value: bytes, trusted: bool, fwd_drop: bool,

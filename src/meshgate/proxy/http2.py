@@ -58,8 +58,9 @@ from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body
 from .exchange import Exchange
+from .upstream_h2 import send_window
 from .http1 import H_CL, H_CONNECTION, H_HOST, H_TE, H_UPGRADE, MAX_HEADER_BYTES, MAX_HEADERS, identity_header, \
-    parse_host, real_ip
+    parse_host, real_ip, stamp
 
 if TYPE_CHECKING:
     from .http1 import ClientConnection
@@ -602,13 +603,7 @@ class H2Connection(asyncio.Protocol):
             raise ProtocolError(413, "request body too large")
         if not ended and req.content_length is None:
             req.chunked = True      # length unknown: chunked to the HTTP/1.1 upstream
-        req.remote_addr = self.peer_ip
-        req.remote_port = self.peer_port
-        req.server_addr = self.local_ip
-        req.server_port = self.local_port
-        if self.scheme != "http":
-            req.scheme = self.scheme
-            req.tls = self.tls
+        stamp(req, self.peer_ip, self.peer_port, self.local_ip, self.local_port, self.scheme, self.tls)
         if self.peer_real_ip_ok and req.real_ip is not None:
             real = real_ip(req.real_ip)
             if real is not None:
@@ -707,24 +702,11 @@ class H2Connection(asyncio.Protocol):
         c = self.conn
         if not self.write_paused:
             out = st.out
-            sid = st.sid
             try:
-                while out:
-                    window = c.local_flow_control_window(sid)
-                    if window <= 0:
-                        break
-                    chunk = out[0]
-                    n = min(window, c.max_outbound_frame_size)
-                    if len(chunk) > n:
-                        out[0] = chunk[n:]
-                        chunk = chunk[:n]
-                    else:
-                        out.pop(0)
-                    st.out_size -= len(chunk)
-                    last = st.end_pending and not out and st.trailers is None
-                    c.send_data(sid, chunk, end_stream=last)
-                    if last:
-                        st.ended = True
+                sent, ended = send_window(c, st.sid, out, st.end_pending and st.trailers is None)
+                st.out_size -= sent
+                if ended:
+                    st.ended = True
             except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
                 st.ended = True
                 st.out.clear()

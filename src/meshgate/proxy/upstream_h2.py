@@ -44,7 +44,7 @@ from .upstream_conn import UpstreamConnection
 if TYPE_CHECKING:
     from .server import ProxyServer
 
-__all__ = ["H2Upstream", "H2Pool", "StreamTransport"]
+__all__ = ["H2Upstream", "H2Pool", "StreamTransport", "send_window"]
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -54,6 +54,30 @@ SEND_HIGH = 256 * 1024
 # request fields never sent over HTTP/2 (connection-specific, RFC 9113 8.2.2) or re-made here
 _DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te",
                    b"host", b"http2-settings"})
+
+
+def send_window(c: h2.connection.H2Connection, sid: int, out: list[bytes], end: bool) -> tuple[int, bool]:
+    """Send the queued ``out`` of stream ``sid`` as DATA frames, as far as the flow-control windows
+    and the frame size allow (what is left stays queued).  ``end``: END_STREAM goes with the last
+    queued byte.  Returns (bytes sent, END_STREAM sent)."""
+    sent = 0
+    while out:
+        window = c.local_flow_control_window(sid)
+        if window <= 0:
+            break
+        chunk = out[0]
+        n = min(window, c.max_outbound_frame_size)
+        if len(chunk) > n:
+            out[0] = chunk[n:]
+            chunk = chunk[:n]
+        else:
+            out.pop(0)
+        sent += len(chunk)
+        last = end and not out
+        c.send_data(sid, chunk, end_stream=last)
+        if last:
+            return sent, True
+    return sent, False
 
 
 def _reason(status: int) -> bytes:
@@ -376,21 +400,10 @@ class H2Upstream(asyncio.Protocol):
         out = st.out
         if not self.write_paused:
             try:
-                while out:
-                    window = c.local_flow_control_window(st.sid)
-                    if window <= 0:
-                        break
-                    chunk = out[0]
-                    n = min(window, c.max_outbound_frame_size)
-                    if len(chunk) > n:
-                        out[0] = chunk[n:]
-                        chunk = chunk[:n]
-                    else:
-                        out.pop(0)
-                    st.out_size -= len(chunk)
-                    c.send_data(st.sid, chunk, end_stream=st.eof and not out)
-                    if st.eof and not out:
-                        st.ended = True
+                sent, ended = send_window(c, st.sid, out, st.eof)
+                st.out_size -= sent
+                if ended:
+                    st.ended = True
                 if st.eof and not out and not st.ended:
                     c.end_stream(st.sid)
                     st.ended = True
