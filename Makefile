@@ -45,6 +45,7 @@ test: $(ACCEL) peers
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/plugins
 	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
 		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py \
+		tests/integration/test_http2.py tests/integration/test_grpc.py \
 		tests/unit/shared tests/unit/observability/test_metrics.py tests/plugins/test_key_auth.py \
 		tests/plugins/test_limit_count.py tests/plugins/test_prometheus.py
 
