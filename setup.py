@@ -1,0 +1,118 @@
+"""The package build, with the compiled hot path: ``pip install .`` and ``pip wheel .`` give what ``make`` gives.
+
+Everything but the extensions is declared in pyproject.toml.  ``build_ext`` compiles the modules
+listed in ``meshgate._accel.MODULES`` with mypyc (one shared library, as ``_accel.build`` does in
+place for ``make``) into the build directory, then writes the manifest that ``_accel`` checks at
+import (a SHA-256 per source), so the installed package runs compiled.  When mypyc or a C compiler
+is missing, or the compile fails, the build goes on without them and says so on one line: the
+installed package then runs as pure Python (``meshgate version`` tells which).
+
+An editable install (``pip install -e .``, what ``make`` does) compiles nothing here: ``make``
+compiles in place, and only when a hot-path source changed.  ``MESHGATE_PURE_BUILD=1`` builds a
+pure-Python package on purpose.
+
+The isolated build environment has mypy but not the runtime dependencies, so the modules are
+type-checked with imports of those treated as untyped (``--ignore-missing-imports`` and the checks
+that follow from it relaxed); the compiled code is the same code ``make`` compiles.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+GROUP = "meshgate._hotpath"
+MYPY_FLAGS = ["--ignore-missing-imports", "--no-warn-return-any", "--allow-subclassing-any",
+              "--allow-untyped-calls", "--no-warn-unused-ignores"]
+
+
+def hot_modules() -> tuple[str, ...]:
+    """``MODULES`` of src/meshgate/_accel.py, read without importing the package."""
+    tree = ast.parse((ROOT / "src" / "meshgate" / "_accel.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError("src/meshgate/_accel.py defines no MODULES")
+
+
+def notice(why: object) -> None:
+    cause: object = why
+    while isinstance(cause, BaseException) and not isinstance(cause, subprocess.CalledProcessError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, subprocess.CalledProcessError):
+        cmd = cause.cmd[0] if isinstance(cause.cmd, (list, tuple)) and cause.cmd else cause.cmd
+        why = f"the C compiler failed: {cmd} exited {cause.returncode}"
+    else:   # distutils' CompileError carries only the text
+        m = re.match(r"Command '\['([^']+)'.* returned non-zero exit status (\d+)", str(why))
+        if m is not None:
+            why = f"the C compiler failed: {m.group(1)} exited {m.group(2)}"
+    text = (str(why).splitlines() or [type(why).__name__])[0][:200] or type(why).__name__
+    print(f"meshgate: built without the compiled hot path ({text}); it runs as pure Python", file=sys.stderr)
+
+
+class BuildHotPath(build_ext):
+    """mypyc-compile the hot path, or build on without it (see the module doc)."""
+
+    def run(self) -> None:
+        if self.inplace or getattr(self, "editable_mode", False):
+            return      # make compiles in place (src/meshgate/_accel.py build)
+        if os.environ.get("MESHGATE_PURE_BUILD"):
+            notice("MESHGATE_PURE_BUILD is set")
+            return
+        modules = hot_modules()
+        try:
+            from mypyc.build import mypycify
+        except ImportError as e:
+            notice(e)
+            return
+        cwd = os.getcwd()
+        os.chdir(ROOT)
+        try:
+            paths = ["src/" + m.replace(".", "/") + ".py" for m in modules]
+            self.extensions = mypycify([*MYPY_FLAGS, *paths], opt_level="3", group_name=GROUP,
+                                       target_dir=str(Path(self.build_temp) / "mypyc"))
+            for ext in self.extensions:     # what finalize_options did for the stand-in
+                ext._full_name = self.get_ext_fullname(ext.name)
+                ext._links_to_dynamic = False
+                ext._needs_stub = False
+                self.ext_map[ext._full_name] = ext
+                self.ext_map[ext._full_name.split(".")[-1]] = ext
+            super().run()
+        except (Exception, SystemExit) as e:   # a missing compiler is a reason to run pure, not to fail
+            notice(e)
+            self._remove_partial(modules)
+            return
+        finally:
+            os.chdir(cwd)
+        self._write_manifest(modules)
+
+    def _lib(self, module: str, suffix: str) -> Path:
+        return Path(self.build_lib).joinpath(*module.split(".")).with_suffix(suffix)
+
+    def _remove_partial(self, modules: tuple[str, ...]) -> None:
+        from importlib.machinery import EXTENSION_SUFFIXES
+        for m in (*modules, GROUP + "__mypyc"):
+            self._lib(m, EXTENSION_SUFFIXES[0]).unlink(missing_ok=True)
+        self._lib("meshgate._accel", ".json").unlink(missing_ok=True)
+
+    def _write_manifest(self, modules: tuple[str, ...]) -> None:
+        digests = {m: hashlib.sha256(self._lib(m, ".py").read_bytes()).hexdigest() for m in modules}
+        self._lib("meshgate._accel", ".json").write_text(
+            json.dumps({"python": sys.version, "modules": digests}, indent=1))
+
+
+setup(
+    # a stand-in: BuildHotPath.run replaces it with mypyc's extensions (it makes the wheel platform-specific)
+    ext_modules=[Extension(GROUP + "__mypyc", sources=["src/meshgate/_accel.py"])],
+    cmdclass={"build_ext": BuildHotPath},
+)
