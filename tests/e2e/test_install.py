@@ -28,8 +28,9 @@ def build_and_install(tmp: Path, env: dict[str, str] | None = None) -> tuple[Pat
     """(the venv's bin directory, the build's output)."""
     wheels = tmp / "wheels"
     # a clean build directory: the build must not pick up what another build left
-    for d in ("build/lib.linux-x86_64-cpython-311", "build/temp.linux-x86_64-cpython-311"):
-        shutil.rmtree(ROOT / d, ignore_errors=True)
+    for d in (ROOT / "build").glob("*"):
+        if d.name.startswith(("lib.", "temp.", "bdist.")):
+            shutil.rmtree(d, ignore_errors=True)
     b = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)],
                        capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]

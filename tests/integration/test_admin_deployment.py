@@ -49,12 +49,12 @@ def dp_node(urls: list[str]) -> dict[str, Any]:
 
 
 def admin(port: int, method: str, path: str, body: Any = None, *, key: str = KEY,
-          headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+          headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, Any, dict[str, str]]:
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
     req = urllib.request.Request(f"http://127.0.0.1:{port}/apisix/admin{path}", data=data, method=method,
                                  headers={"X-API-KEY": key, "Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             raw, status, hdrs = r.read(), r.status, dict(r.headers)
     except urllib.error.HTTPError as e:
         raw, status, hdrs = e.read(), e.code, dict(e.headers)
@@ -158,7 +158,9 @@ async def test_etcd_down_traffic_flows_writes_503_then_resync(tmp_path: Path, et
         await until(gw, "/one", 200)
         etcd.members[0].kill()
         try:
-            st, body, _ = admin(port, "PUT", "/routes/2", {"uri": "/two", "upstream": ups})
+            # 503 as soon as etcd refuses; at the latest when the Admin API's own deadline (1.5 x
+            # etcd.timeout + 1 s = 46 s) passes (a call on a dying connection was once seen to hang)
+            st, body, _ = admin(port, "PUT", "/routes/2", {"uri": "/two", "upstream": ups}, timeout=60)
         except TimeoutError:
             raise AssertionError("the Admin API did not answer with etcd down; gateway log:\n"
                                  + gw.log_path.read_text(errors="replace")[-6000:]) from None
