@@ -267,6 +267,16 @@ class EtcdClient:
             except _RETRYABLE as e:
                 errors.append(f"{ep}: {_reason(e)}")
                 await self._drop(c)
+            except asyncio.CancelledError:
+                # grpc.aio cancels the calls still on a channel that is being closed (another
+                # caller dropped it after its own failure, e.g. the watch when a member died):
+                # that is a failure of this call, not a cancellation of the caller, which would
+                # otherwise never answer (an Admin API request left without a response)
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                errors.append(f"{ep}: the connection was closed during the call")
+                await self._drop(c)
         raise EtcdUnavailable(f"etcd {what} failed: " + "; ".join(errors))
 
     async def close(self) -> None:
