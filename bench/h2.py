@@ -253,11 +253,8 @@ def load_args(sc: str, args: argparse.Namespace) -> list[str]:
 def start_servers(args: argparse.Namespace, res: dict[str, Any], tmp: Path, certs: Path,
                   servers: dict[str, B.Server], where: dict[tuple[str, str], int]) -> None:
     taken: set[int] = set()
-    up_port = B.free_port(taken)
-    conf = tmp / "upstream.conf"
-    conf.write_text(B.upstream_nginx_conf(tmp, up_port, "ok"))
-    servers["upstream"] = B.Server("upstream", [args.nginx, "-p", str(tmp), "-e", str(tmp / "up-error.log"),
-                                                "-c", str(conf)], up_port, args.load_cpu, tmp)
+    servers["upstream"] = B.upstream_server(args.nginx, tmp, taken, args.load_cpu)
+    up_port = servers["upstream"].port
     for t in res["proxies"]:
         plain, tls_port = B.free_port(taken), B.free_port(taken)
         where[(t, "h1")], where[(t, "tls")] = plain, tls_port
@@ -300,10 +297,9 @@ def start_servers(args: argparse.Namespace, res: dict[str, Any], tmp: Path, cert
             B.log(f"FAILED {name}: {why}\n{tail}")
             del servers[name]
             continue
-        bad = [p for p in B.tree_memory(srv.pid)["procs"] if p["cpus"] != srv.cpu]
-        if bad:
-            res["warnings"].append(f"{name}: process(es) not on CPU{srv.cpu}: " +
-                                   ", ".join(f"{p['pid']} {p['comm']} on {p['cpus']}" for p in bad))
+        pin = B.pinning_warning(name, srv)
+        if pin:
+            res["warnings"].append(pin)
         if name != "upstream":
             res["startup_s"][name] = round(srv.startup_s or 0.0, 2)
 
@@ -360,10 +356,7 @@ def measure_one(args: argparse.Namespace, sc: str, srv: B.Server, up: B.Server, 
     up_s = B.tree_cpu_seconds(up.pid, b[1]) - B.tree_cpu_seconds(up.pid, a[1])
     ld_s = ((b[1].get(pid) or {}).get("ticks", 0) - (a[1].get(pid) or {}).get("ticks", 0)) / B.CLK_TCK if pid else 0.0
     harness_s = b[3] - a[3]
-    ours = {os.getpid(), pid} | ({B.WATCH.proc.pid} if B.WATCH else set())
-    for sv in servers.values():
-        if sv.proc is not None:
-            ours |= set(B.process_tree(sv.pid, a[1])) | set(B.process_tree(sv.pid, b[1]))
+    ours = B.bench_pids(servers, a[1], b[1]) | {pid}
     bg = max(0.0, B.busy_seconds(a[2], b[2]) - cpu_s - up_s - ld_s - harness_s) / wall if wall > 0 else 0.0
     n = r.get("done") or 0
     srv.remember_tree()

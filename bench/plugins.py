@@ -18,7 +18,6 @@ import datetime as _dt
 import http.client
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -88,11 +87,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     targets = ["nginx", *PLUGIN_SETS]
     runs: list[dict[str, Any]] = []
     try:
-        up_port = B.free_port(taken)
-        conf = tmp / "upstream.conf"
-        conf.write_text(B.upstream_nginx_conf(tmp, up_port, "ok"))
-        servers["upstream"] = B.Server("upstream", [args.nginx, "-p", str(tmp), "-e", str(tmp / "up-error.log"),
-                                                    "-c", str(conf)], up_port, args.load_cpu, tmp)
+        servers["upstream"] = B.upstream_server(args.nginx, tmp, taken, args.load_cpu)
+        up_port = servers["upstream"].port
         port = B.free_port(taken)
         conf = tmp / "nginx.conf"
         conf.write_text(B.proxy_nginx_conf(tmp, port, up_port))

@@ -450,6 +450,35 @@ def upstream_nginx_conf(tmp: Path, port: int, body: str) -> str:
         f"        location / {{ return 200 \"{body}\"; }}\n    }}\n}}\n")
 
 
+def upstream_server(nginx: str, tmp: Path, taken: set[int], cpu: str, name: str = "upstream",
+                    body: str = "ok") -> Server:
+    """The upstream every proxy of a bench forwards to: nginx answering ``body`` on a free port."""
+    port = free_port(taken)
+    conf = tmp / "upstream.conf"
+    conf.write_text(upstream_nginx_conf(tmp, port, body))
+    return Server(name, [nginx, "-p", str(tmp), "-e", str(tmp / "up-error.log"), "-c", str(conf)], port, cpu, tmp)
+
+
+def pinning_warning(name: str, srv: Server, mem: dict[str, Any] | None = None) -> str | None:
+    """A warning when a process of ``srv``'s tree runs off the CPU it was pinned to."""
+    bad = [p for p in (mem or tree_memory(srv.pid))["procs"] if p["cpus"] != srv.cpu]
+    if not bad:
+        return None
+    return f"{name}: process(es) not on CPU{srv.cpu}: " + ", ".join(f"{p['pid']} {p['comm']} on {p['cpus']}"
+                                                                  for p in bad)
+
+
+def bench_pids(servers: dict[str, Server], *stats: dict[int, dict[str, Any]]) -> set[int]:
+    """The benchmark's own processes in /proc snapshots ``stats``: this harness, the watchdog and every
+    server's tree (what is not among them is other load on the machine)."""
+    ours = {os.getpid()} | ({WATCH.proc.pid} if WATCH else set())
+    for sv in servers.values():
+        if sv.proc is not None:
+            for st in stats:
+                ours |= set(process_tree(sv.pid, st))
+    return ours
+
+
 def proxy_nginx_conf(tmp: Path, port: int, up_port: int) -> str:
     return nginx_common(tmp, "nginx") + (
         "    upstream up {\n"
@@ -1358,10 +1387,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     continue
                 raise RuntimeError(f"{name} failed to start: {why}\n{tail}")
             mem = tree_memory(srv.pid)
-            bad_aff = [p for p in mem["procs"] if p["cpus"] != srv.cpu]
-            if bad_aff:
-                warnings.append(f"{name}: process(es) not on CPU{srv.cpu}: " +
-                                ", ".join(f"{p['pid']} {p['comm']} on {p['cpus']}" for p in bad_aff))
+            pin = pinning_warning(name, srv, mem)
+            if pin:
+                warnings.append(pin)
             log(f"  {name} ready in {srv.startup_s:.2f}s, {mem['nprocs']} process(es), "
                 f"RSS {mem['rss_kb'] / 1024:.1f} MB")
         targets = [t for t in targets if TARGETS[t][0] not in skipped]
@@ -1443,10 +1471,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                     reqs = r.get("requests") or 0
                     # CPU used on this machine by anything but the benchmark (other sessions, tests...)
                     ours_s = (0.0 if srv is up else cpu_s) + up_s + wrk_s + (h1 - h0)
-                    ours = {os.getpid()} | ({WATCH.proc.pid} if WATCH else set())
-                    for sv in servers.values():
-                        if sv.proc is not None:
-                            ours |= set(process_tree(sv.pid, p0)) | set(process_tree(sv.pid, p1))
+                    ours = bench_pids(servers, p0, p1)
                     bg_util = max(0.0, busy_seconds(s0, s1) - ours_s) / wall if wall else 0.0
                     run = {"rep": rep, "scenario": sc["name"], "conns": sc["conns"], "target": t,
                            "server": srv_name, "path": path, **r,

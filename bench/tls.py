@@ -232,11 +232,8 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
     failed = False
     try:
         make_certs(certs)
-        up_port = B.free_port(taken)
-        conf = tmp / "upstream.conf"
-        conf.write_text(B.upstream_nginx_conf(tmp, up_port, "ok"))
-        servers["upstream"] = B.Server("upstream", [args.nginx, "-p", str(tmp), "-e", str(tmp / "up-error.log"),
-                                                    "-c", str(conf)], up_port, args.load_cpu, tmp)
+        servers["upstream"] = B.upstream_server(args.nginx, tmp, taken, args.load_cpu)
+        up_port = servers["upstream"].port
         nports = {"plain": B.free_port(taken), **{k: B.free_port(taken) for k in kinds}}
         conf = tmp / "nginx.conf"
         conf.write_text(nginx_tls_conf(tmp, nports, up_port, certs))
@@ -260,11 +257,9 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
             ok, why = srv.wait_ready(args.ready_timeout)
             if not ok:
                 raise RuntimeError(f"{name} failed to start: {why}\n{srv.log_tail()}")
-            mem = B.tree_memory(srv.pid)
-            bad = [p for p in mem["procs"] if p["cpus"] != srv.cpu]
-            if bad:
-                res["warnings"].append(f"{name}: process(es) not on CPU{srv.cpu}: " +
-                                       ", ".join(f"{p['pid']} {p['comm']} on {p['cpus']}" for p in bad))
+            pin = B.pinning_warning(name, srv)
+            if pin:
+                res["warnings"].append(pin)
         # sanity: every TLS listener answers 200 with a verified certificate; what gets negotiated
         res["negotiated"] = {}
         for (t, listener), (name, port) in sorted(where.items()):
@@ -327,10 +322,7 @@ def measure(args: argparse.Namespace, res: dict[str, Any]) -> None:
                     n = r.get("requests") or 0
                     wall = w1 - w0
                     cpu_s, up_s, wrk_s = c1 - c0, u1 - u0, k1 - k0
-                    ours = {os.getpid()} | ({B.WATCH.proc.pid} if B.WATCH else set())
-                    for sv in servers.values():
-                        if sv.proc is not None:
-                            ours |= set(B.process_tree(sv.pid, p0)) | set(B.process_tree(sv.pid, p1))
+                    ours = B.bench_pids(servers, p0, p1)
                     bg = max(0.0, B.busy_seconds(s0, s1) - cpu_s - up_s - wrk_s - (h1 - h0)) / wall
                     errs = r.get("errors") or {}
                     row = {"rep": rep + 1, "scenario": sc, "target": t, "server": srv.name, "url": u,
