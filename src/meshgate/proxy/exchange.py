@@ -817,8 +817,8 @@ class Exchange:
             data = head + self._framed(self.body_buf, h2)
             self.body_buf = None
             self.conn.resume_read(P_BUFFER)
-        elif self.req.chunked and self.req_done and not h2:
-            data = head + b"0\r\n\r\n"
+        elif self.req.chunked:
+            data = head + self._framed([], h2)      # the last chunk, once the request is complete
         else:
             data = head
         conn.transport.write(data)

@@ -124,13 +124,13 @@ class ClientConnection(asyncio.Protocol):
         local = transport.get_extra_info("sockname")
         if local:
             self.local_ip, self.local_port = local[0], local[1]
+        h2 = False
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
             sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 self.tls = tls_connection(sslobj)
-                if sslobj.selected_alpn_protocol() == "h2":
-                    self.early = b"h2"   # (handed over below, once the connection is set up)
+                h2 = sslobj.selected_alpn_protocol() == "h2"   # handed over below, once set up
         elif self.server.settings.http2:
             self.sniff = True       # (a mesh listener's HTTP connection manager is codec AUTO too)
         sock = transport.get_extra_info("socket")
@@ -150,8 +150,7 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_drop = bool(server.settings._trusted_nets) and not self.peer_trusted
         self.since = server.loop.time()
         server.connections.add(self)
-        if self.early:
-            self.early = b""
+        if h2:
             self._become_h2(b"")
 
     def connection_lost(self, exc: Exception | None) -> None:

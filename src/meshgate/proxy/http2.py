@@ -714,16 +714,7 @@ class H2Connection(asyncio.Protocol):
             if not out and st.end_pending and not st.ended:
                 self.end_stream(st)     # the trailers
             self.flush_soon()
-        ex = st.ex
-        up = ex.upstream if ex is not None else None
-        if st.out_size > STREAM_HIGH:
-            if not st.up_paused and up is not None and not up.closed:
-                st.up_paused = True
-                up.transport.pause_reading()
-        elif st.up_paused:
-            st.up_paused = False
-            if up is not None and not up.closed:
-                up.transport.resume_reading()
+        self._backpressure(st)
         if st.ended and st.done:
             if st.reset_after:
                 self.reset_stream(st, h2.errors.ErrorCodes.NO_ERROR)
@@ -787,13 +778,23 @@ class H2Connection(asyncio.Protocol):
         """``st`` has response bytes to send: the pump sends them with everything else queued in
         this loop iteration (one write for many streams; the last DATA frame carries END_STREAM)."""
         self.dirty.append(st)
-        if st.out_size > STREAM_HIGH and not st.up_paused:
-            ex = st.ex
-            up = ex.upstream if ex is not None else None
-            if up is not None and not up.closed:
+        self._backpressure(st)
+        self.flush_soon()
+
+    @staticmethod
+    def _backpressure(st: H2Stream) -> None:
+        """Pause ``st``'s upstream while more than STREAM_HIGH bytes wait for the client; resume
+        it once they went out."""
+        ex = st.ex
+        up = ex.upstream if ex is not None else None
+        if st.out_size > STREAM_HIGH:
+            if not st.up_paused and up is not None and not up.closed:
                 st.up_paused = True
                 up.transport.pause_reading()
-        self.flush_soon()
+        elif st.up_paused:
+            st.up_paused = False
+            if up is not None and not up.closed:
+                up.transport.resume_reading()
 
     def flush_soon(self) -> None:
         if not self.flush_pending:

@@ -680,7 +680,9 @@ def stats_hook(conf: StatsConf, ex: Any) -> None:
     node = ex.node
     code = ex.resp_status
     flags = _flags(ex)
-    grpc = ex.req.grpc or (ex.req.header("content-type") or "").startswith("application/grpc")
+    req = ex.req
+    # (gRPC calls are POSTs: other requests skip the header lookup)
+    grpc = req.grpc or (req.method == "POST" and (req.header("content-type") or "").startswith("application/grpc"))
     gs = ""
     if grpc:
         # Istio's grpc_response_status: the grpc-status trailer (or header, trailers-only)
