@@ -20,7 +20,7 @@ need_apt=()
 command -v nginx   >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v wrk     >/dev/null 2>&1 || need_apt+=(wrk)
 command -v taskset >/dev/null 2>&1 || need_apt+=(util-linux)
-command -v h2load  >/dev/null 2>&1 || need_apt+=(nghttp2-client)   # h2load, for bench/h2.py
+command -v h2load  >/dev/null 2>&1 || need_apt+=(nghttp2-client)   # h2load, for bench/h2bench.py
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "${BENCH_NO_APT:-0}" = "1" ]; then

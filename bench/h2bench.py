@@ -25,9 +25,9 @@ proxy alone on the proxy CPU with one worker (bench/run.py's layout, Server clas
 accounting). The CPU figures cover only h2load's main phase: the harness samples /proc when h2load
 prints that its main phase starts and ends (h2load's own request counts exclude the warm-up too).
 
-    .venv/bin/python bench/h2.py [--only nginx,envoy,meshgate] [--reps 3] [--duration 10] [--clients 10]
+    .venv/bin/python bench/h2bench.py [--only nginx,envoy,meshgate] [--reps 3] [--duration 10] [--clients 10]
                                  [--streams 10] [--no-tls] [--h1-ref] [--no-docs]
-    .venv/bin/python bench/h2.py --from-json bench/results/h2-<stamp>.json   # only re-render the section
+    .venv/bin/python bench/h2bench.py --from-json bench/results/h2-<stamp>.json   # only re-render the section
 
 Writes bench/results/h2-<stamp>.json and the "HTTP/2" section of docs/benchmarks.md (between the h2
 markers; bench/run.py keeps that section when it regenerates the page). The section is only written
@@ -703,7 +703,7 @@ def main(argv: list[str]) -> int:
         "h2load_version": B._cmd_out(["h2load", "--version"]),
         "h2load_openssl": T.openssl_of(shutil.which("h2load") or "h2load"),
         "results_file": f"h2-{stamp}.json",
-        "command": ".venv/bin/python bench/h2.py" + "".join(" " + a for a in argv if a != "--no-docs")}
+        "command": ".venv/bin/python bench/h2bench.py" + "".join(" " + a for a in argv if a != "--no-docs")}
     nv = B._cmd_out([args.nginx, "-V"])
     mm = re.search(r"running with (OpenSSL [^)]+)\)", nv) or re.search(r"built with (OpenSSL \S+ \S+ \S+ \S+)", nv)
     res["nginx_openssl"] = mm.group(1) if mm else "?"
