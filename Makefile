@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 # The per-request modules, compiled with mypyc when a C compiler is there (src/meshgate/_accel.py);
 # without one, or when a build fails, the same modules run as pure Python.
 ACCEL := $(VENV)/.accel
-HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/http2.py proxy/server.py \
+HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/headcodec.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/http2.py proxy/server.py \
 	shared/dict.py observability/metrics.py plugins/builtin/_auth.py plugins/builtin/_limit_common.py \
 	plugins/builtin/key_auth.py plugins/builtin/limit_count.py plugins/builtin/prometheus.py _accel.py)
+# the native HTTP/1 head codec (Rust + PyO3, built by maturin; the Python one runs without it)
+NATIVE := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
 .PHONY: demo test unit integration e2e bench clean venv peers peers-e2e
 
@@ -24,10 +26,10 @@ $(STAMP): pyproject.toml
 		"opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	@touch $(STAMP)
 
-$(ACCEL): $(STAMP) $(HOT)
-	@echo "compiling the request hot path with mypyc (once per change, about a minute)..."
+$(ACCEL): $(STAMP) $(HOT) $(NATIVE)
+	@echo "compiling the request hot path with mypyc and the native head codec (once per change, about a minute)..."
 	@$(PY) -c 'from meshgate._accel import build; raise SystemExit(build(quiet=True))' >/dev/null || true
-	@$(VENV)/bin/meshgate version | tail -1
+	@$(VENV)/bin/meshgate version | tail -2
 	@touch $(ACCEL)
 
 venv: $(ACCEL)
@@ -44,7 +46,7 @@ peers:
 test: $(ACCEL) peers
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/plugins
 	MESHGATE_PURE=1 $(PY) -m pytest -q -p no:cacheprovider tests/unit/http tests/unit/router \
-		tests/integration/test_fast_path.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py \
+		tests/integration/test_fast_path.py tests/integration/test_codec_fuzz.py tests/integration/test_proxy_basic.py tests/integration/test_bad_input.py \
 		tests/integration/test_http2.py tests/integration/test_grpc.py \
 		tests/unit/shared tests/unit/observability/test_metrics.py tests/plugins/test_key_auth.py \
 		tests/plugins/test_limit_count.py tests/plugins/test_prometheus.py
@@ -68,5 +70,5 @@ bench: $(ACCEL)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info src/meshgate/_accel.json
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/meshgate/_accel.json src/meshgate/proxy/_codec.json
 	find src -name '*.so' -delete

@@ -7,9 +7,15 @@ import (a SHA-256 per source), so the installed package runs compiled.  When myp
 is missing, or the compile fails, the build goes on without them and says so on one line: the
 installed package then runs as pure Python (``meshgate version`` tells which).
 
+The same command builds the native HTTP/1 head codec (the Rust crate in native/, with maturin,
+which pyproject.toml lists among the build requirements) into ``meshgate/proxy/_codec.abi3.so``
+(``_accel.build_native``).  Without cargo, or when that build fails, the build goes on and says so
+on one line: the installed package then runs the Python codec.  Compiled crates are cached under
+``~/.cache/meshgate/cargo-target`` (``CARGO_TARGET_DIR`` overrides it).
+
 An editable install (``pip install -e .``, what ``make`` does) compiles nothing here: ``make``
 compiles in place, and only when a hot-path source changed.  ``MESHGATE_PURE_BUILD=1`` builds a
-pure-Python package on purpose.
+pure-Python package (no mypyc, no native codec) on purpose.
 
 The isolated build environment has mypy but not the runtime dependencies, so the modules are
 type-checked with imports of those treated as untyped (``--ignore-missing-imports`` and the checks
@@ -20,12 +26,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -43,6 +51,15 @@ def hot_modules() -> tuple[str, ...]:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets):
             return tuple(ast.literal_eval(node.value))
     raise RuntimeError("src/meshgate/_accel.py defines no MODULES")
+
+
+def accel_module() -> Any:
+    """src/meshgate/_accel.py, loaded by path (it imports only the standard library)."""
+    spec = importlib.util.spec_from_file_location("meshgate_build_accel", ROOT / "src" / "meshgate" / "_accel.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def notice(why: object) -> None:
@@ -69,6 +86,9 @@ class BuildHotPath(build_ext):
         if os.environ.get("MESHGATE_PURE_BUILD"):
             notice("MESHGATE_PURE_BUILD is set")
             return
+        why = accel_module().build_native(Path(self.build_lib) / "meshgate" / "proxy", quiet=True)
+        if why is not None:
+            print(f"meshgate: built without the native head codec ({why}); the Python codec runs", file=sys.stderr)
         modules = hot_modules()
         try:
             from mypyc.build import mypycify

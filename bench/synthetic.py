@@ -6,7 +6,7 @@ every time (the steady state of ``make bench``).  Prints microseconds per reques
 ``--rounds``.  Use it for before/after comparisons of hot-path changes; ``make bench``
 remains the figure of record.
 
-    .venv/bin/python bench/synthetic.py [--requests 200000] [--rounds 3] [--plugins]
+    .venv/bin/python bench/synthetic.py [--requests 200000] [--rounds 3] [--plugins] [--codec python|native]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from meshgate.model import Resource, Snapshot
 from meshgate.plugins import PluginRegistry
 from meshgate.proxy import ProxyServer, ProxySettings, build_runtime
+from meshgate.proxy import codec
 from meshgate.proxy.http1 import ClientConnection
 
 REQ = (b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:9080\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
@@ -75,11 +76,15 @@ def make_runtime(with_plugins: bool) -> Any:
     return build_runtime(Snapshot(version=1, resources=resources), plugins=reg)
 
 
-def run(n: int, with_plugins: bool) -> float:
+def run(n: int, with_plugins: bool, codec_name: str) -> float:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     rt = make_runtime(with_plugins)
     server = ProxyServer(ProxySettings(keepalive_requests=1 << 62), rt)
+    if codec_name != "auto":
+        c = codec.PYTHON if codec_name == "python" else codec.load_native(ignore_env=True)[0]
+        assert c is not None, codec.load_native(ignore_env=True)[1]
+        server.scan_request, server.scan_response, server.resp_fields = c.scan_request, c.scan_response, c.resp_fields
     client = ClientConnection(server)
     ct = FakeTransport({"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 9080)})
     client.connection_made(ct)  # type: ignore[arg-type]
@@ -115,10 +120,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--plugins", action="store_true", help="key-auth + limit-count + prometheus on the route")
+    ap.add_argument("--codec", choices=("auto", "python", "native"), default="auto",
+                    help="the HTTP/1 head codec (auto: the one a worker picks)")
     args = ap.parse_args()
     from meshgate._accel import status
-    best = min(run(args.requests, args.plugins) for _ in range(args.rounds))
-    print(f"{best:.2f} us/request ({status()})")
+    best = min(run(args.requests, args.plugins, args.codec) for _ in range(args.rounds))
+    name = codec.active().name if args.codec == "auto" else args.codec
+    print(f"{best:.2f} us/request ({status()}; head codec: {name})")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,16 @@ checks them all.  Compiled modules call each other directly (one shared library)
 choice is all or nothing: if any source differs, or any extension is missing, every module
 in the set is imported from its ``.py``.
 
+The native HTTP/1 head codec (Rust, ``native/``, built by maturin into
+``meshgate/proxy/_codec.abi3.so``; proxy/codec.py picks it at import) is built by the same
+:func:`build` and by the package's own build (setup.py, through :func:`build_native`).  Its
+``_codec.json`` records a SHA-256 of the crate's sources; in a source checkout a codec older than
+its sources is not used.
+
 Build: ``python -c 'from meshgate._accel import build; build()'`` (``make`` does it); ``meshgate
 version`` tells which form is running.
+
+This module imports only the standard library: setup.py loads it by path to build.
 """
 
 from __future__ import annotations
@@ -23,12 +31,17 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
-__all__ = ["MODULES", "compiled", "install", "status"]
+__all__ = ["MODULES", "build", "build_native", "compiled", "install", "native_sources_digest", "native_status",
+           "status"]
 
 # the modules every request runs through, leaves first, then the plugins most routes run
 # (key-auth, limit-count, prometheus) and what they use per request
@@ -38,6 +51,7 @@ MODULES = (
     "meshgate.router.radixtree",
     "meshgate.proxy.runtime",
     "meshgate.proxy.common",
+    "meshgate.proxy.headcodec",
     "meshgate.proxy.upstream_conn",
     "meshgate.proxy.exchange",
     "meshgate.proxy.http1",
@@ -54,6 +68,8 @@ MODULES = (
 GROUP = "meshgate._hotpath"            # the shared library: meshgate/_hotpath__mypyc.<suffix>
 _SRC = Path(__file__).resolve().parent.parent    # the directory holding the meshgate package
 MANIFEST = Path(__file__).resolve().with_name("_accel.json")
+CRATE = _SRC.parent / "native"                   # the Rust crate, in a source checkout
+CODEC_SO = "_codec.abi3.so"                     # in meshgate/proxy/, with _codec.json beside it
 
 _state: dict[str, object] = {}
 
@@ -126,7 +142,11 @@ def status() -> str:
 
 
 def build(*, quiet: bool = False) -> int:
-    """Compile MODULES in place; write the manifest only when every extension was built."""
+    """Compile MODULES in place (the manifest is written only when every extension was built),
+    and the native head codec."""
+    why = build_native(_SRC / "meshgate" / "proxy", quiet=quiet)
+    if why is not None:
+        print(f"meshgate: native head codec not built ({why}); the Python codec runs", file=sys.stderr)
     try:
         from mypyc.build import mypycify
         from setuptools import Distribution
@@ -161,3 +181,80 @@ def build(*, quiet: bool = False) -> int:
     MANIFEST.write_text(json.dumps({"python": sys.version,
                                     "modules": {m: _digest(_source(m)) for m in MODULES}}, indent=1))
     return 0
+
+
+def native_sources_digest(crate: Path = CRATE) -> str | None:
+    """One SHA-256 over the crate's sources (None when there is no crate here)."""
+    if not (crate / "Cargo.toml").exists():
+        return None
+    h = hashlib.sha256()
+    for f in sorted([crate / "Cargo.toml", crate / "Cargo.lock", *(crate / "src").rglob("*.rs")]):
+        if f.exists():
+            h.update(f.relative_to(crate).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _cargo_env() -> dict[str, str] | None:
+    """The environment for cargo (rustup's ~/.cargo/bin on PATH, a shared target directory, so
+    that every checkout and every pip build reuses compiled crates); None without cargo."""
+    env = dict(os.environ)
+    home_bin = Path.home() / ".cargo" / "bin"
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", ""), str(home_bin)])
+    if shutil.which("cargo", path=env["PATH"]) is None:
+        return None
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    env.setdefault("CARGO_TARGET_DIR", str(cache / "meshgate" / "cargo-target"))
+    return env
+
+
+def build_native(dest: Path, *, quiet: bool = False) -> str | None:
+    """Build the native head codec with maturin into ``dest`` (a ``meshgate/proxy`` directory).
+    None when built; else why not (the Python codec then runs)."""
+    digest = native_sources_digest()
+    if digest is None:
+        return "no native/ crate in this source tree"
+    env = _cargo_env()
+    if env is None:
+        return "cargo (Rust) not found"
+    so = dest / CODEC_SO
+    stamp = dest / "_codec.json"
+    so.unlink(missing_ok=True)
+    stamp.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="meshgate-codec-") as out:
+        cmd = [sys.executable, "-m", "maturin", "build", "--release", "--locked", "-m", str(CRATE / "Cargo.toml"),
+               "-i", sys.executable, "-o", out]
+        try:
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"maturin could not run ({e})"
+        if r.returncode != 0:
+            lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+            last = lines[-1].strip() if lines else ""
+            if "No module named maturin" in r.stderr:
+                return "maturin is not installed"
+            return f"maturin failed: {last[:160]}"
+        if not quiet:
+            sys.stderr.write(r.stderr)
+        wheels = list(Path(out).glob("*.whl"))
+        if len(wheels) != 1:
+            return "maturin built no wheel"
+        with zipfile.ZipFile(wheels[0]) as z:
+            names = [n for n in z.namelist() if n.rsplit("/", 1)[-1].startswith("_codec") and n.endswith(".so")]
+            if len(names) != 1:
+                return "the wheel maturin built holds no _codec extension"
+            dest.mkdir(parents=True, exist_ok=True)
+            so.write_bytes(z.read(names[0]))
+    stamp.write_text(json.dumps({"sources": digest}, indent=1))
+    return None
+
+
+def native_status(proxy_dir: Path) -> str | None:
+    """None when the codec in ``proxy_dir`` may be used; else why not (stale in a checkout)."""
+    try:
+        built = json.loads((proxy_dir / "_codec.json").read_text()).get("sources")
+    except (OSError, ValueError):
+        return "not built"
+    now = native_sources_digest()
+    if now is not None and now != built:
+        return "native/ changed since the build; rebuild (make)"
+    return None

@@ -4,6 +4,9 @@
 else; ``UpstreamConnection._lite_response`` takes a read that is one complete response with
 Content-Length.  Everything else goes through the llhttp parser with per-field callbacks.
 
+Both head codecs (proxy/codec.py: the native one and the Python reference) run every test here
+(the ``codec`` fixture); a status answered by the codec itself must be the full path's.
+
 This is a differential test, in process, with recording transports: every request of the
 bad-input table and a corpus of valid requests and responses is handled twice, once in a
 single read (the fast path, when it applies) and once split after the request line / status
@@ -24,11 +27,29 @@ from test_bad_input import PATHS, REJECT
 from meshgate.config.store import ConfigStore
 from meshgate.plugins import PluginRegistry
 from meshgate.proxy import ProxyServer, ProxySettings
+from meshgate.proxy import codec as head_codec
 from meshgate.proxy.http1 import ClientConnection
 from meshgate.proxy.upstream_conn import UpstreamConnection
 from meshgate.proxy.runtime import build_runtime
 
 UP_PORT = 19999
+CODECS: dict[str, head_codec.Codec | None] = {"python": head_codec.PYTHON, "native": head_codec.load_native(ignore_env=True)[0]}
+_use: list[head_codec.Codec] = [head_codec.PYTHON]
+
+
+@pytest.fixture(autouse=True, params=list(CODECS))
+def codec(request: pytest.FixtureRequest) -> Any:
+    """Every test runs once per head codec (the native one when it was built)."""
+    c = CODECS[request.param]
+    if c is None:
+        pytest.skip(f"native head codec not built: {head_codec.load_native(ignore_env=True)[1]}")
+    _use[0] = c
+    yield c
+    _use[0] = head_codec.PYTHON
+
+
+def use_codec(server: ProxyServer, c: head_codec.Codec) -> None:
+    server.scan_request, server.scan_response, server.resp_fields = c.scan_request, c.scan_response, c.resp_fields
 
 
 class Transport:
@@ -75,6 +96,7 @@ class Run:
         reg.load_builtin()
         rt = build_runtime(store.snapshot, plugins=reg)
         self.server = ProxyServer(settings or ProxySettings(), rt)
+        use_codec(self.server, _use[0])
         up = rt.upstreams["routes/1"]
         self.upconn = UpstreamConnection(self.server, (up.key, "127.0.0.1", UP_PORT, "http"))
         self.up_t = Transport({})

@@ -64,3 +64,34 @@ def test_pure_process_imports_every_hot_module_from_source() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"MESHGATE_PURE": "1", "PATH": "/usr/bin:/bin"}).stdout.split()
     assert len(out) == len(_accel.MODULES) and all(f.endswith(".py") for f in out), out
+
+
+# --- the native head codec ------------------------------------------------------------------------
+
+PROXY_DIR = Path(_accel.__file__).resolve().parent / "proxy"
+
+
+def test_native_codec_is_built_where_cargo_is() -> None:
+    """make builds the Rust codec whenever cargo is there: a silent fall back would hide a broken build."""
+    if _accel._cargo_env() is None:
+        pytest.skip("no cargo on this machine: the Python codec runs")
+    assert _accel.native_status(PROXY_DIR) is None
+    from meshgate.proxy import codec
+    native, why = codec.load_native(ignore_env=True)
+    assert native is not None, why
+    assert native.name.startswith("native (Rust")
+
+
+def test_changed_crate_sources_mean_the_python_codec(tmp_path: Path) -> None:
+    (tmp_path / "_codec.json").write_text(json.dumps({"sources": "0" * 64}))
+    assert "rebuild" in (_accel.native_status(tmp_path) or "")
+    assert _accel.native_status(tmp_path / "nowhere") == "not built"
+    (tmp_path / "_codec.json").write_text(json.dumps({"sources": _accel.native_sources_digest()}))
+    assert _accel.native_status(tmp_path) is None
+
+
+def test_pure_forces_the_python_codec() -> None:
+    out = subprocess.run([sys.executable, "-m", "meshgate", "version"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "MESHGATE_PURE": "1"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "head codec: python (MESHGATE_PURE is set)" in out.stdout

@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.print_help()
         return 2
     if args.cmd == "version":
-        print(f"meshgate {__version__}\nhot path: {_accel.status()}")
+        from ..proxy import codec
+        print(f"meshgate {__version__}\nhot path: {_accel.status()}\n"
+              f"head codec: {codec.NAME}{f' ({codec.WHY_NOT})' if codec.NATIVE is None else ''}")
         return 0
     if args.cmd == "validate":
         from .validate import validate

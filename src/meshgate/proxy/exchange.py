@@ -22,7 +22,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import re
 import time
 from urllib.parse import urlencode
 from typing import TYPE_CHECKING, Any, Callable, Final, Protocol, Sequence
@@ -31,6 +30,7 @@ from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..upstream import Node
+from . import headcodec
 from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, error_body
 from .upstream_conn import UpstreamConnection
 
@@ -55,10 +55,6 @@ _DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b
 # Headers a client must not be able to strip by naming them in Connection (hardening case 38).
 _PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
 # Response fields handled on the raw head (each field is "\r\nName: value").
-_RESP_DROP_RE = re.compile(
-    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade|proxy-authenticate"
-    rb"|http2-settings|server|date|content-length)[ \t]*:[^\r]*", re.I)
-_PLAIN_CONN = frozenset({b"keep-alive", b"close"})   # Connection values that name no other field
 
 _TEXT = b"text/plain"            # nginx default_type: what APISIX's local answers carry
 # never taken from a plugin's answer headers: framing is the codec's
@@ -1117,11 +1113,11 @@ class Exchange:
         self._resp_headers = value
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
-                     complete: bool = False, lower: bytes | None = None) -> None:
-        """``head`` is the upstream's status line and fields exactly as llhttp validated them
+                     complete: bool = False, split: tuple[bytes, bytes] | None = None) -> None:
+        """``head`` is the upstream's status line and fields exactly as the codec validated them
         (each field line ends with CRLF; the blank line is not included).  ``complete``: the
-        whole response is in hand (no read deadline to extend); ``lower``: ``head.lower()``
-        when the caller has it already."""
+        whole response is in hand (no read deadline to extend); ``split``: the head codec's
+        ``resp_fields(head)`` when the caller has it already."""
         req = self.req
         route = self.route
         if route is not None and route.mesh is not None and self._mesh_retry_status(conn, status):
@@ -1134,20 +1130,11 @@ class Exchange:
             if up.passive and self.node is not None:
                 self._report(self.node, "http", status)
         self.resp_status = status
-        sl = head.find(b"\r\n")
-        status_line = head[:sl]
-        # Each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass.
-        fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
-        lh = head.lower() if lower is None else lower
-        i = lh.find(b"\r\nconnection:", sl)   # llhttp refuses whitespace before the colon
-        if i >= 0:
-            value = lh[i + 13:lh.find(b"\r\n", i + 13)].strip(b" \t")
-            if value not in _PLAIN_CONN:
-                # Fields named by Connection are hop-by-hop too (RFC 9110 7.6.1).
-                names = [re.escape(n) for n in (t.strip(b" \t") for t in value.split(b","))
-                         if n and n not in (b"close", b"keep-alive", b"upgrade")]
-                if names:
-                    fields = re.sub(rb"\r\n(?:" + b"|".join(names) + rb")[ \t]*:[^\r]*", b"", fields, flags=re.I)
+        if split is None:
+            split = self.server.resp_fields(head)
+            if split is None:   # the native codec leaves odd heads to the Python one
+                split = headcodec.resp_fields(head)
+        status_line, fields = split
         self._resp_fields = fields
         chain = self.chain
         gchain = self.gchain
@@ -1156,7 +1143,7 @@ class Exchange:
             self.resp_len = cl
             ops = self.resp_ops
             if ops is not None:
-                if not self._has_phase("header_filter") and _appendable(ops, lh):
+                if not self._has_phase("header_filter") and _appendable(ops, head.lower()):
                     # headers the upstream did not send, and nobody looks at the list: append
                     # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
                     fields = self._resp_fields = fields + b"".join(

@@ -33,7 +33,7 @@ import httptools
 from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
-                     ProxySettings, date_server_lines, error_body, validated)
+                     ProxySettings, date_server_lines, error_body)
 from .exchange import Exchange
 from .tls import TLSConnection, tls_connection
 
@@ -61,7 +61,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
-                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "lite", "tls",
+                 "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "tls",
                  "handle", "orig_dst", "server_name", "sniff", "early")
 
     def __init__(self, server: ProxyServer) -> None:
@@ -107,7 +107,6 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_drop = False
         self.special = server.req_special
         self.real_ip_xff = server.real_ip_xff
-        self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_request)
         self.tls: TLSConnection | None = None   # the TLS identity of an https connection
         self.handle: Any = None     # mesh: the filter chain's handle (proxy/mesh.ChainHandle)
         self.orig_dst: tuple[str, int] | None = None   # mesh: the destination before capture
@@ -203,7 +202,7 @@ class ClientConnection(asyncio.Protocol):
             if not data:
                 return
         if (self.new_message and self.state == S_IDLE and self.active is None and data[-4:] == b"\r\n\r\n"
-                and data.find(b"\r\n\r\n") == len(data) - 4 and self._lite_request(data)):
+                and self._lite_request(data)):
             return
         if self.sniff:
             # HTTP/2 with prior knowledge (nginx "http2 on" on a plaintext listener)
@@ -277,43 +276,29 @@ class ClientConnection(asyncio.Protocol):
     def _lite_request(self, data: bytes) -> bool:
         """Fast path for the common request: one complete head, no body, nothing else.
 
-        The read is validated by a llhttp parser that has no per-field callbacks, and the
-        few fields that matter are found on the raw bytes.  Anything this path does not
-        handle itself (framing or hop-by-hop fields, forwarding headers, Expect, a missing
-        or repeated Host, absolute-form targets, HTTP/1.0, limits) returns False before any
-        state changed, and the read goes through the full parser, which answers exactly as
-        it would have: the fast path accepts a subset of what the full path accepts and
-        treats it identically (tests/integration/test_fast_path.py runs every case on both).
+        The head codec (proxy/codec.py: native, or the Python reference) validates the read in
+        one call and returns the few fields that matter.  Anything this path does not handle
+        itself (framing or hop-by-hop fields, forwarding headers, Expect, a missing or repeated
+        Host, absolute-form targets, HTTP/1.0, limits) returns False before any state changed,
+        and the read goes through the full parser, which answers exactly as it would have: the
+        fast path accepts a subset of what the full path accepts and treats it identically.  A
+        status from the codec is the full path's answer to a head that breaks the grammar
+        (tests/integration/test_fast_path.py and test_codec_fuzz.py run every case both ways).
         """
-        if len(data) > LITE_MAX:
+        server = self.server
+        r = server.scan_request(data, server.real_ip_extra)
+        if type(r) is int:
+            if r:
+                server.codec_rejects += 1
+                self.protocol_error(r, "http1.codec_error: bad request head")
+                return True
             return False
-        ld = data.lower()
-        if self.server.lite_skip.search(ld) is not None:
-            return False
-        hs = ld.find(b"\r\nhost:")
-        if hs < 0 or ld.find(b"\r\nhost:", hs + 7) >= 0:
-            return False
-        he = data.find(b"\r\n", hs + 7)
-        sp = data.find(b" ")
-        eol = data.find(b"\r\n")
-        method = _LITE_METHODS.get(data[:sp])
-        if method is None or data[eol - 9:eol] != b" HTTP/1.1" or data[sp + 1:sp + 2] != b"/":
-            return False
-        target = data[sp + 1:eol - 9]
-        if data.count(b"\r\n") > MAX_HEADERS + 2:
-            return False
-        self.lite = validated(self.lite, httptools.HttpRequestParser, data)
-        if self.lite is None:
-            return False
-        http_host = data[hs + 7:he].strip(b" \t").decode("latin-1")
-        if not http_host:
-            return False
+        method, target, http_host, fields, fwd_fields = r
         try:
             t = parse_target(target)
             host = parse_host(http_host)
         except ProtocolError:
             return False
-        server = self.server
         req = Request()
         req.method = method
         req.target = target
@@ -322,9 +307,8 @@ class ClientConnection(asyncio.Protocol):
         req.query = t.query
         req.http_host = http_host
         req.host = host
-        req.fields = data[eol:-4]
-        # what goes upstream as is: every field but Host (the only one of _DROP_REQ here)
-        req.fwd_fields = data[eol:hs] + data[he:-4]
+        req.fields = fields
+        req.fwd_fields = fwd_fields   # what goes upstream as is: every field but Host
         self._stamp(req)
         req.start_time = now = server.loop.time()
         self.requests += 1
@@ -742,29 +726,21 @@ def identity_header(req: Request, kind: int, name: bytes, value: bytes, trusted:
 
 _REAL_IP_CACHE: dict[bytes, str | None] = {}
 
-# Fast path (ClientConnection._lite_request): requests naming any of these fields take the
-# full path.  Each field starts with CRLF in the raw head, so a search cannot hit a value.
-LITE_MAX = 4096
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_LITE_SKIP_RE = re.compile(
-    rb"\r\n(?:(?:content-length|transfer-encoding|upgrade|expect|connection|keep-alive|proxy-connection|te"
-    rb"|trailer|http2-settings|proxy-authenticate|x-real-ip|forwarded|x-userinfo|x-id-token|x-access-token"
-    rb"|x-credential-identifier)[ \t]*:|x-forwarded-|x-envoy-|x-apisix-|x-consumer-)")  # on the lower-cased head
-_LITE_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-def header_tables(real_ip_header: str) -> tuple[dict[bytes, int], Any]:
-    """The special-header table and the fast path's skip pattern for a worker whose
-    ``nginx_config.http.real_ip_header`` is ``real_ip_header`` (nginx: X-Real-IP by default;
-    X-Forwarded-For takes the last address of the chain, as nginx's realip does)."""
+def header_tables(real_ip_header: str) -> tuple[dict[bytes, int], bytes]:
+    """The special-header table for a worker whose ``nginx_config.http.real_ip_header`` is
+    ``real_ip_header`` (nginx: X-Real-IP by default; X-Forwarded-For takes the last address of
+    the chain, as nginx's realip does), and the field name the head codec must leave to the full
+    path besides its own list (``extra`` of headcodec.scan_request; empty when none)."""
     name = real_ip_header.strip().lower().encode("latin-1")
     if name in (b"", b"x-real-ip"):
-        return _REQ_SPECIAL, _LITE_SKIP_RE
+        return _REQ_SPECIAL, b""
     table = dict(_REQ_SPECIAL)
     if name != b"x-forwarded-for" and name not in table:
         table[name] = H_REAL_IP
-    skip = re.compile(_LITE_SKIP_RE.pattern[:-1] + rb"|" + re.escape(name) + rb"[ \t]*:)")
-    return table, skip
+    return table, name
 
 
 def real_ip(value: bytes) -> str | None:

@@ -15,6 +15,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from . import codec
 from .common import S_IDLE, ProxySettings, ip_in
 from .http1 import ClientConnection, header_tables
 from .upstream_conn import Pool
@@ -49,7 +50,12 @@ class ProxyServer:
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
         # nginx_config.http.real_ip_header decides which request field carries the real IP
-        self.req_special, self.lite_skip = header_tables(settings.real_ip_header)
+        self.req_special, self.real_ip_extra = header_tables(settings.real_ip_header)
+        # the HTTP/1 head codec of the fast paths (native when built; proxy/codec.py)
+        c = codec.active()
+        self.scan_request: Callable[[bytes, bytes], Any] = c.scan_request
+        self.scan_response: Callable[[bytes], Any] = c.scan_response
+        self.resp_fields: Callable[[bytes], Any] = c.resp_fields
         self.real_ip_xff = settings.real_ip_header.strip().lower() == "x-forwarded-for"
         self.connections: set[ClientSide] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
@@ -64,6 +70,7 @@ class ProxyServer:
         self.requests_total = 0
         self.fast_requests = 0     # requests / responses handled by the fast paths (_lite_*)
         self.fast_responses = 0
+        self.codec_rejects = 0     # request heads the codec answered with an error status itself
         self.access_log_on = access_log.isEnabledFor(logging.INFO)
         self.breakers: Any = None   # mesh: the circuit breakers' shared counts (proxy/breaker.py)
 

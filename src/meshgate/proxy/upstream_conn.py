@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import httptools
 
-from .common import P_UPSTREAM, validated
+from .common import P_UPSTREAM
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -96,7 +96,7 @@ class Pool:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
                  "bytes_in", "status", "hbuf", "hpos", "got_headers", "until_close", "tunnel",
-                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "lite", "h2")
+                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "h2")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
         self.server = server
@@ -122,7 +122,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = False
         self._ka = True
         self.release = 0   # >0: return to the pool (of that size) once the current read is parsed
-        self.lite: Any = None   # callback-less llhttp parser of the fast path (see _lite_response)
         # one stream of an HTTP/2 upstream connection (upstream_h2.py): ``transport`` is the
         # stream, fed the request head as the exchange builds it, the body as it comes, EOF
         self.h2 = False
@@ -224,38 +223,22 @@ class UpstreamConnection(asyncio.Protocol):
     def _lite_response(self, ex: Exchange, data: bytes) -> bool:
         """Fast path: the read is exactly one complete HTTP/1.1 response with Content-Length.
 
-        Validated by a callback-less llhttp parser; anything else (chunked, interim or
-        body-less statuses, partial or extra bytes, invalid bytes) returns False before any
-        state changed and goes through the full parser, which answers as it always does."""
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or data[:9] != b"HTTP/1.1 " or end > MAX_RESP_HEAD:
+        Validated in one call by the head codec (proxy/codec.py); anything else (chunked,
+        interim or body-less statuses, partial or extra bytes, invalid bytes) returns False
+        before any state changed and goes through the full parser, which answers as it always
+        does."""
+        server = self.server
+        r = server.scan_response(data)
+        if type(r) is int:
             return False
-        code = data[9:12]
-        if not code.isdigit() or data[12:13] not in (b" ", b"\r"):
-            return False
-        status = int(code)
-        if status < 200 or status == 204 or status == 304:
-            return False
-        head = data[:end + 2]
-        lh = head.lower()
-        i = lh.find(b"\r\ncontent-length:")
-        if i < 0 or b"\r\ntransfer-encoding" in lh:
-            return False
-        i += 17
-        cl = lh[i:lh.find(b"\r\n", i)].strip(b" \t")
-        if not cl.isdigit() or len(data) != end + 4 + int(cl):
-            return False
-        self.lite = validated(self.lite, httptools.HttpResponseParser, data)
-        if self.lite is None:
-            return False
+        status, cl, keep, head, status_line, fields = r
         self.bytes_in += len(data)
         self.status = status
-        self.server.fast_responses += 1
-        i = lh.find(b"\r\nconnection:")
-        self._ka = i < 0 or b"close" not in lh[i:lh.find(b"\r\n", i + 13)]
-        ex.on_resp_head(self, status, head, len(data) - end - 4, False, complete=True, lower=lh)
-        if len(data) > end + 4:
-            ex.on_resp_body(data[end + 4:])
+        server.fast_responses += 1
+        self._ka = keep
+        ex.on_resp_head(self, status, head, cl, False, complete=True, split=(status_line, fields))
+        if cl:
+            ex.on_resp_body(data[len(head) + 2:])
         ex.on_resp_complete(self)
         return True
 

@@ -1,0 +1,61 @@
+"""Which HTTP/1 head codec runs: the native one (Rust, ``meshgate.proxy._codec``, built from
+``native/``) when it was built and imports, else the Python reference (``headcodec.py``).
+
+``MESHGATE_PURE=1`` forces the Python one (as it forces the pure-Python hot path).  Both have the
+interface ``headcodec.py`` documents; ``meshgate version`` prints ``NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import _accel
+from . import headcodec
+
+__all__ = ["NAME", "NATIVE", "PYTHON", "WHY_NOT", "Codec", "active", "load_native"]
+
+
+class Codec:
+    """One implementation of the head codec's three calls."""
+
+    __slots__ = ("name", "scan_request", "scan_response", "resp_fields")
+
+    def __init__(self, name: str, scan_request: Callable[[bytes, bytes], Any], scan_response: Callable[[bytes], Any],
+                 resp_fields: Callable[[bytes], Any]) -> None:
+        self.name = name
+        self.scan_request = scan_request
+        self.scan_response = scan_response
+        self.resp_fields = resp_fields
+
+
+PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headcodec.resp_fields)
+
+
+def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
+    """The native codec, or None and why not (``ignore_env``: even under MESHGATE_PURE, for the
+    tests that hold the two codecs to the same answers)."""
+    if os.environ.get("MESHGATE_PURE") and not ignore_env:
+        return None, "MESHGATE_PURE is set"
+    why = _accel.native_status(Path(__file__).resolve().parent)
+    if why is not None:
+        return None, why
+    try:
+        from . import _codec  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, f"not built ({e})"
+    if tuple(_codec.SKIP_NAMES) != headcodec.SKIP_NAMES or tuple(_codec.SKIP_PREFIXES) != headcodec.SKIP_PREFIXES \
+            or tuple(_codec.RESP_DROP) != headcodec.RESP_DROP or _codec.LITE_MAX != headcodec.LITE_MAX:
+        return None, "stale build (its field tables differ from headcodec.py)"
+    return Codec(f"native (Rust {_codec.VERSION})", _codec.scan_request, _codec.scan_response,
+                 _codec.resp_fields), ""
+
+
+NATIVE, WHY_NOT = load_native()
+NAME = NATIVE.name if NATIVE is not None else "python"
+
+
+def active() -> Codec:
+    """The codec a worker uses."""
+    return NATIVE if NATIVE is not None else PYTHON
