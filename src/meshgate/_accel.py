@@ -195,10 +195,10 @@ def native_sources_digest(crate: Path = CRATE) -> str | None:
 
 
 def _cargo_env() -> dict[str, str] | None:
-    """The environment for cargo (rustup's ~/.cargo/bin on PATH, a shared target directory, so
+    """The environment for cargo (rustup's $CARGO_HOME/bin on PATH, a shared target directory, so
     that every checkout and every pip build reuses compiled crates); None without cargo."""
     env = dict(os.environ)
-    home_bin = Path.home() / ".cargo" / "bin"
+    home_bin = Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo") / "bin"
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", ""), str(home_bin)])
     if shutil.which("cargo", path=env["PATH"]) is None:
         return None

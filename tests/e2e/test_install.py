@@ -1,5 +1,6 @@
 """``pip install .`` as a user of a package index would do it: the package's own build gives the
-compiled hot path (setup.py), and falls back to pure Python, saying so, without a C compiler.
+compiled hot path and the native head codec (setup.py), and falls back to pure Python and the
+Python codec, saying so, without a C compiler and without Rust.
 
 Each case builds a wheel from this checkout (``pip wheel --no-deps``: build isolation, mypy fetched
 into the build environment as pyproject.toml asks), installs it into a fresh venv (dependencies from
@@ -82,13 +83,19 @@ def test_pip_install_gives_the_compiled_hot_path(tmp_path: Path) -> None:
     assert "built without the compiled hot path" not in out
     v = subprocess.run([str(bin_dir / "meshgate"), "version"], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and "hot path: compiled (" in v.stdout, v.stdout + v.stderr
+    assert "head codec: native (Rust " in v.stdout, v.stdout
     serves(bin_dir, tmp_path)
 
 
-def test_without_a_c_compiler_the_package_runs_as_pure_python(tmp_path: Path) -> None:
-    bin_dir, out = build_and_install(tmp_path, {"CC": "/bin/false"})
+def test_without_a_c_compiler_and_rust_the_package_runs_as_pure_python(tmp_path: Path) -> None:
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "cargo").exists())
+    bin_dir, out = build_and_install(tmp_path, {"CC": "/bin/false", "PATH": path, "CARGO_HOME": str(tmp_path / "none")})
     notices = [line for line in out.splitlines() if "meshgate: built without the compiled hot path" in line]
     assert len(notices) == 1 and "the C compiler failed: /bin/false exited 1" in notices[0], out[-2000:]
+    notices = [line.strip() for line in out.splitlines() if "meshgate: built without the native head codec" in line]
+    assert notices == ["meshgate: built without the native head codec (cargo (Rust) not found); the Python codec runs"], \
+        out[-2000:]
     v = subprocess.run([str(bin_dir / "meshgate"), "version"], capture_output=True, text=True, timeout=60)
     assert v.returncode == 0 and "hot path: pure Python (not built" in v.stdout, v.stdout
+    assert "head codec: python (not built)" in v.stdout, v.stdout
     serves(bin_dir, tmp_path)
