@@ -74,8 +74,11 @@ TARGETS: dict[str, tuple[str, str]] = {
     "meshgate": ("meshgate", "/"),
     "meshgate-10k": ("meshgate10k", "/"),             # exact-table miss, then the /* prefix route
     "meshgate-10k-exact": ("meshgate10k", "/r/5000"),  # hits one of the 9,999 exact routes
+    "meshgate-pip": ("meshgatepip", "/"),             # installed by `pip install .` into a fresh venv
+    "meshgate-pure": ("meshgatepure", "/"),           # MESHGATE_PURE=1: pure Python, the Python head codec
 }
-MESHGATE_SERVERS = {"meshgate", "meshgate10k"}
+MESHGATE_SERVERS = {"meshgate", "meshgate10k", "meshgatepip", "meshgatepure"}
+PIP_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "meshgate" / "bench-pip-venv"
 N_ROUTES_10K = 10_000
 
 WRK_LUA = r"""
@@ -337,8 +340,8 @@ class Server:
     """One server under test (or the upstream), started in its own process group, pinned by taskset."""
 
     def __init__(self, name: str, argv: list[str], port: int, cpu: str, workdir: Path,
-                 ready_path: str = "/") -> None:
-        self.name, self.argv, self.port, self.cpu = name, argv, port, cpu
+                 ready_path: str = "/", env: dict[str, str] | None = None) -> None:
+        self.name, self.argv, self.port, self.cpu, self.env = name, argv, port, cpu, env
         self.workdir, self.ready_path = workdir, ready_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{name}.out"
@@ -355,6 +358,7 @@ class Server:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=self.workdir,
+                                     env=None if self.env is None else {**os.environ, **self.env},
                                      start_new_session=True, preexec_fn=_child_setup)
         if WATCH is not None:
             WATCH.register(self.proc.pid)
@@ -712,8 +716,10 @@ def environment(args: argparse.Namespace, envoy_bin: str | None) -> dict[str, An
     probe = ("import json, sys, importlib.metadata as m\n"
              "def v(n):\n    try: return m.version(n)\n    except Exception: return None\n"
              "try:\n    from meshgate import _accel\n    hp = _accel.status()\nexcept Exception:\n    hp = None\n"
+             "try:\n    from meshgate.proxy import codec\n    hc = codec.NAME\nexcept Exception:\n    hc = None\n"
              "print(json.dumps({'python': sys.version.split()[0], 'uvloop': v('uvloop'),"
-             " 'httptools': v('httptools'), 'meshgate': v('meshgate'), 'hot_path': hp}))")
+             " 'httptools': v('httptools'), 'meshgate': v('meshgate'), 'hot_path': hp,"
+             " 'head_codec': hc}))")
     try:
         p = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=20)
         env.update({f"meshgate_env_{k}" if k == "python" else k: v
@@ -965,6 +971,7 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
         ("uvloop / httptools", f"{env.get('uvloop')} / {env.get('httptools')}"),
         ("Meshgate", f"{env.get('meshgate')} at commit {env.get('meshgate_commit')}"),
         ("Meshgate hot path", env.get("hot_path") or "–"),
+        ("Meshgate head codec", env.get("head_codec") or "–"),
     ]
     for k, v in items:
         L.append(f"| {k} | {v} |")
@@ -984,6 +991,9 @@ def render_markdown(res: dict[str, Any], png_rel: str | None) -> str:
              "one route `/*`;")
     L.append(f"  - meshgate-10k: same with {N_ROUTES_10K:,} routes ({N_ROUTES_10K - 1:,} exact `/r/<i>` + `/*`), "
              "loaded at `/` (exact-table miss, prefix hit); meshgate-10k-exact loads `/r/5000`.")
+    L.append("  - meshgate-pip: the same, installed by `pip install .` into a fresh venv (the package's own build: "
+             "mypyc and the native head codec); meshgate-pure: the make build with `MESHGATE_PURE=1` (pure Python, "
+             "the Python head codec).")
     L.append("- CPU µs/req = Δ(utime+stime) of the proxy's whole process tree ÷ requests (\"of which kernel\": the "
              "stime part: syscalls, and loopback TCP delivery, which runs in the sender's context); "
              "util = CPU-s ÷ wall-s; "
@@ -1303,6 +1313,27 @@ def main(argv: list[str]) -> int:
         WATCH = None
 
 
+def pip_installed_meshgate() -> str:
+    """Meshgate as `pip install .` gives it (the package's own build: mypyc and the native codec),
+    in a venv of its own under ~/.cache/meshgate, rebuilt when the checkout's commit changed."""
+    head = _cmd_out(["git", "-C", str(ROOT), "rev-parse", "HEAD"]).strip()
+    exe = PIP_VENV / "bin" / "meshgate"
+    stamp = PIP_VENV / ".commit"
+    if exe.exists() and stamp.exists() and stamp.read_text() == head and not _cmd_out(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "native", "setup.py", "pyproject.toml"]):
+        return str(exe)
+    log(f"pip install . into {PIP_VENV} (once per commit, a few minutes)")
+    shutil.rmtree(PIP_VENV, ignore_errors=True)
+    for d in (ROOT / "build").glob("*"):   # a clean build directory, as a fresh clone has
+        if d.name.startswith(("lib.", "temp.", "bdist.")):
+            shutil.rmtree(d, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(PIP_VENV)], check=True, timeout=300)
+    subprocess.run([str(PIP_VENV / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, timeout=1800)
+    stamp.write_text(head)
+    log("  " + _cmd_out([str(exe), "version"]).replace("\n", "; "))
+    return str(exe)
+
+
 def _main(args: argparse.Namespace, argv: list[str]) -> int:
     venv_python = meshgate_python(args.meshgate)
     envoy_bin = find_envoy(args.envoy, venv_python)
@@ -1365,8 +1396,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> int:
                 d = tmp / name
                 n = N_ROUTES_10K if name == "meshgate10k" else 1
                 meshgate_files(d, port, ports["upstream"], n, free_port(taken))
-                servers[name] = Server(name, [args.meshgate, "run", "-c", str(d / "config.yaml")],
-                                       port, args.proxy_cpu, d)
+                exe = args.meshgate
+                if name == "meshgatepip":
+                    exe = pip_installed_meshgate()
+                servers[name] = Server(name, [exe, "run", "-c", str(d / "config.yaml")], port, args.proxy_cpu, d,
+                                       env={"MESHGATE_PURE": "1"} if name == "meshgatepure" else None)
         # ---- start them, one at a time
         for name in needed:
             srv = servers[name]
