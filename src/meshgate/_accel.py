@@ -221,8 +221,12 @@ def build_native(dest: Path, *, quiet: bool = False) -> str | None:
     so.unlink(missing_ok=True)
     stamp.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="meshgate-codec-") as out:
-        cmd = [sys.executable, "-m", "maturin", "build", "--release", "--locked", "-m", str(CRATE / "Cargo.toml"),
-               "-i", sys.executable, "-o", out]
+        # pip's isolated build environment puts its scripts (maturin's among them) on PATH
+        maturin = shutil.which("maturin", path=env["PATH"])
+        if maturin is None:
+            return "maturin is not installed"
+        cmd = [maturin, "build", "--release", "--locked", "-m", str(CRATE / "Cargo.toml"), "-i", sys.executable,
+               "-o", out]
         try:
             r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -230,8 +234,6 @@ def build_native(dest: Path, *, quiet: bool = False) -> str | None:
         if r.returncode != 0:
             lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
             last = lines[-1].strip() if lines else ""
-            if "No module named maturin" in r.stderr:
-                return "maturin is not installed"
             return f"maturin failed: {last[:160]}"
         if not quiet:
             sys.stderr.write(r.stderr)

@@ -32,12 +32,14 @@ def build_and_install(tmp: Path, env: dict[str, str] | None = None) -> tuple[Pat
     for d in (ROOT / "build").glob("*"):
         if d.name.startswith(("lib.", "temp.", "bdist.")):
             shutil.rmtree(d, ignore_errors=True)
-    b = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
-    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
-    (wheel,) = wheels.glob("meshgate-*.whl")
+    # the fresh venv's own pip builds the wheel: nothing of the project's venv (mypy, maturin) can help
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "maturin").exists())
+    b = subprocess.run([str(venv / "bin" / "pip"), "wheel", "-v", "--no-deps", "-w", str(wheels), str(ROOT)],
+                       capture_output=True, text=True, timeout=900, env={**os.environ, "PATH": path, **(env or {})})
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    (wheel,) = wheels.glob("meshgate-*.whl")
     i = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], capture_output=True, text=True,
                        timeout=600)
     assert i.returncode == 0, i.stdout[-3000:] + i.stderr[-3000:]
