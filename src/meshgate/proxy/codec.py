@@ -1,8 +1,10 @@
 """Which HTTP/1 head codec runs: the native one (Rust, ``meshgate.proxy._codec``, built from
 ``native/``) when it was built and imports, else the Python reference (``headcodec.py``).
 
-``MESHGATE_PURE=1`` forces the Python one (as it forces the pure-Python hot path).  Both have the
-interface ``headcodec.py`` documents; ``meshgate version`` prints ``NAME``.
+``MESHGATE_PURE=1`` forces the Python one (as it forces the pure-Python hot path);
+``MESHGATE_CODEC=python`` forces only the codec (to compare the two with the same compiled hot path:
+bench/profile.py, bench/synthetic.py).  Both have the interface ``headcodec.py`` documents;
+``meshgate version`` prints ``NAME``.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headco
 def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
     """The native codec, or None and why not (``ignore_env``: even under MESHGATE_PURE, for the
     tests that hold the two codecs to the same answers)."""
-    if os.environ.get("MESHGATE_PURE") and not ignore_env:
-        return None, "MESHGATE_PURE is set"
+    if not ignore_env:
+        if os.environ.get("MESHGATE_PURE"):
+            return None, "MESHGATE_PURE is set"
+        if os.environ.get("MESHGATE_CODEC", "native") == "python":
+            return None, "MESHGATE_CODEC=python"
     why = _accel.native_status(Path(__file__).resolve().parent)
     if why is not None:
         return None, why
