@@ -3,7 +3,7 @@
 
 ``MESHGATE_PURE=1`` forces the Python one (as it forces the pure-Python hot path);
 ``MESHGATE_CODEC=python`` forces only the codec (to compare the two with the same compiled hot path:
-bench/profile.py, bench/synthetic.py).  Both have the interface ``headcodec.py`` documents;
+bench/perfprofile.py, bench/synthetic.py).  Both have the interface ``headcodec.py`` documents;
 ``meshgate version`` prints ``NAME``.
 """
 

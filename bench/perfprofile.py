@@ -12,7 +12,7 @@ variant runs in turn with the same upstream and load:
   is what every build ran before the native codec);
 * ``pure``: ``MESHGATE_PURE=1`` (no compiled module at all).
 
-    .venv/bin/python bench/profile.py [--duration 10] [--variants native,python-codec,pure] [--md docs/performance.md]
+    .venv/bin/python bench/perfprofile.py [--duration 10] [--variants native,python-codec,pure] [--md docs/performance.md]
 
 Needs ``perf`` (Debian linux-perf; the cpu-clock software event works in VMs without PMU access),
 wrk and nginx (bench/setup.sh).  Loopback only; every run is bounded by ``--duration``.
@@ -133,7 +133,7 @@ def main() -> int:
         up.stop()
         B.WATCH.close()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    L = [BEGIN, "", f"Measured {stamp} by `.venv/bin/python bench/profile.py --duration {args.duration:g}` "
+    L = [BEGIN, "", f"Measured {stamp} by `.venv/bin/python bench/perfprofile.py --duration {args.duration:g}` "
          "(c=50, one worker on CPU1, upstream nginx and wrk on CPU0; share of the worker's `perf` cpu-clock samples "
          "per shared object, grouped by layer):", "",
          "| layer | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
