@@ -123,7 +123,7 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 /// configured real-IP field other than X-Real-IP (empty when none): it takes the full path too.
 pub fn scan_request(d: &[u8], extra: &[u8]) -> Req {
     let n = d.len();
-    if n < 4 || n > LITE_MAX || &d[n - 4..] != b"\r\n\r\n" {
+    if !(4..=LITE_MAX).contains(&n) || &d[n - 4..] != b"\r\n\r\n" {
         return Req::Defer;
     }
     let eol = match find(d, b"\r\n", 0) {
