@@ -16,7 +16,6 @@ costs nothing on the hot path.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -26,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 
 from ..errors import ConfigError, PluginError
@@ -246,6 +245,8 @@ class PluginRegistry:
         self._enabled: frozenset[str] | None = None
         self.errors: list[str] = []      # plugins refused at the last load, one line each
         self.generation = 0              # bumped whenever the set of plugins changes
+        # the installed entry points, (name, "module"), as found once (see load_entry_points)
+        self.entry_points: list[tuple[str, str]] | None = None
 
     def __contains__(self, name: str) -> bool:
         return name in self._plugins
@@ -271,10 +272,14 @@ class PluginRegistry:
             init()
         return p
 
-    def load_all(self, dirs: Iterable[str | Path] = (), *, enabled: Iterable[str] | None = None) -> None:
+    def load_all(self, dirs: Iterable[str | Path] = (), *, enabled: Iterable[str] | None = None,
+                 entry_points: Iterable[Sequence[str]] | None = None) -> None:
         """What a gateway loads: the built-ins, installed entry points and ``apisix.plugin_dirs``,
         then, when ``config.yaml`` lists ``plugins``, only those (APISIX enables just the listed
-        plugins; a conf naming another is refused as an unknown plugin)."""
+        plugins; a conf naming another is refused as an unknown plugin).  ``entry_points``: the
+        ones another registry found (a worker gets its supervisor's), instead of looking."""
+        if entry_points is not None:
+            self.entry_points = [(str(n), str(v)) for n, v in entry_points]
         self.load_builtin()
         self.load_entry_points()
         for d in dirs:
@@ -327,16 +332,25 @@ class PluginRegistry:
         return loaded
 
     def load_entry_points(self) -> list[str]:
-        """Plugins installed as packages: ``[project.entry-points."meshgate.plugins"]``."""
+        """Plugins installed as packages: ``[project.entry-points."meshgate.plugins"]``, each
+        naming a module.  They are looked up once per registry (``importlib.metadata`` reads
+        every installed distribution, and brings the ``email`` package: a worker takes the
+        list its supervisor found instead)."""
+        if self.entry_points is None:
+            from importlib import metadata
+            self.entry_points = [(ep.name, ep.value) for ep in metadata.entry_points(group=self.ENTRY_POINT_GROUP)]
         loaded = []
-        for ep in importlib.metadata.entry_points(group=self.ENTRY_POINT_GROUP):
+        for name, value in self.entry_points:
             try:
-                mod = ep.load()
+                modname, _, attr = value.partition(":")
+                mod: Any = importlib.import_module(modname.strip())
+                for part in attr.strip().split(".") if attr.strip() else ():
+                    mod = getattr(mod, part)
                 if not isinstance(mod, ModuleType):
                     raise PluginError("the entry point must name a module")
-                loaded.append(self.register_module(mod, source=f"entry point {ep.name}").name)
+                loaded.append(self.register_module(mod, source=f"entry point {name}").name)
             except Exception as e:
-                msg = f"plugin entry point {ep.name} ({ep.value}) refused: {e}"
+                msg = f"plugin entry point {name} ({value}) refused: {e}"
                 self.errors.append(msg)
                 log.error("%s", msg)
         return loaded

@@ -9,10 +9,11 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import Any, Callable, Iterable
 
 import httptools
+
+from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "validated", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
@@ -54,7 +55,7 @@ def http_date() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
         _date_cache[0] = now
-        _date_cache[1] = d = formatdate(now, usegmt=True).encode()
+        _date_cache[1] = d = imf_fixdate(now).encode()
         _date_cache[2] = b"Date: " + d + b"\r\n" + SERVER_HEADER
     return _date_cache[1]  # type: ignore[no-any-return]
 

@@ -19,10 +19,10 @@ from . import codec
 from .common import S_IDLE, ProxySettings, ip_in
 from .http1 import ClientConnection, header_tables
 from .upstream_conn import Pool
-from .upstream_h2 import H2Pool
 
 if TYPE_CHECKING:
     from .exchange import Exchange
+    from .upstream_h2 import H2Pool
     from .runtime import Runtime
 
 __all__ = ["ProxyServer"]
@@ -60,7 +60,7 @@ class ProxyServer:
         self.connections: set[ClientSide] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
         self.pool = Pool()
-        self.h2pool = H2Pool(self)                  # HTTP/2 upstream connections (grpc/grpcs)
+        self._h2pool: H2Pool | None = None          # HTTP/2 upstream connections (grpc/grpcs), made on first use
         self.servers: list[asyncio.AbstractServer] = []
         self.draining = False
         self.passive_report = passive_report
@@ -73,6 +73,16 @@ class ProxyServer:
         self.codec_rejects = 0     # request heads the codec answered with an error status itself
         self.access_log_on = access_log.isEnabledFor(logging.INFO)
         self.breakers: Any = None   # mesh: the circuit breakers' shared counts (proxy/breaker.py)
+
+    @property
+    def h2pool(self) -> H2Pool:
+        """The HTTP/2 upstream pool; h2 is imported with it, when a route first needs it (a
+        worker that never proxies to a gRPC or HTTP/2 upstream does without it)."""
+        p = self._h2pool
+        if p is None:
+            from .upstream_h2 import H2Pool
+            p = self._h2pool = H2Pool(self)
+        return p
 
     def set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -113,7 +123,8 @@ class ProxyServer:
             if tick % 10 == 0:
                 rt = self.runtime
                 self.pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
-                self.h2pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
+                if self._h2pool is not None:
+                    self._h2pool.sweep(now, lambda key: _pool_idle_timeout(rt, key))
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, finish in-flight requests within ``grace``, then close the rest."""
@@ -134,7 +145,8 @@ class ProxyServer:
         for conn in list(self.connections):
             conn.close()
         self.pool.close_all()
-        self.h2pool.close_all()
+        if self._h2pool is not None:
+            self._h2pool.close_all()
         if self._sweeper is not None:
             self._sweeper.cancel()
 

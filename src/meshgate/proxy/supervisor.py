@@ -392,7 +392,7 @@ class Supervisor:
         assert self.snapshot is not None
         h.channel.send({"op": "init", "worker": index, "router": self.router_kind, "settings": self.settings,
                         "listen": listen_fds, "tls_listen": tls_fds, "stream_listen": stream_fds,
-                        "plugin_dirs": list(self.plugin_dirs),
+                        "plugin_dirs": list(self.plugin_dirs), "entry_points": self.plugins.entry_points,
                         "enabled_plugins": self.enabled_plugins, "mesh": self.mesh,
                         "mesh_node": self.mesh_node, "workers": self.nworkers,
                         "snapshot": {"op": "snapshot", **self._full_wire()}})

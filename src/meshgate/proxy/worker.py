@@ -17,23 +17,24 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..model import Resource, Snapshot
 from ..plugins import PluginRegistry
 from ..observability import REGISTRY as METRICS
 from ..observability import close_exporters, flush_all
-from ..observability.istio import IstioPeer, node_peer
 from .common import S_HEAD, S_IDLE, ProxySettings
 from . import heap
 from .ipc import Channel, open_channel
-from .mesh import MeshConfig, compile_mesh
 from .stream import StreamServer
-from .breaker import Breakers
-from .mesh_server import MeshSockets
 from .runtime import Runtime, build_runtime, set_upstream_ca
 from .server import ProxyServer
 from .tls import ALPN_H1, ALPN_H2, ALPN_NONE, TLSListener
+
+if TYPE_CHECKING:   # the mesh's modules load in mesh mode only (about 3 MB a gateway worker does without)
+    from ..observability.istio import IstioPeer
+    from .mesh import MeshConfig
+    from .mesh_server import MeshSockets
 
 __all__ = ["WorkerMain", "snapshot_to_wire", "snapshot_delta", "snapshot_from_wire", "main"]
 
@@ -246,6 +247,7 @@ class WorkerMain:
     def _install_mesh(self, snap: Snapshot, rt: Runtime) -> bool:
         """Compile the mesh config; True when its listeners are being (re)bound, and the
         version is reported applied after that (a listener LDS added takes connections then)."""
+        from .mesh import compile_mesh
         try:
             self.mesh = compile_mesh(snap, rt, previous=self.mesh, me=self.mesh_peer)
         except Exception:
@@ -305,8 +307,10 @@ class WorkerMain:
         self.router_kind = init.get("router", self.router_kind)
         self.mesh_mode = bool(init.get("mesh"))
         if self.mesh_mode:
+            from ..observability.istio import node_peer
             self.mesh_peer = node_peer(init.get("mesh_node") or {})
-        self.plugins.load_all(init.get("plugin_dirs", ()), enabled=init.get("enabled_plugins"))
+        self.plugins.load_all(init.get("plugin_dirs", ()), enabled=init.get("enabled_plugins"),
+                              entry_points=init.get("entry_points"))
         settings = ProxySettings(**init.get("settings", {}))
         self.grace = settings.drain_grace
         if self.runtime is None:
@@ -316,6 +320,9 @@ class WorkerMain:
         for host, port, fd in init.get("listen", []):
             await self.server.listen(host, port, sock=socket.socket(fileno=fd))
         if self.mesh_mode:
+            from .breaker import Breakers
+            from .mesh import compile_mesh
+            from .mesh_server import MeshSockets
             self.mesh_sockets = MeshSockets(self.server)
             self.mesh_sockets.me = self.mesh_peer
             self.server.breakers = Breakers(self.worker_id, int(init.get("workers", 1)))

@@ -28,7 +28,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
+from ...http.dates import imf_fixdate
 from typing import Any
 
 __all__ = ["NAME", "PRIORITY", "VERSION", "SCHEMA", "prepare", "make_token", "verify_token", "access",
@@ -122,5 +122,5 @@ def access(conf: Prepared, ctx: Any) -> tuple[int, dict[str, str]] | None:
 def header_filter(conf: Prepared, ctx: Any) -> None:
     now = int(time.time())
     cookie = (f"{conf.name}={make_token(conf, now)};path=/;SameSite=Lax;"
-              f"Expires={formatdate(now + conf.expires, usegmt=True)}")
+              f"Expires={imf_fixdate(now + conf.expires)}")
     ctx.add_resp_header("Set-Cookie", cookie)

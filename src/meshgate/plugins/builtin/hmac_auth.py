@@ -23,7 +23,6 @@ import hmac
 import logging
 import re
 import time
-from email.utils import parsedate_tz
 from typing import Any, Callable
 
 from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous_fallback, found, realm_schema
@@ -123,6 +122,7 @@ def _b64decode(value: str) -> bytes | None:
 
 
 def _http_time(value: str) -> int | None:
+    from email.utils import parsedate_tz   # (only when a request carries a Date to check)
     t = parsedate_tz(value)
     if t is None:
         return None

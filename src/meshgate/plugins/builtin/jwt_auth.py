@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import time
-from email.utils import formatdate
+from ...http.dates import imf_fixdate
 from typing import Any, Callable
 
 from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous_fallback, found, realm_schema
@@ -247,7 +247,7 @@ def verify_signature(tok: _Token, alg: str, key: bytes | str) -> bool:
 
 
 def _http_time(ts: float) -> str:
-    return formatdate(int(ts), usegmt=True)
+    return imf_fixdate(int(ts))
 
 
 def _is_number(v: Any) -> bool:
