@@ -26,16 +26,10 @@ This module imports only the standard library: setup.py loads it by path to buil
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
@@ -107,13 +101,16 @@ def _check() -> str | None:
     return None
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Import the accelerated modules from their .py files (ahead of the extension finder)."""
+class _SourceFinder:
+    """Import the accelerated modules from their .py files (ahead of the extension finder).
+    A meta path finder is any object with ``find_spec``; not deriving from importlib.abc keeps
+    that module (and importlib.resources with it, about 1 MB) out of every process."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MODULES:
             return None
+        import importlib.util
         src = _source(fullname)
         return importlib.util.spec_from_file_location(fullname, src) if src.exists() else None
 
@@ -197,6 +194,7 @@ def native_sources_digest(crate: Path = CRATE) -> str | None:
 def _cargo_env() -> dict[str, str] | None:
     """The environment for cargo (rustup's $CARGO_HOME/bin on PATH, a shared target directory, so
     that every checkout and every pip build reuses compiled crates); None without cargo."""
+    import shutil
     env = dict(os.environ)
     home_bin = Path(os.environ.get("CARGO_HOME") or Path.home() / ".cargo") / "bin"
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", ""), str(home_bin)])
@@ -210,6 +208,10 @@ def _cargo_env() -> dict[str, str] | None:
 def build_native(dest: Path, *, quiet: bool = False) -> str | None:
     """Build the native head codec with maturin into ``dest`` (a ``meshgate/proxy`` directory).
     None when built; else why not (the Python codec then runs)."""
+    import shutil
+    import subprocess
+    import tempfile
+    import zipfile
     digest = native_sources_digest()
     if digest is None:
         return "no native/ crate in this source tree"
