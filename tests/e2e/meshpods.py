@@ -77,6 +77,7 @@ BOOKINFO_PODS: dict[str, tuple[str, str, int]] = {
 _APP = r'''
 import os, sys
 import asyncio, concurrent.futures.thread, encodings.idna, socket
+import shutil  # argparse's help formatter imports it lazily: after setuid the venv's Python may be unreadable
 import meshgate.demo.services as services
 socket.getaddrinfo("localhost", 9080)
 uid = int(sys.argv[1])
