@@ -24,10 +24,7 @@ that follow from it relaxed); the compiled code is the same code ``make`` compil
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import importlib.util
-import json
 import os
 import re
 import subprocess
@@ -39,27 +36,22 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-GROUP = "meshgate._hotpath"
 MYPY_FLAGS = ["--ignore-missing-imports", "--no-warn-return-any", "--allow-subclassing-any",
               "--allow-untyped-calls", "--no-warn-unused-ignores"]
 
 
-def hot_modules() -> tuple[str, ...]:
-    """``MODULES`` of src/meshgate/_accel.py, read without importing the package."""
-    tree = ast.parse((ROOT / "src" / "meshgate" / "_accel.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets):
-            return tuple(ast.literal_eval(node.value))
-    raise RuntimeError("src/meshgate/_accel.py defines no MODULES")
-
-
 def accel_module() -> Any:
-    """src/meshgate/_accel.py, loaded by path (it imports only the standard library)."""
+    """src/meshgate/_accel.py, loaded by path (it imports only the standard library): its
+    ``MODULES``, ``GROUP``, ``write_manifest`` and ``build_native`` serve this build too."""
     spec = importlib.util.spec_from_file_location("meshgate_build_accel", ROOT / "src" / "meshgate" / "_accel.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+ACCEL = accel_module()
+GROUP: str = ACCEL.GROUP
 
 
 def notice(why: object) -> None:
@@ -86,10 +78,10 @@ class BuildHotPath(build_ext):
         if os.environ.get("MESHGATE_PURE_BUILD"):
             notice("MESHGATE_PURE_BUILD is set")
             return
-        why = accel_module().build_native(Path(self.build_lib) / "meshgate" / "proxy", quiet=True)
+        why = ACCEL.build_native(Path(self.build_lib) / "meshgate" / "proxy", quiet=True)
         if why is not None:
             print(f"meshgate: built without the native head codec ({why}); the Python codec runs", file=sys.stderr)
-        modules = hot_modules()
+        modules: tuple[str, ...] = ACCEL.MODULES
         try:
             from mypyc.build import mypycify
         except ImportError as e:
@@ -114,7 +106,7 @@ class BuildHotPath(build_ext):
             return
         finally:
             os.chdir(cwd)
-        self._write_manifest(modules)
+        self._write_manifest()
 
     def _lib(self, module: str, suffix: str) -> Path:
         return Path(self.build_lib).joinpath(*module.split(".")).with_suffix(suffix)
@@ -125,11 +117,8 @@ class BuildHotPath(build_ext):
             self._lib(m, EXTENSION_SUFFIXES[0]).unlink(missing_ok=True)
         self._lib("meshgate._accel", ".json").unlink(missing_ok=True)
 
-    def _write_manifest(self, modules: tuple[str, ...]) -> None:
-        digests = {m: hashlib.sha256(self._lib(m, ".py").read_bytes()).hexdigest() for m in modules}
-        self._lib("meshgate._accel", ".json").write_text(
-            json.dumps({"python": sys.version, "modules": digests}, indent=1))
-
+    def _write_manifest(self) -> None:
+        ACCEL.write_manifest(self._lib("meshgate._accel", ".json"), lambda m: self._lib(m, ".py"))
 
 setup(
     # a stand-in: BuildHotPath.run replaces it with mypyc's extensions (it makes the wheel platform-specific)

@@ -32,9 +32,9 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
-__all__ = ["MODULES", "build", "build_native", "compiled", "install", "native_sources_digest", "native_status",
+__all__ = ["MODULES", "build", "build_native", "write_manifest", "compiled", "install", "native_sources_digest", "native_status",
            "status"]
 
 # the modules every request runs through, leaves first, then the plugins most routes run
@@ -175,9 +175,15 @@ def build(*, quiet: bool = False) -> int:
         print(f"meshgate: compiled hot path incomplete ({', '.join(missing)}); running as pure Python",
               file=sys.stderr)
         return 1
-    MANIFEST.write_text(json.dumps({"python": sys.version,
-                                    "modules": {m: _digest(_source(m)) for m in MODULES}}, indent=1))
+    write_manifest(MANIFEST, _source)
     return 0
+
+
+def write_manifest(path: Path, source_of: Callable[[str], Path]) -> None:
+    """The manifest :func:`install` checks: this interpreter and a SHA-256 per source of MODULES
+    (``source_of``: where each module's .py is; setup.py's build directory, or the checkout)."""
+    path.write_text(json.dumps({"python": sys.version, "modules": {m: _digest(source_of(m)) for m in MODULES}},
+                               indent=1))
 
 
 def native_sources_digest(crate: Path = CRATE) -> str | None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
-import httptools
+from typing import Any, Iterable
 
 from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
-           "date_server_lines", "validated", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
+           "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
            "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED"]
 
 SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
@@ -68,26 +66,6 @@ def date_server_lines(server: bytes | None = None) -> bytes:
     if server is not None:
         return b"Date: " + _date_cache[1] + b"\r\nserver: " + server + b"\r\n"  # type: ignore[no-any-return]
     return _date_cache[2]  # type: ignore[no-any-return]
-
-
-
-class _NoCallbacks:
-    """The protocol of a validating-only llhttp parser: no callbacks at all."""
-
-
-NO_CALLBACKS = _NoCallbacks()
-
-
-def validated(parser: Any, make: Callable[[Any], Any], data: bytes) -> Any:
-    """``parser`` (a new callback-less one when None) once llhttp accepted ``data``; None when it
-    refused them (the parser is then unusable and dropped)."""
-    if parser is None:
-        parser = make(NO_CALLBACKS)
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserError:
-        return None
-    return parser
 
 
 def _nets(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -34,7 +34,6 @@ from typing import Any
 
 import httptools
 
-from .common import validated
 
 __all__ = ["LITE_MAX", "RESP_DROP", "SKIP_NAMES", "SKIP_PREFIXES", "resp_fields", "scan_request", "scan_response"]
 
@@ -57,6 +56,25 @@ _RESP_DROP_RE = re.compile(rb"\r\n(?:" + b"|".join(re.escape(n) for n in RESP_DR
 _PLAIN_CONN = frozenset({b"keep-alive", b"close"})   # Connection values that name no other field
 _req_parser: Any = None      # callback-less llhttp parsers (replaced when one refuses a read)
 _resp_parser: Any = None
+
+
+class _NoCallbacks:
+    """The protocol of a validating-only llhttp parser: no callbacks at all."""
+
+
+NO_CALLBACKS = _NoCallbacks()
+
+
+def validated(parser: Any, make: Any, data: bytes) -> Any:
+    """``parser`` (a new callback-less one when None) once llhttp accepted ``data``; None when it
+    refused them (the parser is then unusable and dropped)."""
+    if parser is None:
+        parser = make(NO_CALLBACKS)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        return None
+    return parser
 
 
 def skip_pattern(extra: bytes) -> Any:
@@ -133,15 +151,19 @@ def scan_response(data: bytes) -> Any:
         return 0
     if not keep:
         _resp_parser = None     # llhttp refuses anything after a "Connection: close" message
-    status_line, fields = resp_fields(head)
+    status_line, fields = _split(head, lh)
     return status, int(cl), keep, head, status_line, fields
 
 
 def resp_fields(head: bytes) -> tuple[bytes, bytes]:
+    return _split(head, head.lower())
+
+
+def _split(head: bytes, lh: bytes) -> tuple[bytes, bytes]:
+    """resp_fields, with ``lh`` = ``head.lower()`` at hand."""
     sl = head.find(b"\r\n")
     # each field as "\r\nName: value": drop hop-by-hop and framing fields in one C pass
     fields = _RESP_DROP_RE.sub(b"", head[sl:-2])
-    lh = head.lower()
     i = lh.find(b"\r\nconnection:", sl)   # llhttp refuses whitespace before the colon
     if i >= 0:
         value = lh[i + 13:lh.find(b"\r\n", i + 13)].strip(b" \t")

@@ -3,8 +3,8 @@
 ``UpstreamConnection`` parses responses with llhttp and hands them to the exchange that
 owns it (``ex``); between requests it sits in :class:`Pool`, keyed per
 (upstream, host, port, scheme[, SNI]).  A read holding exactly one complete
-``Content-Length`` response takes a fast path validated by a callback-less llhttp parser
-(``_lite_response``); anything else goes through the full parser.
+``Content-Length`` response takes a fast path checked in one call by the head codec
+(``_lite_response``, proxy/codec.py); anything else goes through the full parser.
 """
 
 from __future__ import annotations
