@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from bookinfopage import Page
 from istiodpeer import (BOOKINFO_VIPS, NET, Istiod, bookinfo_destination_rules, bookinfo_services, vs_all_v1,
                         vs_ratings_abort, vs_ratings_delay, vs_reviews_jason_v2, vs_reviews_v2_v3)
 from kubepeer import KubeAPIServer, die_with_parent, free_port, stop_process
@@ -41,39 +42,6 @@ pytestmark = pytest.mark.timeout(600)
 FQDN = "{}.default.svc.cluster.local"
 AMESH_CRD = Path(__file__).resolve().parents[2] / "deploy" / "crds" / "ameshpluginconfigs.apisix.apache.org.yaml"
 AMPC = "apisix.apache.org/v1alpha1"
-_VERSION = re.compile(r'id="reviews-version">Reviews served by reviews-(v\d+)<')
-
-
-# ------------------------------------------------------------------ the user's view of a page
-@dataclass
-class Page:
-    status: int
-    elapsed: float
-    body: str = ""
-    error: str = ""
-
-    @property
-    def version(self) -> str | None:
-        """Which reviews version served the page (None: reviews failed, or no page)."""
-        m = _VERSION.search(self.body)
-        return m.group(1) if m else None
-
-    @property
-    def reviews_unavailable(self) -> bool:
-        return "Sorry, product reviews are currently unavailable" in self.body
-
-    @property
-    def ratings_unavailable(self) -> bool:
-        return "Ratings service is currently unavailable" in self.body
-
-    @property
-    def stars(self) -> str | None:
-        m = re.search(r'class="stars-(black|red)"', self.body)
-        return m.group(1) if m else None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200 and self.version is not None
 
 
 @dataclass

@@ -9,12 +9,16 @@
 #   bookinfo/networking/*.yaml  Bookinfo VirtualServices / DestinationRules / Gateway (if present)
 #   bookinfo/platform/kube/*.yaml  Bookinfo Services / Deployments (if present)
 #   bookinfo/gateway-api/*.yaml  Bookinfo Gateway API routes (if present)
+#   charts/base, charts/istio-discovery  Istio's own Helm charts (manifests/charts/base and
+#                             manifests/charts/istio-control/istio-discovery), for helm install with
+#                             deploy/istio/values-meshgate.yaml (tests/e2e/test_istio_injection.py)
 # This istiod needs a kube-apiserver (tools/peers-e2e/kube-apiserver.sh); it does not run on files.
 set -euo pipefail
 VERSION="${ISTIOD_VERSION:-v0.0.0-20260827124520-eed52ebb66ad}"
 PEERS="${MESHGATE_PEERS:-$HOME/.cache/meshgate/peers}"
 DEST="$PEERS/istiod-$VERSION"
-if [ -x "$DEST/pilot-discovery" ] && [ -f "$DEST/crd-all.gen.yaml" ]; then
+if [ -x "$DEST/pilot-discovery" ] && [ -f "$DEST/crd-all.gen.yaml" ] \
+        && [ -f "$DEST/charts/base/Chart.yaml" ] && [ -f "$DEST/charts/istio-discovery/Chart.yaml" ]; then
     exit 0
 fi
 GO="${GO:-}"
@@ -44,6 +48,13 @@ if [ ! -f "$CRD" ]; then
     rm -rf "$DEST.tmp"
     exit 1
 fi
+for chart in base istio-control/istio-discovery; do
+    if [ ! -f "$SRC/manifests/charts/$chart/Chart.yaml" ]; then
+        echo "istiod.sh: Helm chart manifests/charts/$chart missing from istio.io/istio@$VERSION" >&2
+        rm -rf "$DEST.tmp"
+        exit 1
+    fi
+done
 if ! (cd "$SRC" && GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 GOTOOLCHAIN=local \
         "$GO" build -p 2 -trimpath -ldflags="-s -w" -o "$DEST.tmp/pilot-discovery" ./pilot/cmd/pilot-discovery); then
     echo "istiod.sh: go build of pilot-discovery failed (see above)" >&2
@@ -51,6 +62,9 @@ if ! (cd "$SRC" && GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 GOTOOLC
     exit 1
 fi
 cp "$CRD" "$DEST.tmp/crd-all.gen.yaml"
+mkdir -p "$DEST.tmp/charts"
+cp -R "$SRC/manifests/charts/base" "$DEST.tmp/charts/base"
+cp -R "$SRC/manifests/charts/istio-control/istio-discovery" "$DEST.tmp/charts/istio-discovery"
 for sub in networking platform/kube gateway-api; do
     if [ -d "$SRC/samples/bookinfo/$sub" ]; then
         mkdir -p "$DEST.tmp/bookinfo/$sub"
