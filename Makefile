@@ -13,7 +13,7 @@ HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.p
 # the native HTTP/1 head codec (Rust + PyO3, built by maturin; the Python one runs without it)
 NATIVE := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 
-.PHONY: demo test unit integration e2e bench clean venv peers peers-e2e
+.PHONY: demo test unit integration e2e bench clean venv peers peers-e2e cluster-up cluster-down demo-cluster
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 is required" >&2; exit 1; }
@@ -64,6 +64,19 @@ peers-e2e:
 
 e2e: $(ACCEL) peers-e2e
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+# A real one-machine Kubernetes (root; pods are containers): deploy/cluster/cluster.py.  The peers
+# (kubelet & co., CoreDNS, istiod, helm) are built once by tools/peers-e2e.sh; images offline.
+cluster-up: $(ACCEL) peers-e2e
+	$(PY) deploy/cluster/cluster.py up --istio
+
+cluster-down:
+	@if [ -x $(PY) ]; then $(PY) deploy/cluster/cluster.py down; else python3 deploy/cluster/cluster.py down; fi
+
+# The seed journey on that cluster: Istio with Meshgate sidecars, Meshgate's chart (gateway on a
+# NodePort, ingress and mesh controllers), the Bookinfo-like services, the seed's ApisixRoute.
+demo-cluster: $(ACCEL) peers-e2e
+	$(PY) deploy/cluster/cluster.py demo
 
 bench: $(ACCEL)
 	bash bench/setup.sh

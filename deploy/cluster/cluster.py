@@ -475,7 +475,7 @@ def components(istio: bool = False) -> list[dict[str, Any]]:
             f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--use-service-account-credentials=true", "--leader-elect=false",
             "--bind-address=127.0.0.1", f"--secure-port={KCM_PORT}", f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-persistentvolume-expander,"
+            "--controllers=*,-nodeipam,-persistentvolume-binder,-persistentvolume-expander,"
             "-attachdetach,-ephemeral-volume",
             "--profiling=false"],
          "probe": ["tcp", f"127.0.0.1:{KCM_PORT}"]},
@@ -608,6 +608,19 @@ def supervise() -> int:
                 time.sleep(0.2)
             info[c["name"]]["ready"] = time.time()
 
+    def stop_one(p: subprocess.Popen[bytes]) -> None:
+        if p.poll() is not None:
+            return
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
     def load() -> list[dict[str, Any]]:
         return list(json.loads((SCRATCH / "components.json").read_text()))
 
@@ -622,7 +635,15 @@ def supervise() -> int:
             if reload:
                 reload = False
                 comps = load()
-                start_in_order(comps)
+                for c in comps:   # paused (cluster.py pause NAME): stopped and not restarted
+                    p = procs.get(c["name"])
+                    if c.get("paused") and p is not None:
+                        stop_one(p)
+                        del procs[c["name"]]
+                        info[c["name"]].update(paused=True, pid=None)
+                    elif not c.get("paused") and info.get(c["name"], {}).get("paused"):
+                        info[c["name"]]["paused"] = False
+                start_in_order([c for c in comps if not c.get("paused")])
                 save("running")
             for c in comps:
                 p = procs.get(c["name"])
@@ -647,17 +668,8 @@ def supervise() -> int:
         save("failed" if error else "stopping", error)
         for c in reversed(comps):
             p = procs.get(c["name"])
-            if p is None or p.poll() is not None:
-                continue
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+            if p is not None:
+                stop_one(p)
         save("failed" if error else "stopped", error)
     return 0
 
@@ -713,7 +725,7 @@ def up(*, istio: bool = False, images: bool = True, timeout: float = 180) -> Non
     _wait_or_raise(ready, timeout, "cluster components")
     k = Kube()
     _wait_or_raise(lambda: k.node_ready(), 60, f"node {NODE_NAME} Ready")
-    _wait_or_raise(lambda: k.get(f"/api/v1/namespaces/default/serviceaccounts/default") is not None, 60,
+    _wait_or_raise(lambda: k.get("/api/v1/namespaces/default/serviceaccounts/default") is not None, 60,
                    "default ServiceAccount")
     log(f"control plane and node up in {time.monotonic() - t0:.1f} s")
     if images:
@@ -791,7 +803,10 @@ def install_istio() -> None:
                 "--set", "defaultRevision=default", "--wait=false"], timeout=180)
     run(helm + ["upgrade", "--install", "istiod", str(charts / "istio-discovery"), "-n", ISTIO_NS,
                 "-f", str(REPO / "deploy" / "istio" / "values-meshgate.yaml"),
-                "--set", "pilot.autoscaleEnabled=false", "--set", "global.imagePullPolicy=Never"], timeout=180)
+                "--set", "global.imagePullPolicy=Never",
+                # sidecars find the mesh controller (installed with the gateway's chart) here
+                "--set", f"meshConfig.defaultConfig.proxyMetadata.MESHGATE_PLUGINS_ADDRESS={MESH_CONTROLLER}"],
+        timeout=180)
     # istiod runs on the host: no pod, the Service points at the node address
     k.patch(f"/apis/apps/v1/namespaces/{ISTIO_NS}/deployments/istiod", {"spec": {"replicas": 0}})
     k.patch(f"/api/v1/namespaces/{ISTIO_NS}/services/istiod", {"spec": {"selector": None}})
@@ -818,6 +833,29 @@ def install_istio() -> None:
         return bool(obj) and all(w.get("clientConfig", {}).get("caBundle") for w in obj.get("webhooks", []))
     _wait_or_raise(webhook_patched, 60, "istio-sidecar-injector caBundle")
     log(f"istio installed in {time.monotonic() - t0:.1f} s")
+
+
+def set_paused(name: str, paused: bool, timeout: float = 60) -> None:
+    """Stop one component and keep it stopped (``paused``), or start it again; e.g. istiod, to show
+    that sidecars keep serving their last config while the control plane is gone."""
+    st = _supervisor_state()
+    if not st or not _alive(int(st["pid"])):
+        raise ClusterError("no running cluster")
+    comps = json.loads((SCRATCH / "components.json").read_text())
+    if name not in {c["name"] for c in comps}:
+        raise ClusterError(f"no component {name!r}; have: {', '.join(c['name'] for c in comps)}")
+    for c in comps:
+        if c["name"] == name:
+            c["paused"] = paused
+    (SCRATCH / "components.json").write_text(json.dumps(comps, indent=1))
+    os.kill(int(st["pid"]), signal.SIGHUP)
+
+    def done() -> bool:
+        rec = (_supervisor_state() or {}).get("components", {}).get(name, {})
+        if paused:
+            return bool(rec.get("paused"))
+        return not rec.get("paused") and bool(rec.get("pid")) and (rec.get("ready") or 0) >= (rec.get("started") or 1)
+    _wait_or_raise(done, timeout, f"{'pausing' if paused else 'resuming'} {name}")
 
 
 # ------------------------------------------------------------------------------------------ down
@@ -1030,6 +1068,101 @@ class Kube:
                                for c in n.get("status", {}).get("conditions", []))
 
 
+# ------------------------------------------------------------------------------------------ journeys
+GATEWAY_NS = "apisix-istio"
+GATEWAY_RELEASE = "apisix-istio"
+MESH_CONTROLLER = f"{GATEWAY_RELEASE}-meshgate-mesh-controller.{GATEWAY_NS}.svc:15810"
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return run([str(binaries()["kubectl"]), f"--kubeconfig={kubeconfig()}", *args], input=input, check=check,
+               timeout=timeout)
+
+
+def helm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return run([str(binaries()["helm"]), f"--kubeconfig={kubeconfig()}", *args], timeout=timeout)
+
+
+def injected_namespace(name: str) -> None:
+    """``kubectl create ns NAME && kubectl label ns NAME istio-injection=enabled`` (idempotent)."""
+    if kubectl("get", "ns", name, check=False).returncode != 0:
+        kubectl("create", "ns", name)
+    kubectl("label", "ns", name, "istio-injection=enabled", "--overwrite")
+
+
+def install_gateway(*extra_sets: str) -> None:
+    """Meshgate's Helm chart as the seed installs APISIX's: gateway on a NodePort, the ingress
+    controller on (and the mesh controller), in the injected namespace ``apisix-istio``; images
+    from the node (pullPolicy Never)."""
+    injected_namespace(GATEWAY_NS)
+    sets = ["gateway.service.type=NodePort", "ingressController.enabled=true", "meshController.enabled=true",
+            "image.repository=localhost/meshgate", "image.tag=local", "image.pullPolicy=Never",
+            "etcd.bundled.image=localhost/etcd:local", "etcd.bundled.pullPolicy=Never", *extra_sets]
+    helm("upgrade", "--install", GATEWAY_RELEASE, str(REPO / "deploy" / "helm" / "meshgate"), "-n", GATEWAY_NS,
+         *[x for kv in sets for x in ("--set", kv)])
+
+
+def wait_pods_ready(namespace: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = kubectl("-n", namespace, "wait", "--for=condition=Ready", "pods", "--all", "--timeout=10s", check=False)
+        if r.returncode == 0 and "condition met" in r.stdout:
+            return
+        if time.monotonic() > deadline:
+            pods = kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
+            raise ClusterError(f"pods of {namespace} not Ready after {timeout:.0f} s:\n{pods}\n{r.stderr}")
+        time.sleep(1)
+
+
+def gateway_address() -> tuple[str, int]:
+    """(NODE_IP, NODE_PORT) of the gateway's http port, as the seed reads them with kubectl."""
+    port = kubectl("-n", GATEWAY_NS, "get", "svc", f"{GATEWAY_RELEASE}-meshgate",
+                   "-o", "jsonpath={.spec.ports[0].nodePort}").stdout.strip()
+    ip = kubectl("get", "nodes", "-o", "jsonpath={.items[0].status.addresses[0].address}").stdout.strip()
+    return ip, int(port)
+
+
+def demo() -> None:
+    """``make demo-cluster``: the seed journey on this machine, then what to try."""
+    t0 = time.monotonic()
+    up(istio=True)
+    install_gateway()
+    injected_namespace("bookinfo")
+    kubectl("-n", "bookinfo", "apply", "-f", str(REPO / "deploy" / "bookinfo" / "bookinfo.yaml"))
+    wait_pods_ready(GATEWAY_NS)
+    wait_pods_ready("bookinfo")
+    kubectl("-n", "bookinfo", "apply", "-f", str(REPO / "deploy" / "bookinfo" / "productpage-ar.yaml"))
+    ip, port = gateway_address()
+    kc = kubeconfig()
+    kctl = binaries()["kubectl"]
+    nets = peers_dir() / f"istiod-{ISTIOD_VERSION}" / "bookinfo" / "networking"
+    print(f"""
+Meshgate on one machine is up ({time.monotonic() - t0:.0f} s): Istio with Meshgate sidecars, the gateway
+and its ingress controller ({GATEWAY_NS}), the Bookinfo-like services (bookinfo), the seed's ApisixRoute.
+
+  export KUBECONFIG={kc} PATH={kctl.parent}:$PATH
+  kubectl get pods -A
+  curl -I -H "Host: apisix-istio.dev" http://{ip}:{port}/
+  curl -H "Host: apisix-istio.dev" http://{ip}:{port}/productpage
+  curl http://{ip}:{port}/                      # no route: {{"error_msg":"404 Route Not Found"}}
+
+Istio's Bookinfo traffic rules, through the Meshgate sidecars:
+  kubectl -n bookinfo apply -f {nets}/destination-rule-all.yaml
+  kubectl -n bookinfo apply -f {nets}/virtual-service-all-v1.yaml
+  kubectl -n bookinfo apply -f {nets}/virtual-service-reviews-v2-v3.yaml
+  kubectl -n bookinfo apply -f {nets}/virtual-service-reviews-test-v2.yaml   # end-user: jason -> v2
+
+A plugin for selected workloads (AmeshPluginConfig):
+  kubectl -n bookinfo apply -f {REPO}/deploy/bookinfo/ameshpluginconfig-example.yaml
+
+What a sidecar holds:  kubectl -n bookinfo exec deploy/productpage-v1 -c istio-proxy -- \
+      python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:15000/config_dump').read()[:2000])"
+
+Tear down (restores the machine):  make cluster-down
+""")
+
+
 # ------------------------------------------------------------------------------------------ status / cli
 def status() -> dict[str, Any]:
     st = _supervisor_state()
@@ -1050,7 +1183,11 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--istio", action="store_true", help="also install Istio with Meshgate as its sidecar")
     u.add_argument("--no-images", action="store_true", help="do not build/import Meshgate's images")
     sub.add_parser("istio", help="install Istio (charts + istiod on the host) into the running cluster")
+    sub.add_parser("demo", help="the seed journey: cluster, Istio, Meshgate gateway + controllers, Bookinfo")
     sub.add_parser("images", help="build (or reuse) the images and import them into the running cluster")
+    for verb in ("pause", "resume"):
+        v = sub.add_parser(verb, help=f"{verb} one component (e.g. istiod)")
+        v.add_argument("component")
     sub.add_parser("down", help="tear the cluster down and restore the machine")
     sub.add_parser("status", help="components, restarts, kubeconfig (JSON)")
     sub.add_parser("snapshot", help="the machine state the teardown restores (JSON)")
@@ -1061,8 +1198,12 @@ def main(argv: list[str] | None = None) -> int:
             up(istio=a.istio, images=not a.no_images)
         elif a.cmd == "istio":
             install_istio()
+        elif a.cmd == "demo":
+            demo()
         elif a.cmd == "images":
             import_images()
+        elif a.cmd in ("pause", "resume"):
+            set_paused(a.component, a.cmd == "pause")
         elif a.cmd == "down":
             down()
         elif a.cmd == "status":

@@ -80,6 +80,14 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def abi() -> str:
+    """What a compiled module is bound to: the interpreter and its minor version with the extension
+    ABI tag (``cpython-3.11.cpython-311-x86_64-linux-gnu.so``), not the patch release, so a wheel
+    built on 3.11.7 runs compiled on Debian's 3.11.2."""
+    return f"{sys.implementation.name}-{sys.version_info[0]}.{sys.version_info[1]}" \
+        f"{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+
+
 def _check() -> str | None:
     """None when every compiled module matches its source; else why not."""
     if os.environ.get("MESHGATE_PURE"):
@@ -88,7 +96,7 @@ def _check() -> str | None:
         manifest = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
         return "not built (python -m meshgate._accel build)"
-    if manifest.get("python") != sys.version or manifest.get("modules", {}).keys() != set(MODULES):
+    if manifest.get("python") != abi() or manifest.get("modules", {}).keys() != set(MODULES):
         return "built for another interpreter or module set; rebuild"
     for module in MODULES:
         if not _extension(module).exists():
@@ -180,9 +188,9 @@ def build(*, quiet: bool = False) -> int:
 
 
 def write_manifest(path: Path, source_of: Callable[[str], Path]) -> None:
-    """The manifest :func:`install` checks: this interpreter and a SHA-256 per source of MODULES
+    """The manifest :func:`install` checks: this interpreter's :func:`abi` and a SHA-256 per source of MODULES
     (``source_of``: where each module's .py is; setup.py's build directory, or the checkout)."""
-    path.write_text(json.dumps({"python": sys.version, "modules": {m: _digest(source_of(m)) for m in MODULES}},
+    path.write_text(json.dumps({"python": abi(), "modules": {m: _digest(source_of(m)) for m in MODULES}},
                                indent=1))
 
 

@@ -16,7 +16,7 @@ from meshgate import _accel
 def built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A manifest in tmp_path that matches the current sources, extensions assumed present."""
     manifest = tmp_path / "_accel.json"
-    manifest.write_text(json.dumps({"python": sys.version,
+    manifest.write_text(json.dumps({"python": _accel.abi(),
                                     "modules": {m: _accel._digest(_accel._source(m)) for m in _accel.MODULES}}))
     monkeypatch.setattr(_accel, "MANIFEST", manifest)
     monkeypatch.setattr(_accel, "_extension", _accel._source)   # "exists" for the check
