@@ -261,9 +261,12 @@ def snapshot() -> dict[str, Any]:
             continue
         if Path(exe).name in names:
             procs.append(Path(exe).name)
+    # the top level of every hierarchy (where kubelet, runc or podman would add theirs) and all of
+    # the cluster's root; deeper groups of others (this machine's own per-process ones) come and go
     cg = []
     for h in cgroup_all_hierarchies():
-        for dirpath, dirnames, _ in os.walk(h):
+        cg.extend(str(d) for d in h.iterdir() if d.is_dir())
+        for dirpath, dirnames, _ in os.walk(h / CGROUP_ROOT):
             cg.extend(str(Path(dirpath, n)) for n in dirnames)
     mounts = sorted(" ".join(ln.split()[:3]) for ln in Path("/proc/mounts").read_text().splitlines())
     links = sorted(ln.split(":", 2)[1].strip().split("@")[0] for ln in run(["ip", "-o", "link"]).stdout.splitlines())
@@ -608,9 +611,10 @@ def supervise() -> int:
                 time.sleep(0.2)
             info[c["name"]]["ready"] = time.time()
 
-    def stop_one(p: subprocess.Popen[bytes]) -> None:
+    def stop_one(p: subprocess.Popen[bytes], name: str = "") -> None:
         if p.poll() is not None:
             return
+        t0 = time.monotonic()
         try:
             os.killpg(p.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -620,6 +624,7 @@ def supervise() -> int:
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
+        print(f"supervisor: {name or p.pid} stopped in {time.monotonic() - t0:.1f} s", flush=True)
 
     def load() -> list[dict[str, Any]]:
         return list(json.loads((SCRATCH / "components.json").read_text()))
@@ -638,7 +643,7 @@ def supervise() -> int:
                 for c in comps:   # paused (cluster.py pause NAME): stopped and not restarted
                     p = procs.get(c["name"])
                     if c.get("paused") and p is not None:
-                        stop_one(p)
+                        stop_one(p, c["name"])
                         del procs[c["name"]]
                         info[c["name"]].update(paused=True, pid=None)
                     elif not c.get("paused") and info.get(c["name"], {}).get("paused"):
@@ -669,7 +674,7 @@ def supervise() -> int:
         for c in reversed(comps):
             p = procs.get(c["name"])
             if p is not None:
-                stop_one(p)
+                stop_one(p, c["name"])
         save("failed" if error else "stopped", error)
     return 0
 
@@ -682,13 +687,17 @@ def _supervisor_state() -> dict[str, Any] | None:
 
 
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie does not: the supervisor started by ``up`` in this process is
+    our child, reaped here once it has exited)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 # ------------------------------------------------------------------------------------------ up
@@ -863,12 +872,18 @@ def down(*, quiet: bool = False) -> None:
     """Tear down whatever a run (this one or a killed one) left; idempotent."""
     t0 = time.monotonic()
     st = _supervisor_state()
+    # the pods first (their clients keep the apiserver's graceful shutdown waiting), then the daemons
+    _remove_containers()
     if st and _alive(int(st["pid"])):
         os.kill(int(st["pid"]), signal.SIGTERM)
         for _ in range(300):
             if not _alive(int(st["pid"])):
                 break
             time.sleep(0.1)
+        if not quiet:   # say which component was slow to stop
+            for ln in tail(SCRATCH / "logs-supervisor.log", 40).splitlines():
+                if ln.startswith("supervisor: ") and " stopped in " in ln and float(ln.split()[-2]) >= 2:
+                    log(ln.removeprefix("supervisor: "))
     # anything still running from the scratch dir or our binaries (a supervisor killed with -9)
     _kill_leftovers()
     _remove_containers()
@@ -1096,7 +1111,11 @@ def install_gateway(*extra_sets: str) -> None:
     controller on (and the mesh controller), in the injected namespace ``apisix-istio``; images
     from the node (pullPolicy Never)."""
     injected_namespace(GATEWAY_NS)
-    sets = ["gateway.service.type=NodePort", "ingressController.enabled=true", "meshController.enabled=true",
+    # the seed's own `--set`s (APISIX's chart keys, which Meshgate's chart honours), then the mesh
+    # controller and the images of the node
+    sets = ["gateway.type=NodePort", "ingress-controller.enabled=true",
+            f"ingress-controller.config.apisix.serviceNamespace={GATEWAY_NS}",
+            f"ingress-controller.config.apisix.serviceName={GATEWAY_RELEASE}-admin", "meshController.enabled=true",
             "image.repository=localhost/meshgate", "image.tag=local", "image.pullPolicy=Never",
             "etcd.bundled.image=localhost/etcd:local", "etcd.bundled.pullPolicy=Never", *extra_sets]
     helm("upgrade", "--install", GATEWAY_RELEASE, str(REPO / "deploy" / "helm" / "meshgate"), "-n", GATEWAY_NS,
@@ -1156,8 +1175,9 @@ Istio's Bookinfo traffic rules, through the Meshgate sidecars:
 A plugin for selected workloads (AmeshPluginConfig):
   kubectl -n bookinfo apply -f {REPO}/deploy/bookinfo/ameshpluginconfig-example.yaml
 
-What a sidecar holds:  kubectl -n bookinfo exec deploy/productpage-v1 -c istio-proxy -- \
-      python3 -c "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:15000/config_dump').read()[:2000])"
+What a sidecar holds (its admin port, 15000, inside the pod):
+  kubectl -n bookinfo exec deploy/productpage-v1 -c istio-proxy -- python3 -c \\
+      "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15000/config_dump').read().decode())"
 
 Tear down (restores the machine):  make cluster-down
 """)

@@ -295,6 +295,16 @@ def test_istiod_stopped_traffic_continues_on_the_last_config(machine: dict[str, 
     wait_pages(lambda p: p.version == "v1", "istiod back: config changes flow again", user="jason")
 
 
+def test_a_component_that_exits_is_restarted(machine: dict[str, Any]) -> None:
+    """Every daemon is watched: kube-proxy, for one, exits when the node's IPs change; the
+    cluster's supervisor starts it again and Services keep answering."""
+    before = C.status()["components"]["kube-proxy"]
+    os.kill(int(before["pid"]), signal.SIGKILL)
+    wait_until(lambda: (c := C.status()["components"]["kube-proxy"])["restarts"] > before["restarts"]
+               and c["alive"] and c["pid"] != before["pid"], 30, "kube-proxy restarted")
+    wait_pages(lambda p: p.version == "v1", "pages after kube-proxy's restart")
+
+
 def test_teardown_leaves_the_machine_as_it_found_it(machine: dict[str, Any]) -> None:
     t0 = time.monotonic()
     C.down()

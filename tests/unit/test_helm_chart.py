@@ -421,8 +421,26 @@ def test_mesh_controller_ports_and_service_account(helm: Path) -> None:
         "MESHGATE_PLUGINS_ADDRESS": f"{name}.{NS}.svc:9000"}
 
 
+def test_apisix_chart_keys_of_the_seed_install_work_unchanged(helm: Path) -> None:
+    """`helm install apisix-istio ... --set gateway.type=NodePort --set ingress-controller.enabled=true`,
+    as the seed installs APISIX's chart, gives a NodePort gateway and the ingress controller."""
+    objs = render(helm, ["gateway.type=NodePort", "ingress-controller.enabled=true",
+                         "ingress-controller.config.apisix.serviceNamespace=apisix-istio",
+                         "ingress-controller.config.apisix.serviceName=apisix-istio-admin"], release="apisix-istio")
+    assert one(objs, "Service", "apisix-istio-meshgate")["spec"]["type"] == "NodePort"
+    assert one(objs, "Deployment", "apisix-istio-meshgate-ingress-controller")
+    assert one(objs, "Secret", "apisix-istio-meshgate-admin")
+    # off unless one of the two keys says so; gateway.type wins over gateway.service.type when set
+    plain = render(helm, ["gateway.service.type=LoadBalancer"])
+    assert not [o for o in plain if o["metadata"]["name"].endswith("-ingress-controller") and o["kind"] == "Deployment"]
+    assert one(render(helm, ["gateway.service.type=LoadBalancer", "gateway.type=NodePort"]), "Service",
+               "mg-meshgate")["spec"]["type"] == "NodePort"
+
+
 @pytest.mark.parametrize("sets,reason", [
     (["gateway.mode=data_plane", "ingressController.enabled=true"], "needs the gateway's Admin API"),
+    (["gateway.mode=data_plane", "ingress-controller.enabled=true"], "needs the gateway's Admin API"),
+    (["gateway.type=ExternalName"], "gateway.service.type must be"),
     (["gateway.mode=standalone", "ingressController.enabled=true"], "gateway.mode etcd"),
     (["gateway.service.type=ExternalName"], "gateway.service.type must be"),
     (["etcd.bundled.enabled=false"], "needs etcd.host"),

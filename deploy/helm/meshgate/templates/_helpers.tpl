@@ -123,3 +123,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $cfg "plugin_attr" (dict "prometheus" (dict "export_addr" (dict "ip" "0.0.0.0" "port" (int $g.metricsPort)))) -}}
 {{- mustMergeOverwrite $cfg (deepCopy $g.extraConfig) | toYaml -}}
 {{- end -}}
+
+{{/* The gateway Service's type: gateway.service.type, or APISIX's chart key gateway.type when set
+(so `--set gateway.type=NodePort`, as APISIX's install commands write it, works unchanged) */}}
+{{- define "meshgate.serviceType" -}}
+{{- .Values.gateway.type | default .Values.gateway.service.type -}}
+{{- end -}}
+
+{{/* "true" when the ingress controller is on: ingressController.enabled, or APISIX's chart key
+ingress-controller.enabled (`--set ingress-controller.enabled=true`) */}}
+{{- define "meshgate.ingressControllerEnabled" -}}
+{{- $alias := index .Values "ingress-controller" | default dict -}}
+{{- if or .Values.ingressController.enabled $alias.enabled -}}true{{- end -}}
+{{- end -}}
