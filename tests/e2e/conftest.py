@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from istiodpeer import Istiod  # noqa: E402
 from kubepeer import KubeAPIServer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_helm_chart import helm_binary  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPIServer]:
@@ -34,3 +37,12 @@ def istiod(kube: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield i
     finally:
         i.stop()
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    """The helm CLI of tools/peers-e2e/helm.sh (skipped when absent)."""
+    h = helm_binary()
+    if h is None:
+        pytest.skip("no helm binary: run tools/peers-e2e/helm.sh")
+    return h

@@ -18,12 +18,12 @@ import signal
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+import bookinfopage
 from bookinfopage import Page
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,25 +93,13 @@ def page(user: str | None = None) -> Page:
 
 
 def pages(n: int, user: str | None = None) -> list[Page]:
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda _: page(user), range(n)))
+    return bookinfopage.pages(page, n, user)
 
 
 def wait_pages(cond: Callable[[Page], bool], what: str, *, user: str | None = None, consecutive: int = 5,
                timeout: float = 60.0) -> float:
-    t0 = time.monotonic()
-    run = 0
-    last: Page | None = None
-    while run < consecutive:
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"{what}: not seen {consecutive}x in a row within {timeout}s; last page: "
-                                 f"{last and (last.status, last.version, last.error, last.body[-400:])}\n"
-                                 f"{kubectl('get', 'pods', '-A', '-o', 'wide', check=False)}")
-        last = page(user)
-        run = run + 1 if cond(last) else 0
-        if not run:
-            time.sleep(0.2)
-    return time.monotonic() - t0
+    return bookinfopage.wait_pages(page, cond, what, user=user, consecutive=consecutive, timeout=timeout,
+                                   diagnostics=lambda: kubectl("get", "pods", "-A", "-o", "wide", check=False))
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -249,6 +237,32 @@ def test_seed003_amesh_plugin_config_changes_exactly_the_selected_workloads(mach
     assert sidecar_admin("bookinfo", "app=reviews,version=v2", "/plugins")["plugins"] == {}
     kubectl("-n", "bookinfo", "delete", "ameshpluginconfig", "ratings-down")
     wait_pages(lambda p: p.version == "v2" and p.stars == "black", "ratings back once deleted", user="jason")
+
+
+# ------------------------------------------------------------------------------ the machine's edges
+def test_nothing_is_pulled_and_only_cluster_names_resolve(machine: dict[str, Any]) -> None:
+    """An image the node does not have is never fetched (every registry is a dead loopback port),
+    and pods resolve the cluster's names only (CoreDNS has no `forward`)."""
+    kubectl("-n", "default", "run", "pull-probe", "--image=docker.io/library/busybox:1.36",
+            "--image-pull-policy=IfNotPresent", "--restart=Never", "--", "true")
+    try:
+        def waiting() -> Any:
+            st = json.loads(kubectl("-n", "default", "get", "pod", "pull-probe", "-o", "json"))["status"]
+            w = ((st.get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting") or {}
+            return w if w.get("reason") in ("ErrImagePull", "ImagePullBackOff") and w.get("message") else None
+        w = wait_until(waiting, 60, "the pull to fail")
+        assert "127.0.0.1:9" in w["message"], w
+    finally:
+        kubectl("-n", "default", "delete", "pod", "pull-probe", "--wait=false", check=False)
+    name = pod_json("bookinfo", "app=productpage")["metadata"]["name"]
+    code = ("import socket\nfor n in ('reviews.bookinfo.svc.cluster.local', 'kubernetes.default', 'example.com'):\n"
+            "    try: print(n, socket.gethostbyname(n))\n"
+            "    except OSError as e: print(n, 'unresolved')")
+    out = dict(ln.split() for ln in kubectl("-n", "bookinfo", "exec", name, "-c", "istio-proxy", "--",
+                                            "python3", "-c", code).splitlines())
+    assert out["reviews.bookinfo.svc.cluster.local"].startswith("10.96."), out
+    assert out["kubernetes.default"] == C.KUBERNETES_SVC_IP, out
+    assert out["example.com"] == "unresolved", out
 
 
 # ------------------------------------------------------------------------------ failures

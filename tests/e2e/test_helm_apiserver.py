@@ -21,17 +21,9 @@ import yaml
 from kubepeer import KubeAPIServer, KubeError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_helm_chart import CHART, COMBOS, NS, helm_binary, render  # noqa: E402
+from test_helm_chart import CHART, COMBOS, NS, render  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    h = helm_binary()
-    if h is None:
-        pytest.skip("no helm binary: run tools/peers-e2e/helm.sh")
-    return h
 
 
 @pytest.fixture(scope="module")

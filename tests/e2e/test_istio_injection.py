@@ -39,9 +39,6 @@ import yaml
 from istiodpeer import Istiod, istiod_dir
 from kubepeer import KubeAPIServer, die_with_parent, free_port, stop_process
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_helm_chart import helm_binary  # noqa: E402
-
 pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,14 +71,6 @@ def _istiod_release(helm: Path, kube: KubeAPIServer, home: Path, verb: str, *set
     for s in sets:
         args += ["--set", s]
     _helm(helm, kube, home, *args)
-
-
-@pytest.fixture(scope="module")
-def helm() -> Path:
-    h = helm_binary()
-    if h is None:
-        pytest.skip("no helm binary: run tools/peers-e2e/helm.sh")
-    return h
 
 
 @pytest.fixture(scope="module")

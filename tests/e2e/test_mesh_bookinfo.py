@@ -24,14 +24,13 @@ import re
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
-from bookinfopage import Page
+from bookinfopage import Page, pages, wait_pages
 from istiodpeer import (BOOKINFO_VIPS, NET, Istiod, bookinfo_destination_rules, bookinfo_services, vs_all_v1,
                         vs_ratings_abort, vs_ratings_delay, vs_reviews_jason_v2, vs_reviews_v2_v3)
 from kubepeer import KubeAPIServer, die_with_parent, free_port, stop_process
@@ -79,26 +78,12 @@ class Bookinfo:
             conn.close()
 
     def pages(self, n: int, user: str | None = None, parallel: int = 4) -> list[Page]:
-        with ThreadPoolExecutor(parallel) as pool:
-            return list(pool.map(lambda _: self.page(user), range(n)))
+        return pages(self.page, n, user, parallel)
 
     def wait_pages(self, cond: Callable[[Page], bool], what: str, *, user: str | None = None,
                    consecutive: int = 5, timeout: float = 30.0) -> float:
-        """Until ``consecutive`` pages in a row satisfy ``cond`` (config reached every sidecar on
-        the path); returns the seconds it took."""
-        t0 = time.monotonic()
-        run = 0
-        last: Page | None = None
-        while run < consecutive:
-            if time.monotonic() - t0 > timeout:
-                raise AssertionError(f"{what}: not seen {consecutive}x in a row within {timeout}s; last page: "
-                                     f"{last and (last.status, last.version, last.error, last.body[-300:])}\n"
-                                     f"{self.net.diagnostics()}")
-            last = self.page(user)
-            run = run + 1 if cond(last) else 0
-            if run == 0:
-                time.sleep(0.1)
-        return time.monotonic() - t0
+        return wait_pages(self.page, cond, what, user=user, consecutive=consecutive, timeout=timeout,
+                          diagnostics=self.net.diagnostics)
 
     # -- the operator with kubectl --
     def set_virtual_services(self, objs: list[dict[str, Any]]) -> None:
