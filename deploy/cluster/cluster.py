@@ -189,18 +189,6 @@ def tail(path: Path, n: int = 30) -> str:
         return f"({path} unreadable)"
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except Exception:   # noqa: BLE001 - a probe that fails is "not yet"
-            pass
-        time.sleep(0.25)
-    raise ClusterError(f"{what}: not ready after {timeout:.0f} s\n{detail()}")
-
-
 def uplinks() -> list[str]:
     """The interfaces of the machine's default routes (the guard rules sit on them)."""
     out = set()
@@ -263,7 +251,7 @@ def snapshot() -> dict[str, Any]:
             procs.append(Path(exe).name)
     # the top level of every hierarchy (where kubelet, runc or podman would add theirs) and all of
     # the cluster's root; deeper groups of others (this machine's own per-process ones) come and go
-    cg = []
+    cg: list[str] = []
     for h in cgroup_all_hierarchies():
         cg.extend(str(d) for d in h.iterdir() if d.is_dir())
         for dirpath, dirnames, _ in os.walk(h / CGROUP_ROOT):
@@ -275,7 +263,7 @@ def snapshot() -> dict[str, Any]:
             "iptables": rules("iptables-save"), "ip6tables": rules("ip6tables-save"), "nft_tables": nft_tables(),
             "mounts": mounts, "cgroups": sorted(cg),
             "sysctls": {s: read_sysctl(s) for s in SYSCTLS},
-            "paths": {p: os.path.lexists(p) for p in OUTSIDE_PATHS + (str(SCRATCH), str(SAVED))}}
+            "paths": {p: os.path.lexists(p) for p in OUTSIDE_PATHS + (str(SCRATCH), str(SAVED), str(LOCK))}}
 
 
 # ------------------------------------------------------------------------------------------ PKI
@@ -920,6 +908,7 @@ def down(*, quiet: bool = False) -> None:
         shutil.rmtree(SCRATCH, ignore_errors=True)
     if SAVED.exists():
         SAVED.unlink()
+    LOCK.unlink(missing_ok=True)    # the supervisor that held it is gone
     if not quiet:
         log(f"torn down in {time.monotonic() - t0:.1f} s")
 
