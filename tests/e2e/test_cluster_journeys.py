@@ -195,6 +195,7 @@ def test_seed003_virtual_services_steer_reviews(machine: dict[str, Any]) -> None
     got = Counter(p.version for p in pages(60))
     print(f"\nreviews v2/v3 50/50: 60 pages -> {dict(got)}")
     assert set(got) == {"v2", "v3"}, got
+    assert 0.3 <= got["v2"] / 60 <= 0.7, got      # 50/50 by weight (3 sigma over 60 draws)
 
     apply_networking("virtual-service-reviews-test-v2.yaml")
     wait_pages(lambda p: p.version == "v2", "jason -> v2", user="jason", consecutive=5)
