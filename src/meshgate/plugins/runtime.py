@@ -20,7 +20,7 @@ import importlib.util
 import inspect
 import json
 import logging
-import pkgutil
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,10 +297,11 @@ class PluginRegistry:
     def load_builtin(self) -> None:
         from . import builtin
 
-        for info in pkgutil.iter_modules(builtin.__path__):
-            if info.name.startswith("_"):
-                continue   # helpers shared by built-in plugins
-            mod = importlib.import_module(f"{builtin.__name__}.{info.name}")
+        # the package's modules, as sources or compiled extensions (helpers start with "_")
+        names = sorted({f.split(".", 1)[0] for d in builtin.__path__ for f in os.listdir(d)
+                        if f.endswith((".py", ".so")) and not f.startswith("_")})
+        for name in names:
+            mod = importlib.import_module(f"{builtin.__name__}.{name}")
             if hasattr(mod, "NAME"):
                 self.register_module(mod)
 

@@ -54,14 +54,12 @@ normalized path (APISIX: PCRE, ``ngx.re.match`` on ``$uri``).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import re
 import ssl
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,14 +104,6 @@ def protocol_mask(names: Any) -> int:
 
 # --- what Python's ssl module does not expose ----------------------------------------------------
 
-_VERIFY_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-_HELLO_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p)
-# nginx's verify callback for "optional" verification: never fail the handshake, keep the
-# result for $ssl_client_verify (ngx_ssl_verify_callback)
-_ACCEPT_ANY = _VERIFY_CB(lambda ok, store: 1)
-_NO_CB = _VERIFY_CB()
-
-
 class _Native:
     """libssl calls on the ``SSL``/``SSL_CTX`` behind Python's ssl objects (ctypes).
 
@@ -121,12 +111,39 @@ class _Native:
     ``{PyObject_HEAD; SSL_CTX *ctx; ...}`` and ``PySSLSocket`` (an ``SSLObject``'s
     ``_sslobj``) is ``{PyObject_HEAD; PyObject *Socket; SSL *ssl; ...}``.  The layout is
     checked once against libssl itself before anything uses it; ``ok`` is False (with
-    ``why``) when it cannot be, and the features that need it are refused."""
+    ``why``) when it cannot be, and the features that need it are refused.
 
-    def __init__(self) -> None:
+    Loaded on first use (``ok``, ``why``, ``lib``...): a worker without TLS listeners or mTLS never
+    imports ctypes nor builds the self-check's SSL context."""
+
+    _LAZY = frozenset(("ok", "why", "lib", "verify_cb", "hello_cb", "accept_any", "no_cb"))
+    ok: bool
+    why: str
+    lib: Any
+    verify_cb: Any
+    hello_cb: Any
+    accept_any: Any
+    no_cb: Any
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _Native._LAZY:
+            raise AttributeError(name)
+        self._init()
+        return object.__getattribute__(self, name)
+
+    def _init(self) -> None:
+        import ctypes
+
         self.ok = False
         self.why = ""
-        self.lib: Any = None
+        self.lib = None
+        self.verify_cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+        self.hello_cb = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
+                                         ctypes.c_void_p)
+        # nginx's verify callback for "optional" verification: never fail the handshake, keep the
+        # result for $ssl_client_verify (ngx_ssl_verify_callback)
+        self.accept_any = self.verify_cb(lambda ok, store: 1)
+        self.no_cb = self.verify_cb()
         try:
             self._load()
             self._self_check()
@@ -138,16 +155,17 @@ class _Native:
         if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13):
             raise RuntimeError(f"not a CPython 3.11-3.13 ({sys.implementation.name} {sys.version.split()[0]})")
         import _ssl
+        import ctypes
 
         lib = ctypes.CDLL(_ssl.__file__)   # its symbols, and those of the libssl it was linked with
         vp, u64 = ctypes.c_void_p, ctypes.c_uint64
         for name, res, args in (
                 ("SSL_CTX_get_verify_mode", ctypes.c_int, [vp]),
                 ("SSL_CTX_ctrl", ctypes.c_long, [vp, ctypes.c_int, ctypes.c_long, vp]),
-                ("SSL_CTX_set_client_hello_cb", None, [vp, _HELLO_CB, vp]),
+                ("SSL_CTX_set_client_hello_cb", None, [vp, self.hello_cb, vp]),
                 ("SSL_get_SSL_CTX", vp, [vp]),
                 ("SSL_is_server", ctypes.c_int, [vp]),
-                ("SSL_set_verify", None, [vp, ctypes.c_int, _VERIFY_CB]),
+                ("SSL_set_verify", None, [vp, ctypes.c_int, self.verify_cb]),
                 ("SSL_set_verify_depth", None, [vp, ctypes.c_int]),
                 ("SSL_get_verify_result", ctypes.c_long, [vp]),
                 ("SSL_get_options", u64, [vp]),
@@ -163,10 +181,12 @@ class _Native:
 
     @staticmethod
     def ctx_ptr(ctx: ssl.SSLContext) -> int:
+        import ctypes
         return ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value or 0
 
     @staticmethod
     def ssl_ptr(obj: ssl.SSLObject) -> int:
+        import ctypes
         inner = obj._sslobj  # type: ignore[attr-defined]
         return ctypes.c_void_p.from_address(id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value or 0
 
@@ -197,6 +217,7 @@ class _Native:
 
     def hello_server_name(self, s: int) -> str | None:
         """The host_name of the ClientHello's server_name extension (RFC 6066 3)."""
+        import ctypes
         out = ctypes.POINTER(ctypes.c_ubyte)()
         n = ctypes.c_size_t()
         if not self.lib.SSL_client_hello_get0_ext(s, _TLSEXT_SERVER_NAME, ctypes.byref(out), ctypes.byref(n)):
@@ -220,7 +241,7 @@ class _Native:
 
     def set_verify(self, obj: ssl.SSLObject, mode: int, depth: int) -> None:
         s = self.ssl_ptr(obj)
-        self.lib.SSL_set_verify(s, mode, _ACCEPT_ANY if mode == VERIFY_PEER else _NO_CB)
+        self.lib.SSL_set_verify(s, mode, self.accept_any if mode == VERIFY_PEER else self.no_cb)
         self.lib.SSL_set_verify_depth(s, depth)
 
     def verify_result(self, obj: ssl.SSLObject) -> tuple[int, str]:
@@ -252,6 +273,7 @@ def _pem_path(text: str) -> Iterator[str]:
         finally:
             os.close(fd)
         return
+    import tempfile
     d = tempfile.mkdtemp(prefix="meshgate-pem-")
     path = os.path.join(d, "pem")
     try:
@@ -486,7 +508,7 @@ class TLSListener:
             ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
             ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
             NATIVE.no_session_cache(ctx)
-            self._hello = _HELLO_CB(self._on_client_hello)
+            self._hello = NATIVE.hello_cb(self._on_client_hello)
             NATIVE.set_client_hello_cb(ctx, self._hello)
         else:
             log.warning("TLS: %s; client certificates and per-certificate ssl_protocols are refused",

@@ -9,7 +9,6 @@ reports passive health events and applies the shared health state it is sent.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -375,12 +374,37 @@ class WorkerMain:
         return 0
 
 
+def _parse_args(argv: list[str]) -> tuple[int, str]:
+    """``--fd N [--log-level LEVEL]`` (the supervisor's command line; argparse would cost every
+    worker ~0.4 MB for two flags)."""
+    fd: int | None = None
+    level = "WARNING"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name, eq, value = a.partition("=")
+        if name not in ("--fd", "--log-level"):
+            raise SystemExit(f"meshgate-worker: unknown argument {a!r} (expected --fd N [--log-level LEVEL])")
+        if not eq:
+            i += 1
+            if i >= len(argv):
+                raise SystemExit(f"meshgate-worker: {name} needs a value")
+            value = argv[i]
+        if name == "--fd":
+            if not value.isdigit():
+                raise SystemExit(f"meshgate-worker: --fd {value!r}: expected a file descriptor number")
+            fd = int(value)
+        else:
+            level = value
+        i += 1
+    if fd is None:
+        raise SystemExit("meshgate-worker: --fd is required")
+    return fd, level
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="meshgate-worker")
-    ap.add_argument("--fd", type=int, required=True)
-    ap.add_argument("--log-level", default="WARNING")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
+    fd, level = _parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=level, format="%(asctime)s worker[%(process)d] %(levelname)s %(name)s: %(message)s")
     try:
         import uvloop
 
@@ -389,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     # The worker must not react to the terminal's Ctrl-C directly: the supervisor drains it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return asyncio.run(WorkerMain(args.fd).run())
+    return asyncio.run(WorkerMain(fd).run())
 
 
 if __name__ == "__main__":

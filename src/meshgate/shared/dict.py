@@ -40,7 +40,6 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -77,7 +76,10 @@ class SharedDictFull(SharedDictError):
 
 def shm_dir() -> str:
     d = "/dev/shm"
-    return d if os.path.isdir(d) and os.access(d, os.W_OK) else tempfile.gettempdir()
+    if os.path.isdir(d) and os.access(d, os.W_OK):
+        return d
+    import tempfile   # only without /dev/shm (tempfile pulls shutil, bz2, lzma: ~1 MB per worker)
+    return tempfile.gettempdir()
 
 
 def _start_time(pid: int) -> str:
