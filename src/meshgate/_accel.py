@@ -53,6 +53,7 @@ MODULES = (
     "meshgate.proxy.server",
     "meshgate.shared.dict",
     "meshgate.observability.metrics",
+    "meshgate.plugins.chain",
     "meshgate.plugins.builtin._auth",
     "meshgate.plugins.builtin._limit_common",
     "meshgate.plugins.builtin.key_auth",

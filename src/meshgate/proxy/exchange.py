@@ -1147,8 +1147,7 @@ class Exchange:
                     # headers the upstream did not send, and nobody looks at the list: append
                     # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
                     fields = self._resp_fields = fields + b"".join(
-                        b"\r\n" + hn.encode("latin-1") + b": " + hv.encode("latin-1")
-                        for _, hn, hv in ops if hv is not None)
+                        _field_key(hn)[1] + hv.encode("latin-1") for _, hn, hv in ops if hv is not None)
                     ops = None
                 else:
                     hl = self.resp_fields
@@ -1429,14 +1428,29 @@ def _grpc_status_lines(status: int, body: bytes) -> bytes:
     return b"grpc-status: %d\r\n" % code + (b"grpc-message: " + enc.encode() + b"\r\n" if enc else b"")
 
 
+_FIELD_KEYS: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _field_key(name: str) -> tuple[bytes, bytes]:
+    """(``\\r\\nname:`` lower-cased, to search a lower-cased head; ``\\r\\nName: ``, to append a
+    line): plugins set the same few names on every request (limit-count's X-RateLimit-*)."""
+    k = _FIELD_KEYS.get(name)
+    if k is None:
+        b = name.encode("latin-1")
+        k = (b"\r\n" + b.lower() + b":", b"\r\n" + b + b": ")
+        if len(_FIELD_KEYS) < 4096:
+            _FIELD_KEYS[name] = k
+    return k
+
+
 def _appendable(ops: list[tuple[int, str, str | None]], lower_head: bytes) -> bool:
     """Whether header edits only add fields the (lower-cased) upstream head does not have."""
-    seen = set()
+    seen: set[bytes] = set()
     for op, name, _ in ops:
-        ln = name.lower()
-        if (op == 0 and ln in seen) or b"\r\n" + ln.encode("latin-1") + b":" in lower_head:
+        key = _field_key(name)[0]
+        if (op == 0 and key in seen) or key in lower_head:
             return False
-        seen.add(ln)
+        seen.add(key)
     return True
 
 

@@ -62,6 +62,9 @@ _OFF_LIVE = 8 + 4 + 4 + 4                 # byte offset of the live counter in t
 _LIVE_TOMBS = struct.Struct("<II")
 _OFF_MINEXP = 32                          # f64: earliest expiry of any live key (inf: none)
 _F64 = struct.Struct("<d")
+_EXP_VAL = struct.Struct("<dd")           # a slot's expire and value (offset 24)
+_OFF_EXP = 24
+_OFF_VAL = 32
 
 now = time.monotonic
 
@@ -402,10 +405,12 @@ class SharedDict:
         """The new value and the key's expiry (0.0: none)."""
         i, _, expired = self._find(d, t)
         if i >= 0 and not expired:
+            # the common case (a live counter): read its expiry and value, write the value back
             off = _HEADER_SIZE + i * _SLOT_SIZE
-            _, _, exp, val = _SLOT.unpack_from(self._mm, off)
+            mm = self._mm
+            exp, val = _EXP_VAL.unpack_from(mm, off + _OFF_EXP)
             val += delta
-            self._write(i, d, exp, val)
+            _F64.pack_into(mm, off + _OFF_VAL, val)
             return float(val), float(exp)
         if init is None:
             raise KeyError("not found")

@@ -297,14 +297,19 @@ async def _redis_sliding(conf: dict[str, Any], key: str, count: int, window: int
     return True, math.floor(count - cur - lastv / window * remaining_time), math.ceil(remaining_time * 100) / 100
 
 
+_DEFAULT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
 def _header_names(ctx: Any, prefix: str | None) -> tuple[str, str, str]:
     md = None
     pm = getattr(ctx, "plugin_metadata", None)
     if pm is not None:
         md = pm(NAME)
-    md = md or {}
-    names = (md.get("limit_header", "X-RateLimit-Limit"), md.get("remaining_header", "X-RateLimit-Remaining"),
-             md.get("reset_header", "X-RateLimit-Reset"))
+    if not md:
+        names = _DEFAULT_HEADERS
+    else:
+        names = (md.get("limit_header", "X-RateLimit-Limit"), md.get("remaining_header", "X-RateLimit-Remaining"),
+                 md.get("reset_header", "X-RateLimit-Reset"))
     if prefix is None:
         return names
     a, b, c = (n.replace("RateLimit-", f"{prefix}-RateLimit-", 1) for n in names)
