@@ -772,12 +772,18 @@ def _cgroups() -> None:
 def import_images() -> None:
     """Build (or reuse) the offline images and import them into the cluster's containerd."""
     t0 = time.monotonic()
-    sys.path.insert(0, str(REPO / "deploy" / "images"))
-    try:
-        import build as image_build  # deploy/images/build.py
-    finally:
-        sys.path.pop(0)
-    built = image_build.build_images()
+    # deploy/images/build.py, loaded by path under its own name (a `build` module, such as PyPA's,
+    # may be imported already)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("meshgate_images_build", REPO / "deploy" / "images" / "build.py")
+    if spec is None or spec.loader is None:
+        raise ClusterError("deploy/images/build.py cannot be loaded")
+    image_build = sys.modules.get("meshgate_images_build")
+    if image_build is None:
+        image_build = importlib.util.module_from_spec(spec)
+        sys.modules["meshgate_images_build"] = image_build
+        spec.loader.exec_module(image_build)
+    built: dict[str, tuple[str, Path]] = image_build.build_images()
     sock = SCRATCH / "containerd" / "containerd.sock"
     for name, (ref, tar) in built.items():
         if name == "base":
