@@ -79,8 +79,6 @@ SYSCTLS = ("net/ipv4/ip_forward", "vm/overcommit_memory", "kernel/panic", "kerne
 # Written outside the scratch directory by containerd, kubelet and the CNI plugins.
 OUTSIDE_PATHS = ("/var/lib/kubelet", "/run/containerd", "/opt/containerd", "/var/lib/cni", "/run/netns",
                  "/var/log/containers", "/var/log/pods", "/etc/cni", "/run/flannel", "/var/run/netns")
-# Chains kubelet creates for itself (kube-proxy --cleanup removes only its own).
-KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT", "KUBE-PROXY-CANARY")
 DEAD_REGISTRY = "http://127.0.0.1:9"    # discard port: nothing listens, every pull fails at once
 REGISTRIES = ("docker.io", "registry.k8s.io", "gcr.io", "quay.io", "ghcr.io", "k8s.gcr.io", "mcr.microsoft.com",
               "public.ecr.aws", "_default")
@@ -156,9 +154,9 @@ def missing_prerequisites(istio: bool = False) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def run(argv: list[str], *, check: bool = True, input: str | None = None, timeout: float = 120,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, env=env)
+def run(argv: list[str], *, check: bool = True, input: str | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
     if check and r.returncode != 0:
         raise ClusterError(f"{' '.join(argv)}: exit {r.returncode}: {(r.stderr or r.stdout).strip()[-1500:]}")
     return r
@@ -210,22 +208,22 @@ def nft_tables() -> list[str]:
     return sorted(ln.split(None, 1)[1] for ln in r.stdout.splitlines() if ln.startswith("table "))
 
 
-def cgroup_v1_hierarchies() -> list[Path]:
+def _cgroup_mounts(*fstypes: str) -> list[Path]:
+    """The mount points of these cgroup file system types ("cgroup": the v1 hierarchies)."""
     out = []
     for line in Path("/proc/mounts").read_text().splitlines():
         f = line.split()
-        if len(f) >= 3 and f[2] == "cgroup" and f[1].startswith("/sys/fs/cgroup/"):
+        if len(f) >= 3 and f[2] in fstypes and (f[2] == "cgroup2" or f[1].startswith("/sys/fs/cgroup/")):
             out.append(Path(f[1]))
     return out
+
+
+def cgroup_v1_hierarchies() -> list[Path]:
+    return _cgroup_mounts("cgroup")
 
 
 def cgroup_all_hierarchies() -> list[Path]:
-    out = cgroup_v1_hierarchies()
-    for line in Path("/proc/mounts").read_text().splitlines():
-        f = line.split()
-        if len(f) >= 3 and f[2] == "cgroup2":
-            out.append(Path(f[1]))
-    return out
+    return _cgroup_mounts("cgroup", "cgroup2")
 
 
 # ------------------------------------------------------------------------------------------ snapshot
@@ -501,6 +499,15 @@ def components(istio: bool = False) -> list[dict[str, Any]]:
     return out
 
 
+def _read_components() -> list[dict[str, Any]]:
+    """What the supervisor runs (it re-reads the file on SIGHUP)."""
+    return list(json.loads((SCRATCH / "components.json").read_text()))
+
+
+def _write_components(comps: list[dict[str, Any]]) -> None:
+    (SCRATCH / "components.json").write_text(json.dumps(comps, indent=1))
+
+
 def _probe(p: list[str]) -> bool:
     kind, target = p
     if kind == "sock":
@@ -614,20 +621,17 @@ def supervise() -> int:
             p.wait(10)
         print(f"supervisor: {name or p.pid} stopped in {time.monotonic() - t0:.1f} s", flush=True)
 
-    def load() -> list[dict[str, Any]]:
-        return list(json.loads((SCRATCH / "components.json").read_text()))
-
     comps: list[dict[str, Any]] = []
     error = ""
     try:
-        comps = load()
+        comps = _read_components()
         start_in_order(comps)
         save("running")
         backoff: dict[str, float] = {}
         while not stopping:
             if reload:
                 reload = False
-                comps = load()
+                comps = _read_components()
                 for c in comps:   # paused (cluster.py pause NAME): stopped and not restarted
                     p = procs.get(c["name"])
                     if c.get("paused") and p is not None:
@@ -653,10 +657,8 @@ def supervise() -> int:
             time.sleep(0.2)
     except ClusterError as e:
         error = str(e)
-        save("failed", error)
     except Exception as e:   # noqa: BLE001 - say why, then stop what runs
         error = f"supervisor: {type(e).__name__}: {e}"
-        save("failed", error)
     finally:
         save("failed" if error else "stopping", error)
         for c in reversed(comps):
@@ -708,7 +710,7 @@ def up(*, istio: bool = False, images: bool = True, timeout: float = 180) -> Non
     _pki(SCRATCH / "pki")
     _tokens(SCRATCH / "pki")
     _write_configs()
-    (SCRATCH / "components.json").write_text(json.dumps(components(False), indent=1))
+    _write_components(components(False))
     py = sys.executable
     with open(SCRATCH / "logs-supervisor.log", "ab") as lf:
         subprocess.Popen([py, str(Path(__file__).resolve()), "_supervise"], stdout=lf, stderr=subprocess.STDOUT,
@@ -747,6 +749,13 @@ def _wait_or_raise(cond: Callable[[], bool], timeout: float, what: str) -> None:
     raise ClusterError(f"{what}: not ready after {timeout:.0f} s (last error: {err})")
 
 
+def _guard_rules() -> list[list[str]]:
+    """The mangle rules (after ``-I``/``-D``) that drop pod and service traffic on the uplinks."""
+    return [["POSTROUTING", "-o", dev, flag, cidr, "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"]
+            for dev in uplinks()
+            for flag, cidr in (("-s", CLUSTER_CIDR), ("-d", CLUSTER_CIDR), ("-d", SERVICE_CIDR))]
+
+
 def _host_network() -> None:
     if run(["ip", "link", "show", BRIDGE], check=False).returncode != 0:
         run(["ip", "link", "add", BRIDGE, "type", "bridge"])
@@ -754,10 +763,8 @@ def _host_network() -> None:
     run(["ip", "link", "set", BRIDGE, "up"])
     write_sysctl("net/ipv4/ip_forward", "1")
     write_sysctl("net/bridge/bridge-nf-call-iptables", "1")
-    for dev in uplinks():
-        for flag, cidr in (("-s", CLUSTER_CIDR), ("-d", CLUSTER_CIDR), ("-d", SERVICE_CIDR)):
-            run(["iptables", "-w", "-t", "mangle", "-I", "POSTROUTING", "-o", dev, flag, cidr,
-                 "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"])
+    for rule in _guard_rules():
+        run(["iptables", "-w", "-t", "mangle", "-I", *rule])
 
 
 def _cgroups() -> None:
@@ -801,15 +808,13 @@ def install_istio() -> None:
     t0 = time.monotonic()
     k = Kube()
     charts = istio_charts()
-    helm = [str(binaries()["helm"]), f"--kubeconfig={kubeconfig()}"]
-    run(helm + ["upgrade", "--install", "istio-base", str(charts / "base"), "-n", ISTIO_NS, "--create-namespace",
-                "--set", "defaultRevision=default", "--wait=false"], timeout=180)
-    run(helm + ["upgrade", "--install", "istiod", str(charts / "istio-discovery"), "-n", ISTIO_NS,
-                "-f", str(REPO / "deploy" / "istio" / "values-meshgate.yaml"),
-                "--set", "global.imagePullPolicy=Never",
-                # sidecars find the mesh controller (installed with the gateway's chart) here
-                "--set", f"meshConfig.defaultConfig.proxyMetadata.MESHGATE_PLUGINS_ADDRESS={MESH_CONTROLLER}"],
-        timeout=180)
+    helm("upgrade", "--install", "istio-base", str(charts / "base"), "-n", ISTIO_NS, "--create-namespace",
+         "--set", "defaultRevision=default", "--wait=false")
+    helm("upgrade", "--install", "istiod", str(charts / "istio-discovery"), "-n", ISTIO_NS,
+         "-f", str(REPO / "deploy" / "istio" / "values-meshgate.yaml"),
+         "--set", "global.imagePullPolicy=Never",
+         # sidecars find the mesh controller (installed with the gateway's chart) here
+         "--set", f"meshConfig.defaultConfig.proxyMetadata.MESHGATE_PLUGINS_ADDRESS={MESH_CONTROLLER}")
     # istiod runs on the host: no pod, the Service points at the node address
     k.patch(f"/apis/apps/v1/namespaces/{ISTIO_NS}/deployments/istiod", {"spec": {"replicas": 0}})
     k.patch(f"/api/v1/namespaces/{ISTIO_NS}/services/istiod", {"spec": {"selector": None}})
@@ -822,8 +827,7 @@ def install_istio() -> None:
                                      "endpointslice.kubernetes.io/managed-by": "meshgate-cluster"}},
              "addressType": "IPv4", "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
              "ports": ports})
-    comps = components(True)
-    (SCRATCH / "components.json").write_text(json.dumps(comps, indent=1))
+    _write_components(components(True))
     st = _supervisor_state()
     if not st:
         raise ClusterError("no cluster supervisor: run `cluster.py up` first")
@@ -844,13 +848,13 @@ def set_paused(name: str, paused: bool, timeout: float = 60) -> None:
     st = _supervisor_state()
     if not st or not _alive(int(st["pid"])):
         raise ClusterError("no running cluster")
-    comps = json.loads((SCRATCH / "components.json").read_text())
+    comps = _read_components()
     if name not in {c["name"] for c in comps}:
         raise ClusterError(f"no component {name!r}; have: {', '.join(c['name'] for c in comps)}")
     for c in comps:
         if c["name"] == name:
             c["paused"] = paused
-    (SCRATCH / "components.json").write_text(json.dumps(comps, indent=1))
+    _write_components(comps)
     os.kill(int(st["pid"]), signal.SIGHUP)
 
     def done() -> bool:
@@ -878,15 +882,13 @@ def down(*, quiet: bool = False) -> None:
             for ln in tail(SCRATCH / "logs-supervisor.log", 40).splitlines():
                 if ln.startswith("supervisor: ") and " stopped in " in ln and float(ln.split()[-2]) >= 2:
                     log(ln.removeprefix("supervisor: "))
-    # anything still running from the scratch dir or our binaries (a supervisor killed with -9)
+    # anything still running from the scratch dir (a supervisor killed with -9)
     _kill_leftovers()
     _remove_containers()
     _firewall_cleanup()
-    for dev in uplinks():
-        for flag, cidr in (("-s", CLUSTER_CIDR), ("-d", CLUSTER_CIDR), ("-d", SERVICE_CIDR)):
-            while run(["iptables", "-w", "-t", "mangle", "-D", "POSTROUTING", "-o", dev, flag, cidr,
-                       "-m", "comment", "--comment", GUARD_COMMENT, "-j", "DROP"], check=False).returncode == 0:
-                pass
+    for rule in _guard_rules():
+        while run(["iptables", "-w", "-t", "mangle", "-D", *rule], check=False).returncode == 0:
+            pass
     if run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
         run(["ip", "link", "del", BRIDGE], check=False)
     _unmount_all()

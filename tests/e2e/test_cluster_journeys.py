@@ -11,6 +11,7 @@ with what it was before).  Skipped, with the reason, when this machine cannot ru
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -61,7 +62,9 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     return C.kubectl(*args, input=input, check=check).stdout
 
 
+@functools.cache
 def gateway() -> tuple[str, int]:
+    """NODE_IP:NODE_PORT, read once with kubectl as the seed does (not twice per request)."""
     return C.gateway_address()
 
 

@@ -120,20 +120,21 @@ def unpack(tar: Path, dest: Path) -> None:
                     layer.extract(m, dest, numeric_owner=True, **extra)
 
 
-@pytest.fixture(scope="module")
-def meshgate_root(images: dict[str, tuple[str, Path]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("meshgate-image") / "rootfs"
-    unpack(images["meshgate"][1], d)
+def unpacked(images: dict[str, tuple[str, Path]], factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    d = factory.mktemp(f"{name}-image") / "rootfs"
+    unpack(images[name][1], d)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def meshgate_root(images: dict[str, tuple[str, Path]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield from unpacked(images, tmp_path_factory, "meshgate")
 
 
 @pytest.fixture(scope="module")
 def bookinfo_root(images: dict[str, tuple[str, Path]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    d = tmp_path_factory.mktemp("bookinfo-image") / "rootfs"
-    unpack(images["bookinfo"][1], d)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from unpacked(images, tmp_path_factory, "bookinfo")
 
 
 def chroot(root: Path, *argv: str, user: int | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -308,8 +308,8 @@ def _header_names(ctx: Any, prefix: str | None) -> tuple[str, str, str]:
     if not md:
         names = _DEFAULT_HEADERS
     else:
-        names = (md.get("limit_header", "X-RateLimit-Limit"), md.get("remaining_header", "X-RateLimit-Remaining"),
-                 md.get("reset_header", "X-RateLimit-Reset"))
+        names = (md.get("limit_header", _DEFAULT_HEADERS[0]), md.get("remaining_header", _DEFAULT_HEADERS[1]),
+                 md.get("reset_header", _DEFAULT_HEADERS[2]))
     if prefix is None:
         return names
     a, b, c = (n.replace("RateLimit-", f"{prefix}-RateLimit-", 1) for n in names)
