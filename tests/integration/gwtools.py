@@ -312,6 +312,9 @@ class Response:
                 return v
         return None
 
+    def headers_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
     def json(self) -> Any:
         return json.loads(self.body)
 

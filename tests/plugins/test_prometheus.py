@@ -148,6 +148,68 @@ def test_log_long_model_names_are_cut() -> None:
     assert row[0] == 1 and row[-1] == 0
 
 
+class MetaCtx(FakeCtx):
+    def __init__(self, meta: Any, **vars: Any) -> None:
+        super().__init__(**vars)
+        self.meta = meta
+
+    def plugin_metadata(self, name: str) -> Any:
+        return self.meta
+
+
+def test_repeated_label_sets_keep_counting_and_follow_new_metadata() -> None:
+    """The log hook remembers the label sets of a request like the last one: repeats still add
+    to every series, and new plugin metadata (disabled_labels) applies to a label set already seen."""
+    from meshgate.plugins.builtin import prometheus
+
+    vars = dict(status=200, route_id="rows", balancer_ip="10.0.0.9", request_time=0.003,
+                upstream_response_time=0.001, request_length=10, bytes_sent=20)
+    status_key = ("200", "rows", "", "", "", "", "10.0.0.9", "traditional_http", "", "", "upstream")
+    tail = ("rows", "", "", "10.0.0.9", "traditional_http", "", "")
+    def count(kind: str, t: tuple[str, ...]) -> float:   # observations in a latency series
+        return sum(prometheus.LATENCY.series.get((kind,) + t, [0.0] * 17)[:-1])
+
+    s0 = prometheus.STATUS.series.get(status_key, 0.0)
+    c0 = {kind: count(kind, tail) for kind in ("request", "upstream", "apisix")}
+    e0 = prometheus.BANDWIDTH.series.get(("egress",) + tail, 0.0)
+    for _ in range(5):
+        prometheus.log({}, MetaCtx(None, **vars))
+    assert prometheus.STATUS.series[status_key] == s0 + 5
+    assert {kind: count(kind, tail) - c0[kind] for kind in c0} == {"request": 5, "upstream": 5, "apisix": 5}
+    assert prometheus.BANDWIDTH.series[("egress",) + tail] == e0 + 100
+
+    meta = {"disabled_labels": {"http_status": ["node"], "http_latency": ["node"], "bandwidth": ["node"]}}
+    blank_status = status_key[:6] + ("",) + status_key[7:]
+    blank_tail = tail[:3] + ("",) + tail[4:]
+    b0 = prometheus.STATUS.series.get(blank_status, 0.0)
+    r0 = count("request", blank_tail)
+    for _ in range(3):
+        prometheus.log({}, MetaCtx(meta, **vars))
+    assert prometheus.STATUS.series[blank_status] == b0 + 3
+    assert prometheus.STATUS.series[status_key] == s0 + 5
+    assert count("request", blank_tail) == r0 + 3
+    # metadata removed again: back to the full label set
+    prometheus.log({}, MetaCtx(None, **vars))
+    assert prometheus.STATUS.series[status_key] == s0 + 6
+
+
+def test_histogram_rows_and_overflow_count_per_update() -> None:
+    from meshgate.observability.metrics import OVERFLOW, Registry
+
+    reg = Registry(max_series=1)
+    h = reg.histogram("lat", "x", ("route",), buckets=(1, 10))
+    assert h.own_row(("a",)) is None              # no series yet
+    h.observe(("a",), 0.5)
+    row = h.own_row(("a",))
+    assert row is not None
+    h.observe_row(row, 5.0)
+    assert h.series[("a",)] == [1.0, 1.0, 0.0, 5.5]
+    h.observe(("b",), 20.0)                        # past the cap: the overflow series
+    h.observe(("b",), 20.0)
+    assert h.own_row(("b",)) is None and h.series[(OVERFLOW,)][-1] == 40.0
+    assert h.overflowed == 2
+
+
 # -- behaviour through the gateway ----------------------------------------------------------------
 
 async def test_one_scrape_sums_both_workers(tmp_path: Any, up: Upstream) -> None:

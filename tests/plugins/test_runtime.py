@@ -4,7 +4,6 @@ async hooks, body access, filters, third-party plugins (docs/plugins.md)."""
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -494,5 +493,44 @@ async def test_metric_fields_answer_as_var_does(tmp_path, up):
         lines = out.read_text().splitlines()
         assert len(lines) == 3 and all(line.startswith("True ") for line in lines), lines
         assert "'renamed'" in lines[1] and "'r1'" in lines[0] and "'upstream'" in lines[0]
+    finally:
+        gw.stop()
+
+
+EDIT_PLUGIN = '''
+NAME = "t-edit"
+PRIORITY = 10
+SCHEMA = {"type": "object"}
+
+def access(conf, ctx):
+    ctx.set_resp_header("x-up", "plugin")        # the upstream sends X-Up itself: replaced
+    ctx.set_resp_header("X-New", "1")
+    ctx.add_resp_header("X-Add", "a")
+    ctx.add_resp_header("X-Add", "b")            # added twice: both lines
+    if ctx.req_header("x-twice"):
+        ctx.set_resp_header("X-New", "2")        # set twice: the last one
+    if ctx.req_header("x-drop"):
+        ctx.set_resp_header("X-Gone", None)      # removes the upstream's
+'''
+
+
+async def test_header_edits_before_the_response(tmp_path, up):
+    """Header edits made before the response exists (limit-count's X-RateLimit-*) apply to the
+    upstream's fields as APISIX's do: set replaces, add appends, set twice keeps the last, None
+    removes; the response otherwise keeps the upstream's fields as sent."""
+    up.handler = lambda req: (200, {"X-Up": "upstream", "X-Gone": "x", "X-Keep": "k"}, b"ok")
+    d = write_plugins(tmp_path / "plugins")
+    (d / "t_edit.py").write_text(EDIT_PLUGIN)
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-edit": {}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(d)]}})
+    try:
+        for extra, new in (({}, ["1"]), ({"X-Twice": "1"}, ["2"]), ({"X-Drop": "1"}, ["1"])):
+            r = await http(gw.addr, "GET", "/e", headers=extra)
+            assert r.status == 200 and r.body == b"ok"
+            assert r.headers_all("x-up") == ["plugin"]
+            assert r.headers_all("x-new") == new
+            assert r.headers_all("x-add") == ["a", "b"]
+            assert r.headers_all("x-keep") == ["k"]
+            assert r.headers_all("x-gone") == ([] if extra.get("X-Drop") else ["x"])
     finally:
         gw.stop()

@@ -35,6 +35,9 @@ def _decode(v: bytes) -> str:
     return v.decode("latin-1")
 
 
+_NEEDLES: dict[str, bytes] = {}   # header name -> b"\r\nname:" (plugins ask for the same few)
+
+
 class Request:
     # Defaults live on the class: a request only stores what differs (hot path: one
     # Request per HTTP request, most fields keep their default).
@@ -125,7 +128,11 @@ class Request:
             lf = self._lfields
             if lf is None:
                 lf = self._lfields = self.fields.lower()
-            needle = b"\r\n" + name.lower().encode("latin-1") + b":"
+            needle = _NEEDLES.get(name)
+            if needle is None:
+                needle = b"\r\n" + name.lower().encode("latin-1") + b":"
+                if len(_NEEDLES) < 1024:
+                    _NEEDLES[name] = needle
             i = lf.find(needle)
             if i < 0:
                 return None

@@ -192,6 +192,17 @@ class Histogram(_Metric):
         row[bisect_left(self.buckets, value)] += 1
         row[-1] += value
 
+    def own_row(self, labels: Labels) -> list[float] | None:
+        """The series row of ``labels`` when it exists under exactly these labels (not the
+        overflow series), for :meth:`observe_row`; else None."""
+        row = self.series.get(labels)
+        return row if type(row) is list else None
+
+    def observe_row(self, row: list[float], value: float) -> None:
+        """:meth:`observe` into a row from :meth:`own_row` (no label lookup)."""
+        row[bisect_left(self.buckets, value)] += 1
+        row[-1] += value
+
     def family(self, aggregate: Aggregate = "sum") -> Family:
         return Family(self.name, "histogram", self.help, self.labelnames,
                       {k: list(v) for k, v in self.series.items()}, self.buckets, "sum")

@@ -190,6 +190,7 @@ class Exchange:
     t_up_start = 0.0
     t_up_end = 0.0
     t_end = 0.0
+    now = 0.0                                # the clock while the read that carried the request is handled
 
     def __init__(self, conn: Downstream, req: Request, conn_tokens: list[bytes] | None) -> None:
         self.conn = conn
@@ -729,11 +730,11 @@ class Exchange:
             h2c = server.h2pool.get(key)
             conn = h2c.stream() if h2c is not None else None
         else:
-            conn = server.pool.get(key, up.pool_idle_timeout, server.loop.time())
+            conn = server.pool.get(key, up.pool_idle_timeout, self.now or server.loop.time())
         server.waiting.add(self)
         if up.track_load:
             up.balancer.on_start(node)
-            self.t_connect = server.loop.time()
+            self.t_connect = self.now or server.loop.time()
         if conn is not None:
             self._attach(conn, reused=True)
         else:
@@ -799,7 +800,7 @@ class Exchange:
         conn.bytes_in = 0
         conn.requests += 1
         self.up_phase = 2
-        now = self.server.loop.time()
+        now = self.now or self.server.loop.time()
         self.deadline = now + self.tmo.read
         if not self.t_up_start:
             self.t_up_start = now
@@ -1143,11 +1144,11 @@ class Exchange:
             self.resp_len = cl
             ops = self.resp_ops
             if ops is not None:
-                if not self._has_phase("header_filter") and _appendable(ops, head.lower()):
+                block = None if self._has_phase("header_filter") else _appended(ops, fields)
+                if block is not None:
                     # headers the upstream did not send, and nobody looks at the list: append
                     # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
-                    fields = self._resp_fields = fields + b"".join(
-                        _field_key(hn)[1] + hv.encode("latin-1") for _, hn, hv in ops if hv is not None)
+                    fields = self._resp_fields = fields + block
                     ops = None
                 else:
                     hl = self.resp_fields
@@ -1256,7 +1257,8 @@ class Exchange:
             else:
                 conn.transport.close()
         if self.chain is not None or self.gchain is not None or server.access_log_on:
-            self.t_up_end = server.loop.time()   # upstream_response_time, for loggers and metrics
+            # upstream_response_time and request_time, for loggers and metrics: one clock read
+            self.t_up_end = self.t_end = server.loop.time()
             self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
 
@@ -1394,7 +1396,8 @@ class Exchange:
             self.conn.close()
 
     def _log(self) -> None:
-        self.t_end = self.server.loop.time()
+        if not self.t_end:
+            self.t_end = self.server.loop.time()
         gchain = self.gchain
         if gchain is not None and gchain.has("log"):
             gchain.run_filters("log", self)
@@ -1443,15 +1446,26 @@ def _field_key(name: str) -> tuple[bytes, bytes]:
     return k
 
 
-def _appendable(ops: list[tuple[int, str, str | None]], lower_head: bytes) -> bool:
-    """Whether header edits only add fields the (lower-cased) upstream head does not have."""
-    seen: set[bytes] = set()
-    for op, name, _ in ops:
-        key = _field_key(name)[0]
-        if (op == 0 and key in seen) or key in lower_head:
-            return False
-        seen.add(key)
-    return True
+def _appended(ops: list[tuple[int, str, str | None]], fields: bytes) -> bytes | None:
+    """The lines header edits add when they only add fields the upstream's (filtered) field
+    block does not have, and set none twice; else None (the caller edits the split list)."""
+    lower: bytes | None = None
+    keys: list[bytes] = []
+    out = b""
+    for op, name, value in ops:
+        key, line = _field_key(name)
+        if op == 0:
+            for k in keys:
+                if k == key:
+                    return None   # set twice: the last one wins, in the list
+        keys.append(key)
+        if lower is None:
+            lower = fields.lower()
+        if lower.find(key) >= 0:
+            return None
+        if value is not None:
+            out += line + value.encode("latin-1")
+    return out
 
 
 def _extra_field(block: bytes, name: str) -> str | None:

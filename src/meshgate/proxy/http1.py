@@ -321,7 +321,9 @@ class ClientConnection(asyncio.Protocol):
         self.state = S_WAIT
         self.since = now
         self.active = ex
+        ex.now = now      # what happens before start() returns happens now: no clock reads
         ex.start()
+        ex.now = 0.0
         return True
 
     # -- llhttp callbacks ------------------------------------------------------------------

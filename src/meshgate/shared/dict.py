@@ -62,9 +62,8 @@ _OFF_LIVE = 8 + 4 + 4 + 4                 # byte offset of the live counter in t
 _LIVE_TOMBS = struct.Struct("<II")
 _OFF_MINEXP = 32                          # f64: earliest expiry of any live key (inf: none)
 _F64 = struct.Struct("<d")
-_EXP_VAL = struct.Struct("<dd")           # a slot's expire and value (offset 24)
-_OFF_EXP = 24
-_OFF_VAL = 32
+_WORDS_HEADER = _HEADER_SIZE // 8        # the table as 8-byte words (SharedDict._q / _f)
+_WORDS_SLOT = _SLOT_SIZE // 8
 
 now = time.monotonic
 
@@ -128,14 +127,16 @@ def _path(ns: str, name: str) -> str:
     return os.path.join(shm_dir(), f"meshgate-{_SAFE.sub('_', ns)}-{_SAFE.sub('_', name)}")
 
 
-_DIGESTS: dict[str | bytes, bytes] = {}
+_DIGESTS: dict[str | bytes, tuple[int, int]] = {}
 
 
-def _digest(key: str | bytes) -> bytes:
+def _digest(key: str | bytes) -> tuple[int, int]:
+    """The key's 128-bit digest as the two little-endian words a slot stores."""
     # limit keys repeat (one per client address and route): a bounded cache saves the hash
     got = _DIGESTS.get(key)
     if got is None:
-        got = hashlib.blake2b(key.encode() if isinstance(key, str) else key, digest_size=16).digest()
+        h = hashlib.blake2b(key.encode() if isinstance(key, str) else key, digest_size=16).digest()
+        got = (int.from_bytes(h[:8], "little"), int.from_bytes(h[8:], "little"))
         if len(_DIGESTS) >= 65536:
             _DIGESTS.clear()
         _DIGESTS[key] = got
@@ -202,7 +203,7 @@ class SharedDict:
                                           f"(layout {_LAYOUT})")
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-            self._mm = mmap.mmap(fd, size)
+            self._mm = mm = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             raise
@@ -210,6 +211,10 @@ class SharedDict:
         self.slots: int = fslots
         self.capacity: int = fcap
         self._mask = fslots - 1
+        # the table as 8-byte words (header 8 words, 5 per slot: state, digest x2, expire,
+        # value): reads and writes of one field, without struct tuples (hot path)
+        self._q = memoryview(mm).cast("Q")
+        self._f = memoryview(mm).cast("d")
 
     # -- public API (each call: one lock round trip) -------------------------------------------
     def get(self, key: str) -> float | None:
@@ -282,6 +287,8 @@ class SharedDict:
 
     def close(self) -> None:
         try:
+            self._q.release()
+            self._f.release()
             self._mm.close()
         finally:
             os.close(self._fd)
@@ -296,20 +303,24 @@ class SharedDict:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _live_at(self, i: int, t: float) -> bool:
-        state, _, exp, _ = _SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)
-        return bool(state == _USED and (exp == 0.0 or exp > t))
+        b = _WORDS_HEADER + i * _WORDS_SLOT
+        exp = float(self._f[b + 3])
+        return bool(int(self._q[b]) & 0xFF == _USED and (exp == 0.0 or exp > t))
 
-    def _find(self, d: bytes, t: float) -> tuple[int, int, bool]:
+    def _find(self, d: tuple[int, int], t: float) -> tuple[int, int, bool]:
         """Probe for ``d``: (slot of the key or -1, first reusable slot or -1, key expired)."""
-        mm, mask = self._mm, self._mask
-        i = int.from_bytes(d[:8], "little") & mask
+        q, f, mask = self._q, self._f, self._mask
+        h1, h2 = d
+        i = h1 & mask
         reuse = -1
         for _ in range(self.slots):
-            state, kd, exp, _ = _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)
+            b = _WORDS_HEADER + i * _WORDS_SLOT
+            state = int(q[b]) & 0xFF
             if state == _EMPTY:
                 return -1, (reuse if reuse >= 0 else i), False
             if state == _USED:
-                if kd == d:
+                exp = float(f[b + 3])
+                if q[b + 1] == h1 and q[b + 2] == h2:
                     return i, reuse, exp != 0.0 and exp <= t
                 if reuse < 0 and exp != 0.0 and exp <= t:
                     reuse = i
@@ -318,27 +329,36 @@ class SharedDict:
             i = (i + 1) & mask
         return -1, reuse, False
 
-    def _get(self, d: bytes, t: float) -> float | None:
+    def _get(self, d: tuple[int, int], t: float) -> float | None:
         i, _, expired = self._find(d, t)
         if i < 0 or expired:
             return None
-        return float(_SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)[3])
+        return float(self._f[_WORDS_HEADER + i * _WORDS_SLOT + 4])
 
-    def _ttl(self, d: bytes, t: float) -> float | None:
+    def _ttl(self, d: tuple[int, int], t: float) -> float | None:
         i, _, expired = self._find(d, t)
         if i < 0 or expired:
             return None
-        exp = float(_SLOT.unpack_from(self._mm, _HEADER_SIZE + i * _SLOT_SIZE)[2])
+        exp = float(self._f[_WORDS_HEADER + i * _WORDS_SLOT + 3])
         return 0.0 if exp == 0.0 else exp - t
 
-    def _write(self, i: int, d: bytes, exp: float, value: float) -> None:
-        _SLOT.pack_into(self._mm, _HEADER_SIZE + i * _SLOT_SIZE, _USED, d, exp, value)
+    def _write(self, i: int, d: tuple[int, int], exp: float, value: float) -> None:
+        b = _WORDS_HEADER + i * _WORDS_SLOT
+        q, f = self._q, self._f
+        q[b + 1] = d[0]
+        q[b + 2] = d[1]
+        f[b + 3] = exp
+        f[b + 4] = value
+        q[b] = _USED
+
+    def _state(self, i: int) -> int:
+        return int(self._q[_WORDS_HEADER + i * _WORDS_SLOT]) & 0xFF
 
     def _note_expiry(self, exp: float) -> None:
         if exp != 0.0 and exp < _F64.unpack_from(self._mm, _OFF_MINEXP)[0]:
             _F64.pack_into(self._mm, _OFF_MINEXP, exp)
 
-    def _insert(self, d: bytes, exp: float, value: float, t: float) -> None:
+    def _insert(self, d: tuple[int, int], exp: float, value: float, t: float) -> None:
         """Insert a key known to be absent (lock held)."""
         live, tombs = _LIVE_TOMBS.unpack_from(self._mm, _OFF_LIVE)
         full = live >= self.capacity
@@ -353,7 +373,7 @@ class SharedDict:
                 raise SharedDictFull(f"shared dict {self.name!r} is full ({self.capacity} live keys); "
                                      "raise its capacity")
         _, reuse, _ = self._find(d, t)
-        state = _SLOT.unpack_from(self._mm, _HEADER_SIZE + reuse * _SLOT_SIZE)[0]
+        state = self._state(reuse)
         if state == _EMPTY:
             live += 1
         elif state == _TOMB:
@@ -366,19 +386,21 @@ class SharedDict:
     def _rebuild(self, t: float) -> None:
         """Rehash in place, dropping tombstones and expired keys."""
         mm = self._mm
-        keep = []
+        q, f = self._q, self._f
+        keep: list[tuple[tuple[int, int], float, float]] = []
         min_exp = float("inf")
         for i in range(self.slots):
-            state, kd, exp, val = _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)
-            if state == _USED and (exp == 0.0 or exp > t):
-                keep.append((kd, exp, val))
+            b = _WORDS_HEADER + i * _WORDS_SLOT
+            exp = float(f[b + 3])
+            if int(q[b]) & 0xFF == _USED and (exp == 0.0 or exp > t):
+                keep.append(((int(q[b + 1]), int(q[b + 2])), exp, float(f[b + 4])))
                 if exp != 0.0 and exp < min_exp:
                     min_exp = exp
         mm[_HEADER_SIZE:] = bytes(self.slots * _SLOT_SIZE)
         mask = self._mask
         for kd, exp, val in keep:
-            i = int.from_bytes(kd[:8], "little") & mask
-            while _SLOT.unpack_from(mm, _HEADER_SIZE + i * _SLOT_SIZE)[0] != _EMPTY:
+            i = kd[0] & mask
+            while self._state(i) != _EMPTY:
                 i = (i + 1) & mask
             self._write(i, kd, exp, val)
         _LIVE_TOMBS.pack_into(mm, _OFF_LIVE, len(keep), 0)
@@ -388,7 +410,7 @@ class SharedDict:
     def _expiry(ttl: float | None, t: float) -> float:
         return t + ttl if ttl else 0.0
 
-    def _set(self, d: bytes, value: float, ttl: float | None, t: float) -> None:
+    def _set(self, d: tuple[int, int], value: float, ttl: float | None, t: float) -> None:
         i, _, _ = self._find(d, t)
         if i >= 0:
             exp = self._expiry(ttl, t)
@@ -397,21 +419,20 @@ class SharedDict:
         else:
             self._insert(d, self._expiry(ttl, t), value, t)
 
-    def _incr(self, d: bytes, delta: float, init: float | None, ttl: float | None, t: float) -> float:
+    def _incr(self, d: tuple[int, int], delta: float, init: float | None, ttl: float | None, t: float) -> float:
         return self._incr_exp(d, delta, init, ttl, t)[0]
 
-    def _incr_exp(self, d: bytes, delta: float, init: float | None, ttl: float | None,
+    def _incr_exp(self, d: tuple[int, int], delta: float, init: float | None, ttl: float | None,
                   t: float) -> tuple[float, float]:
         """The new value and the key's expiry (0.0: none)."""
         i, _, expired = self._find(d, t)
         if i >= 0 and not expired:
             # the common case (a live counter): read its expiry and value, write the value back
-            off = _HEADER_SIZE + i * _SLOT_SIZE
-            mm = self._mm
-            exp, val = _EXP_VAL.unpack_from(mm, off + _OFF_EXP)
-            val += delta
-            _F64.pack_into(mm, off + _OFF_VAL, val)
-            return float(val), float(exp)
+            b = _WORDS_HEADER + i * _WORDS_SLOT
+            f = self._f
+            val = float(f[b + 4]) + delta
+            f[b + 4] = val
+            return val, float(f[b + 3])
         if init is None:
             raise KeyError("not found")
         val = init + delta
@@ -423,11 +444,15 @@ class SharedDict:
             self._insert(d, exp, val, t)
         return float(val), exp
 
-    def _delete(self, d: bytes, t: float) -> None:
+    def _delete(self, d: tuple[int, int], t: float) -> None:
         i, _, _ = self._find(d, t)
         if i < 0:
             return
-        _SLOT.pack_into(self._mm, _HEADER_SIZE + i * _SLOT_SIZE, _TOMB, bytes(16), 0.0, 0.0)
+        b = _WORDS_HEADER + i * _WORDS_SLOT
+        q, f = self._q, self._f
+        q[b + 1] = q[b + 2] = 0
+        f[b + 3] = f[b + 4] = 0.0
+        q[b] = _TOMB
         live, tombs = _LIVE_TOMBS.unpack_from(self._mm, _OFF_LIVE)
         _LIVE_TOMBS.pack_into(self._mm, _OFF_LIVE, live - 1, tombs + 1)
 

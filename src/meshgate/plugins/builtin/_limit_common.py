@@ -114,11 +114,19 @@ def scope_key(conf_id: str, ctx: Any, key: str) -> str:
     return f"{route if route is not None else ''}:{conf_id}:{key}"
 
 
+_FMT: dict[float, str] = {}
+
+
 def fmt_num(x: float) -> str:
-    """A number as APISIX writes it into a header (Lua's tostring: no trailing .0)."""
-    if x == int(x):
-        return str(int(x))
-    return f"{x:.2f}".rstrip("0").rstrip(".")
+    """A number as APISIX writes it into a header (Lua's tostring: no trailing .0).  Resets
+    repeat (hundredths of a window), so the text is kept in a bounded cache."""
+    s = _FMT.get(x)
+    if s is None:
+        s = str(int(x)) if x == int(x) else f"{x:.2f}".rstrip("0").rstrip(".")
+        if len(_FMT) >= 8192:
+            _FMT.clear()
+        _FMT[x] = s
+    return s
 
 
 _HANDLES: dict[str, SharedDict] = {}

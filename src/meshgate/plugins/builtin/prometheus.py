@@ -162,38 +162,83 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     # is converted by the registry on the slow path, never mixed up with its string.
     status_labels: tuple[str, ...] = (code, route, matched_uri or "", matched_host or "", service,
                                       consumer, node, request_type, req_model, llm_model, source)
+    meta = ctx.plugin_metadata(NAME)
+    row = _ROWS.get(status_labels)
+    if row is None or row.meta is not meta:
+        row = _row(status_labels, meta)
+
+    STATUS.inc(row.status)
+    # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
+    # take, never negative (nginx's clocks differ slightly between the two variables).
+    latency = _num(request_time) * 1000.0
+    _observe(row, 0, latency)
+    if upstream_time is not None:
+        up_ms = _num(upstream_time) * 1000.0
+        _observe(row, 1, up_ms)
+        apisix_ms = latency - up_ms
+        _observe(row, 2, apisix_ms if apisix_ms > 0 else 0.0)
+    else:
+        _observe(row, 2, latency)
+    BANDWIDTH.inc(row.bw_in, _num(request_length))
+    BANDWIDTH.inc(row.bw_out, _num(bytes_sent))
+
+
+class _Row:
+    """The label sets one http_status label set implies (the others are its subsets), with the
+    plugin metadata's disabled labels blanked, and the latency rows they update (a request
+    like the last one then builds no tuples and looks up no histogram series)."""
+
+    __slots__ = ("meta", "status", "lat", "hist", "bw_in", "bw_out")
+
+    def __init__(self, meta: Any, status: tuple[str, ...], lat: tuple[tuple[str, ...], ...],
+                 hist: tuple[list[float] | None, ...], bw_in: tuple[str, ...], bw_out: tuple[str, ...]) -> None:
+        self.meta = meta
+        self.status = status
+        self.lat = lat            # request, upstream, apisix
+        self.hist = hist          # their series rows (None: not cached, observe by labels)
+        self.bw_in = bw_in
+        self.bw_out = bw_out
+
+
+_ROWS: dict[tuple[str, ...], _Row] = {}
+_MAX_ROWS = 4096
+
+
+def _row(status_labels: tuple[str, ...], meta: Any) -> _Row:
+    code, route, _uri, _host, service, consumer, node, request_type, req_model, llm_model, _src = status_labels
     tail: tuple[str, ...] = (route, service, consumer, node, request_type, req_model, llm_model)
-    lat_req = ("request",) + tail
-    lat_up = ("upstream",) + tail
-    lat_apisix = ("apisix",) + tail
+    lat = (("request",) + tail, ("upstream",) + tail, ("apisix",) + tail)
     bw_in = ("ingress",) + tail
     bw_out = ("egress",) + tail
-
-    meta = ctx.plugin_metadata(NAME)
+    status = status_labels
     if meta is not None:
         dis = _disabled(meta)
         if dis:
             p = dis.get("http_status")
             if p:
-                status_labels = _blank(status_labels, p)
+                status = _blank(status, p)
             p = dis.get("http_latency")
             if p:
-                lat_req, lat_up, lat_apisix = _blank(lat_req, p), _blank(lat_up, p), _blank(lat_apisix, p)
+                lat = (_blank(lat[0], p), _blank(lat[1], p), _blank(lat[2], p))
             p = dis.get("bandwidth")
             if p:
                 bw_in, bw_out = _blank(bw_in, p), _blank(bw_out, p)
+    # a row is looked up once the label set has a series of its own (never the overflow one:
+    # that is counted per update); until then every update goes through the metric
+    hist = tuple(LATENCY.own_row(labels) for labels in lat)
+    row = _Row(meta, status, lat, hist, bw_in, bw_out)
+    if len(_ROWS) >= _MAX_ROWS:
+        _ROWS.clear()
+    _ROWS[status_labels] = row
+    return row
 
-    STATUS.inc(status_labels)
-    # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
-    # take, never negative (nginx's clocks differ slightly between the two variables).
-    latency = _num(request_time) * 1000.0
-    LATENCY.observe(lat_req, latency)
-    if upstream_time is not None:
-        up_ms = _num(upstream_time) * 1000.0
-        LATENCY.observe(lat_up, up_ms)
-        apisix_ms = latency - up_ms
-        LATENCY.observe(lat_apisix, apisix_ms if apisix_ms > 0 else 0.0)
+
+def _observe(row: _Row, i: int, value: float) -> None:
+    h = row.hist[i]
+    if h is None:
+        LATENCY.observe(row.lat[i], value)
+        h = LATENCY.own_row(row.lat[i])
+        if h is not None:
+            row.hist = row.hist[:i] + (h,) + row.hist[i + 1:]
     else:
-        LATENCY.observe(lat_apisix, latency)
-    BANDWIDTH.inc(bw_in, _num(request_length))
-    BANDWIDTH.inc(bw_out, _num(bytes_sent))
+        LATENCY.observe_row(h, value)
