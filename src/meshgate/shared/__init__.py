@@ -7,7 +7,7 @@ A leaf layer: imports nothing from meshgate but ``errors``.  The supervisor call
 """
 
 from .dict import (SharedDict, SharedDictError, SharedDictFull, Txn, cleanup, namespace, now, open_dict,
-                   own_namespace, shm_dir)
+                   own_namespace, remove_namespace, shm_dir)
 
 __all__ = ["SharedDict", "SharedDictError", "SharedDictFull", "Txn", "open_dict", "cleanup", "namespace",
-           "own_namespace", "shm_dir", "now"]
+           "own_namespace", "remove_namespace", "shm_dir", "now"]

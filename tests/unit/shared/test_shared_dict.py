@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.shared import SharedDict, SharedDictFull, cleanup, namespace, open_dict, shm_dir
+from meshgate.shared import SharedDict, SharedDictError, SharedDictFull, cleanup, namespace, open_dict, remove_namespace, shm_dir
 from meshgate.shared import dict as shd
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
@@ -21,9 +21,9 @@ SRC = str(Path(__file__).resolve().parents[3] / "src")
 def ns():
     n = f"t{uuid.uuid4().hex[:12]}"
     yield n
-    for f in os.listdir(shm_dir()):
-        if f.startswith(f"meshgate-{n}-"):
-            os.unlink(os.path.join(shm_dir(), f))
+    remove_namespace(n)
+    remove_namespace(n + "other")
+    assert not [f for f in os.listdir("/dev/shm") if f"meshgate-{n}" in f]   # files and semaphores
 
 
 def test_incr_get_set_delete(ns):
@@ -55,11 +55,8 @@ def test_names_and_namespaces_are_apart(ns):
     a = SharedDict("x", ns=ns)
     b = SharedDict("y", ns=ns)
     c = SharedDict("x", ns=ns + "other")
-    try:
-        a.set("k", 1)
-        assert b.get("k") is None and c.get("k") is None
-    finally:
-        os.unlink(c.path)
+    a.set("k", 1)
+    assert b.get("k") is None and c.get("k") is None
 
 
 def test_expiry(ns, monkeypatch):
@@ -208,3 +205,70 @@ def test_cost_per_operation(ns, capsys):
     with capsys.disabled():
         print(f"\nshared dict incr: {per:.2f} us/op")
     assert per < 200
+
+
+DIE_HOLDING = r"""
+import os, sys
+sys.path.insert(0, {src!r})
+from meshgate.shared import SharedDict
+d = SharedDict("orphan", ns={ns!r})
+d.incr("k", 1, 0)
+d._acquire()          # killed inside an operation: the lock is never released
+print("holding", flush=True)
+os._exit(9)
+"""
+
+
+def test_a_lock_whose_holder_died_is_taken_over(ns, monkeypatch, caplog):
+    """A process that dies holding the lock (the semaphore stays taken) does not stop the others:
+    after LOCK_WAIT a waiter sees the holder's pid is gone and takes the lock over, once."""
+    if shd.posix_ipc is None:
+        pytest.skip("posix_ipc not installed: flock, released by the kernel")
+    monkeypatch.setattr(shd, "LOCK_WAIT", 0.2)
+    out = subprocess.run([sys.executable, "-c", DIE_HOLDING.format(src=SRC, ns=ns)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "holding" and out.returncode == 9
+    d = SharedDict("orphan", ns=ns)
+    t0 = time.monotonic()
+    assert d.incr("k", 1, 0) == 2
+    assert 0.15 < time.monotonic() - t0 < 5
+    assert "which is gone; taking it over" in caplog.text
+    t0 = time.monotonic()
+    for _ in range(100):                      # and the lock works as before afterwards
+        d.incr("k", 1, 0)
+    assert d.get("k") == 102 and time.monotonic() - t0 < 1
+
+
+def test_the_creator_chooses_the_lock_and_every_opener_follows(ns, monkeypatch):
+    """A dict created without posix_ipc is locked with flock by every process, also one that
+    has posix_ipc; one created with semaphores refuses a process without posix_ipc."""
+    if shd.posix_ipc is None:
+        pytest.skip("posix_ipc not installed")
+    sem = shd.posix_ipc
+    monkeypatch.setattr(shd, "posix_ipc", None)
+    a = SharedDict("flocked", ns=ns)
+    assert a._sem is None
+    monkeypatch.setattr(shd, "posix_ipc", sem)
+    b = SharedDict("flocked", ns=ns)
+    assert b._sem is None                     # follows the header, not its own means
+    b.incr("n", 1, 0)
+    assert a.get("n") == 1
+    c = SharedDict("semaphored", ns=ns)
+    assert c._sem is not None
+    monkeypatch.setattr(shd, "posix_ipc", None)
+    with pytest.raises(SharedDictError, match="locked with a POSIX semaphore and posix_ipc is not installed"):
+        SharedDict("semaphored", ns=ns)
+
+
+def test_cleanup_removes_the_semaphores_too(tmp_path):
+    code = (f"import sys, os; sys.path.insert(0, {SRC!r}); os.environ.pop('MESHGATE_SHM_NS', None)\n"
+            "from meshgate.shared import open_dict, cleanup, own_namespace\n"
+            "d = open_dict('semclean', ns=own_namespace()); d.incr('k', 1, 0)\n"
+            "name = 'sem.' + os.path.basename(d.path)\n"
+            "print(name in os.listdir('/dev/shm'))\n"
+            "cleanup()\n"
+            "print(name in os.listdir('/dev/shm'), os.path.exists(d.path))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    expect = ["True", "False False"] if shd.posix_ipc is not None else ["False", "False False"]
+    assert out.stdout.splitlines() == expect
