@@ -124,10 +124,10 @@ def test_log_without_route_upstream_or_status() -> None:
     ctx = FakeCtx(request_time=0.004, request_length=None, bytes_sent=0, matched_uri=None)
     tail = ("", "", "", "", "traditional_http", "", "")
     status_key = ("499", "", "", "", "", "", "", "traditional_http", "", "", "apisix")
-    before = prometheus.STATUS.series.get(status_key, 0.0)
+    before = prometheus.STATUS.value(status_key)
     apisix_before = list(prometheus.LATENCY.series.get(("apisix",) + tail, [0.0] * 17))
     prometheus.log({}, ctx)
-    assert prometheus.STATUS.series[status_key] == before + 1
+    assert prometheus.STATUS.value(status_key) == before + 1
     assert ("upstream",) + tail not in prometheus.LATENCY.series
     row = prometheus.LATENCY.series[("apisix",) + tail]
     assert row[-1] - apisix_before[-1] == pytest.approx(4.0)       # milliseconds
@@ -169,28 +169,28 @@ def test_repeated_label_sets_keep_counting_and_follow_new_metadata() -> None:
     def count(kind: str, t: tuple[str, ...]) -> float:   # observations in a latency series
         return sum(prometheus.LATENCY.series.get((kind,) + t, [0.0] * 17)[:-1])
 
-    s0 = prometheus.STATUS.series.get(status_key, 0.0)
+    s0 = prometheus.STATUS.value(status_key)
     c0 = {kind: count(kind, tail) for kind in ("request", "upstream", "apisix")}
-    e0 = prometheus.BANDWIDTH.series.get(("egress",) + tail, 0.0)
+    e0 = prometheus.BANDWIDTH.value(("egress",) + tail)
     for _ in range(5):
         prometheus.log({}, MetaCtx(None, **vars))
-    assert prometheus.STATUS.series[status_key] == s0 + 5
+    assert prometheus.STATUS.value(status_key) == s0 + 5
     assert {kind: count(kind, tail) - c0[kind] for kind in c0} == {"request": 5, "upstream": 5, "apisix": 5}
-    assert prometheus.BANDWIDTH.series[("egress",) + tail] == e0 + 100
+    assert prometheus.BANDWIDTH.value(("egress",) + tail) == e0 + 100
 
     meta = {"disabled_labels": {"http_status": ["node"], "http_latency": ["node"], "bandwidth": ["node"]}}
     blank_status = status_key[:6] + ("",) + status_key[7:]
     blank_tail = tail[:3] + ("",) + tail[4:]
-    b0 = prometheus.STATUS.series.get(blank_status, 0.0)
+    b0 = prometheus.STATUS.value(blank_status)
     r0 = count("request", blank_tail)
     for _ in range(3):
         prometheus.log({}, MetaCtx(meta, **vars))
-    assert prometheus.STATUS.series[blank_status] == b0 + 3
-    assert prometheus.STATUS.series[status_key] == s0 + 5
+    assert prometheus.STATUS.value(blank_status) == b0 + 3
+    assert prometheus.STATUS.value(status_key) == s0 + 5
     assert count("request", blank_tail) == r0 + 3
     # metadata removed again: back to the full label set
     prometheus.log({}, MetaCtx(None, **vars))
-    assert prometheus.STATUS.series[status_key] == s0 + 6
+    assert prometheus.STATUS.value(status_key) == s0 + 6
 
 
 def test_histogram_rows_and_overflow_count_per_update() -> None:

@@ -117,16 +117,37 @@ class _Metric:
 
 
 class Counter(_Metric):
+    """``series`` maps a label set to a one-element list (a cell), so a caller that updates
+    the same label set on every request can keep the cell (:meth:`own_cell`)."""
+
     __slots__ = ()
     type: MetricType = "counter"
 
     def inc(self, labels: Labels = (), value: float = 1.0) -> None:
         try:
-            self.series[labels] += value
+            self.series[labels][0] += value
         except KeyError:
             key = self._key(labels)
             s = self.series
-            s[key] = s.get(key, 0.0) + value
+            cell = s.get(key)
+            if cell is None:
+                cell = s[key] = [0.0]
+            cell[0] += value
+
+    def value(self, labels: Labels = ()) -> float:
+        """The count of a label set (0.0 when it has no series)."""
+        cell = self.series.get(labels)
+        return float(cell[0]) if cell is not None else 0.0
+
+    def own_cell(self, labels: Labels) -> list[float] | None:
+        """The cell of ``labels`` when it exists under exactly these labels (not the overflow
+        series): ``cell[0] += n`` counts without a label lookup.  Else None."""
+        cell = self.series.get(labels)
+        return cell if type(cell) is list else None
+
+    def family(self, aggregate: Aggregate = "sum") -> Family:
+        return Family(self.name, "counter", self.help, self.labelnames,
+                      {k: c[0] for k, c in self.series.items()}, (), aggregate)
 
 
 class Gauge(_Metric):

@@ -31,6 +31,15 @@ log = logging.getLogger("meshgate.plugins.consumers")
 _CREDENTIALS = "/credentials/"
 
 
+def _value(text: str) -> bytes:
+    """A header value: latin-1 as every other field the gateway writes; text beyond it (a
+    custom_id label) as its UTF-8 bytes, which is what APISIX sends."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
 @dataclass(frozen=True, slots=True)
 class Consumer:
     username: str
@@ -43,6 +52,16 @@ class Consumer:
     # identified through a credential: the credential's plugins (the confs that identify
     # it), while ``plugins`` stays the owner's (APISIX clones the owner: consumer.lua)
     credential_plugins: Mapping[str, Any] | None = None
+    # the lines an identified request carries upstream (X-Consumer-Username, ...), made once
+    up_lines: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        lines = [b"X-Consumer-Username: " + _value(self.username) + b"\r\n"]
+        if self.credential_id:
+            lines.append(b"X-Credential-Identifier: " + _value(self.credential_id) + b"\r\n")
+        if self.custom_id:
+            lines.append(b"X-Consumer-Custom-ID: " + _value(str(self.custom_id)) + b"\r\n")
+        object.__setattr__(self, "up_lines", b"".join(lines))
 
     @property
     def consumer_name(self) -> str:

@@ -68,7 +68,7 @@ def test_non_string_label_values_are_one_series() -> None:
     c.inc((200,))  # type: ignore[arg-type]
     c.inc(("200",))
     c.inc((None,))  # type: ignore[arg-type]
-    assert c.series == {("200",): 2.0, ("",): 1.0}
+    assert c.family().series == {("200",): 2.0, ("",): 1.0}
 
 
 def test_cardinality_cap_folds_into_overflow_and_keeps_totals() -> None:
@@ -79,10 +79,10 @@ def test_cardinality_cap_folds_into_overflow_and_keeps_totals() -> None:
     c.inc(("500", "r99"), 5)
     c.inc(("200", "r0"))        # an existing series still counts as itself
     assert len(c.series) <= 3 + 2
-    assert c.series[("200", "r0")] == 2
-    assert c.series[("200", OVERFLOW)] == 7
-    assert c.series[("500", OVERFLOW)] == 5
-    assert sum(c.series.values()) == 16          # nothing lost
+    assert c.value(("200", "r0")) == 2
+    assert c.value(("200", OVERFLOW)) == 7
+    assert c.value(("500", OVERFLOW)) == 5
+    assert sum(c.family().series.values()) == 16          # nothing lost
     got = parse(render(r.collect(), prefix="apisix_"))
     assert got["apisix_metric_overflow_total"] == {(("metric", "http_status"),): 8.0}
     assert sum(got["apisix_http_status"].values()) == 16

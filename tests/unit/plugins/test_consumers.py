@@ -78,3 +78,14 @@ def test_custom_id_comes_from_labels() -> None:
     cs = ConsumerSet({"u": {"username": "u", "labels": {"custom_id": "x"}}, "v": {"username": "v"}})
     assert cs.by_name["u"].custom_id == "x" and cs.by_name["v"].custom_id is None
     assert Consumer("w").get("credential_id") is None
+
+
+def test_the_lines_an_identified_request_carries_upstream() -> None:
+    cs = ConsumerSet({"jack": JACK, "jack/credentials/a": CRED_A,
+                      "zoe": {"username": "zoe", "labels": {"custom_id": "zoë-ü"}, "plugins": {}}})
+    assert cs.by_name["jack"].up_lines == b"X-Consumer-Username: jack\r\nX-Consumer-Custom-ID: c-1\r\n"
+    c, _ = cs.find("key-auth", "key", "p7a3k6r4t9")  # type: ignore[misc]
+    assert c.up_lines == (b"X-Consumer-Username: jack\r\nX-Credential-Identifier: a\r\n"
+                          b"X-Consumer-Custom-ID: c-1\r\n")
+    assert cs.by_name["zoe"].up_lines.endswith(b"X-Consumer-Custom-ID: zo\xeb-\xfc\r\n")   # latin-1
+    assert Consumer(username="\u4e2d").up_lines == "X-Consumer-Username: \u4e2d\r\n".encode()   # beyond latin-1: UTF-8

@@ -167,7 +167,12 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     if row is None or row.meta is not meta:
         row = _row(status_labels, meta)
 
-    STATUS.inc(row.status)
+    cell = row.status_cell
+    if cell is not None:
+        cell[0] += 1.0
+    else:
+        STATUS.inc(row.status)
+        row.status_cell = STATUS.own_cell(row.status)
     # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
     # take, never negative (nginx's clocks differ slightly between the two variables).
     latency = _num(request_time) * 1000.0
@@ -179,16 +184,26 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
         _observe(row, 2, apisix_ms if apisix_ms > 0 else 0.0)
     else:
         _observe(row, 2, latency)
-    BANDWIDTH.inc(row.bw_in, _num(request_length))
-    BANDWIDTH.inc(row.bw_out, _num(bytes_sent))
+    cell = row.bw_in_cell
+    if cell is not None:
+        cell[0] += _num(request_length)
+    else:
+        BANDWIDTH.inc(row.bw_in, _num(request_length))
+        row.bw_in_cell = BANDWIDTH.own_cell(row.bw_in)
+    cell = row.bw_out_cell
+    if cell is not None:
+        cell[0] += _num(bytes_sent)
+    else:
+        BANDWIDTH.inc(row.bw_out, _num(bytes_sent))
+        row.bw_out_cell = BANDWIDTH.own_cell(row.bw_out)
 
 
 class _Row:
     """The label sets one http_status label set implies (the others are its subsets), with the
-    plugin metadata's disabled labels blanked, and the latency rows they update (a request
-    like the last one then builds no tuples and looks up no histogram series)."""
+    plugin metadata's disabled labels blanked, and the series they update (a request like an
+    earlier one then builds no tuples and looks up no series: it adds to cells and rows)."""
 
-    __slots__ = ("meta", "status", "lat", "hist", "bw_in", "bw_out")
+    __slots__ = ("meta", "status", "lat", "hist", "bw_in", "bw_out", "status_cell", "bw_in_cell", "bw_out_cell")
 
     def __init__(self, meta: Any, status: tuple[str, ...], lat: tuple[tuple[str, ...], ...],
                  hist: tuple[list[float] | None, ...], bw_in: tuple[str, ...], bw_out: tuple[str, ...]) -> None:
@@ -198,6 +213,10 @@ class _Row:
         self.hist = hist          # their series rows (None: not cached, observe by labels)
         self.bw_in = bw_in
         self.bw_out = bw_out
+        # the counters' cells, once their series exist (None: count by labels)
+        self.status_cell: list[float] | None = STATUS.own_cell(status)
+        self.bw_in_cell: list[float] | None = BANDWIDTH.own_cell(bw_in)
+        self.bw_out_cell: list[float] | None = BANDWIDTH.own_cell(bw_out)
 
 
 _ROWS: dict[tuple[str, ...], _Row] = {}
