@@ -534,3 +534,46 @@ async def test_header_edits_before_the_response(tmp_path, up):
             assert r.headers_all("x-gone") == ([] if extra.get("X-Drop") else ["x"])
     finally:
         gw.stop()
+
+
+BATCH_PLUGIN = '''
+NAME = "t-batch"
+PRIORITY = 10
+SCHEMA = {"type": "object"}
+NAMES = ("X-Rl-Limit", "X-Rl-Remaining", "X-Rl-Reset")
+TWICE = ("X-Rl-A", "x-rl-a")
+
+def access(conf, ctx):
+    if ctx.req_header("x-twice"):
+        ctx.set_resp_headers(TWICE, ("1", "2"))              # one name twice: the last one wins
+    else:
+        ctx.set_resp_headers(NAMES, ("10", 9, "59.5"))       # values as set_resp_header takes them
+    if ctx.req_header("x-more"):
+        ctx.add_resp_header("X-Rl-Limit", "extra")           # edits after a batch still apply
+'''
+
+
+async def test_header_batches_before_the_response(tmp_path, up):
+    """ctx.set_resp_headers (limit-count's X-RateLimit-*): appended when the upstream did not send
+    the names, replacing the upstream's when it did, the same as set_resp_header one by one."""
+    def handler(req):
+        if req.path == "/has":
+            return 200, {"x-rl-remaining": "upstream", "X-Other": "o"}, b"ok"
+        return 200, {"X-Other": "o"}, b"ok"
+    up.handler = handler
+    d = write_plugins(tmp_path / "plugins")
+    (d / "t_batch.py").write_text(BATCH_PLUGIN)
+    doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-batch": {}}}]}
+    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(d)]}})
+    try:
+        for path, extra in (("/new", {}), ("/has", {}), ("/new", {"X-More": "1"})):
+            r = await http(gw.addr, "GET", path, headers=extra)
+            assert r.status == 200 and r.body == b"ok"
+            assert r.headers_all("x-rl-limit") == (["10", "extra"] if extra else ["10"])
+            assert r.headers_all("x-rl-remaining") == ["9"]
+            assert r.headers_all("x-rl-reset") == ["59.5"]
+            assert r.headers_all("x-other") == ["o"]
+        r = await http(gw.addr, "GET", "/has", headers={"X-Twice": "1"})
+        assert r.headers_all("x-rl-a") == ["2"] and r.headers_all("x-rl-remaining") == ["upstream"]
+    finally:
+        gw.stop()

@@ -180,6 +180,7 @@ class Exchange:
     collect_limit = 0
     body_waiter: Any = None                  # future: the request body is complete
     resp_ops: list[tuple[int, str, str | None]] | None = None   # response header edits before a response
+    resp_batch: tuple[tuple[str, ...], tuple[Any, ...]] | None = None   # set_resp_headers, not yet in resp_ops
     in_resp = False                          # response headers exist (resp_fields is live)
     body_mod = False                         # a header_filter said the body changes length
     resp_len: int | None = None              # the response body's length when known (header filters)
@@ -379,7 +380,7 @@ class Exchange:
                 if n.lower() == lname:
                     return v.decode("latin-1")
             return None
-        for op, n2, v2 in reversed(self.resp_ops or ()):
+        for op, n2, v2 in reversed(self._ops() or ()):
             if n2.lower() == name.lower():
                 return v2
         return None
@@ -390,14 +391,41 @@ class Exchange:
     def add_resp_header(self, name: str, value: Any) -> None:
         self._resp_op(1, name, value)
 
+    def set_resp_headers(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        """``set_resp_header`` for each name and value, in one call: for headers a plugin sets on
+        every request before the response exists (limit-count's X-RateLimit-*), which then cost
+        one search of the upstream's fields and one append when the upstream did not send them."""
+        if not self.in_resp and self.resp_ops is None and self.resp_batch is None and len(names) == len(values):
+            for v in values:
+                if type(v) is not str:
+                    break
+            else:
+                self.resp_batch = (names, values)   # kept as is until someone needs the edits one by one
+                return
+        for name, value in zip(names, values):
+            self._resp_op(0, name, value)
+
+    def _ops(self) -> list[tuple[int, str, str | None]] | None:
+        """The header edits made before the response (a pending batch turned into edits)."""
+        batch = self.resp_batch
+        if batch is not None:
+            self.resp_batch = None
+            ops = self.resp_ops
+            if ops is None:
+                ops = self.resp_ops = []
+            for name, value in zip(batch[0], batch[1]):
+                ops.append((0, name, value))
+        return self.resp_ops
+
     def _resp_op(self, op: int, name: str, value: Any) -> None:
         sval = None if value is None else (value if isinstance(value, str) else str(value))
         if self.in_resp:
             _apply_op(self.resp_fields, op, name, sval)
         else:
-            if self.resp_ops is None:
-                self.resp_ops = []
-            self.resp_ops.append((op, name, sval))
+            ops = self._ops()
+            if ops is None:
+                ops = self.resp_ops = []
+            ops.append((op, name, sval))
 
     def set_resp_status(self, code: int) -> None:
         self.resp_status = int(code)
@@ -1134,12 +1162,19 @@ class Exchange:
         self._resp_fields = fields
         chain = self.chain
         gchain = self.gchain
-        if chain is not None or gchain is not None or self.resp_ops is not None:
+        batch = self.resp_batch
+        if chain is not None or gchain is not None or self.resp_ops is not None or batch is not None:
             self.in_resp = True
             self.resp_len = cl
-            ops = self.resp_ops
+            filters = self._has_phase("header_filter")
+            if batch is not None and not filters:
+                block = _batch_block(batch[0], batch[1], fields)
+                if block is not None:
+                    fields = self._resp_fields = fields + block
+                    self.resp_batch = None
+            ops = self._ops()
             if ops is not None:
-                block = None if self._has_phase("header_filter") else _appended(ops, fields)
+                block = None if filters else _appended(ops, fields)
                 if block is not None:
                     # headers the upstream did not send, and nobody looks at the list: append
                     # them to the raw block instead of splitting it (limit-count's X-RateLimit-*)
@@ -1346,13 +1381,14 @@ class Exchange:
         # Envoy: a local reply without a body carries no Content-Type (no route, redirects,
         # direct responses without a body, cluster not found)
         bare = not body and not content_type and self.runtime.mesh
-        if chain is not None or gchain is not None or self.resp_ops is not None:
+        ops = self._ops()
+        if chain is not None or gchain is not None or ops is not None:
             hl: list[tuple[bytes, bytes]] = [] if bare else [(b"Content-Type", content_type or _TEXT)]
             self._resp_headers = hl
             self.in_resp = True
             self.resp_len = len(body)
-            if self.resp_ops is not None:
-                for op, name, value in self.resp_ops:
+            if ops is not None:
+                for op, name, value in ops:
                     _apply_op(hl, op, name, value)
             self._run_header_filters()
             status = self.resp_status
@@ -1461,6 +1497,44 @@ def _appended(ops: list[tuple[int, str, str | None]], fields: bytes) -> bytes | 
         if value is not None:
             out += line + value.encode("latin-1")
     return out
+
+
+# names of a set_resp_headers batch -> (the common start of their lower-cased keys, the keys,
+# a %-template of their lines); no keys when a name repeats (never appended)
+_BATCH_PLANS: dict[tuple[str, ...], tuple[bytes, tuple[bytes, ...], str]] = {}
+
+
+def _batch_block(names: tuple[str, ...], values: tuple[str, ...], fields: bytes) -> bytes | None:
+    """The lines of a set_resp_headers batch when the upstream's (filtered) field block has none
+    of its names; else None (the caller edits the split list)."""
+    plan = _BATCH_PLANS.get(names)
+    if plan is None:
+        plan = _batch_plan(names)
+    prefix, keys, template = plan
+    if not keys:
+        return None
+    lower = fields.lower()
+    if lower.find(prefix) >= 0:
+        for k in keys:
+            if lower.find(k) >= 0:
+                return None
+    return (template % values).encode("latin-1")
+
+
+def _batch_plan(names: tuple[str, ...]) -> tuple[bytes, tuple[bytes, ...], str]:
+    keys = tuple([_field_key(n)[0] for n in names])
+    plan: tuple[bytes, tuple[bytes, ...], str] = (b"", (), "")
+    if len(set(keys)) == len(keys) and keys:
+        prefix = keys[0]
+        for k in keys[1:]:
+            i = 0
+            while i < len(prefix) and i < len(k) and prefix[i] == k[i]:
+                i += 1
+            prefix = prefix[:i]
+        plan = (prefix, keys, "".join("\r\n" + n.replace("%", "%%") + ": %s" for n in names))
+    if len(_BATCH_PLANS) < 1024:
+        _BATCH_PLANS[names] = plan
+    return plan
 
 
 def _extra_field(block: bytes, name: str) -> str | None:

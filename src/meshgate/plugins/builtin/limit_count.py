@@ -381,10 +381,14 @@ def _finish(conf: dict[str, Any], ctx: Any, count: int, prefix: str | None, ok: 
             reset: float, count_str: str | None = None) -> Any:
     reset = math.floor(reset * 100) / 100
     if conf["show_limit_quota_header"]:
-        h_limit, h_remaining, h_reset = _header_names(ctx, prefix)
-        ctx.set_resp_header(h_limit, count_str or str(count))
-        ctx.set_resp_header(h_remaining, str(remaining) if ok else "0")
-        ctx.set_resp_header(h_reset, lc.fmt_num(reset))
+        names = _header_names(ctx, prefix)
+        values = (count_str or str(count), str(remaining) if ok else "0", lc.fmt_num(reset))
+        batch = getattr(ctx, "set_resp_headers", None)
+        if batch is not None:
+            batch(names, values)
+        else:
+            for name, value in zip(names, values):
+                ctx.set_resp_header(name, value)
     if ok:
         return None
     if conf.get("rejected_msg") is not None:
