@@ -1599,6 +1599,7 @@ def _upstream_uri(ex: Exchange) -> str:
 
 # Variables the exchange knows (after the plugin-set ones, before the request's own).
 _EX_VARS: dict[str, Callable[[Exchange], Any]] = {
+    "remote_addr": lambda ex: ex.req.remote_addr,     # the limiters' default key: answered here, not by req.var
     "route_id": _route_attr("id"),
     "route_name": _route_attr("name"),
     "service_id": _route_attr("service_id"),

@@ -161,6 +161,12 @@ def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
     c["_id"] = lc.conf_id(conf, owner)
     if c.get("rules") is None and isinstance(c.get("count"), int) and isinstance(c.get("time_window"), int):
         c["_static"] = (c["count"], c["time_window"], str(c["count"]))   # nothing to resolve per request
+        if c["policy"] == "local" and c["window_type"] == "fixed":
+            # the commonest conf, with what a request needs in one tuple: count, window, count as
+            # text, key type, key, the counter key's start when it does not depend on the route
+            group = c.get("group")
+            scope = f"{group}:" if group is not None else f"{c['_id']}:" if "#" in c["_id"] else None
+            c["_fast"] = (c["count"], c["time_window"], str(c["count"]), c["key_type"], c["key"], scope)
     return c
 
 
@@ -318,9 +324,24 @@ def _header_names(ctx: Any, prefix: str | None) -> tuple[str, str, str]:
 
 def access(conf: dict[str, Any], ctx: Any) -> Any:
     # local: a plain call (no coroutine on the hot path); redis: an awaitable the runtime awaits
+    fast = conf.get("_fast")
+    if fast is not None:
+        return _limit_fast(conf, fast, ctx)
     if conf["policy"] == "local":
         return _limit_local(conf, ctx, 1)
     return _limit_redis(conf, ctx, 1)
+
+
+def _limit_fast(conf: dict[str, Any], fast: tuple[int, int, str, str, str, str | None], ctx: Any) -> Any:
+    """_limit_local for a fixed window with one rule and numbers given (prepare's ``_fast``)."""
+    count, window, count_str, key_type, key, scope = fast
+    try:
+        val = lc.resolve_key(key_type, key, ctx)
+        full = scope + val if scope is not None else lc.scope_key(conf["_id"], ctx, val)
+        ok, remaining, reset = _local_fixed(full, count, window, 1)
+    except SharedDictError as e:
+        return _failed(conf, e)
+    return _finish(conf, ctx, count, None, ok, remaining, reset, count_str)
 
 
 def _failed(conf: dict[str, Any], e: Exception) -> Any:

@@ -175,10 +175,10 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
         row.status_cell = STATUS.own_cell(row.status)
     # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
     # take, never negative (nginx's clocks differ slightly between the two variables).
-    latency = _num(request_time) * 1000.0
+    latency = (request_time if type(request_time) is float else _num(request_time)) * 1000.0
     _observe(row, 0, latency)
     if upstream_time is not None:
-        up_ms = _num(upstream_time) * 1000.0
+        up_ms = (upstream_time if type(upstream_time) is float else _num(upstream_time)) * 1000.0
         _observe(row, 1, up_ms)
         apisix_ms = latency - up_ms
         _observe(row, 2, apisix_ms if apisix_ms > 0 else 0.0)
