@@ -136,10 +136,12 @@ class Request:
             i = lf.find(needle)
             if i < 0:
                 return None
-            if lf.find(needle, i + len(needle)) < 0:
-                start = i + len(needle)
-                end = lf.find(b"\r\n", start)
-                return _decode(self.fields[start:end if end >= 0 else len(lf)].strip(b" \t"))
+            start = i + len(needle)
+            end = lf.find(b"\r\n", start)
+            if end < 0:
+                return self.fields[start:].strip(b" \t").decode("latin-1")
+            if lf.find(needle, end) < 0:
+                return self.fields[start:end].strip(b" \t").decode("latin-1")
         return self.header_index().get(name.lower())
 
     def set_header(self, name: str, value: str | None) -> None:

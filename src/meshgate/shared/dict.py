@@ -410,6 +410,9 @@ class SharedDict:
         reuse = -1
         for _ in range(self.slots):
             b = _WORDS_HEADER + i * _WORDS_SLOT
+            if q[b + 1] == h1 and q[b + 2] == h2 and int(q[b]) & 0xFF == _USED:   # the common case: a hit
+                exp = float(f[b + 3])
+                return i, reuse, exp != 0.0 and exp <= t
             state = int(q[b]) & 0xFF
             if state == _EMPTY:
                 return -1, (reuse if reuse >= 0 else i), False

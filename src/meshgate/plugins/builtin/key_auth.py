@@ -63,6 +63,17 @@ def _strip_key(conf: dict[str, Any], ctx: Any, *, header: bool, query: bool) -> 
 
 
 def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
+    key = ctx.req_header(conf["header"])
+    if key is not None and not conf["hide_credentials"]:
+        # the common request: a key in the header that names a consumer
+        hit = ctx.find_consumer(NAME, "key", key)
+        if hit is not None and hit[0] is not None:
+            ctx.attach_consumer(hit[0], hit[1])
+            return None
+    return _rewrite(conf, ctx)
+
+
+def _rewrite(conf: dict[str, Any], ctx: Any) -> Any:
     multi = conf.get(UNDER_MULTI_AUTH, False)
     key = ctx.req_header(conf["header"])
     from_header = key is not None

@@ -166,7 +166,8 @@ def prepare(conf: dict[str, Any], owner: str = "") -> dict[str, Any]:
             # text, key type, key, the counter key's start when it does not depend on the route
             group = c.get("group")
             scope = f"{group}:" if group is not None else f"{c['_id']}:" if "#" in c["_id"] else None
-            c["_fast"] = (c["count"], c["time_window"], str(c["count"]), c["key_type"], c["key"], scope)
+            c["_fast"] = (c["count"], c["time_window"], str(c["count"]), c["key_type"], c["key"], scope,
+                          bool(c["show_limit_quota_header"]))
     return c
 
 
@@ -332,16 +333,21 @@ def access(conf: dict[str, Any], ctx: Any) -> Any:
     return _limit_redis(conf, ctx, 1)
 
 
-def _limit_fast(conf: dict[str, Any], fast: tuple[int, int, str, str, str, str | None], ctx: Any) -> Any:
-    """_limit_local for a fixed window with one rule and numbers given (prepare's ``_fast``)."""
-    count, window, count_str, key_type, key, scope = fast
+def _limit_fast(conf: dict[str, Any], fast: tuple[int, int, str, str, str, str | None, bool], ctx: Any) -> Any:
+    """_limit_local for a fixed window with one rule and numbers given (prepare's ``_fast``):
+    _local_fixed and _finish in one."""
+    count, window, count_str, key_type, key, scope, show = fast
     try:
         val = lc.resolve_key(key_type, key, ctx)
         full = scope + val if scope is not None else lc.scope_key(conf["_id"], ctx, val)
-        ok, remaining, reset = _local_fixed(full, count, window, 1)
+        used, reset = lc.shared(_DICT).incr_ttl(full, 1, 0, ttl=window)
     except SharedDictError as e:
         return _failed(conf, e)
-    return _finish(conf, ctx, count, None, ok, remaining, reset, count_str)
+    remaining = count - int(used)
+    if show:
+        _set_quota(ctx, _header_names(ctx, None),
+                   (count_str, str(remaining) if remaining >= 0 else "0", lc.fmt_num(int(reset * 100.0) / 100.0)))
+    return _verdict(conf, remaining >= 0)
 
 
 def _failed(conf: dict[str, Any], e: Exception) -> Any:
@@ -402,14 +408,22 @@ def _finish(conf: dict[str, Any], ctx: Any, count: int, prefix: str | None, ok: 
             reset: float, count_str: str | None = None) -> Any:
     reset = math.floor(reset * 100) / 100
     if conf["show_limit_quota_header"]:
-        names = _header_names(ctx, prefix)
-        values = (count_str or str(count), str(remaining) if ok else "0", lc.fmt_num(reset))
-        batch = getattr(ctx, "set_resp_headers", None)
-        if batch is not None:
-            batch(names, values)
-        else:
-            for name, value in zip(names, values):
-                ctx.set_resp_header(name, value)
+        _set_quota(ctx, _header_names(ctx, prefix),
+                   (count_str or str(count), str(remaining) if ok else "0", lc.fmt_num(reset)))
+    return _verdict(conf, ok)
+
+
+def _set_quota(ctx: Any, names: tuple[str, str, str], values: tuple[str, str, str]) -> None:
+    """The X-RateLimit-* headers (names as plugin metadata and rules say)."""
+    batch = getattr(ctx, "set_resp_headers", None)
+    if batch is not None:
+        batch(names, values)
+    else:
+        for name, value in zip(names, values):
+            ctx.set_resp_header(name, value)
+
+
+def _verdict(conf: dict[str, Any], ok: bool) -> Any:
     if ok:
         return None
     if conf.get("rejected_msg") is not None:

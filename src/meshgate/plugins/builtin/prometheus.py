@@ -24,6 +24,7 @@ the excess into an overflow series instead of losing it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from ...observability import REGISTRY
@@ -252,6 +253,10 @@ def _row(status_labels: tuple[str, ...], meta: Any) -> _Row:
     return row
 
 
+_BOUNDS = LATENCY.buckets
+_FIRST = _BOUNDS[0]
+
+
 def _observe(row: _Row, i: int, value: float) -> None:
     h = row.hist[i]
     if h is None:
@@ -260,4 +265,6 @@ def _observe(row: _Row, i: int, value: float) -> None:
         if h is not None:
             row.hist = row.hist[:i] + (h,) + row.hist[i + 1:]
     else:
-        LATENCY.observe_row(h, value)
+        # Histogram.observe_row, inlined: most requests take under 1 ms (the first bucket)
+        h[0 if value <= _FIRST else bisect_left(_BOUNDS, value)] += 1.0
+        h[-1] += value
