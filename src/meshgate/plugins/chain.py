@@ -83,13 +83,17 @@ class PluginChain:
     ``entries`` keeps what the chain was compiled from (name -> (plugin, conf, meta)), so
     a consumer's plugins can be merged into a route's chain without re-validating."""
 
-    __slots__ = ("phases", "names", "entries")
+    __slots__ = ("phases", "names", "entries", "header_filter", "body_filter", "log")
 
     def __init__(self, phases: dict[str, tuple[HookEntry, ...]], names: tuple[str, ...],
                  entries: dict[str, tuple[Plugin, Any, Any]] | None = None) -> None:
         self.phases = phases
         self.names = names
         self.entries = entries or {}
+        # the response-side phases, asked on every response: flags, not dict lookups
+        self.header_filter = "header_filter" in phases
+        self.body_filter = "body_filter" in phases
+        self.log = "log" in phases
 
     def has(self, phase: str) -> bool:
         return phase in self.phases

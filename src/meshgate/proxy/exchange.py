@@ -1166,7 +1166,7 @@ class Exchange:
         if chain is not None or gchain is not None or self.resp_ops is not None or batch is not None:
             self.in_resp = True
             self.resp_len = cl
-            filters = self._has_phase("header_filter")
+            filters = (gchain is not None and gchain.header_filter) or (chain is not None and chain.header_filter)
             if batch is not None and not filters:
                 block = _batch_block(batch[0], batch[1], fields)
                 if block is not None:
@@ -1188,7 +1188,7 @@ class Exchange:
             status = self.resp_status
             if self._resp_headers is not None:
                 fields = b"".join(b"\r\n" + n + b": " + v for n, v in self._resp_headers)
-            if self._has_phase("body_filter"):
+            if (gchain is not None and gchain.body_filter) or (chain is not None and chain.body_filter):
                 self.body_filters = True
             if self.body_mod:
                 # a header_filter said the body changes: its length is known only at the end
@@ -1213,10 +1213,10 @@ class Exchange:
     def _run_header_filters(self) -> None:
         """The header_filter hooks, global rules first (upstream and local answers alike)."""
         g = self.gchain
-        if g is not None and g.has("header_filter"):
+        if g is not None and g.header_filter:
             g.run_filters("header_filter", self)
         c = self.chain
-        if c is not None and c.has("header_filter"):
+        if c is not None and c.header_filter:
             c.run_filters("header_filter", self)
 
     def _filter_body(self, chunk: bytes, eof: bool) -> bytes:
@@ -1224,10 +1224,10 @@ class Exchange:
         self.chunk = chunk
         self.eof = eof
         g = self.gchain
-        if g is not None and g.has("body_filter"):
+        if g is not None and g.body_filter:
             g.run_filters("body_filter", self)
         c = self.chain
-        if c is not None and c.has("body_filter"):
+        if c is not None and c.body_filter:
             c.run_filters("body_filter", self)
         out = self.chunk
         self.chunk = b""
@@ -1430,10 +1430,10 @@ class Exchange:
         if not self.t_end:
             self.t_end = self.server.loop.time()
         gchain = self.gchain
-        if gchain is not None and gchain.has("log"):
+        if gchain is not None and gchain.log:
             gchain.run_filters("log", self)
         chain = self.chain
-        if chain is not None and chain.has("log"):
+        if chain is not None and chain.log:
             chain.run_filters("log", self)
         if self.server.access_log_on:
             req = self.req
