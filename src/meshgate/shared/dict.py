@@ -49,14 +49,25 @@ import re
 import struct
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import MeshgateError
 
-try:
-    import posix_ipc
-except ImportError:    # pragma: no cover - a dependency; flock is the fallback
-    posix_ipc = None
+# posix_ipc, imported when a process first opens a dict (a worker whose routes keep no shared
+# counter never loads it: 0.3 MB); None when it is not installed (flock is the fallback)
+_UNLOADED: Any = object()
+posix_ipc: Any = _UNLOADED
+
+
+def _ipc() -> Any:
+    global posix_ipc
+    if posix_ipc is _UNLOADED:
+        try:
+            import posix_ipc as mod
+        except ImportError:    # pragma: no cover - a dependency
+            mod = None
+        posix_ipc = mod
+    return posix_ipc
 
 flock, LOCK_EX, LOCK_UN = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_UN
 
@@ -223,7 +234,7 @@ class SharedDict:
                 size = os.fstat(fd).st_size
                 if size == 0:  # first opener creates and sizes it
                     os.ftruncate(fd, _HEADER_SIZE + slots * _SLOT_SIZE)
-                    kind = _LOCK_SEM if posix_ipc is not None else _LOCK_FLOCK
+                    kind = _LOCK_SEM if _ipc() is not None else _LOCK_FLOCK
                     hdr = _HEADER.pack(_MAGIC, _LAYOUT, slots, capacity, 0, 0, kind)
                     os.pwrite(fd, hdr + _F64.pack(float("inf")), 0)
                     size = _HEADER_SIZE + slots * _SLOT_SIZE
@@ -233,12 +244,13 @@ class SharedDict:
                                           f"(layout {_LAYOUT})")
                 sem = None
                 if lock == _LOCK_SEM:
-                    if posix_ipc is None:
+                    ipc = _ipc()
+                    if ipc is None:
                         raise SharedDictError(f"shared dict {name!r}: {self.path} is locked with a POSIX "
                                               "semaphore and posix_ipc is not installed")
                     try:
-                        sem = posix_ipc.Semaphore(_sem_name(self.path), posix_ipc.O_CREAT, 0o600, 1)
-                    except (posix_ipc.Error, OSError) as e:
+                        sem = ipc.Semaphore(_sem_name(self.path), ipc.O_CREAT, 0o600, 1)
+                    except (ipc.Error, OSError) as e:
                         raise SharedDictError(f"shared dict {name!r}: cannot open its semaphore "
                                               f"{_sem_name(self.path)}: {e}") from e
             finally:
@@ -585,15 +597,16 @@ def remove_namespace(ns: str) -> list[str]:
             removed.append(os.path.join(d, fn))
         except OSError:
             pass
-    if posix_ipc is not None:
+    ipc = _ipc()
+    if ipc is not None:
         try:
             sems = {fn[4:] for fn in os.listdir("/dev/shm") if fn.startswith("sem." + prefix)}
         except OSError:
             sems = set()
         for fn in sems | set(names):
             try:
-                posix_ipc.unlink_semaphore("/" + fn)
-            except (posix_ipc.Error, OSError):
+                ipc.unlink_semaphore("/" + fn)
+            except (ipc.Error, OSError):
                 pass
     return removed
 
@@ -643,7 +656,8 @@ def cleanup(pid: int | None = None) -> list[str]:
     for key in [k for k, v in _open.items() if v.path in removed]:
         _open.pop(key).close()
     # the dicts' semaphores (/dev/shm/sem.<dict file name> on Linux), the orphans included
-    if posix_ipc is not None:
+    ipc = _ipc()
+    if ipc is not None:
         try:
             sems = [fn[4:] for fn in os.listdir("/dev/shm") if fn.startswith("sem.meshgate-")]
         except OSError:
@@ -651,7 +665,7 @@ def cleanup(pid: int | None = None) -> list[str]:
         for fn in set(sems) | {os.path.basename(p) for p in removed}:
             if ours(fn):
                 try:
-                    posix_ipc.unlink_semaphore("/" + fn)
-                except (posix_ipc.Error, OSError):
+                    ipc.unlink_semaphore("/" + fn)
+                except (ipc.Error, OSError):
                     pass
     return removed

@@ -16,7 +16,7 @@ import sys
 
 HEAVY = ("meshgate.proxy.mesh", "meshgate.proxy.mesh_server", "meshgate.observability.istio", "h2", "email",
          "importlib.metadata", "http.client", "urllib.request", "xml", "ctypes", "tempfile", "shutil", "bz2",
-         "lzma", "argparse", "pkgutil")
+         "lzma", "argparse", "pkgutil", "posix_ipc")
 
 PROBE = """
 import json, sys

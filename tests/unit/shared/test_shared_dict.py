@@ -222,7 +222,7 @@ os._exit(9)
 def test_a_lock_whose_holder_died_is_taken_over(ns, monkeypatch, caplog):
     """A process that dies holding the lock (the semaphore stays taken) does not stop the others:
     after LOCK_WAIT a waiter sees the holder's pid is gone and takes the lock over, once."""
-    if shd.posix_ipc is None:
+    if shd._ipc() is None:
         pytest.skip("posix_ipc not installed: flock, released by the kernel")
     monkeypatch.setattr(shd, "LOCK_WAIT", 0.2)
     out = subprocess.run([sys.executable, "-c", DIE_HOLDING.format(src=SRC, ns=ns)], capture_output=True,
@@ -242,9 +242,9 @@ def test_a_lock_whose_holder_died_is_taken_over(ns, monkeypatch, caplog):
 def test_the_creator_chooses_the_lock_and_every_opener_follows(ns, monkeypatch):
     """A dict created without posix_ipc is locked with flock by every process, also one that
     has posix_ipc; one created with semaphores refuses a process without posix_ipc."""
-    if shd.posix_ipc is None:
+    sem = shd._ipc()
+    if sem is None:
         pytest.skip("posix_ipc not installed")
-    sem = shd.posix_ipc
     monkeypatch.setattr(shd, "posix_ipc", None)
     a = SharedDict("flocked", ns=ns)
     assert a._sem is None
@@ -270,5 +270,17 @@ def test_cleanup_removes_the_semaphores_too(tmp_path):
             "print(name in os.listdir('/dev/shm'), os.path.exists(d.path))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    expect = ["True", "False False"] if shd.posix_ipc is not None else ["False", "False False"]
+    expect = ["True", "False False"] if shd._ipc() is not None else ["False", "False False"]
     assert out.stdout.splitlines() == expect
+
+
+def test_a_worker_without_shared_counters_does_not_load_posix_ipc():
+    code = (f"import sys; sys.path.insert(0, {SRC!r})\n"
+            "import meshgate.shared, meshgate.plugins.builtin.limit_count\n"
+            "print('posix_ipc' in sys.modules)\n"
+            "meshgate.shared.open_dict('lazy', ns='lazy-' + str(__import__('os').getpid())).incr('k', 1, 0)\n"
+            "print('posix_ipc' in sys.modules)\n"
+            "meshgate.shared.remove_namespace('lazy-' + str(__import__('os').getpid()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True" if shd._ipc() is not None else "False"]
