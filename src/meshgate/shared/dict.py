@@ -363,7 +363,7 @@ class SharedDict:
             return
         try:
             sem.acquire(LOCK_WAIT)
-        except posix_ipc.BusyError:
+        except (posix_ipc.BusyError, posix_ipc.SignalError):   # waited LOCK_WAIT, or a signal came
             self._wait_or_take_over()
             return
         self._q[_W_HOLDER] = _PID[0]
@@ -377,11 +377,11 @@ class SharedDict:
         sem.release()
 
     def _wait_or_take_over(self) -> None:
-        """The lock has been held for LOCK_WAIT seconds: keep waiting while its holder lives;
-        take it over when the holder is gone (it died inside an operation, which leaves the
-        table consistent: at worst a count lacks that one update).  One waiter decides at a
-        time, under ``flock``; a holder that has not written its pid yet (pid 0) is given a
-        second LOCK_WAIT before it is declared gone."""
+        """The lock has been held for LOCK_WAIT seconds (or a signal cut the wait short): keep
+        waiting while its holder lives; take it over when the holder is gone (it died inside an
+        operation, which leaves the table consistent: at worst a count lacks that one update).
+        One waiter decides at a time, under ``flock``; a holder that has not written its pid yet
+        (pid 0) is given a second look before it is declared gone."""
         sem = self._sem
         assert sem is not None
         anonymous = 0
@@ -404,7 +404,7 @@ class SharedDict:
                 flock(self._fd, LOCK_UN)
             try:
                 sem.acquire(LOCK_WAIT)
-            except posix_ipc.BusyError:
+            except (posix_ipc.BusyError, posix_ipc.SignalError):
                 continue
             self._q[_W_HOLDER] = _PID[0]
             return

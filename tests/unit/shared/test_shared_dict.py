@@ -284,3 +284,40 @@ def test_a_worker_without_shared_counters_does_not_load_posix_ipc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True" if shd._ipc() is not None else "False"]
+
+
+HOLD = r"""
+import sys, time
+sys.path.insert(0, {src!r})
+from meshgate.shared import SharedDict
+d = SharedDict("held", ns={ns!r})
+d._acquire()
+print("holding", flush=True)
+time.sleep(0.6)
+d._release()
+"""
+
+
+def test_a_signal_during_a_wait_for_the_lock_changes_nothing(ns):
+    """A signal handled while a process waits for the lock (a worker's SIGHUP, SIGALRM here) does
+    not fail the operation: it waits on for the live holder."""
+    import signal
+    if shd._ipc() is None:
+        pytest.skip("posix_ipc not installed")
+    d = SharedDict("held", ns=ns)
+    d.incr("k", 1, 0)
+    p = subprocess.Popen([sys.executable, "-c", HOLD.format(src=SRC, ns=ns)], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"holding"
+        seen = []
+        old = signal.signal(signal.SIGALRM, lambda *_: seen.append(1))
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        try:
+            t0 = time.monotonic()
+            assert d.incr("k", 1, 0) == 2
+            assert seen and 0.3 < time.monotonic() - t0 < 5
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+    finally:
+        p.wait(timeout=10)
