@@ -28,9 +28,10 @@ when nobody else holds it, where a ``flock`` pair costs two (~0.9 us, the larger
 a limit-count request).  The holder writes its pid into the header while it holds the
 lock, so a process that died holding it is noticed: a waiter that has waited
 ``LOCK_WAIT`` seconds checks that pid, and takes the lock over (one waiter, decided under
-``flock``) when that process is gone.  Without ``posix_ipc`` the dict is locked with
-``flock`` on the file, which the kernel releases when a holder dies; the header records
-which lock the creator chose, and every process follows it.
+``flock``) when that process is gone.  Without ``posix_ipc`` (or where the system refuses a
+semaphore) the dict is locked with ``flock`` on the file, which the kernel releases when a
+holder dies; the header records which lock the creator chose, and every process follows it.
+A new dict always gets a new semaphore: one of the same name left behind is replaced.
 
 Capacity: ``capacity`` live keys in ``2 * capacity`` slots (rounded up to a power of
 two).  When live keys plus tombstones pass 3/4 of the slots the table is rebuilt in
@@ -157,6 +158,26 @@ def _sem_name(path: str) -> str:
     return "/" + os.path.basename(path)
 
 
+def _new_semaphore(path: str) -> bool:
+    """A fresh semaphore (value 1) for a dict being created at ``path``: one left by an earlier
+    dict of that name (a fixed MESHGATE_SHM_NS, a killed gateway) is replaced, never trusted.
+    False when there is no posix_ipc or the system refuses (no writable /dev/shm): the dict is
+    then locked with flock."""
+    ipc = _ipc()
+    if ipc is None:
+        return False
+    name = _sem_name(path)
+    try:
+        try:
+            ipc.unlink_semaphore(name)
+        except ipc.ExistentialError:
+            pass
+        ipc.Semaphore(name, ipc.O_CREX, 0o600, 1).close()
+    except (ipc.Error, OSError, ValueError):   # ValueError: EINVAL (a name the system refuses)
+        return False
+    return True
+
+
 def _log_takeover(name: str, holder: int) -> None:
     import logging
     logging.getLogger("meshgate.shared").warning(
@@ -234,7 +255,7 @@ class SharedDict:
                 size = os.fstat(fd).st_size
                 if size == 0:  # first opener creates and sizes it
                     os.ftruncate(fd, _HEADER_SIZE + slots * _SLOT_SIZE)
-                    kind = _LOCK_SEM if _ipc() is not None else _LOCK_FLOCK
+                    kind = _LOCK_SEM if _new_semaphore(self.path) else _LOCK_FLOCK
                     hdr = _HEADER.pack(_MAGIC, _LAYOUT, slots, capacity, 0, 0, kind)
                     os.pwrite(fd, hdr + _F64.pack(float("inf")), 0)
                     size = _HEADER_SIZE + slots * _SLOT_SIZE
@@ -250,7 +271,7 @@ class SharedDict:
                                               "semaphore and posix_ipc is not installed")
                     try:
                         sem = ipc.Semaphore(_sem_name(self.path), ipc.O_CREAT, 0o600, 1)
-                    except (ipc.Error, OSError) as e:
+                    except (ipc.Error, OSError, ValueError) as e:
                         raise SharedDictError(f"shared dict {name!r}: cannot open its semaphore "
                                               f"{_sem_name(self.path)}: {e}") from e
             finally:

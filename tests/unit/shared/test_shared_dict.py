@@ -321,3 +321,26 @@ def test_a_signal_during_a_wait_for_the_lock_changes_nothing(ns):
             signal.signal(signal.SIGALRM, old)
     finally:
         p.wait(timeout=10)
+
+
+def test_a_new_dict_never_trusts_a_semaphore_left_behind(ns):
+    """A semaphore of the same name left taken (a killed gateway with a fixed MESHGATE_SHM_NS) is
+    replaced when the dict is created, so the first operation does not wait for a takeover."""
+    ipc = shd._ipc()
+    if ipc is None:
+        pytest.skip("posix_ipc not installed")
+    path = shd._path(ns, "stale")
+    ipc.Semaphore(shd._sem_name(path), ipc.O_CREX, 0o600, 0).close()   # taken, nobody to release it
+    d = SharedDict("stale", ns=ns)
+    t0 = time.monotonic()
+    assert d.incr("k", 1, 0) == 1
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_no_semaphore_means_flock(ns, monkeypatch):
+    """Where the system refuses a semaphore (no writable /dev/shm for it), the creator chooses
+    flock and the dict works as before."""
+    monkeypatch.setattr(shd, "_sem_name", lambda path: "/no/such/dir/" + os.path.basename(path))
+    d = SharedDict("nosem", ns=ns)
+    assert d._sem is None
+    assert d.incr("k", 1, 0) == 1 and SharedDict("nosem", ns=ns).incr("k", 1, 0) == 2
