@@ -139,9 +139,9 @@ class Request:
             start = i + len(needle)
             end = lf.find(b"\r\n", start)
             if end < 0:
-                return self.fields[start:].strip(b" \t").decode("latin-1")
+                return _decode(self.fields[start:].strip(b" \t"))
             if lf.find(needle, end) < 0:
-                return self.fields[start:end].strip(b" \t").decode("latin-1")
+                return _decode(self.fields[start:end].strip(b" \t"))
         return self.header_index().get(name.lower())
 
     def set_header(self, name: str, value: str | None) -> None:

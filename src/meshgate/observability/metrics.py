@@ -112,13 +112,19 @@ class _Metric:
             key = tuple(v if i in self.keep else OVERFLOW for i, v in enumerate(key))
         return key
 
+    def own_row(self, labels: Labels) -> list[float] | None:
+        """The mutable series of ``labels`` (a histogram's row, a counter's one-element cell) when
+        it exists under exactly these labels, not the overflow series; else None (gauges too)."""
+        row = self.series.get(labels)
+        return row if type(row) is list else None
+
     def family(self, aggregate: Aggregate = "sum") -> Family:
         return Family(self.name, self.type, self.help, self.labelnames, dict(self.series), (), aggregate)
 
 
 class Counter(_Metric):
     """``series`` maps a label set to a one-element list (a cell), so a caller that updates
-    the same label set on every request can keep the cell (:meth:`own_cell`)."""
+    the same label set on every request can keep the cell (:meth:`own_row`: ``cell[0] += n``)."""
 
     __slots__ = ()
     type: MetricType = "counter"
@@ -138,12 +144,6 @@ class Counter(_Metric):
         """The count of a label set (0.0 when it has no series)."""
         cell = self.series.get(labels)
         return float(cell[0]) if cell is not None else 0.0
-
-    def own_cell(self, labels: Labels) -> list[float] | None:
-        """The cell of ``labels`` when it exists under exactly these labels (not the overflow
-        series): ``cell[0] += n`` counts without a label lookup.  Else None."""
-        cell = self.series.get(labels)
-        return cell if type(cell) is list else None
 
     def family(self, aggregate: Aggregate = "sum") -> Family:
         return Family(self.name, "counter", self.help, self.labelnames,
@@ -209,19 +209,14 @@ class Histogram(_Metric):
             row = self.series.get(key)
             if row is None:
                 row = self.series[key] = [0.0] * self._width
-        # bisect_left: the first bound >= value, i.e. the smallest "le" bucket holding it.
-        row[bisect_left(self.buckets, value)] += 1
-        row[-1] += value
-
-    def own_row(self, labels: Labels) -> list[float] | None:
-        """The series row of ``labels`` when it exists under exactly these labels (not the
-        overflow series), for :meth:`observe_row`; else None."""
-        row = self.series.get(labels)
-        return row if type(row) is list else None
+        self.observe_row(row, value)
 
     def observe_row(self, row: list[float], value: float) -> None:
         """:meth:`observe` into a row from :meth:`own_row` (no label lookup)."""
-        row[bisect_left(self.buckets, value)] += 1
+        # bisect_left: the first bound >= value, i.e. the smallest "le" bucket holding it; most
+        # values (milliseconds of a request) fall in the first one
+        buckets = self.buckets
+        row[0 if value <= buckets[0] else bisect_left(buckets, value)] += 1
         row[-1] += value
 
     def family(self, aggregate: Aggregate = "sum") -> Family:

@@ -50,7 +50,7 @@ import re
 import struct
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import MeshgateError
 
@@ -604,32 +604,7 @@ def remove_namespace(ns: str) -> list[str]:
     """Remove every dict (and its semaphore) of namespace ``ns``: for an explicit
     ``MESHGATE_SHM_NS``, which :func:`cleanup` leaves alone.  Returns the removed paths."""
     prefix = f"meshgate-{_SAFE.sub('_', ns)}-"
-    removed: list[str] = []
-    for key in [k for k in _open if k[0] == ns]:
-        _open.pop(key).close()
-    d = shm_dir()
-    try:
-        names = [fn for fn in os.listdir(d) if fn.startswith(prefix)]
-    except OSError:
-        names = []
-    for fn in names:
-        try:
-            os.unlink(os.path.join(d, fn))
-            removed.append(os.path.join(d, fn))
-        except OSError:
-            pass
-    ipc = _ipc()
-    if ipc is not None:
-        try:
-            sems = {fn[4:] for fn in os.listdir("/dev/shm") if fn.startswith("sem." + prefix)}
-        except OSError:
-            sems = set()
-        for fn in sems | set(names):
-            try:
-                ipc.unlink_semaphore("/" + fn)
-            except (ipc.Error, OSError):
-                pass
-    return removed
+    return _remove(lambda fn: fn.startswith(prefix))
 
 
 def _alive(pid: int) -> bool:
@@ -660,15 +635,20 @@ def cleanup(pid: int | None = None) -> list[str]:
         owner = int(parts[1])
         return not _alive(owner) or _start_time(owner) != parts[2]
 
+    return _remove(ours)
+
+
+def _remove(match: Callable[[str], bool]) -> list[str]:
+    """Unlink the dict files whose name ``match`` accepts and their semaphores
+    (/dev/shm/sem.<file name> on Linux, the orphans of files already gone included), and close
+    this process's handles on them.  Returns the removed paths."""
     removed: list[str] = []
     d = shm_dir()
     try:
-        names = os.listdir(d)
+        names = [fn for fn in os.listdir(d) if fn.startswith("meshgate-") and match(fn)]
     except OSError:
-        return removed
+        names = []
     for fn in names:
-        if not fn.startswith("meshgate-") or not ours(fn):
-            continue
         try:
             os.unlink(os.path.join(d, fn))
             removed.append(os.path.join(d, fn))
@@ -676,17 +656,15 @@ def cleanup(pid: int | None = None) -> list[str]:
             pass
     for key in [k for k, v in _open.items() if v.path in removed]:
         _open.pop(key).close()
-    # the dicts' semaphores (/dev/shm/sem.<dict file name> on Linux), the orphans included
     ipc = _ipc()
     if ipc is not None:
         try:
-            sems = [fn[4:] for fn in os.listdir("/dev/shm") if fn.startswith("sem.meshgate-")]
+            sems = {fn[4:] for fn in os.listdir("/dev/shm") if fn.startswith("sem.meshgate-") and match(fn[4:])}
         except OSError:
-            sems = []
-        for fn in set(sems) | {os.path.basename(p) for p in removed}:
-            if ours(fn):
-                try:
-                    ipc.unlink_semaphore("/" + fn)
-                except (ipc.Error, OSError):
-                    pass
+            sems = set()
+        for fn in sems | set(names):
+            try:
+                ipc.unlink_semaphore("/" + fn)
+            except (ipc.Error, OSError):
+                pass
     return removed

@@ -70,12 +70,12 @@ def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
         if hit is not None and hit[0] is not None:
             ctx.attach_consumer(hit[0], hit[1])
             return None
-    return _rewrite(conf, ctx)
+    return _rewrite(conf, ctx, key)
 
 
-def _rewrite(conf: dict[str, Any], ctx: Any) -> Any:
+def _rewrite(conf: dict[str, Any], ctx: Any, key: Any) -> Any:
+    """Every other case: the query argument, unknown keys, hidden credentials, anonymous."""
     multi = conf.get(UNDER_MULTI_AUTH, False)
-    key = ctx.req_header(conf["header"])
     from_header = key is not None
     if key is None:
         key = (ctx.args() or {}).get(conf["query"])

@@ -334,20 +334,19 @@ def access(conf: dict[str, Any], ctx: Any) -> Any:
 
 
 def _limit_fast(conf: dict[str, Any], fast: tuple[int, int, str, str, str, str | None, bool], ctx: Any) -> Any:
-    """_limit_local for a fixed window with one rule and numbers given (prepare's ``_fast``):
-    _local_fixed and _finish in one."""
+    """_limit_local for a fixed window with one rule and numbers given (prepare's ``_fast``),
+    reading no conf but that tuple on an accepted request."""
     count, window, count_str, key_type, key, scope, show = fast
     try:
         val = lc.resolve_key(key_type, key, ctx)
         full = scope + val if scope is not None else lc.scope_key(conf["_id"], ctx, val)
-        used, reset = lc.shared(_DICT).incr_ttl(full, 1, 0, ttl=window)
+        ok, remaining, reset = _local_fixed(full, count, window, 1)
     except SharedDictError as e:
         return _failed(conf, e)
-    remaining = count - int(used)
     if show:
         _set_quota(ctx, _header_names(ctx, None),
-                   (count_str, str(remaining) if remaining >= 0 else "0", lc.fmt_num(int(reset * 100.0) / 100.0)))
-    return _verdict(conf, remaining >= 0)
+                   (count_str, str(remaining) if ok else "0", lc.fmt_num(math.floor(reset * 100) / 100)))
+    return _verdict(conf, ok)
 
 
 def _failed(conf: dict[str, Any], e: Exception) -> Any:

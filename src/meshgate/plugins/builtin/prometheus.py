@@ -24,10 +24,9 @@ the excess into an overflow series instead of losing it.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any
 
-from ...observability import REGISTRY
+from ...observability import REGISTRY, Counter
 
 NAME = "prometheus"
 PRIORITY = 500
@@ -168,12 +167,7 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     if row is None or row.meta is not meta:
         row = _row(status_labels, meta)
 
-    cell = row.status_cell
-    if cell is not None:
-        cell[0] += 1.0
-    else:
-        STATUS.inc(row.status)
-        row.status_cell = STATUS.own_cell(row.status)
+    row.status_cell = _count(STATUS, row.status, row.status_cell, 1.0)
     # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
     # take, never negative (nginx's clocks differ slightly between the two variables).
     latency = (request_time if type(request_time) is float else _num(request_time)) * 1000.0
@@ -185,18 +179,8 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
         _observe(row, 2, apisix_ms if apisix_ms > 0 else 0.0)
     else:
         _observe(row, 2, latency)
-    cell = row.bw_in_cell
-    if cell is not None:
-        cell[0] += _num(request_length)
-    else:
-        BANDWIDTH.inc(row.bw_in, _num(request_length))
-        row.bw_in_cell = BANDWIDTH.own_cell(row.bw_in)
-    cell = row.bw_out_cell
-    if cell is not None:
-        cell[0] += _num(bytes_sent)
-    else:
-        BANDWIDTH.inc(row.bw_out, _num(bytes_sent))
-        row.bw_out_cell = BANDWIDTH.own_cell(row.bw_out)
+    row.bw_in_cell = _count(BANDWIDTH, row.bw_in, row.bw_in_cell, _num(request_length))
+    row.bw_out_cell = _count(BANDWIDTH, row.bw_out, row.bw_out_cell, _num(bytes_sent))
 
 
 class _Row:
@@ -215,9 +199,9 @@ class _Row:
         self.bw_in = bw_in
         self.bw_out = bw_out
         # the counters' cells, once their series exist (None: count by labels)
-        self.status_cell: list[float] | None = STATUS.own_cell(status)
-        self.bw_in_cell: list[float] | None = BANDWIDTH.own_cell(bw_in)
-        self.bw_out_cell: list[float] | None = BANDWIDTH.own_cell(bw_out)
+        self.status_cell: list[float] | None = STATUS.own_row(status)
+        self.bw_in_cell: list[float] | None = BANDWIDTH.own_row(bw_in)
+        self.bw_out_cell: list[float] | None = BANDWIDTH.own_row(bw_out)
 
 
 _ROWS: dict[tuple[str, ...], _Row] = {}
@@ -253,8 +237,14 @@ def _row(status_labels: tuple[str, ...], meta: Any) -> _Row:
     return row
 
 
-_BOUNDS = LATENCY.buckets
-_FIRST = _BOUNDS[0]
+def _count(metric: Counter, labels: tuple[str, ...], cell: list[float] | None, value: float) -> list[float] | None:
+    """Add to a counter through its cell when the row has it; else by labels, returning the
+    cell for the next request once the label set has a series of its own."""
+    if cell is not None:
+        cell[0] += value
+        return cell
+    metric.inc(labels, value)
+    return metric.own_row(labels)
 
 
 def _observe(row: _Row, i: int, value: float) -> None:
@@ -265,6 +255,4 @@ def _observe(row: _Row, i: int, value: float) -> None:
         if h is not None:
             row.hist = row.hist[:i] + (h,) + row.hist[i + 1:]
     else:
-        # Histogram.observe_row, inlined: most requests take under 1 ms (the first bucket)
-        h[0 if value <= _FIRST else bisect_left(_BOUNDS, value)] += 1.0
-        h[-1] += value
+        LATENCY.observe_row(h, value)
