@@ -17,6 +17,13 @@ from meshgate.shared import dict as shd
 SRC = str(Path(__file__).resolve().parents[3] / "src")
 
 
+def python_ok(code: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; it must succeed: its output lines."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 @pytest.fixture
 def ns():
     n = f"t{uuid.uuid4().hex[:12]}"
@@ -170,9 +177,7 @@ def test_worker_children_share_the_supervisor_namespace_and_cleanup_removes_it(t
             "print(sorted(float(o) for o in outs))\n"
             "removed = cleanup()\n"
             "print(len([r for r in removed if r.endswith('-sup')]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = python_ok(code)
     assert lines == ["[1.0, 2.0, 3.0]", "1"]
 
 
@@ -268,10 +273,8 @@ def test_cleanup_removes_the_semaphores_too(tmp_path):
             "print(name in os.listdir('/dev/shm'))\n"
             "cleanup()\n"
             "print(name in os.listdir('/dev/shm'), os.path.exists(d.path))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
     expect = ["True", "False False"] if shd._ipc() is not None else ["False", "False False"]
-    assert out.stdout.splitlines() == expect
+    assert python_ok(code) == expect
 
 
 def test_a_worker_without_shared_counters_does_not_load_posix_ipc():
@@ -281,9 +284,7 @@ def test_a_worker_without_shared_counters_does_not_load_posix_ipc():
             "meshgate.shared.open_dict('lazy', ns='lazy-' + str(__import__('os').getpid())).incr('k', 1, 0)\n"
             "print('posix_ipc' in sys.modules)\n"
             "meshgate.shared.remove_namespace('lazy-' + str(__import__('os').getpid()))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["False", "True" if shd._ipc() is not None else "False"]
+    assert python_ok(code) == ["False", "True" if shd._ipc() is not None else "False"]
 
 
 HOLD = r"""
