@@ -99,8 +99,11 @@ def write_plugins(d: Path) -> Path:
     return d
 
 
-def gateway(tmp_path: Path, routes: dict, **kw):
+def gateway(tmp_path: Path, routes: dict, extra: dict[str, str] | None = None, **kw):
+    """A gateway loading the test plugins (and ``extra``: file name -> source) from a directory."""
     plugins = write_plugins(tmp_path / "plugins")
+    for fn, src in (extra or {}).items():
+        (plugins / fn).write_text(src)
     return start_gateway(tmp_path / "gw", routes, node={"apisix": {"plugin_dirs": [str(plugins)]}}, **kw)
 
 
@@ -519,10 +522,8 @@ async def test_header_edits_before_the_response(tmp_path, up):
     upstream's fields as APISIX's do: set replaces, add appends, set twice keeps the last, None
     removes; the response otherwise keeps the upstream's fields as sent."""
     up.handler = lambda req: (200, {"X-Up": "upstream", "X-Gone": "x", "X-Keep": "k"}, b"ok")
-    d = write_plugins(tmp_path / "plugins")
-    (d / "t_edit.py").write_text(EDIT_PLUGIN)
     doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-edit": {}}}]}
-    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(d)]}})
+    gw = gateway(tmp_path, doc, extra={"t_edit.py": EDIT_PLUGIN})
     try:
         for extra, new in (({}, ["1"]), ({"X-Twice": "1"}, ["2"]), ({"X-Drop": "1"}, ["1"])):
             r = await http(gw.addr, "GET", "/e", headers=extra)
@@ -561,10 +562,8 @@ async def test_header_batches_before_the_response(tmp_path, up):
             return 200, {"x-rl-remaining": "upstream", "X-Other": "o"}, b"ok"
         return 200, {"X-Other": "o"}, b"ok"
     up.handler = handler
-    d = write_plugins(tmp_path / "plugins")
-    (d / "t_batch.py").write_text(BATCH_PLUGIN)
     doc = {"routes": [{"id": "r1", "uri": "/*", "upstream": ups(up), "plugins": {"t-batch": {}}}]}
-    gw = start_gateway(tmp_path / "gw", doc, node={"apisix": {"plugin_dirs": [str(d)]}})
+    gw = gateway(tmp_path, doc, extra={"t_batch.py": BATCH_PLUGIN})
     try:
         for path, extra in (("/new", {}), ("/has", {}), ("/new", {"X-More": "1"})):
             r = await http(gw.addr, "GET", path, headers=extra)
