@@ -393,7 +393,8 @@ def test_istiod_killed_then_back(bookinfo: Bookinfo) -> None:
           f"{xds.get('consecutive_failures')}); a new change served in {t_v1 - t_edit:.1f}s; "
           f"failed pages overall: {len(traffic.failures())}")
     assert len(down) >= 20 and down_versions == {"v3": len(down)}, down_versions
-    assert traffic.failures() == [], traffic.failures()[:5]
+    assert traffic.failures() == [], (traffic.failures()[:5], f"killed at {t_kill:.2f}, restarted at {t_restart:.2f}",
+                                      pp.log_tail("app", 2000))
     assert t_v1 - t_edit < 10
     # every sidecar is back on the new istiod
     want = {p.proxy_id for p in b.net.pods.values()}

@@ -81,8 +81,8 @@ def eds(name: str, addrs: list[str]) -> Any:
 
 def http_listener(name: str, port: int, *, rds: str | None = None, routes: dict[str, Any] | None = None,
                   address: str = "127.0.0.1", http_filters: list[dict[str, Any]] | None = None,
-                  **extra: Any) -> Any:
-    hcm: dict[str, Any] = {"@type": HCM, "stat_prefix": name,
+                  hcm_extra: dict[str, Any] | None = None, **extra: Any) -> Any:
+    hcm: dict[str, Any] = {"@type": HCM, "stat_prefix": name, **(hcm_extra or {}),
                            "http_filters": (http_filters or []) + [
                                {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
     if rds is not None:

@@ -355,3 +355,44 @@ async def test_circuit_breaker_overflows_as_envoy(tmp_path: Path, ads: AdsServer
     finally:
         assert m.stop() == 0
         await up.close()
+
+
+async def test_idle_downstream_connections_follow_the_hcm_idle_timeout(
+        tmp_path: Path, ads: AdsServer, ups: dict[str, Upstream]) -> None:
+    """A mesh listener keeps an idle keep-alive connection as long as its HCM's idle_timeout
+    says (Envoy's hour when unset), not the gateway's keepalive_timeout: the peer sidecar's pool
+    keeps its connections an hour too, and a server closing them sooner races its next request."""
+    short, unset = free_port(), free_port()
+    conf = tmp_path / "config.yaml"
+    conf.write_text("nginx_config:\n  http:\n    keepalive_timeout: 1s\n")
+    route = {"name": "r", "virtual_hosts": [vhost("all", ["*"], [{"match": {"prefix": "/"}, "route": {"cluster": "a"}}])]}
+    ads.set(CDS, {"a": static_cluster("a", [ups["a"].addr])})
+    ads.set(LDS, {"short": http_listener("short", short, routes=route,
+                                         hcm_extra={"common_http_protocol_options": {"idle_timeout": "1.5s"}}),
+                  "unset": http_listener("unset", unset, routes=route)})
+    ads.push()
+    m = await _mesh(tmp_path, ads, extra=["-c", str(conf)])
+    try:
+        await m.settled()
+        conns = {}
+        for name, port in (("short", short), ("unset", unset)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            resp = await read_response(reader)
+            assert resp is not None and resp.header("x-backend") == "a"
+            conns[name] = (reader, writer)
+        t0 = asyncio.get_running_loop().time()
+        # the 1.5 s listener closes its idle connection...
+        assert await asyncio.wait_for(conns["short"][0].read(), 10) == b""
+        took = asyncio.get_running_loop().time() - t0
+        assert 1.0 <= took < 5.0, took
+        # ...the other one outlives the gateway's keepalive_timeout (1 s) and still serves
+        await asyncio.sleep(2.5)
+        reader, writer = conns["unset"]
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = await read_response(reader)
+        assert resp is not None and resp.status == 200 and resp.header("x-backend") == "a"
+        for _, w in conns.values():
+            w.close()
+    finally:
+        assert m.stop() == 0

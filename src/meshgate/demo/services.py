@@ -42,6 +42,8 @@ import argparse
 import asyncio
 import html
 import itertools
+import json
+import logging
 import re
 import signal
 import sys
@@ -53,6 +55,8 @@ from meshgate.errors import UpstreamError
 
 from .client import http_request
 from .server import DemoHTTPServer, DemoRequest, DemoResponse, json_response, start_server
+
+log = logging.getLogger("meshgate.demo")
 
 __all__ = [
     "SERVICE_NAMES",
@@ -302,9 +306,13 @@ def end_user(req: DemoRequest) -> str | None:
 def _productpage_app(details: _Backend, reviews: _Backend, ratings: _Backend) -> _Route:
     async def fetch(backend: _Backend, path: str, req: DemoRequest) -> tuple[int, Mapping[str, str], Any]:
         try:
-            return await backend.get(path, req, user=end_user(req))
+            got = await backend.get(path, req, user=end_user(req))
         except UpstreamError as e:
+            log.warning("productpage: GET %s failed: %s", path, e)
             return 503, {}, {"error": f"{path.split('/')[1]} service unavailable: {e}"}
+        if got[0] >= 500:
+            log.warning("productpage: GET %s answered %d: %.200s", path, got[0], json.dumps(got[2]))
+        return got
 
     async def product_json(pid: int, req: DemoRequest) -> DemoResponse:
         product = _PRODUCTS_BY_ID.get(pid)
@@ -595,4 +603,5 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m meshgate.demo``: one service until SIGTERM/SIGINT (exit 0)."""
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     return asyncio.run(_serve(args))

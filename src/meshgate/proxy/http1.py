@@ -62,7 +62,7 @@ class ClientConnection(asyncio.Protocol):
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
                  "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "tls",
-                 "handle", "orig_dst", "server_name", "sniff", "early")
+                 "handle", "orig_dst", "server_name", "idle_timeout", "sniff", "early")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
@@ -111,6 +111,9 @@ class ClientConnection(asyncio.Protocol):
         self.handle: Any = None     # mesh: the filter chain's handle (proxy/mesh.ChainHandle)
         self.orig_dst: tuple[str, int] | None = None   # mesh: the destination before capture
         self.server_name: bytes | None = None   # mesh: the Server header Envoy's HCM would send
+        # seconds an idle keep-alive connection is kept; < 0: the gateway's keepalive_timeout
+        # (a mesh listener's HCM says its own: Envoy's idle_timeout, 1 h by default)
+        self.idle_timeout = -1.0
         self.sniff = False          # apisix.enable_http2 on plaintext: the first bytes may be the h2 preface
         self.early = b""            # the start of a preface, until it is whole
 
@@ -652,7 +655,11 @@ class ClientConnection(asyncio.Protocol):
     def check_deadline(self, now: float, s: ProxySettings) -> None:
         st = self.state
         if st == S_IDLE:
-            if now - self.since > (DRAIN_FIRST_REQUEST if self.server.draining else s.keepalive_timeout):
+            if self.server.draining:
+                limit = DRAIN_FIRST_REQUEST
+            else:
+                limit = self.idle_timeout if self.idle_timeout >= 0.0 else s.keepalive_timeout
+            if now - self.since > limit:
                 self.close()
         elif st == S_HEAD:
             if now - self.since > s.client_header_timeout:

@@ -282,6 +282,7 @@ class H2Connection(asyncio.Protocol):
         self.handle: Any = None
         self.orig_dst: tuple[str, int] | None = None
         self.server_name: bytes | None = None
+        self.idle_timeout = -1.0                # as ClientConnection.idle_timeout
         self.closing = False
         self.goaway_sent = False
         self.goaway_last = 0
@@ -320,6 +321,7 @@ class H2Connection(asyncio.Protocol):
         self.peer_trusted, self.peer_real_ip_ok = old.peer_trusted, old.peer_real_ip_ok
         self.fwd_drop, self.fwd_lines = old.fwd_drop, old.fwd_lines
         self.handle, self.orig_dst, self.server_name = old.handle, old.orig_dst, old.server_name
+        self.idle_timeout = old.idle_timeout
         old.closing = True
         old.state = S_CLOSED
         server = self.server
@@ -866,7 +868,7 @@ class H2Connection(asyncio.Protocol):
             self.goaway()
             return
         if not self.streams:
-            if now - self.since > s.keepalive_timeout:
+            if now - self.since > (self.idle_timeout if self.idle_timeout >= 0.0 else s.keepalive_timeout):
                 self.close()
             return
         for st in list(self.streams.values()):

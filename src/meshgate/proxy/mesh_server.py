@@ -39,7 +39,7 @@ from ..observability.istio import TCP_CLOSED, TCP_OPENED, TCP_RECEIVED, TCP_SENT
 if TYPE_CHECKING:
     from .server import ProxyServer
 
-__all__ = ["MeshSockets", "MeshEntry", "TcpRelay", "SNIFF_TIMEOUT"]
+__all__ = ["MeshSockets", "MeshEntry", "TcpRelay", "SNIFF_TIMEOUT", "HCM_IDLE_TIMEOUT", "hcm_idle_timeout"]
 
 log = logging.getLogger("meshgate.mesh")
 
@@ -180,6 +180,20 @@ class MeshEntry(asyncio.Protocol):
             t.close()
             return
         self.owner.hand_over(t, chain, self.dst, self.src, self.buf)
+
+
+HCM_IDLE_TIMEOUT = 3600.0      # Envoy's common_http_protocol_options.idle_timeout default
+
+
+def hcm_idle_timeout(value: float | None) -> float:
+    """Seconds a mesh listener keeps an idle downstream HTTP connection: the HCM's
+    ``idle_timeout`` (unset: Envoy's hour; 0: never closed).  The peer sidecar's pool keeps
+    its connections as long (the cluster's idle_timeout, also an hour by default): a server
+    closing them sooner races the client's next request on them, and a mesh route does not
+    re-send a request whose reused connection was reset (Envoy's 503 "UC")."""
+    if value is None:
+        return HCM_IDLE_TIMEOUT
+    return float(value) if value > 0 else float("inf")
 
 
 def _ip(addr: Any) -> str:
@@ -355,6 +369,7 @@ class MeshSockets:
             http = chain.conf.get("http") or {}
             # Envoy overwrites the upstream's Server header with its server_name
             proto.server_name = str(http.get("server_name") or "envoy").encode("latin-1")
+            proto.idle_timeout = hcm_idle_timeout(http.get("idle_timeout"))
             transport.set_protocol(proto)
             proto.connection_made(transport)
             # the request's server address is where the client was going (Envoy's
