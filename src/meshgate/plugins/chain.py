@@ -13,9 +13,10 @@ import logging
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
 
 if TYPE_CHECKING:
+    from .consumers import Consumer
     from .runtime import Plugin
 
-__all__ = ["PluginChain", "Pending", "Answer", "Headers", "HookEntry", "encode_body", "to_answer"]
+__all__ = ["PluginChain", "Pending", "Answer", "Headers", "HookEntry", "CtxBase", "encode_body", "to_answer"]
 
 log = logging.getLogger("meshgate.plugins")
 
@@ -35,6 +36,37 @@ def encode_body(body: Any) -> bytes:
     if isinstance(body, str):
         return body.encode()
     return _cjson(body)
+
+
+class CtxBase:
+    """The part of a hook's ``ctx`` that the compiled built-in plugins call on every request.
+
+    The proxy's exchange (the ctx of every HTTP request, docs/plugins.md) derives from it, so
+    a compiled plugin that has checked ``isinstance(ctx, CtxBase)`` calls these methods
+    natively instead of looking them up by name.  Plugins need not know it: any ctx works
+    by duck typing, and the built-ins keep that path for other contexts (tests' stand-ins).
+    """
+
+    def var(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def req_header(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def find_consumer(self, plugin: str, field: str, value: Any) -> tuple[Consumer, Any] | None:
+        raise NotImplementedError
+
+    def attach_consumer(self, consumer: Consumer, conf: Any = None) -> None:
+        raise NotImplementedError
+
+    def set_resp_headers(self, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    def plugin_metadata(self, name: str) -> Any:
+        raise NotImplementedError
+
+    def metric_fields(self) -> tuple[Any, ...]:
+        raise NotImplementedError
 
 
 Headers = list[tuple[str, str]]

@@ -135,6 +135,11 @@ class ConsumerSet:
 
     def find(self, plugin: str, field: str, value: Any) -> tuple[Consumer, Any] | None:
         """The consumer whose ``plugin`` conf has ``field == value`` (first in load order)."""
+        return self.index(plugin, field).get(value)
+
+    def index(self, plugin: str, field: str) -> dict[Any, tuple[Consumer, Any]]:
+        """``plugin``'s confs by their ``field`` (the first in load order for a value), built
+        on first use; the request path keeps it with its Runtime and looks up in it."""
         key = (plugin, field)
         idx = self._index.get(key)
         if idx is None:
@@ -144,7 +149,7 @@ class ConsumerSet:
                 if v is not None and v not in idx:
                     idx[v] = (c, conf)
             self._index[key] = idx
-        return idx.get(value)
+        return idx
 
     def group_plugins(self, consumer: Consumer) -> Mapping[str, Any]:
         if consumer.group_id is None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Final, Protocol, Sequence
 from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
+from ..plugins.chain import CtxBase
 from ..upstream import Node
 from . import headcodec
 from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, error_body
@@ -126,8 +127,9 @@ class Downstream(Protocol):
     def is_idle(self) -> bool: ...
 
 
-class Exchange:
-    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx.
+class Exchange(CtxBase):
+    """One request through routing, plugins, the upstream, and back.  Also the plugin ctx
+    (compiled plugins call :class:`~meshgate.plugins.chain.CtxBase`'s methods natively).
 
     Defaults are class attributes: an exchange stores only what it changes, which keeps
     the per-request allocation small (hot path).
@@ -442,7 +444,12 @@ class Exchange:
         self.up_extra = consumer.up_lines
 
     def find_consumer(self, plugin: str, field: str, value: Any) -> tuple[Consumer, Any] | None:
-        return self.runtime.consumers.find(plugin, field, value)
+        rt = self.runtime
+        key = (plugin, field)
+        idx = rt.consumer_index.get(key)
+        if idx is None:
+            idx = rt.consumer_index[key] = rt.consumers.index(plugin, field)
+        return idx.get(value)
 
     def consumers(self, plugin: str) -> list[tuple[Consumer, Any]]:
         return self.runtime.consumers.configuring(plugin)

@@ -183,6 +183,9 @@ class Runtime:
     # built on first use and kept for this config version only
     _consumer_chains: dict[tuple[str, str], tuple[PluginChain | None, frozenset[str]]] = field(default_factory=dict)
     _extra_upstreams: dict[int, UpstreamRuntime] = field(default_factory=dict)
+    # the consumers' credential indexes by (plugin, field): ConsumerSet.index, kept here so
+    # that the exchange looks a credential up without leaving compiled code
+    consumer_index: dict[tuple[str, str], dict[Any, tuple[Consumer, Any]]] = field(default_factory=dict)
 
     def chain_with_consumer(self, route: RouteRuntime, consumer: Consumer) -> tuple[PluginChain | None, frozenset[str]]:
         """The route's chain with the consumer's group and own plugins merged in (APISIX:

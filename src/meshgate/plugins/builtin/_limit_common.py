@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from ...shared import SharedDict, open_dict
+from ..chain import CtxBase
 
 __all__ = ["REDIS_SCHEMA", "REDIS_CLUSTER_SCHEMA", "resolve_template", "resolve_key", "conf_digest", "conf_id",
            "scope_key", "fmt_num", "shared", "redis_client", "RedisFailure", "client_ip", "run_script", "run_command"]
@@ -90,6 +91,8 @@ def resolve_key(key_type: str, key: str, ctx: Any) -> str:
             val = None
     elif key_type == "constant":
         val = key
+    elif isinstance(ctx, CtxBase):
+        val = ctx.var(key)    # a native call (the same method as below)
     else:
         val = ctx.var(key)
     if val is None:

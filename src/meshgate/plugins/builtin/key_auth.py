@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..chain import CtxBase
 from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
 
 NAME = "key-auth"
@@ -63,6 +64,8 @@ def _strip_key(conf: dict[str, Any], ctx: Any, *, header: bool, query: bool) -> 
 
 
 def rewrite(conf: dict[str, Any], ctx: Any) -> Any:
+    if not isinstance(ctx, CtxBase):   # a ctx of another kind: by name, the general path
+        return _rewrite(conf, ctx, ctx.req_header(conf["header"]))
     key = ctx.req_header(conf["header"])
     if key is not None and not conf["hide_credentials"]:
         # the common request: a key in the header that names a consumer

@@ -24,6 +24,7 @@ import copy
 import math
 from typing import Any
 
+from ..chain import CtxBase
 from . import _limit_common as lc
 from ...shared import SharedDictError
 
@@ -309,9 +310,12 @@ _DEFAULT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-R
 
 def _header_names(ctx: Any, prefix: str | None) -> tuple[str, str, str]:
     md = None
-    pm = getattr(ctx, "plugin_metadata", None)
-    if pm is not None:
-        md = pm(NAME)
+    if isinstance(ctx, CtxBase):
+        md = ctx.plugin_metadata(NAME)
+    else:
+        pm = getattr(ctx, "plugin_metadata", None)
+        if pm is not None:
+            md = pm(NAME)
     if not md:
         names = _DEFAULT_HEADERS
     else:
@@ -414,6 +418,9 @@ def _finish(conf: dict[str, Any], ctx: Any, count: int, prefix: str | None, ok: 
 
 def _set_quota(ctx: Any, names: tuple[str, str, str], values: tuple[str, str, str]) -> None:
     """The X-RateLimit-* headers (names as plugin metadata and rules say)."""
+    if isinstance(ctx, CtxBase):
+        ctx.set_resp_headers(names, values)
+        return
     batch = getattr(ctx, "set_resp_headers", None)
     if batch is not None:
         batch(names, values)

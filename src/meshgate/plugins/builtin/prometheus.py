@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..chain import CtxBase
 from ...observability import REGISTRY, Counter
 
 NAME = "prometheus"
@@ -124,21 +125,28 @@ def _num(v: Any) -> float:
     return f if f == f else 0.0
 
 
-def log(conf: dict[str, Any], ctx: Any) -> None:
+def _var_fields(ctx: Any) -> tuple[Any, ...]:
+    """What ``metric_fields`` answers, from a ctx of another kind (by its ``var``)."""
     fields = getattr(ctx, "metric_fields", None)
-    if fields is not None:   # the exchange answers every variable below in one call
-        (route, route_name, service, service_name, matched_uri, matched_host, consumer, node, code,
-         upstream_time, request_time, request_length, bytes_sent, source, request_type, req_model,
-         llm_model) = fields()
+    if fields is not None:
+        return tuple(fields())
+    var = ctx.var
+    return tuple(var(n) for n in ("route_id", "route_name", "service_id", "service_name", "matched_uri",
+                                  "matched_host", "consumer_name", "balancer_ip", "status",
+                                  "upstream_response_time", "request_time", "request_length", "bytes_sent",
+                                  "response_source", "request_type", "request_llm_model", "llm_model"))
+
+
+def log(conf: dict[str, Any], ctx: Any) -> None:
+    if isinstance(ctx, CtxBase):   # the exchange answers every variable below in one call
+        fields = ctx.metric_fields()
+        meta = ctx.plugin_metadata(NAME)
     else:
-        var = ctx.var
-        route, route_name, service, service_name = (var("route_id"), var("route_name"), var("service_id"),
-                                                    var("service_name"))
-        matched_uri, matched_host = var("matched_uri"), var("matched_host")
-        consumer, node, code = var("consumer_name"), var("balancer_ip"), var("status")
-        upstream_time, request_time = var("upstream_response_time"), var("request_time")
-        request_length, bytes_sent, source = var("request_length"), var("bytes_sent"), var("response_source")
-        request_type, req_model, llm_model = var("request_type"), var("request_llm_model"), var("llm_model")
+        fields = _var_fields(ctx)
+        meta = ctx.plugin_metadata(NAME)
+    (route, route_name, service, service_name, matched_uri, matched_host, consumer, node, code,
+     upstream_time, request_time, request_length, bytes_sent, source, request_type, req_model,
+     llm_model) = fields
     route = route or ""
     service = service or ""
     if conf.get("prefer_name") is True:
@@ -162,7 +170,6 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     # is converted by the registry on the slow path, never mixed up with its string.
     status_labels: tuple[str, ...] = (code, route, matched_uri or "", matched_host or "", service,
                                       consumer, node, request_type, req_model, llm_model, source)
-    meta = ctx.plugin_metadata(NAME)
     row = _ROWS.get(status_labels)
     if row is None or row.meta is not meta:
         row = _row(status_labels, meta)
