@@ -346,7 +346,82 @@ pub fn resp_fields(head: &[u8]) -> Option<(usize, Vec<u8>)> {
     Some((sl, out))
 }
 
+/// Where the field `lname` (ASCII, lower case) is in a request's field block (`fields` of
+/// `scan_request`: each line after a CRLF, no CRLF at the end), as `meshgate.http.request.
+/// find_field` finds it: the first line that starts, case-insensitively, with `lname` and a
+/// colon; its value up to the next CRLF, trimmed of SP/HTAB.  `Repeated` when another line
+/// after it starts the same way (the caller joins them).  At most two passes over the block.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Field {
+    Absent,
+    At(usize, usize),
+    Repeated,
+}
+
+fn line_is(d: &[u8], crlf: usize, lname: &[u8]) -> bool {
+    let s = crlf + 2;
+    let e = s + lname.len();
+    e < d.len() && d[e] == b':' && eq_lower(&d[s..e], lname)
+}
+
+pub fn find_field(d: &[u8], lname: &[u8]) -> Field {
+    let mut i = 0;
+    while let Some(p) = find(d, b"\r\n", i) {
+        if line_is(d, p, lname) {
+            let vs = p + 2 + lname.len() + 1;
+            let Some(ve) = find(d, b"\r\n", vs) else {
+                return Field::At(vs, d.len());
+            };
+            let mut j = ve;
+            while let Some(q) = find(d, b"\r\n", j) {
+                if line_is(d, q, lname) {
+                    return Field::Repeated;
+                }
+                j = q + 2;
+            }
+            return Field::At(vs, ve);
+        }
+        i = p + 2;
+    }
+    Field::Absent
+}
+
+fn latin1<'py>(py: Python<'py>, v: &[u8]) -> Bound<'py, PyString> {
+    if v.is_ascii() {
+        PyString::new(py, std::str::from_utf8(v).unwrap_or_default())
+    } else {
+        let s: String = v.iter().map(|&b| char::from(b)).collect();
+        PyString::new(py, &s)
+    }
+}
+
 // -- the Python module ---------------------------------------------------------------------
+
+/// `find_field(fields, name)`: the value (str, latin-1, trimmed) of the field `name` in a
+/// request's field block, None when it is absent, 1 when it is repeated or `name` is not ASCII
+/// (the caller then looks it up in the full index).
+#[pyfunction(name = "find_field")]
+fn py_find_field<'py>(py: Python<'py>, fields: &[u8], name: &str) -> PyResult<Bound<'py, PyAny>> {
+    if !name.is_ascii() {
+        return 1i64.into_bound_py_any(py);
+    }
+    let lname = name.as_bytes().to_ascii_lowercase();
+    match find_field(fields, &lname) {
+        Field::Absent => Ok(py.None().into_bound(py)),
+        Field::Repeated => 1i64.into_bound_py_any(py),
+        Field::At(s, e) => {
+            let mut s = s;
+            let mut e = e;
+            while s < e && (fields[s] == b' ' || fields[s] == b'\t') {
+                s += 1;
+            }
+            while e > s && (fields[e - 1] == b' ' || fields[e - 1] == b'\t') {
+                e -= 1;
+            }
+            Ok(latin1(py, &fields[s..e]).into_any())
+        }
+    }
+}
 
 #[pyfunction(name = "scan_request")]
 fn py_scan_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, extra: &[u8]) -> PyResult<Bound<'py, PyAny>> {
@@ -366,13 +441,7 @@ fn py_scan_request<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>, extra: &[u8
             };
             let n = d.len();
             // a field value may hold obs-text: decode as latin-1, as the Python code does
-            let hv = &d[host.0..host.1];
-            let host_s: Bound<'py, PyString> = if hv.is_ascii() {
-                PyString::new(py, std::str::from_utf8(hv).unwrap_or_default())
-            } else {
-                let s: String = hv.iter().map(|&b| char::from(b)).collect();
-                PyString::new(py, &s)
-            };
+            let host_s = latin1(py, &d[host.0..host.1]);
             let mut fwd = Vec::with_capacity(n - 4 - eol - (he - hs));
             fwd.extend_from_slice(&d[eol..hs]);
             fwd.extend_from_slice(&d[he..n - 4]);
@@ -424,6 +493,7 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_scan_request, m)?)?;
     m.add_function(wrap_pyfunction!(py_scan_response, m)?)?;
     m.add_function(wrap_pyfunction!(py_resp_fields, m)?)?;
+    m.add_function(wrap_pyfunction!(py_find_field, m)?)?;
     let as_tuple = |items: &[&[u8]]| PyTuple::new(py, items.iter().map(|s| PyBytes::new(py, s)));
     m.add("SKIP_NAMES", as_tuple(SKIP_NAMES)?)?;
     m.add("SKIP_PREFIXES", as_tuple(SKIP_PREFIXES)?)?;
@@ -494,6 +564,23 @@ mod tests {
         }
         let h = b"HTTP/1.1 200 OK\r\nConnection: x-hop, close\r\nX-Hop: 1\r\nServer: s\r\nX-Keep: 2\r\n";
         assert_eq!(resp_fields(h).unwrap().1, b"\r\nX-Keep: 2");
+    }
+
+    #[test]
+    fn finds_fields() {
+        let d = b"\r\nHost: a\r\nApiKey:  k1 \t\r\nX-A: 1\r\nx-a: 2\r\nLast:z";
+        assert_eq!(find_field(d, b"apikey"), Field::At(18, 24));
+        assert_eq!(find_field(d, b"x-a"), Field::Repeated);
+        assert_eq!(find_field(d, b"last"), Field::At(d.len() - 1, d.len()));
+        assert_eq!(find_field(d, b"host"), Field::At(7, 9));
+        assert_eq!(find_field(d, b"hos"), Field::Absent);
+        assert_eq!(find_field(d, b"apikey:"), Field::Absent);
+        assert_eq!(find_field(b"", b"a"), Field::Absent);
+        assert_eq!(find_field(b"\r\na:", b"a"), Field::At(4, 4));
+        assert_eq!(find_field(b"\r\na:\r\n", b"a"), Field::At(4, 4));
+        for n in 0..d.len() {
+            let _ = find_field(&d[..n], b"x-a");
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ from meshgate.config.store import ConfigStore
 from meshgate.plugins import PluginRegistry
 from meshgate.proxy import ProxyServer, ProxySettings
 from meshgate.proxy import codec as head_codec
+from meshgate.http.request import use_field_finder
 from meshgate.proxy.http1 import ClientConnection
 from meshgate.proxy.upstream_conn import UpstreamConnection
 from meshgate.proxy.runtime import build_runtime
@@ -50,6 +51,7 @@ def codec(request: pytest.FixtureRequest) -> Any:
 
 def use_codec(server: ProxyServer, c: head_codec.Codec) -> None:
     server.scan_request, server.scan_response, server.resp_fields = c.scan_request, c.scan_response, c.resp_fields
+    use_field_finder(c.find_field if c is not head_codec.PYTHON else None)
 
 
 class Transport:

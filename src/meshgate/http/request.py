@@ -12,7 +12,7 @@ import re
 from typing import Any, Callable
 from urllib.parse import parse_qsl
 
-__all__ = ["Request", "HOP_BY_HOP", "split_fields"]
+__all__ = ["Request", "HOP_BY_HOP", "split_fields", "find_field", "use_field_finder"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus legacy ones that must never cross the proxy.
 HOP_BY_HOP = frozenset(
@@ -36,6 +36,41 @@ def _decode(v: bytes) -> str:
 
 
 _NEEDLES: dict[str, bytes] = {}   # header name -> b"\r\nname:" (plugins ask for the same few)
+
+
+def find_field(fields: bytes, name: str) -> str | int | None:
+    """The value of the field ``name`` in a raw field block (each line after a CRLF, as the
+    head codec keeps a fast-path request's fields), without splitting them all: auth plugins
+    read one header per request.  None when absent; 1 when the field is repeated or ``name``
+    is not ASCII (look it up in the full index then).  The native head codec has the same
+    call (``_codec.find_field``, chosen by :func:`use_field_finder`)."""
+    if not name.isascii():
+        return 1
+    needle = _NEEDLES.get(name)
+    if needle is None:
+        needle = b"\r\n" + name.lower().encode("latin-1") + b":"
+        if len(_NEEDLES) < 1024:
+            _NEEDLES[name] = needle
+    lf = fields.lower()
+    i = lf.find(needle)
+    if i < 0:
+        return None
+    start = i + len(needle)
+    end = lf.find(b"\r\n", start)
+    if end < 0:
+        return _decode(fields[start:].strip(b" \t"))
+    if lf.find(needle, end) >= 0:
+        return 1
+    return _decode(fields[start:end].strip(b" \t"))
+
+
+_FIND_FIELD: Callable[[bytes, str], Any] | None = None
+
+
+def use_field_finder(fn: Callable[[bytes, str], Any] | None) -> None:
+    """Look fields up with ``fn`` (the native head codec's ``find_field``); None: :func:`find_field`."""
+    global _FIND_FIELD
+    _FIND_FIELD = fn
 
 
 class Request:
@@ -63,7 +98,6 @@ class Request:
     grpc = False                       # HTTP/2 with a gRPC content-type as the client sent it
     params: dict[str, str] | None = None
     _hindex: dict[str, str] | None = None
-    _lfields: bytes | None = None
     _args: dict[str, str] | None = None
     _cookies: dict[str, str] | None = None
     start_time = 0.0
@@ -125,23 +159,10 @@ class Request:
         if idx is None and self._headers is None:
             # the raw field block of the fast path: find one field without splitting them all
             # (auth plugins read one header per request); repeated fields take the full index
-            lf = self._lfields
-            if lf is None:
-                lf = self._lfields = self.fields.lower()
-            needle = _NEEDLES.get(name)
-            if needle is None:
-                needle = b"\r\n" + name.lower().encode("latin-1") + b":"
-                if len(_NEEDLES) < 1024:
-                    _NEEDLES[name] = needle
-            i = lf.find(needle)
-            if i < 0:
-                return None
-            start = i + len(needle)
-            end = lf.find(b"\r\n", start)
-            if end < 0:
-                return _decode(self.fields[start:].strip(b" \t"))
-            if lf.find(needle, end) < 0:
-                return _decode(self.fields[start:end].strip(b" \t"))
+            ff = _FIND_FIELD
+            got = ff(self.fields, name) if ff is not None else find_field(self.fields, name)
+            if not isinstance(got, int):
+                return got
         return self.header_index().get(name.lower())
 
     def set_header(self, name: str, value: str | None) -> None:

@@ -14,25 +14,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _accel
+from ..http.request import find_field
 from . import headcodec
 
 __all__ = ["NAME", "NATIVE", "PYTHON", "WHY_NOT", "Codec", "active", "load_native"]
 
 
 class Codec:
-    """One implementation of the head codec's three calls."""
+    """One implementation of the head codec's calls (``find_field``: a field of a request's
+    raw field block, for :meth:`meshgate.http.Request.header`)."""
 
-    __slots__ = ("name", "scan_request", "scan_response", "resp_fields")
+    __slots__ = ("name", "scan_request", "scan_response", "resp_fields", "find_field")
 
     def __init__(self, name: str, scan_request: Callable[[bytes, bytes], Any], scan_response: Callable[[bytes], Any],
-                 resp_fields: Callable[[bytes], Any]) -> None:
+                 resp_fields: Callable[[bytes], Any], find_field: Callable[[bytes, str], Any]) -> None:
         self.name = name
         self.scan_request = scan_request
         self.scan_response = scan_response
         self.resp_fields = resp_fields
+        self.find_field = find_field
 
 
-PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headcodec.resp_fields)
+PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headcodec.resp_fields, find_field)
 
 
 def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
@@ -51,10 +54,11 @@ def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
     except ImportError as e:
         return None, f"not built ({e})"
     if tuple(_codec.SKIP_NAMES) != headcodec.SKIP_NAMES or tuple(_codec.SKIP_PREFIXES) != headcodec.SKIP_PREFIXES \
-            or tuple(_codec.RESP_DROP) != headcodec.RESP_DROP or _codec.LITE_MAX != headcodec.LITE_MAX:
+            or tuple(_codec.RESP_DROP) != headcodec.RESP_DROP or _codec.LITE_MAX != headcodec.LITE_MAX \
+            or not hasattr(_codec, "find_field"):
         return None, "stale build (its field tables differ from headcodec.py)"
     return Codec(f"native (Rust {_codec.VERSION})", _codec.scan_request, _codec.scan_response,
-                 _codec.resp_fields), ""
+                 _codec.resp_fields, _codec.find_field), ""
 
 
 NATIVE, WHY_NOT = load_native()

@@ -15,6 +15,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from ..http.request import use_field_finder
 from . import codec
 from .common import S_IDLE, ProxySettings, ip_in
 from .http1 import ClientConnection, header_tables
@@ -56,6 +57,7 @@ class ProxyServer:
         self.scan_request: Callable[[bytes, bytes], Any] = c.scan_request
         self.scan_response: Callable[[bytes], Any] = c.scan_response
         self.resp_fields: Callable[[bytes], Any] = c.resp_fields
+        use_field_finder(c.find_field if c is not codec.PYTHON else None)
         self.real_ip_xff = settings.real_ip_header.strip().lower() == "x-forwarded-for"
         self.connections: set[ClientSide] = set()
         self.waiting: set[Exchange] = set()         # exchanges waiting on an upstream
