@@ -50,7 +50,7 @@ import re
 import struct
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Final, Iterator
 
 from ..errors import MeshgateError
 
@@ -83,17 +83,20 @@ _SLOT_SIZE = _SLOT.size                   # 40
 _LAYOUT = 2                               # 2: the lock kind and the holder's pid in the header
 _OFF_LOCK = 28                            # u32 (the header's reserved field): _LOCK_FLOCK or _LOCK_SEM
 _LOCK_FLOCK, _LOCK_SEM = 0, 1
-_W_HOLDER = 5                             # header word 5: pid of the semaphore's holder (0: none known)
+_W_HOLDER: Final = 5                      # header word 5: pid of the semaphore's holder (0: none known)
 LOCK_WAIT = 1.0                           # seconds a waiter waits before it looks for a dead holder
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-_EMPTY, _USED, _TOMB = 0, 1, 2
+_EMPTY: Final = 0                         # slot states (constants: compiled code inlines them)
+_USED: Final = 1
+_TOMB: Final = 2
 _OFF_LIVE = 8 + 4 + 4 + 4                 # byte offset of the live counter in the header
 _LIVE_TOMBS = struct.Struct("<II")
 _OFF_MINEXP = 32                          # f64: earliest expiry of any live key (inf: none)
 _F64 = struct.Struct("<d")
-_WORDS_HEADER = _HEADER_SIZE // 8        # the table as 8-byte words (SharedDict._q / _f)
-_WORDS_SLOT = _SLOT_SIZE // 8
+_WORDS_HEADER: Final = 8                  # the table as 8-byte words (SharedDict._q / _f)
+_WORDS_SLOT: Final = 5
+assert _WORDS_HEADER * 8 == _HEADER_SIZE and _WORDS_SLOT * 8 == _SLOT_SIZE
 
 now = time.monotonic
 
@@ -284,7 +287,7 @@ class SharedDict:
         # the creator's sizing wins: every process must agree on the table shape
         self.slots: int = fslots
         self.capacity: int = fcap
-        self._mask = fslots - 1
+        self._mask: int = fslots - 1
         # the table as 8-byte words (header 8 words, 5 per slot: state, digest x2, expire,
         # value): reads and writes of one field, without struct tuples (hot path)
         self._q = memoryview(mm).cast("Q")
