@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Final, Iterable, Mapping, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .consumers import Consumer
@@ -106,7 +106,7 @@ class Pending:
 
 # (hook, conf, filter, error_response, name) for each plugin of a phase, in order
 HookEntry = tuple[Callable[[Any, Any], Any], Any, Any, Any, str]
-_ANSWERING = frozenset(("rewrite", "access", "before_proxy"))
+_ANSWERING: Final = frozenset(("rewrite", "access", "before_proxy"))
 
 
 class PluginChain:

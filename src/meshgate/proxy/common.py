@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Final, Iterable
 
 from ..http.dates import imf_fixdate
 
@@ -20,14 +20,21 @@ __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "er
 SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
 
 # client read-pause reasons (bitmask)
-P_QUEUE, P_UPSTREAM, P_BUFFER = 1, 2, 4
+P_QUEUE: Final = 1
+P_UPSTREAM: Final = 2
+P_BUFFER: Final = 4
 
 # connection states (for the timeout sweeper)
-S_IDLE, S_HEAD, S_BODY, S_WAIT, S_TUNNEL, S_CLOSED = range(6)
+S_IDLE: Final = 0
+S_HEAD: Final = 1
+S_BODY: Final = 2
+S_WAIT: Final = 3
+S_TUNNEL: Final = 4
+S_CLOSED: Final = 5
 
-OWS = (b" ", b"\t")
+OWS: Final = (b" ", b"\t")
 
-REASONS = {
+REASONS: Final = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Not Allowed", 408: "Request Time-out",
     413: "Request Entity Too Large", 414: "Request-URI Too Large", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Temporarily Unavailable",
@@ -35,8 +42,8 @@ REASONS = {
 }
 
 
-HTML = b"text/html; charset=utf-8"
-NOT_FOUND = b'{"error_msg":"404 Route Not Found"}\n'
+HTML: Final = b"text/html; charset=utf-8"
+NOT_FOUND: Final = b'{"error_msg":"404 Route Not Found"}\n'
 
 
 def error_body(status: int) -> bytes:

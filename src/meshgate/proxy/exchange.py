@@ -51,21 +51,21 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 # Request headers never copied upstream: hop-by-hop, framing we re-create, and the
 # forwarding headers the gateway sets itself (hardening case 31/37).
-_DROP_REQ = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
+_DROP_REQ: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
                           b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
 # Headers a client must not be able to strip by naming them in Connection (hardening case 38).
-_PROTECTED = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
+_PROTECTED: Final = frozenset({b"authorization", b"x-api-key", b"apikey", b"host", b"content-length", b"cookie"})
 # Response fields handled on the raw head (each field is "\r\nName: value").
 
 _TEXT = b"text/plain"            # nginx default_type: what APISIX's local answers carry
 # never taken from a plugin's answer headers: framing is the codec's
 _LOCAL_SKIP = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
-_NO_UPSTREAM = b'{"error_msg":"missing upstream configuration in Route or Service"}\n'
+_NO_UPSTREAM: Final = b'{"error_msg":"missing upstream configuration in Route or Service"}\n'
 MAX_READ_BODY = 16 << 20        # ctx.read_body() without a limit and without client_max_body_size
 _FWD_NAMES = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-port",
                         "x-real-ip"})
 
-_FWD_OUT = ((b"x-real-ip", b"X-Real-IP: "), (b"x-forwarded-for", b"X-Forwarded-For: "),
+_FWD_OUT: Final = ((b"x-real-ip", b"X-Real-IP: "), (b"x-forwarded-for", b"X-Forwarded-For: "),
             (b"x-forwarded-proto", b"X-Forwarded-Proto: "), (b"x-forwarded-port", b"X-Forwarded-Port: "),
             (b"x-forwarded-host", b"X-Forwarded-Host: "))
 
@@ -1508,7 +1508,7 @@ def _appended(ops: list[tuple[int, str, str | None]], fields: bytes) -> bytes | 
 
 # names of a set_resp_headers batch -> (the common start of their lower-cased keys, the keys,
 # a %-template of their lines); no keys when a name repeats (never appended)
-_BATCH_PLANS: dict[tuple[str, ...], tuple[bytes, tuple[bytes, ...], str]] = {}
+_BATCH_PLANS: Final[dict[tuple[str, ...], tuple[bytes, tuple[bytes, ...], str]]] = {}
 
 
 def _batch_block(names: tuple[str, ...], values: tuple[str, ...], fields: bytes) -> bytes | None:

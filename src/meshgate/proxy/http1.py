@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TYPE_CHECKING
 
 import httptools
 
@@ -46,15 +46,15 @@ __all__ = ["ClientConnection", "identity_header", "header_tables", "parse_host",
 log = logging.getLogger("meshgate.proxy")
 
 # Limits (hardening.md section 2 / Envoy and nginx defaults).
-MAX_URL = 8 * 1024
+MAX_URL: Final = 8 * 1024
 MAX_HEADERS = 100
-MAX_HEADER_BYTES = 60 * 1024
+MAX_HEADER_BYTES: Final = 60 * 1024
 DRAIN_FIRST_REQUEST = 1.0      # while draining, how long a new connection may take to send its request
 # Raw bytes of one request head (request line + fields incl. OWS and CRLFs).  httptools
 # accumulates a header line until it ends, so this is checked per read, not per field.
-MAX_HEAD_RAW = MAX_HEADER_BYTES + 4096
+MAX_HEAD_RAW: Final = MAX_HEADER_BYTES + 4096
 # Chunk framing/extension bytes beyond 16 per chunk + 2 per data byte (Go's rule, CVE-2023-39326).
-MAX_CHUNK_EXCESS = 16 * 1024
+MAX_CHUNK_EXCESS: Final = 16 * 1024
 
 
 class ClientConnection(asyncio.Protocol):

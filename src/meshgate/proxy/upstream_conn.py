@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Final, TYPE_CHECKING
 
 import httptools
 
@@ -29,7 +29,7 @@ __all__ = ["Pool", "UpstreamConnection", "MAX_RESP_HEAD"]
 
 log = logging.getLogger("meshgate.proxy")
 
-MAX_RESP_HEAD = 64 * 1024
+MAX_RESP_HEAD: Final = 64 * 1024
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 # llhttp: a response is chunked when the last transfer coding is "chunked"
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Final
 
 from ...shared import SharedDict, open_dict
 from ..chain import CtxBase
@@ -117,7 +117,7 @@ def scope_key(conf_id: str, ctx: Any, key: str) -> str:
     return f"{route if route is not None else ''}:{conf_id}:{key}"
 
 
-_FMT: dict[float, str] = {}
+_FMT: Final[dict[float, str]] = {}
 
 
 def fmt_num(x: float) -> str:

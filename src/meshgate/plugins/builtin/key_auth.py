@@ -13,12 +13,12 @@ fallback, the key from both places).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Final
 
 from ..chain import CtxBase
 from ._auth import ANONYMOUS_CONSUMER_SCHEMA, UNDER_MULTI_AUTH, anonymous, found, realm_schema
 
-NAME = "key-auth"
+NAME: Final = "key-auth"
 PRIORITY = 2500
 VERSION = "0.1"
 TYPE = "auth"

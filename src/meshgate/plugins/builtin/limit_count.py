@@ -22,19 +22,19 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Final
 
 from ..chain import CtxBase
 from . import _limit_common as lc
 from ...shared import SharedDictError
 
-NAME = "limit-count"
+NAME: Final = "limit-count"
 PRIORITY = 1002
 VERSION = "0.5"
 
 _NO_DELAYED_SYNC = -1
 _KEY_VERSION = "v1"
-_DICT = "plugin-limit-count"
+_DICT: Final = "plugin-limit-count"
 
 _COUNT = {"oneOf": [{"type": "integer", "exclusiveMinimum": 0}, {"type": "string"}]}
 
@@ -305,7 +305,7 @@ async def _redis_sliding(conf: dict[str, Any], key: str, count: int, window: int
     return True, math.floor(count - cur - lastv / window * remaining_time), math.ceil(remaining_time * 100) / 100
 
 
-_DEFAULT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+_DEFAULT_HEADERS: Final = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
 def _header_names(ctx: Any, prefix: str | None) -> tuple[str, str, str]:

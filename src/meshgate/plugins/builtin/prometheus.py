@@ -24,12 +24,12 @@ the excess into an overflow series instead of losing it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from ..chain import CtxBase
 from ...observability import REGISTRY, Counter
 
-NAME = "prometheus"
+NAME: Final = "prometheus"
 PRIORITY = 500
 VERSION = "0.2"
 RUN_POLICY = "prefer_route"
@@ -73,12 +73,12 @@ METADATA_SCHEMA: dict[str, Any] = {
     },
 }
 
-STATUS = REGISTRY.counter("http_status", "HTTP status codes per service in APISIX", METRIC_LABELS["http_status"],
+STATUS: Final = REGISTRY.counter("http_status", "HTTP status codes per service in APISIX", METRIC_LABELS["http_status"],
                           keep_on_overflow=STRUCTURAL["http_status"])
-LATENCY = REGISTRY.histogram("http_latency", "HTTP request latency in milliseconds per service in APISIX",
+LATENCY: Final = REGISTRY.histogram("http_latency", "HTTP request latency in milliseconds per service in APISIX",
                              METRIC_LABELS["http_latency"], buckets=DEFAULT_BUCKETS,
                              keep_on_overflow=STRUCTURAL["http_latency"])
-BANDWIDTH = REGISTRY.counter("bandwidth", "Total bandwidth in bytes consumed per service in APISIX",
+BANDWIDTH: Final = REGISTRY.counter("bandwidth", "Total bandwidth in bytes consumed per service in APISIX",
                              METRIC_LABELS["bandwidth"], keep_on_overflow=STRUCTURAL["bandwidth"])
 
 # disabled_labels, compiled once per metadata object: metric -> positions to blank.
@@ -104,7 +104,7 @@ def _blank(labels: tuple[str, ...], positions: tuple[int, ...]) -> tuple[str, ..
     return tuple("" if i in positions else v for i, v in enumerate(labels))
 
 
-_CODES = {c: str(c) for c in range(100, 600)}
+_CODES: Final = {c: str(c) for c in range(100, 600)}
 
 
 def _model(v: Any) -> str:
@@ -211,7 +211,7 @@ class _Row:
         self.bw_out_cell: list[float] | None = BANDWIDTH.own_row(bw_out)
 
 
-_ROWS: dict[tuple[str, ...], _Row] = {}
+_ROWS: Final[dict[tuple[str, ...], _Row]] = {}
 _MAX_ROWS = 4096
 
 
