@@ -260,7 +260,9 @@ def test_pause_exits_zero_on_term_and_int(images: dict[str, tuple[str, Path]], t
         assert p.poll() is None, "pause exited on its own"
         p.send_signal(sig)
         assert p.wait(timeout=10) == 0
-    p = subprocess.Popen([str(exe)])
+    # SIGHUP at its default disposition in the child, whatever this process inherited (a run
+    # started under nohup ignores it, and an ignored signal stays ignored across exec)
+    p = subprocess.Popen([str(exe)], preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     time.sleep(0.3)
     p.send_signal(signal.SIGHUP)      # not one of its signals: the default action (terminate) applies
     assert p.wait(timeout=10) == -signal.SIGHUP
