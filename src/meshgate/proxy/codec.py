@@ -56,7 +56,7 @@ def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
     if tuple(_codec.SKIP_NAMES) != headcodec.SKIP_NAMES or tuple(_codec.SKIP_PREFIXES) != headcodec.SKIP_PREFIXES \
             or tuple(_codec.RESP_DROP) != headcodec.RESP_DROP or _codec.LITE_MAX != headcodec.LITE_MAX \
             or not hasattr(_codec, "find_field"):
-        return None, "stale build (its field tables differ from headcodec.py)"
+        return None, "stale build (its field tables or calls differ from headcodec.py)"
     return Codec(f"native (Rust {_codec.VERSION})", _codec.scan_request, _codec.scan_response,
                  _codec.resp_fields, _codec.find_field), ""
 

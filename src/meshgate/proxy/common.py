@@ -15,7 +15,7 @@ from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
-           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED"]
+           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit"]
 
 SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
 
@@ -44,6 +44,12 @@ REASONS: Final = {
 
 HTML: Final = b"text/html; charset=utf-8"
 NOT_FOUND: Final = b'{"error_msg":"404 Route Not Found"}\n'
+
+
+def idle_limit(own: float, s: ProxySettings) -> float:
+    """Seconds a downstream connection may stay idle: its own ``idle_timeout`` (a mesh listener's
+    HCM sets it), else (< 0) the gateway's ``keepalive_timeout``."""
+    return own if own >= 0.0 else s.keepalive_timeout
 
 
 def error_body(status: int) -> bytes:

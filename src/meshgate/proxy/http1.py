@@ -33,7 +33,7 @@ import httptools
 from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
-                     ProxySettings, date_server_lines, error_body)
+                     ProxySettings, date_server_lines, error_body, idle_limit)
 from .exchange import Exchange
 from .tls import TLSConnection, tls_connection
 
@@ -658,7 +658,7 @@ class ClientConnection(asyncio.Protocol):
             if self.server.draining:
                 limit = DRAIN_FIRST_REQUEST
             else:
-                limit = self.idle_timeout if self.idle_timeout >= 0.0 else s.keepalive_timeout
+                limit = idle_limit(self.idle_timeout, s)
             if now - self.since > limit:
                 self.close()
         elif st == S_HEAD:

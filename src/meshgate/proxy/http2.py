@@ -56,7 +56,7 @@ from hyperframe.frame import GoAwayFrame
 
 from ..errors import ProtocolError
 from ..http import Request, parse_target
-from .common import HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body
+from .common import HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body, idle_limit
 from .exchange import Exchange
 from .upstream_h2 import send_window
 from .http1 import H_CL, H_CONNECTION, H_HOST, H_TE, H_UPGRADE, MAX_HEADER_BYTES, MAX_HEADERS, identity_header, \
@@ -868,7 +868,7 @@ class H2Connection(asyncio.Protocol):
             self.goaway()
             return
         if not self.streams:
-            if now - self.since > (self.idle_timeout if self.idle_timeout >= 0.0 else s.keepalive_timeout):
+            if now - self.since > idle_limit(self.idle_timeout, s):
                 self.close()
             return
         for st in list(self.streams.values()):
