@@ -44,6 +44,16 @@ def istiod_dir() -> Path:
     return peers_dir() / f"istiod-{ISTIOD_VERSION}"
 
 
+
+def _istiod_child() -> None:
+    """``preexec_fn`` of pilot-discovery: dies with the test process, and runs at a lower CPU
+    priority.  In a cluster istiod has CPU of its own; here it shares two cores with every pod,
+    and its start (a Go process listing everything from the apiserver) must not starve the
+    sidecars of the traffic the tests watch through an istiod restart."""
+    die_with_parent()
+    os.nice(10)
+
+
 class Istiod:
     def __init__(self, kube: KubeAPIServer, workdir: Path, grpc_host: str = "127.0.0.1") -> None:
         self.kube = kube
@@ -139,7 +149,7 @@ class Istiod:
         ]
         with open(self.log_path, "ab") as logf:
             self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=penv, cwd=self.workdir, preexec_fn=die_with_parent)
+                                         env=penv, cwd=self.workdir, preexec_fn=_istiod_child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
