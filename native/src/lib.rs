@@ -1,6 +1,6 @@
 //! Meshgate's native HTTP/1 head codec.
 //!
-//! Three calls, each one pass over untrusted bytes, each with the same interface and the same
+//! Its calls, each one pass over untrusted bytes, each with the same interface and the same
 //! answers as the Python reference in `src/meshgate/proxy/headcodec.py`:
 //!
 //! * `scan_request(data, extra)`: a read holding exactly one complete request head and nothing
@@ -11,6 +11,11 @@
 //!   Returns `(status, content_length, keep_alive, head, status_line, fields)` or `0`.
 //! * `resp_fields(head)`: an upstream response head split into its status line and its fields
 //!   with the hop-by-hop and framing fields removed; `None` when the Python code must do it.
+//! * `relay_response(data, pre, post, below)`: what `scan_response` accepts, with a canonical
+//!   `HTTP/1.1 NNN reason` status line and a status below `below`, rewritten in one pass into
+//!   the bytes the client gets: status line, relayed fields, `pre` (the gateway's Date and
+//!   Server lines), `Content-Length`, `post` (e.g. `Connection: close`), the blank line, the
+//!   body.  Returns `(status, keep_alive, out)` or `0`.
 //!
 //! The grammar is llhttp's (the full path's parser) in its strict mode, checked byte by byte
 //! with the tables below; anything this codec is not sure to answer exactly as the full path
@@ -346,6 +351,34 @@ pub fn resp_fields(head: &[u8]) -> Option<(usize, Vec<u8>)> {
     Some((sl, out))
 }
 
+/// The whole response for the client (see the module doc: `relay_response`): `None` when the
+/// caller must take the general path.
+pub fn relay_response(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<(u16, bool, Vec<u8>)> {
+    let r = scan_response(d)?;
+    if r.status >= below {
+        return None;
+    }
+    let head = &d[..r.end + 2];
+    let (sl, fields) = resp_fields(head)?;
+    // a status line the general path would rewrite (no reason phrase, trailing whitespace)
+    if sl < 14 || d[sl - 1] == b' ' || d[sl - 1] == b'\t' {
+        return None;
+    }
+    let body = &d[r.end + 4..];
+    let mut out = Vec::with_capacity(sl + fields.len() + pre.len() + post.len() + body.len() + 40);
+    out.extend_from_slice(&d[..sl]);
+    out.extend_from_slice(&fields);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(pre);
+    out.extend_from_slice(b"Content-Length: ");
+    out.extend_from_slice(r.cl.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(post);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Some((r.status, r.keep_alive, out))
+}
+
 /// Where the field `lname` (ASCII, lower case) is in a request's field block (`fields` of
 /// `scan_request`: each line after a CRLF, no CRLF at the end), as `meshgate.http.request.
 /// find_field` finds it: the first line that starts, case-insensitively, with `lname` and a
@@ -478,6 +511,20 @@ fn py_scan_response<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResul
     .map(Bound::into_any)
 }
 
+#[pyfunction(name = "relay_response")]
+fn py_relay_response<'py>(py: Python<'py>, data: &[u8], pre: &[u8], post: &[u8], below: u16)
+        -> PyResult<Bound<'py, PyAny>> {
+    let Some((status, keep, out)) = relay_response(data, pre, post, below) else {
+        return 0i64.into_bound_py_any(py);
+    };
+    PyTuple::new(py, [
+        i64::from(status).into_bound_py_any(py)?,
+        keep.into_bound_py_any(py)?,
+        PyBytes::new(py, &out).into_any(),
+    ])
+    .map(Bound::into_any)
+}
+
 #[pyfunction(name = "resp_fields")]
 fn py_resp_fields<'py>(py: Python<'py>, head: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     match resp_fields(head) {
@@ -494,6 +541,7 @@ fn _codec(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_scan_response, m)?)?;
     m.add_function(wrap_pyfunction!(py_resp_fields, m)?)?;
     m.add_function(wrap_pyfunction!(py_find_field, m)?)?;
+    m.add_function(wrap_pyfunction!(py_relay_response, m)?)?;
     let as_tuple = |items: &[&[u8]]| PyTuple::new(py, items.iter().map(|s| PyBytes::new(py, s)));
     m.add("SKIP_NAMES", as_tuple(SKIP_NAMES)?)?;
     m.add("SKIP_PREFIXES", as_tuple(SKIP_PREFIXES)?)?;
@@ -567,6 +615,22 @@ mod tests {
     }
 
     #[test]
+    fn relays_whole_responses() {
+        let d = b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok";
+        let (status, keep, out) = relay_response(d, b"Date: x\r\n", b"Connection: close\r\n", 500).unwrap();
+        assert_eq!((status, keep), (200, true));
+        assert_eq!(out, b"HTTP/1.1 200 OK\r\nX-A: b\r\nDate: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        assert!(relay_response(d, b"", b"", 200).is_none());
+        for odd in [&b"HTTP/1.1 200\r\n"[..], b"HTTP/1.1 200 \r\n", b"HTTP/1.1 200 OK \r\n"] {
+            let mut r = odd.to_vec();
+            r.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            assert!(relay_response(&r, b"", b"", 500).is_none(), "{}", String::from_utf8_lossy(odd));
+        }
+        let (_, _, out) = relay_response(b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n", b"", b"", 500).unwrap();
+        assert_eq!(out, b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
     fn finds_fields() {
         let d = b"\r\nHost: a\r\nApiKey:  k1 \t\r\nX-A: 1\r\nx-a: 2\r\nLast:z";
         assert_eq!(find_field(d, b"apikey"), Field::At(18, 24));
@@ -590,6 +654,7 @@ mod tests {
             let _ = scan_request(&d[..i], b"");
             let _ = scan_response(&d[..i]);
             let _ = resp_fields(&d[..i]);
+            let _ = relay_response(&d[..i], b"", b"", 600);
         }
     }
 }

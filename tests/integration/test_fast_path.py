@@ -51,6 +51,7 @@ def codec(request: pytest.FixtureRequest) -> Any:
 
 def use_codec(server: ProxyServer, c: head_codec.Codec) -> None:
     server.scan_request, server.scan_response, server.resp_fields = c.scan_request, c.scan_response, c.resp_fields
+    server.relay_response = c.relay_response
     use_field_finder(c.find_field if c is not head_codec.PYTHON else None)
 
 

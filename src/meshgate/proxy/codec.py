@@ -24,18 +24,21 @@ class Codec:
     """One implementation of the head codec's calls (``find_field``: a field of a request's
     raw field block, for :meth:`meshgate.http.Request.header`)."""
 
-    __slots__ = ("name", "scan_request", "scan_response", "resp_fields", "find_field")
+    __slots__ = ("name", "scan_request", "scan_response", "resp_fields", "find_field", "relay_response")
 
     def __init__(self, name: str, scan_request: Callable[[bytes, bytes], Any], scan_response: Callable[[bytes], Any],
-                 resp_fields: Callable[[bytes], Any], find_field: Callable[[bytes, str], Any]) -> None:
+                 resp_fields: Callable[[bytes], Any], find_field: Callable[[bytes, str], Any],
+                 relay_response: Callable[[bytes, bytes, bytes, int], Any]) -> None:
         self.name = name
         self.scan_request = scan_request
         self.scan_response = scan_response
         self.resp_fields = resp_fields
         self.find_field = find_field
+        self.relay_response = relay_response
 
 
-PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headcodec.resp_fields, find_field)
+PYTHON = Codec("python", headcodec.scan_request, headcodec.scan_response, headcodec.resp_fields, find_field,
+               headcodec.relay_response)
 
 
 def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
@@ -55,10 +58,10 @@ def load_native(*, ignore_env: bool = False) -> tuple[Codec | None, str]:
         return None, f"not built ({e})"
     if tuple(_codec.SKIP_NAMES) != headcodec.SKIP_NAMES or tuple(_codec.SKIP_PREFIXES) != headcodec.SKIP_PREFIXES \
             or tuple(_codec.RESP_DROP) != headcodec.RESP_DROP or _codec.LITE_MAX != headcodec.LITE_MAX \
-            or not hasattr(_codec, "find_field"):
+            or not hasattr(_codec, "find_field") or not hasattr(_codec, "relay_response"):
         return None, "stale build (its field tables or calls differ from headcodec.py)"
     return Codec(f"native (Rust {_codec.VERSION})", _codec.scan_request, _codec.scan_response,
-                 _codec.resp_fields, _codec.find_field), ""
+                 _codec.resp_fields, _codec.find_field, _codec.relay_response), ""
 
 
 NATIVE, WHY_NOT = load_native()

@@ -7,7 +7,7 @@ the upstream side (``upstream_conn``) so each of those imports only this.
 from __future__ import annotations
 
 import ipaddress
-import time
+from time import time as _wall
 from dataclasses import dataclass, field
 from typing import Any, Final, Iterable
 
@@ -17,7 +17,7 @@ __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "er
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
            "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit"]
 
-SERVER_HEADER = b"Server: APISIX/3.x (meshgate)\r\n"
+SERVER_HEADER: Final = b"Server: APISIX/3.x (meshgate)\r\n"
 
 # client read-pause reasons (bitmask)
 P_QUEUE: Final = 1
@@ -59,26 +59,40 @@ def error_body(status: int) -> bytes:
             "</body>\r\n</html>\r\n").encode()
 
 
-_date_cache: list[Any] = [0, b"", b""]
+class _DateLines:
+    """The current second's Date value and Date/Server lines (native attributes when compiled:
+    no dict or list lookups per response)."""
+
+    def __init__(self) -> None:
+        self.sec = -1
+        self.date = b""
+        self.lines = b""
+
+    def refresh(self, now: int) -> None:
+        self.sec = now
+        self.date = d = imf_fixdate(now).encode()
+        self.lines = b"Date: " + d + b"\r\n" + SERVER_HEADER
+
+
+_DATE: Final = _DateLines()
 
 
 def http_date() -> bytes:
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = d = imf_fixdate(now).encode()
-        _date_cache[2] = b"Date: " + d + b"\r\n" + SERVER_HEADER
-    return _date_cache[1]  # type: ignore[no-any-return]
+    now = int(_wall())
+    if _DATE.sec != now:
+        _DATE.refresh(now)
+    return _DATE.date
 
 
 def date_server_lines(server: bytes | None = None) -> bytes:
     """``Date`` and ``Server`` lines as the gateway sends them (nginx replaces the upstream's);
     ``server``: another Server value (a mesh listener's: Envoy's HCM ``server_name``)."""
-    if _date_cache[0] != int(time.time()):
-        http_date()
+    now = int(_wall())
+    if _DATE.sec != now:
+        _DATE.refresh(now)
     if server is not None:
-        return b"Date: " + _date_cache[1] + b"\r\nserver: " + server + b"\r\n"  # type: ignore[no-any-return]
-    return _date_cache[2]  # type: ignore[no-any-return]
+        return b"Date: " + _DATE.date + b"\r\nserver: " + server + b"\r\n"
+    return _DATE.lines
 
 
 def _nets(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -32,7 +32,7 @@ from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..plugins.chain import CtxBase
 from ..upstream import Node
 from . import headcodec
-from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, error_body
+from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, date_server_lines, error_body
 from .upstream_conn import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -168,6 +168,7 @@ class Exchange(CtxBase):
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
+    whole = False                            # ... and relay_whole: an HTTP/1.1 gateway client, not HEAD
     resp_trailers: list[tuple[bytes, bytes]] | None = None   # the upstream's trailers (HTTP/2 upstream)
     up_h2 = False                            # this try talks HTTP/2 to the upstream
     # plugin pipeline state
@@ -1142,6 +1143,37 @@ class Exchange(CtxBase):
     @resp_fields.setter
     def resp_fields(self, value: list[tuple[bytes, bytes]]) -> None:
         self._resp_headers = value
+
+    def relay_whole(self, conn: UpstreamConnection, data: bytes) -> bool:
+        """The whole-response fast path: ``data`` is one complete upstream response and nothing
+        (no plugin, no response header edit, no mesh policy, no retry) may change it, so the
+        head codec rewrites it for the client in one call (``relay_response``: the bytes
+        ``on_resp_head`` and ``on_resp_body`` would have queued).  False, before any state
+        changed, when the general path must take it (statuses from 500 on carry
+        X-APISIX-Upstream-Status; odd status lines are rewritten there)."""
+        route = self.route
+        if (self.chain is not None or self.gchain is not None or self.resp_ops is not None
+                or self.resp_batch is not None or self.retrying or conn is not self.upstream
+                or (route is not None and route.mesh is not None)):
+            return False
+        server = self.server
+        keep = self.client_keep and self.req_done and not server.draining
+        r = server.relay_response(data, date_server_lines(None), b"" if keep else b"Connection: close\r\n", 500)
+        if type(r) is int:
+            return False
+        status, conn._ka, out = r
+        conn.bytes_in += len(data)
+        conn.status = status
+        server.fast_responses += 1
+        self.upstream_status = self.resp_status = status
+        up = self.up
+        if up is not None and up.passive and self.node is not None:
+            self._report(self.node, "http", status)
+        self.client_keep = keep
+        self.resp_started = True
+        self.out.append(out)
+        self.on_resp_complete(conn)
+        return True
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
                      complete: bool = False, split: tuple[bytes, bytes] | None = None) -> None:

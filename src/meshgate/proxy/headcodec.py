@@ -17,6 +17,14 @@ Both have this interface; ``proxy/codec.py`` picks one at import.
     ``data`` may be exactly one complete HTTP/1.1 response with one ``Content-Length``.  Returns
     ``(status, content_length, keep_alive, head, status_line, fields)`` or ``0``.
 
+``relay_response(data, pre, post, below)``
+    For a ``data`` that ``scan_response`` accepts, whose status line is the canonical
+    ``HTTP/1.1 NNN reason`` and whose status is below ``below``: ``(status, keep_alive, out)``,
+    ``out`` being the whole response as the client gets it when no plugin touches it (the
+    status line, the relayed fields, ``pre``, ``Content-Length``, ``post``, the blank line and
+    the body: what ``http1.ClientConnection.response_head`` and the body relay would send);
+    else ``0``.
+
 ``resp_fields(head)``
     The upstream's head (status line and field lines, each ending CRLF) as ``(status_line,
     fields)``: the fields to relay, hop-by-hop and framing ones removed (also those the
@@ -35,7 +43,8 @@ from typing import Any
 import httptools
 
 
-__all__ = ["LITE_MAX", "RESP_DROP", "SKIP_NAMES", "SKIP_PREFIXES", "resp_fields", "scan_request", "scan_response"]
+__all__ = ["LITE_MAX", "RESP_DROP", "SKIP_NAMES", "SKIP_PREFIXES", "relay_response", "resp_fields", "scan_request",
+           "scan_response"]
 
 LITE_MAX = 4096
 MAX_HEADERS = 100
@@ -153,6 +162,17 @@ def scan_response(data: bytes) -> Any:
         _resp_parser = None     # llhttp refuses anything after a "Connection: close" message
     status_line, fields = _split(head, lh)
     return status, int(cl), keep, head, status_line, fields
+
+
+def relay_response(data: bytes, pre: bytes, post: bytes, below: int) -> Any:
+    r = scan_response(data)
+    if type(r) is int:
+        return 0
+    status, cl, keep, head, status_line, fields = r
+    if status >= below or len(status_line) < 14 or status_line[-1:] in (b" ", b"\t"):
+        return 0
+    return status, keep, b"".join((status_line, fields, b"\r\n", pre, b"Content-Length: %d\r\n" % cl, post, b"\r\n",
+                                   data[len(head) + 2:]))
 
 
 def resp_fields(head: bytes) -> tuple[bytes, bytes]:

@@ -321,6 +321,9 @@ class ClientConnection(asyncio.Protocol):
             req.keep_alive = False
         ex = Exchange(self, req, None)
         ex.req_done = True
+        # the gateway's own HTTP/1.1 clients (not a mesh listener's) may get whole responses
+        # rewritten in one codec call (Exchange.relay_whole)
+        ex.whole = self.handle is None and method != "HEAD" and not server.settings.show_upstream_status
         self.state = S_WAIT
         self.since = now
         self.active = ex

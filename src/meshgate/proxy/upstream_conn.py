@@ -227,6 +227,8 @@ class UpstreamConnection(asyncio.Protocol):
         interim or body-less statuses, partial or extra bytes, invalid bytes) returns False
         before any state changed and goes through the full parser, which answers as it always
         does."""
+        if ex.whole and ex.relay_whole(self, data):
+            return True
         server = self.server
         r = server.scan_response(data)
         if type(r) is int:
