@@ -24,7 +24,9 @@ import json
 import logging
 import time
 from urllib.parse import urlencode
-from typing import TYPE_CHECKING, Any, Callable, Final, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Final, Sequence
+
+from mypy_extensions import trait
 
 from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
@@ -93,13 +95,17 @@ def _apply_op(headers: list[tuple[bytes, bytes]], op: int, name: str, value: str
         headers.append((bname, value.encode("latin-1")))
 
 
-class Downstream(Protocol):
+@trait
+class Downstream:
     """What an exchange needs from the downstream codec that feeds it: an HTTP/1 connection
     (``http1.ClientConnection``) or one HTTP/2 stream (``http2.H2Stream``).  ``send_local`` with
-    an empty ``content_type`` sends neither Content-Type nor a body (Envoy's bare local replies)."""
+    an empty ``content_type`` sends neither Content-Type nor a body (Envoy's bare local replies).
+
+    A trait (mypyc): both codecs derive from it, so when compiled the exchange reads these
+    attributes and calls these methods natively instead of by name."""
 
     handle: Any          # mesh: the connection's filter chain (proxy/mesh.ChainHandle), else None
-    orig_dst: Any        # mesh: (ip, port) the connection was sent to before capture, else None
+    orig_dst: tuple[str, int] | None   # mesh: (ip, port) the connection was sent to before capture
     server_name: bytes | None   # mesh: the Server header value, else None (the gateway's)
 
     server: ProxyServer
@@ -107,24 +113,58 @@ class Downstream(Protocol):
     peer_trusted: bool          # peer in apisix.trusted_addresses
     peer_real_ip_ok: bool       # peer in real_ip_from
     fwd_lines: bytes            # X-Real-IP/-For/-Proto lines for a request with no forwarding headers
-    fwd_host: str               # the Host value fwd_tail was built for
-    fwd_tail: bytes             # X-Forwarded-Port/-Host lines for that Host
 
-    @property
-    def closing(self) -> bool: ...
-    def write(self, data: bytes) -> None: ...
-    def send_continue(self) -> None: ...
+    def is_closing(self) -> bool:
+        raise NotImplementedError
+
+    def fwd_tail_for(self, hh: str, req: Request) -> bytes:
+        """X-Forwarded-Port/-Host lines for a request whose Host value is ``hh`` (what
+        ``forwarded_tail`` makes), cached per connection: clients repeat their Host."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def send_continue(self) -> None:
+        raise NotImplementedError
+
     def send_local(self, status: int, body: bytes, *, close: bool, content_type: bytes = b"application/json",
-                   extra: bytes = b"", head_only: bool = False) -> None: ...
+                   extra: bytes = b"", head_only: bool = False) -> None:
+        raise NotImplementedError
+
     def response_head(self, ex: Exchange, status_line: bytes, fields: bytes, status: int, cl: int | None,
-                      no_body: bool, keep: bool) -> tuple[bytes, bool, bool]: ...
-    def start_tunnel(self, upstream: UpstreamConnection, early: bytes) -> None: ...
-    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None: ...
-    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None: ...
-    def pause_read(self, reason: int) -> None: ...
-    def resume_read(self, reason: int) -> None: ...
-    def close(self) -> None: ...
-    def is_idle(self) -> bool: ...
+                      no_body: bool, keep: bool) -> tuple[bytes, bool, bool]:
+        raise NotImplementedError
+
+    def start_tunnel(self, upstream: UpstreamConnection, early: bytes) -> None:
+        raise NotImplementedError
+
+    def send_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        raise NotImplementedError
+
+    def pause_read(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def resume_read(self, reason: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def is_idle(self) -> bool:
+        raise NotImplementedError
+
+
+def forwarded_tail(hh: str, req: Request) -> bytes:
+    """X-Forwarded-Port and X-Forwarded-Host for a request with no forwarding headers to honour
+    (APISIX: the Host as sent, port included; the port it carries, else the port the request
+    came in on)."""
+    obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
+    return (b"X-Forwarded-Port: " + (_host_port(hh) or b"%d" % req.server_port)
+            + b"\r\nX-Forwarded-Host: " + obs_host + b"\r\n")
 
 
 class Exchange(CtxBase):
@@ -928,12 +968,7 @@ class Exchange(CtxBase):
             # common case: no forwarding headers to honour; the lines are per connection (and
             # per Host value: clients repeat theirs)
             ap(conn.fwd_lines)
-            if hh != conn.fwd_host or not hh:
-                obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
-                conn.fwd_host = hh
-                conn.fwd_tail = (b"X-Forwarded-Port: " + (_host_port(hh) or b"%d" % req.server_port)
-                                 + b"\r\nX-Forwarded-Host: " + obs_host + b"\r\n")
-            ap(conn.fwd_tail)
+            ap(conn.fwd_tail_for(hh, req))
         else:
             obs_host = hh.encode("latin-1") if hh else (req.host or req.server_addr).encode("latin-1")
             obs_port = _host_port(hh) or b"%d" % req.server_port
@@ -995,7 +1030,7 @@ class Exchange(CtxBase):
         retries_left = up.retries - (len(self.tried) - 1)
         # nginx proxy_next_upstream: a non-idempotent request already sent is not replayed.
         safe = not self.sent_upstream or self.req.method in IDEMPOTENT
-        if retries_left > 0 and can_replay and safe and not self.conn.closing:
+        if retries_left > 0 and can_replay and safe and not self.conn.is_closing():
             if up.retry_timeout and self.server.loop.time() - self.first_try_at >= up.retry_timeout:
                 status = 502  # APISIX: retry deadline passed -> 502
             else:
@@ -1069,7 +1104,7 @@ class Exchange(CtxBase):
 
     def _mesh_retry_ok(self) -> bool:
         pol = self.route.mesh   # type: ignore[union-attr]
-        if len(self.tried) > pol.num_retries or self.conn.closing:
+        if len(self.tried) > pol.num_retries or self.conn.is_closing():
             return False
         if not (self.replay_ok and (self.req_done or not self.body_size)):
             return False
@@ -1287,7 +1322,7 @@ class Exchange(CtxBase):
     def flush(self) -> None:
         out = self.out
         if out:
-            if self.conn.closing:
+            if self.conn.is_closing():
                 out.clear()
                 return
             data = out[0] if len(out) == 1 else b"".join(out)
@@ -1462,7 +1497,7 @@ class Exchange(CtxBase):
                                  head_only=self.req.method == "HEAD")
         self._log()
         self.conn.exchange_done(self, keep)
-        if not keep and self.conn.is_idle() and not self.conn.closing:
+        if not keep and self.conn.is_idle() and not self.conn.is_closing():
             self.conn.close()
 
     def _log(self) -> None:

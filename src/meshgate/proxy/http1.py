@@ -34,7 +34,7 @@ from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
                      ProxySettings, date_server_lines, error_body, idle_limit)
-from .exchange import Exchange
+from .exchange import Downstream, Exchange, forwarded_tail
 from .tls import TLSConnection, tls_connection
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ MAX_HEAD_RAW: Final = MAX_HEADER_BYTES + 4096
 MAX_CHUNK_EXCESS: Final = 16 * 1024
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, Downstream):
     __slots__ = ("server", "transport", "parser", "state", "since", "req", "url", "hcount", "hbytes", "host_count",
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
@@ -553,6 +553,15 @@ class ClientConnection(asyncio.Protocol):
     # -- the Downstream interface of exchange.py ----------------------------------------------
     def write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def fwd_tail_for(self, hh: str, req: Request) -> bytes:
+        if hh != self.fwd_host or not hh:
+            self.fwd_host = hh
+            self.fwd_tail = forwarded_tail(hh, req)
+        return self.fwd_tail
 
     def send_continue(self) -> None:
         self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -57,7 +57,7 @@ from hyperframe.frame import GoAwayFrame
 from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body, idle_limit
-from .exchange import Exchange
+from .exchange import Downstream, Exchange, forwarded_tail
 from .upstream_h2 import send_window
 from .http1 import H_CL, H_CONNECTION, H_HOST, H_TE, H_UPGRADE, MAX_HEADER_BYTES, MAX_HEADERS, identity_header, \
     parse_host, real_ip, stamp
@@ -101,7 +101,7 @@ class _Malformed(Exception):
     """A malformed request: a stream error of type PROTOCOL_ERROR (RFC 9113 8.1.1)."""
 
 
-class H2Stream:
+class H2Stream(Downstream):
     """One request/response on an HTTP/2 connection: the Downstream of its exchange."""
 
     def __init__(self, conn: H2Connection, sid: int) -> None:
@@ -110,7 +110,7 @@ class H2Stream:
         self.server = conn.server
         # a mesh listener's: its filter chain, the original destination, Envoy's Server value
         self.handle: Any = conn.handle
-        self.orig_dst: Any = conn.orig_dst
+        self.orig_dst: tuple[str, int] | None = conn.orig_dst
         self.server_name: bytes | None = conn.server_name
         self.peer_ip = conn.peer_ip
         self.peer_trusted = conn.peer_trusted
@@ -138,21 +138,15 @@ class H2Stream:
     def closing(self) -> bool:
         return self.reset or self.h2.closing
 
-    @property
-    def fwd_host(self) -> str:
-        return self.h2.fwd_host
+    def is_closing(self) -> bool:
+        return self.reset or self.h2.closing
 
-    @fwd_host.setter
-    def fwd_host(self, v: str) -> None:
-        self.h2.fwd_host = v
-
-    @property
-    def fwd_tail(self) -> bytes:
-        return self.h2.fwd_tail
-
-    @fwd_tail.setter
-    def fwd_tail(self, v: bytes) -> None:
-        self.h2.fwd_tail = v
+    def fwd_tail_for(self, hh: str, req: Request) -> bytes:
+        h2 = self.h2   # the cache is the connection's: its streams repeat one Host
+        if hh != h2.fwd_host or not hh:
+            h2.fwd_host = hh
+            h2.fwd_tail = forwarded_tail(hh, req)
+        return h2.fwd_tail
 
     # -- the Downstream interface of exchange.py ----------------------------------------------
     def write(self, data: bytes) -> None:
