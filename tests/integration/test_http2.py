@@ -436,6 +436,38 @@ async def test_authority_and_host_that_differ_answer_400(tmp_path: Path, echo_up
         gw.stop()
 
 
+async def test_goaway_reaches_a_slow_reader_that_keeps_sending(tmp_path: Path) -> None:
+    """A connection error while the gateway still has response bytes queued for a client that
+    is not reading, and the client still sends: the GOAWAY arrives after the queued bytes (the
+    error ends stream 1 too, so not all of its body).
+    (Closing a socket with unread bytes makes the kernel reset the connection and drop what
+    was queued; the gateway half-closes instead and drops what the client sends.)"""
+    big = 8 << 20
+    down = await Upstream(handler=Tracking(size=big)).start()
+    gw = start_gateway(tmp_path / "gw", {"routes": [
+        {"id": "down", "uri": "/*", "upstream": {"type": "roundrobin", "nodes": {down.addr: 1}}}]})
+    try:
+        raw = await Raw.open(gw.port)
+        raw.c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: (1 << 31) - 1})
+        raw.c.increment_flow_control_window((1 << 31) - 1 - 65535)
+        raw.flush()
+        raw.get(1, b"/down")
+        await asyncio.sleep(1.0)      # the gateway queues the 8 MiB; nobody reads them yet
+        raw.request(3, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/cl"),
+                        (b":authority", b"t.test"), (b"content-length", b"5")], end=False)
+        raw.c.send_data(3, b"x" * 50, end_stream=True)
+        raw.flush()
+        await asyncio.sleep(0.3)
+        ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+        raw.write(ping * 64)          # the client keeps talking after the error
+        await asyncio.sleep(0.3)
+        await raw.pump(lambda: raw.goaway is not None, timeout=20)
+        assert raw.goaway is not None and raw.goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        assert raw.bodies.get(1)       # what was queued before the error came first
+    finally:
+        gw.stop()
+
+
 async def test_content_length_disagreeing_with_data_closes_without_a_complete_upstream_request(
         tmp_path: Path) -> None:
     up = await Upstream().start()

@@ -15,7 +15,7 @@ from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
-           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit"]
+           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER"]
 
 SERVER_HEADER: Final = b"Server: APISIX/3.x (meshgate)\r\n"
 
@@ -50,6 +50,33 @@ def idle_limit(own: float, s: ProxySettings) -> float:
     """Seconds a downstream connection may stay idle: its own ``idle_timeout`` (a mesh listener's
     HCM sets it), else (< 0) the gateway's ``keepalive_timeout``."""
     return own if own >= 0.0 else s.keepalive_timeout
+
+
+LINGER: Final = 2.0     # seconds a connection closed on an error still reads (and drops) what comes
+
+
+def linger_close(transport: Any, loop: Any) -> None:
+    """Close a connection after an error answer (an HTTP/2 GOAWAY) without losing the answer:
+    closing a socket with unread bytes makes the kernel send a reset, and the peer may then
+    drop what it had not read yet.  So the write side is shut after what is queued (FIN), the
+    peer's bytes are read and dropped, and the connection closes when the peer closes or
+    ``LINGER`` seconds later (nginx's lingering close).  Transports that cannot half-close
+    (TLS) close at once."""
+    if transport.is_closing():
+        return
+    try:
+        half = bool(transport.can_write_eof())
+    except (AttributeError, NotImplementedError):
+        half = False
+    if not half:
+        transport.close()
+        return
+    transport.write_eof()
+    try:
+        transport.resume_reading()
+    except (AttributeError, RuntimeError):
+        pass
+    loop.call_later(LINGER, transport.close)
 
 
 def error_body(status: int) -> bytes:

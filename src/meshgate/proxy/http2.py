@@ -56,7 +56,8 @@ from hyperframe.frame import GoAwayFrame
 
 from ..errors import ProtocolError
 from ..http import Request, parse_target
-from .common import HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body, idle_limit
+from .common import (HTML, S_CLOSED, S_IDLE, S_WAIT, ProxySettings, date_server_lines, error_body, idle_limit,
+                     linger_close)
 from .exchange import Downstream, Exchange, forwarded_tail
 from .upstream_h2 import send_window
 from .http1 import H_CL, H_CONNECTION, H_HOST, H_TE, H_UPGRADE, MAX_HEADER_BYTES, MAX_HEADERS, identity_header, \
@@ -823,7 +824,12 @@ class H2Connection(asyncio.Protocol):
         except h2.exceptions.ProtocolError:
             pass
         self.closing = True
-        self.transport.close()
+        if code == _CALM:
+            self.transport.close()      # an abusive peer: no lingering on its bytes
+        else:
+            linger_close(self.transport, self.server.loop)
+            # it serves nothing more: a drain does not wait for the lingering to end
+            self.server.connections.discard(self)
 
     def goaway(self) -> None:
         """Graceful: GOAWAY NO_ERROR naming the last stream taken; the streams up to it finish and
