@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The per-request modules, compiled with mypyc when a C compiler is there (src/meshgate/_accel.py);
 # without one, or when a build fails, the same modules run as pure Python.
 ACCEL := $(VENV)/.accel
-HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/headcodec.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/http2.py proxy/server.py \
+HOT := $(addprefix src/meshgate/,http/path.py http/request.py router/types.py router/radixtree.py proxy/runtime.py proxy/common.py proxy/headcodec.py proxy/upstream_conn.py proxy/exchange.py proxy/http1.py proxy/http2.py proxy/server.py \
 	shared/dict.py observability/metrics.py plugins/chain.py plugins/builtin/_auth.py plugins/builtin/_limit_common.py \
 	plugins/builtin/key_auth.py plugins/builtin/limit_count.py plugins/builtin/prometheus.py _accel.py)
 # the native HTTP/1 head codec (Rust + PyO3, built by maturin; the Python one runs without it)

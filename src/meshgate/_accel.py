@@ -42,6 +42,7 @@ __all__ = ["MODULES", "build", "build_native", "write_manifest", "compiled", "in
 MODULES = (
     "meshgate.http.path",
     "meshgate.http.request",
+    "meshgate.router.types",
     "meshgate.router.radixtree",
     "meshgate.proxy.runtime",
     "meshgate.proxy.common",

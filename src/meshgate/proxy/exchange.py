@@ -32,6 +32,7 @@ from ..errors import ProtocolError
 from ..http import HOP_BY_HOP, Request, split_fields
 from ..plugins import Consumer, Pending, PluginChain, to_answer
 from ..plugins.chain import CtxBase
+from ..router.radixtree import Router
 from ..upstream import Node
 from . import headcodec
 from .common import HTML, NOT_FOUND, P_BUFFER, REASONS, date_server_lines, error_body
@@ -692,7 +693,9 @@ class Exchange(CtxBase):
 
     def _match(self) -> bool:
         rt = self.runtime
-        m = rt.router.match(self.req)
+        router = rt.router
+        # the gateway's radixtree router: a native call when compiled (else a mesh route table)
+        m = router.match(self.req) if isinstance(router, Router) else router.match(self.req)
         if m is None:
             return False
         rr = rt.routes.get(m.route_id)

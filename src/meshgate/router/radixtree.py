@@ -451,9 +451,11 @@ class _UriTree:
             if child is None:
                 break
             label = child.label
-            if not path.startswith(label, i):
+            ln = len(label)
+            # the first character matched already (the children's key)
+            if ln > 1 and path[i:i + ln] != label:
                 break
-            i += len(label)
+            i += ln
             if child.entries is not None:
                 found.append(child.entries)
             children = child.children
