@@ -224,6 +224,7 @@ pub fn scan_request(d: &[u8], extra: &[u8]) -> Req {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Resp {
     pub status: u16,
+    pub sl: usize,  // the status line's CRLF
     pub end: usize, // the blank line's CRLF starts at end + 2
     pub cl: u64,
     pub keep_alive: bool,
@@ -239,6 +240,12 @@ fn digits(v: &[u8]) -> Option<u64> {
 /// The response verdict: `Some` when `d` is exactly one complete HTTP/1.1 response with one
 /// `Content-Length`, a status with a body, and a head llhttp accepts.
 pub fn scan_response(d: &[u8]) -> Option<Resp> {
+    scan_resp(d, |_, _, _| true)
+}
+
+/// `scan_response`, calling `line(start, name_end, next)` for every field line it accepts;
+/// `line` returning false makes the scan give up (`None`).
+fn scan_resp<F: FnMut(usize, usize, usize) -> bool>(d: &[u8], mut line: F) -> Option<Resp> {
     if d.len() < 14 || &d[..9] != b"HTTP/1.1 " {
         return None;
     }
@@ -258,6 +265,7 @@ pub fn scan_response(d: &[u8]) -> Option<Resp> {
     if i + 1 >= d.len() || d[i] != b'\r' || d[i + 1] != b'\n' {
         return None;
     }
+    let sl = i;
     let mut pos = i + 2;
     let mut cl: Option<u64> = None;
     let mut keep_alive = true;
@@ -289,6 +297,9 @@ pub fn scan_response(d: &[u8]) -> Option<Resp> {
         } else if eq_lower(name, b"upgrade") || eq_lower(name, b"proxy-connection") {
             return None;
         }
+        if !line(pos, name_end, next) {
+            return None;
+        }
         pos = next;
     }
     let end = pos - 2;
@@ -297,7 +308,7 @@ pub fn scan_response(d: &[u8]) -> Option<Resp> {
     if total != d.len() as u64 {
         return None;
     }
-    Some(Resp { status, end, cl, keep_alive })
+    Some(Resp { status, sl, end, cl, keep_alive })
 }
 
 fn trim(t: &[u8]) -> &[u8] {
@@ -351,32 +362,91 @@ pub fn resp_fields(head: &[u8]) -> Option<(usize, Vec<u8>)> {
     Some((sl, out))
 }
 
-/// The whole response for the client (see the module doc: `relay_response`): `None` when the
-/// caller must take the general path.
-pub fn relay_response(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<(u16, bool, Vec<u8>)> {
-    let r = scan_response(d)?;
-    if r.status >= below {
+/// Field lines a whole-response relay keeps (more: the general path).
+const RELAY_LINES: usize = 48;
+
+/// What `relay_response` writes: the response's status and framing, the field lines kept
+/// (start, end before CRLF), and the output's length.
+pub struct Relay {
+    pub resp: Resp,
+    lines: [(usize, usize); RELAY_LINES],
+    n: usize,
+    cl_digits: ([u8; 20], usize),
+    pub len: usize,
+}
+
+/// The whole response for the client (see the module doc: `relay_response`) in one pass over
+/// `d`: `None` when the caller must take the general path.  Connection fields other than a
+/// plain `close` or `keep-alive` make `scan_response` defer, so no field is hop-by-hop by name.
+pub fn relay_plan(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<Relay> {
+    let mut lines = [(0usize, 0usize); RELAY_LINES];
+    let mut n = 0;
+    let mut kept = 0;
+    let resp = scan_resp(d, |start, name_end, next| {
+        let name = &d[start..name_end];
+        if RESP_DROP.iter().any(|s| eq_lower(name, s)) {
+            return true;
+        }
+        if n == RELAY_LINES {
+            return false;
+        }
+        lines[n] = (start, next - 2);
+        kept += next - start;  // CRLF + the line
+        n += 1;
+        true
+    })?;
+    if resp.status >= below {
         return None;
     }
-    let head = &d[..r.end + 2];
-    let (sl, fields) = resp_fields(head)?;
     // a status line the general path would rewrite (no reason phrase, trailing whitespace)
+    let sl = resp.sl;
     if sl < 14 || d[sl - 1] == b' ' || d[sl - 1] == b'\t' {
         return None;
     }
-    let body = &d[r.end + 4..];
-    let mut out = Vec::with_capacity(sl + fields.len() + pre.len() + post.len() + body.len() + 40);
-    out.extend_from_slice(&d[..sl]);
-    out.extend_from_slice(&fields);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(pre);
-    out.extend_from_slice(b"Content-Length: ");
-    out.extend_from_slice(r.cl.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(post);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    Some((r.status, r.keep_alive, out))
+    let mut digits = [0u8; 20];
+    let mut k = 20;
+    let mut v = resp.cl;
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let body = d.len() - (resp.end + 4);
+    let len = sl + kept + 2 + pre.len() + 16 + (20 - k) + 2 + post.len() + 2 + body;
+    Some(Relay { resp, lines, n, cl_digits: (digits, k), len })
+}
+
+/// Writes the relayed response planned by `relay_plan` into `out` (exactly `plan.len` bytes).
+pub fn relay_fill(plan: &Relay, d: &[u8], pre: &[u8], post: &[u8], out: &mut [u8]) {
+    let mut at = 0;
+    let mut put = |b: &[u8]| {
+        out[at..at + b.len()].copy_from_slice(b);
+        at += b.len();
+    };
+    put(&d[..plan.resp.sl]);
+    for &(start, end) in &plan.lines[..plan.n] {
+        put(b"\r\n");
+        put(&d[start..end]);
+    }
+    put(b"\r\n");
+    put(pre);
+    put(b"Content-Length: ");
+    put(&plan.cl_digits.0[plan.cl_digits.1..]);
+    put(b"\r\n");
+    put(post);
+    put(b"\r\n");
+    put(&d[plan.resp.end + 4..]);
+}
+
+/// `relay_plan` and `relay_fill` into a new vector: `(status, keep_alive, out)`.
+pub fn relay_response(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<(u16, bool, Vec<u8>)> {
+    let plan = relay_plan(d, pre, post, below)?;
+    let mut out = vec![0u8; plan.len];
+    relay_fill(&plan, d, pre, post, &mut out);
+    Some((plan.resp.status, plan.resp.keep_alive, out))
 }
 
 /// Where the field `lname` (ASCII, lower case) is in a request's field block (`fields` of
@@ -514,13 +584,17 @@ fn py_scan_response<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResul
 #[pyfunction(name = "relay_response")]
 fn py_relay_response<'py>(py: Python<'py>, data: &[u8], pre: &[u8], post: &[u8], below: u16)
         -> PyResult<Bound<'py, PyAny>> {
-    let Some((status, keep, out)) = relay_response(data, pre, post, below) else {
+    let Some(plan) = relay_plan(data, pre, post, below) else {
         return 0i64.into_bound_py_any(py);
     };
+    let out = PyBytes::new_with(py, plan.len, |buf| {
+        relay_fill(&plan, data, pre, post, buf);
+        Ok(())
+    })?;
     PyTuple::new(py, [
-        i64::from(status).into_bound_py_any(py)?,
-        keep.into_bound_py_any(py)?,
-        PyBytes::new(py, &out).into_any(),
+        i64::from(plan.resp.status).into_bound_py_any(py)?,
+        plan.resp.keep_alive.into_bound_py_any(py)?,
+        out.into_any(),
     ])
     .map(Bound::into_any)
 }
@@ -626,6 +700,15 @@ mod tests {
             r.extend_from_slice(b"Content-Length: 0\r\n\r\n");
             assert!(relay_response(&r, b"", b"", 500).is_none(), "{}", String::from_utf8_lossy(odd));
         }
+        let mut many = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n".to_vec();
+        for _ in 0..RELAY_LINES {
+            many.extend_from_slice(b"X-A: b\r\n");
+        }
+        many.extend_from_slice(b"Server: s\r\n\r\nz");
+        let (_, _, out) = relay_response(&many, b"", b"", 500).unwrap();
+        assert!(out.ends_with(b"X-A: b\r\nContent-Length: 1\r\n\r\nz"));
+        many.splice(17..17, b"X-B: c\r\n".iter().copied());
+        assert!(relay_response(&many, b"", b"", 500).is_none(), "more kept lines than RELAY_LINES");
         let (_, _, out) = relay_response(b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n", b"", b"", 500).unwrap();
         assert_eq!(out, b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n");
     }
