@@ -15,7 +15,7 @@
 //!   `HTTP/1.1 NNN reason` status line and a status below `below`, rewritten in one pass into
 //!   the bytes the client gets: status line, relayed fields, `pre` (the gateway's Date and
 //!   Server lines), `Content-Length`, `post` (e.g. `Connection: close`), the blank line, the
-//!   body.  Returns `(status, keep_alive, out)` or `0`.
+//!   body.  Returns `(status, keep_alive, content_length, out)` or `0`.
 //!
 //! The grammar is llhttp's (the full path's parser) in its strict mode, checked byte by byte
 //! with the tables below; anything this codec is not sure to answer exactly as the full path
@@ -594,6 +594,7 @@ fn py_relay_response<'py>(py: Python<'py>, data: &[u8], pre: &[u8], post: &[u8],
     PyTuple::new(py, [
         i64::from(plan.resp.status).into_bound_py_any(py)?,
         plan.resp.keep_alive.into_bound_py_any(py)?,
+        plan.resp.cl.into_bound_py_any(py)?,
         out.into_any(),
     ])
     .map(Bound::into_any)

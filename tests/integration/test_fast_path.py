@@ -302,6 +302,39 @@ async def test_response_relayed_identically(response: bytes) -> None:
         (split.upconn in split.server.pool.idle.get(split.upconn.key, ()))
 
 
+@pytest.mark.parametrize("response", RESPONSES + [
+    b"HTTP/1.1 200 OK\r\nX-RateLimit-Limit: 7\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nx-ratelimit-remaining: 1\r\n\r\nx",
+], ids=[str(i) for i in range(len(RESPONSES) + 2)])
+async def test_response_with_plugins_relayed_identically(response: bytes) -> None:
+    """A route with plugins but no header or body filter (key-auth-like access, limit-count's
+    X-RateLimit batch, a log phase that reads the response headers) gets whole responses
+    rewritten in one codec call; the client and the log phase see what the full path gives."""
+    logged: list[dict[str, str]] = []
+    spy = types.ModuleType("log_spy")
+    spy.NAME = "log-spy"  # type: ignore[attr-defined]
+    spy.PRIORITY = 0  # type: ignore[attr-defined]
+    spy.log = lambda conf, ctx: logged.append(ctx.resp_headers())  # type: ignore[attr-defined]
+    reg = PluginRegistry()
+    reg.register_module(spy)
+    plugins = {"log-spy": {}, "limit-count": {"count": 100, "time_window": 60, "key": "remote_addr"}}
+    whole, split = both(VALID[0], response, plugins=plugins, registry=reg)
+    # the two runs share the limit-count counter (one process): the remaining count differs,
+    # and the reset time may have ticked
+    left = re.compile(rb"(X-RateLimit-(?:Remaining|Reset): )[0-9.]+")
+    assert left.sub(rb"\1n", whole.to_client) == left.sub(rb"\1n", split.to_client)
+    for h in logged:
+        h.pop("x-ratelimit-remaining", None)
+        h.pop("x-ratelimit-reset", None)
+    assert len(logged) in (0, 2) and logged[:1] == logged[1:]     # none: the response never ended
+    assert whole.up_t.closed == split.up_t.closed
+    if response in (RESPONSE, RESPONSES[1]):
+        assert whole.server.whole_responses == 1 and split.server.whole_responses == 0
+        assert b"X-RateLimit-Limit: 100\r\n" in whole.to_client and logged[0]["x-ratelimit-limit"] == "100"
+    if b"atelimit" in response.lower():
+        assert whole.server.whole_responses == 0     # the upstream's own X-RateLimit field: general path
+
+
 async def test_head_response_goes_through_the_full_parser() -> None:
     whole = Run()
     whole.send([b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"])

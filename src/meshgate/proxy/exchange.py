@@ -208,6 +208,8 @@ class Exchange(CtxBase):
     conf_override: Any = None
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
+    _resp_raw: bytes | None = None           # relay_whole: the raw response, split when a plugin asks
+    _resp_block = b""                        # relay_whole: the batch lines it added
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
     whole = False                            # ... and relay_whole: an HTTP/1.1 gateway client, not HEAD
     resp_trailers: list[tuple[bytes, bytes]] | None = None   # the upstream's trailers (HTTP/2 upstream)
@@ -1162,7 +1164,7 @@ class Exchange(CtxBase):
         """The response's header fields as the client gets them (lower-case names, repeated
         ones joined with ", "); empty before a response exists."""
         out: dict[str, str] = {}
-        if not self.in_resp and self._resp_headers is None and not self._resp_fields:
+        if not self.in_resp and self._resp_headers is None and not self._fields():
             return out
         for n, v in self.resp_fields:
             k = n.decode("latin-1").lower()
@@ -1175,7 +1177,7 @@ class Exchange(CtxBase):
         """Response header fields as (name, value) for plugins; settable in header_filter."""
         h = self._resp_headers
         if h is None:
-            h = self._resp_headers = split_fields(self._resp_fields)
+            h = self._resp_headers = split_fields(self._fields())
         return h
 
     @resp_fields.setter
@@ -1184,34 +1186,70 @@ class Exchange(CtxBase):
 
     def relay_whole(self, conn: UpstreamConnection, data: bytes) -> bool:
         """The whole-response fast path: ``data`` is one complete upstream response and nothing
-        (no plugin, no response header edit, no mesh policy, no retry) may change it, so the
-        head codec rewrites it for the client in one call (``relay_response``: the bytes
-        ``on_resp_head`` and ``on_resp_body`` would have queued).  False, before any state
-        changed, when the general path must take it (statuses from 500 on carry
-        X-APISIX-Upstream-Status; odd status lines are rewritten there)."""
+        may change it (no header or body filter, no pending response header edit, no mesh
+        policy, no retry), so the head codec rewrites it for the client in one call
+        (``relay_response``: the bytes ``on_resp_head`` and ``on_resp_body`` would have queued).
+        Headers set before the response as one batch (limit-count's X-RateLimit-*) go in with
+        the gateway's own lines when the upstream sent none of them.  The relayed fields are
+        split from the raw response only if a plugin asks for them (``_fields``).  False,
+        before any state changed, when the general path must take it (statuses from 500 on
+        carry X-APISIX-Upstream-Status; odd status lines are rewritten there)."""
         route = self.route
-        if (self.chain is not None or self.gchain is not None or self.resp_ops is not None
-                or self.resp_batch is not None or self.retrying or conn is not self.upstream
-                or (route is not None and route.mesh is not None)):
+        chain = self.chain
+        gchain = self.gchain
+        if (self.resp_ops is not None or self._resp_headers is not None or self.retrying or conn is not self.upstream
+                or (route is not None and route.mesh is not None)
+                or (chain is not None and (chain.header_filter or chain.body_filter))
+                or (gchain is not None and (gchain.header_filter or gchain.body_filter))):
             return False
         server = self.server
+        pre = date_server_lines(None)
+        batch = self.resp_batch
+        block = b""
+        if batch is not None:
+            got = _batch_block(batch[0], batch[1], data[:data.find(b"\r\n\r\n")])
+            if got is None:
+                return False    # the upstream sent one of them: the general path replaces it
+            block = got
+            pre = got[2:] + b"\r\n" + pre
         keep = self.client_keep and self.req_done and not server.draining
-        r = server.relay_response(data, date_server_lines(None), b"" if keep else b"Connection: close\r\n", 500)
+        r = server.relay_response(data, pre, b"" if keep else b"Connection: close\r\n", 500)
         if type(r) is int:
             return False
-        status, conn._ka, out = r
+        status, conn._ka, cl, out = r
         conn.bytes_in += len(data)
         conn.status = status
         server.fast_responses += 1
+        server.whole_responses += 1
         self.upstream_status = self.resp_status = status
         up = self.up
         if up is not None and up.passive and self.node is not None:
             self._report(self.node, "http", status)
+        if chain is not None or gchain is not None:
+            # what on_resp_head leaves for the plugins' log phase
+            self.in_resp = True
+            self.resp_len = cl
+            self.resp_batch = None
+            self._resp_raw = data
+            self._resp_block = block
         self.client_keep = keep
         self.resp_started = True
         self.out.append(out)
         self.on_resp_complete(conn)
         return True
+
+    def _fields(self) -> bytes:
+        """The response's relayed field block ("\r\nName: value" each); after ``relay_whole``
+        split from the raw response on first use."""
+        raw = self._resp_raw
+        if raw is not None:
+            self._resp_raw = None
+            head = raw[:raw.find(b"\r\n\r\n") + 2]
+            split = self.server.resp_fields(head)
+            if split is None:
+                split = headcodec.resp_fields(head)
+            self._resp_fields = split[1] + self._resp_block
+        return self._resp_fields
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
                      complete: bool = False, split: tuple[bytes, bytes] | None = None) -> None:

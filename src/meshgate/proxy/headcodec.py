@@ -19,7 +19,8 @@ Both have this interface; ``proxy/codec.py`` picks one at import.
 
 ``relay_response(data, pre, post, below)``
     For a ``data`` that ``scan_response`` accepts, whose status line is the canonical
-    ``HTTP/1.1 NNN reason`` and whose status is below ``below``: ``(status, keep_alive, out)``,
+    ``HTTP/1.1 NNN reason`` and whose status is below ``below``: ``(status, keep_alive,
+    content_length, out)``,
     ``out`` being the whole response as the client gets it when no plugin touches it (the
     status line, the relayed fields, ``pre``, ``Content-Length``, ``post``, the blank line and
     the body: what ``http1.ClientConnection.response_head`` and the body relay would send);
@@ -171,8 +172,9 @@ def relay_response(data: bytes, pre: bytes, post: bytes, below: int) -> Any:
     status, cl, keep, head, status_line, fields = r
     if status >= below or len(status_line) < 14 or status_line[-1:] in (b" ", b"\t"):
         return 0
-    return status, keep, b"".join((status_line, fields, b"\r\n", pre, b"Content-Length: %d\r\n" % cl, post, b"\r\n",
-                                   data[len(head) + 2:]))
+    out = b"".join((status_line, fields, b"\r\n", pre, b"Content-Length: %d\r\n" % cl, post, b"\r\n",
+                    data[len(head) + 2:]))
+    return status, keep, cl, out
 
 
 def resp_fields(head: bytes) -> tuple[bytes, bytes]:

@@ -73,6 +73,7 @@ class ProxyServer:
         self.requests_total = 0
         self.fast_requests = 0     # requests / responses handled by the fast paths (_lite_*)
         self.fast_responses = 0
+        self.whole_responses = 0     # of which rewritten in one codec call (Exchange.relay_whole)
         self.codec_rejects = 0     # request heads the codec answered with an error status itself
         self.access_log_on = access_log.isEnabledFor(logging.INFO)
         self.breakers: Any = None   # mesh: the circuit breakers' shared counts (proxy/breaker.py)
