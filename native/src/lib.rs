@@ -11,8 +11,9 @@
 //!   Returns `(status, content_length, keep_alive, head, status_line, fields)` or `0`.
 //! * `resp_fields(head)`: an upstream response head split into its status line and its fields
 //!   with the hop-by-hop and framing fields removed; `None` when the Python code must do it.
-//! * `relay_response(data, pre, post, below)`: what `scan_response` accepts, with a canonical
-//!   `HTTP/1.1 NNN reason` status line and a status below `below`, rewritten in one pass into
+//! * `relay_response(data, pre, post, below, absent)`: what `scan_response` accepts, with a
+//!   canonical `HTTP/1.1 NNN reason` status line, a status below `below` and no field whose name
+//!   starts with `absent` (lower case; empty: no such check), rewritten in one pass into
 //!   the bytes the client gets: status line, relayed fields, `pre` (the gateway's Date and
 //!   Server lines), `Content-Length`, `post` (e.g. `Connection: close`), the blank line, the
 //!   body.  Returns `(status, keep_alive, content_length, out)` or `0`.
@@ -378,12 +379,15 @@ pub struct Relay {
 /// The whole response for the client (see the module doc: `relay_response`) in one pass over
 /// `d`: `None` when the caller must take the general path.  Connection fields other than a
 /// plain `close` or `keep-alive` make `scan_response` defer, so no field is hop-by-hop by name.
-pub fn relay_plan(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<Relay> {
+pub fn relay_plan(d: &[u8], pre: &[u8], post: &[u8], below: u16, absent: &[u8]) -> Option<Relay> {
     let mut lines = [(0usize, 0usize); RELAY_LINES];
     let mut n = 0;
     let mut kept = 0;
     let resp = scan_resp(d, |start, name_end, next| {
         let name = &d[start..name_end];
+        if !absent.is_empty() && starts_lower(name, absent) {
+            return false;   // a field the caller would add: its general path replaces it
+        }
         if RESP_DROP.iter().any(|s| eq_lower(name, s)) {
             return true;
         }
@@ -442,8 +446,9 @@ pub fn relay_fill(plan: &Relay, d: &[u8], pre: &[u8], post: &[u8], out: &mut [u8
 }
 
 /// `relay_plan` and `relay_fill` into a new vector: `(status, keep_alive, out)`.
-pub fn relay_response(d: &[u8], pre: &[u8], post: &[u8], below: u16) -> Option<(u16, bool, Vec<u8>)> {
-    let plan = relay_plan(d, pre, post, below)?;
+pub fn relay_response(d: &[u8], pre: &[u8], post: &[u8], below: u16, absent: &[u8])
+        -> Option<(u16, bool, Vec<u8>)> {
+    let plan = relay_plan(d, pre, post, below, absent)?;
     let mut out = vec![0u8; plan.len];
     relay_fill(&plan, d, pre, post, &mut out);
     Some((plan.resp.status, plan.resp.keep_alive, out))
@@ -582,9 +587,9 @@ fn py_scan_response<'py>(py: Python<'py>, data: &Bound<'py, PyBytes>) -> PyResul
 }
 
 #[pyfunction(name = "relay_response")]
-fn py_relay_response<'py>(py: Python<'py>, data: &[u8], pre: &[u8], post: &[u8], below: u16)
+fn py_relay_response<'py>(py: Python<'py>, data: &[u8], pre: &[u8], post: &[u8], below: u16, absent: &[u8])
         -> PyResult<Bound<'py, PyAny>> {
-    let Some(plan) = relay_plan(data, pre, post, below) else {
+    let Some(plan) = relay_plan(data, pre, post, below, absent) else {
         return 0i64.into_bound_py_any(py);
     };
     let out = PyBytes::new_with(py, plan.len, |buf| {
@@ -692,25 +697,28 @@ mod tests {
     #[test]
     fn relays_whole_responses() {
         let d = b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok";
-        let (status, keep, out) = relay_response(d, b"Date: x\r\n", b"Connection: close\r\n", 500).unwrap();
+        let (status, keep, out) = relay_response(d, b"Date: x\r\n", b"Connection: close\r\n", 500, b"").unwrap();
         assert_eq!((status, keep), (200, true));
         assert_eq!(out, b"HTTP/1.1 200 OK\r\nX-A: b\r\nDate: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        assert!(relay_response(d, b"", b"", 200).is_none());
+        assert!(relay_response(d, b"", b"", 200, b"").is_none());
         for odd in [&b"HTTP/1.1 200\r\n"[..], b"HTTP/1.1 200 \r\n", b"HTTP/1.1 200 OK \r\n"] {
             let mut r = odd.to_vec();
             r.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-            assert!(relay_response(&r, b"", b"", 500).is_none(), "{}", String::from_utf8_lossy(odd));
+            assert!(relay_response(&r, b"", b"", 500, b"").is_none(), "{}", String::from_utf8_lossy(odd));
         }
         let mut many = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n".to_vec();
         for _ in 0..RELAY_LINES {
             many.extend_from_slice(b"X-A: b\r\n");
         }
         many.extend_from_slice(b"Server: s\r\n\r\nz");
-        let (_, _, out) = relay_response(&many, b"", b"", 500).unwrap();
+        let (_, _, out) = relay_response(&many, b"", b"", 500, b"").unwrap();
         assert!(out.ends_with(b"X-A: b\r\nContent-Length: 1\r\n\r\nz"));
         many.splice(17..17, b"X-B: c\r\n".iter().copied());
-        assert!(relay_response(&many, b"", b"", 500).is_none(), "more kept lines than RELAY_LINES");
-        let (_, _, out) = relay_response(b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n", b"", b"", 500).unwrap();
+        assert!(relay_response(&many, b"", b"", 500, b"").is_none(), "more kept lines than RELAY_LINES");
+        let rl = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-RateLimit-Limit: 3\r\n\r\n";
+        assert!(relay_response(rl, b"", b"", 500, b"x-ratelimit-").is_none());
+        assert!(relay_response(rl, b"", b"", 500, b"x-ratelimit-reset").is_some());
+        let (_, _, out) = relay_response(b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n", b"", b"", 500, b"").unwrap();
         assert_eq!(out, b"HTTP/1.1 404 Nope\r\nContent-Length: 0\r\n\r\n");
     }
 
@@ -738,7 +746,7 @@ mod tests {
             let _ = scan_request(&d[..i], b"");
             let _ = scan_response(&d[..i]);
             let _ = resp_fields(&d[..i]);
-            let _ = relay_response(&d[..i], b"", b"", 600);
+            let _ = relay_response(&d[..i], b"", b"", 600, b"");
         }
     }
 }

@@ -28,7 +28,7 @@ class Codec:
 
     def __init__(self, name: str, scan_request: Callable[[bytes, bytes], Any], scan_response: Callable[[bytes], Any],
                  resp_fields: Callable[[bytes], Any], find_field: Callable[[bytes, str], Any],
-                 relay_response: Callable[[bytes, bytes, bytes, int], Any]) -> None:
+                 relay_response: Callable[[bytes, bytes, bytes, int, bytes], Any]) -> None:
         self.name = name
         self.scan_request = scan_request
         self.scan_response = scan_response

@@ -209,7 +209,7 @@ class Exchange(CtxBase):
     _resp_fields = b""
     _resp_headers: list[tuple[bytes, bytes]] | None = None
     _resp_raw: bytes | None = None           # relay_whole: the raw response, split when a plugin asks
-    _resp_block = b""                        # relay_whole: the batch lines it added
+    _resp_block = b""                        # relay_whole: the batch's lines it added ("Name: value\r\n" each)
     lite_resp = True                         # the response may take UpstreamConnection._lite_response
     whole = False                            # ... and relay_whole: an HTTP/1.1 gateway client, not HEAD
     resp_trailers: list[tuple[bytes, bytes]] | None = None   # the upstream's trailers (HTTP/2 upstream)
@@ -1205,15 +1205,25 @@ class Exchange(CtxBase):
         server = self.server
         pre = date_server_lines(None)
         batch = self.resp_batch
-        block = b""
+        lines = b""
+        absent = b""
         if batch is not None:
-            got = _batch_block(batch[0], batch[1], data[:data.find(b"\r\n\r\n")])
-            if got is None:
-                return False    # the upstream sent one of them: the general path replaces it
-            block = got
-            pre = got[2:] + b"\r\n" + pre
+            plan = _RELAY_PLANS.get(batch[0])
+            if plan is None:
+                plan = _relay_plan(batch[0])
+            absent, names = plan
+            if not absent:
+                return False    # names without a common prefix: the general path checks them
+            text = ""
+            i = 0
+            for v in batch[1]:
+                text += names[i] + (v if isinstance(v, str) else str(v)) + "\r\n"
+                i += 1
+            lines = text.encode("latin-1")
+            pre = lines + pre
         keep = self.client_keep and self.req_done and not server.draining
-        r = server.relay_response(data, pre, b"" if keep else b"Connection: close\r\n", 500)
+        # an upstream field named like a batch header (``absent``): the general path replaces it
+        r = server.relay_response(data, pre, b"" if keep else b"Connection: close\r\n", 500, absent)
         if type(r) is int:
             return False
         status, conn._ka, cl, out = r
@@ -1231,7 +1241,7 @@ class Exchange(CtxBase):
             self.resp_len = cl
             self.resp_batch = None
             self._resp_raw = data
-            self._resp_block = block
+            self._resp_block = lines
         self.client_keep = keep
         self.resp_started = True
         self.out.append(out)
@@ -1248,7 +1258,8 @@ class Exchange(CtxBase):
             split = self.server.resp_fields(head)
             if split is None:
                 split = headcodec.resp_fields(head)
-            self._resp_fields = split[1] + self._resp_block
+            lines = self._resp_block     # "Name: value\r\n" each: as field lines, "\r\nName: value"
+            self._resp_fields = split[1] + (b"\r\n" + lines[:-2] if lines else b"")
         return self._resp_fields
 
     def on_resp_head(self, conn: UpstreamConnection, status: int, head: bytes, cl: int | None, chunked: bool, *,
@@ -1634,6 +1645,20 @@ def _batch_block(names: tuple[str, ...], values: tuple[str, ...], fields: bytes)
             if lower.find(k) >= 0:
                 return None
     return (template % values).encode("latin-1")
+
+
+_RELAY_PLANS: Final[dict[tuple[str, ...], tuple[bytes, tuple[str, ...]]]] = {}
+
+
+def _relay_plan(names: tuple[str, ...]) -> tuple[bytes, tuple[str, ...]]:
+    """For relay_whole: the lower-cased name prefix the batch's names share (empty when there is
+    none, or when a name repeats) and each name's "Name: " line start."""
+    # without the CRLF the field keys start with, and the colon a single name's key ends with
+    prefix = _batch_plan(names)[0][2:].rstrip(b":")
+    plan = (prefix, tuple([n + ": " for n in names]))
+    if len(_RELAY_PLANS) < 1024:
+        _RELAY_PLANS[names] = plan
+    return plan
 
 
 def _batch_plan(names: tuple[str, ...]) -> tuple[bytes, tuple[bytes, ...], str]:

@@ -17,9 +17,10 @@ Both have this interface; ``proxy/codec.py`` picks one at import.
     ``data`` may be exactly one complete HTTP/1.1 response with one ``Content-Length``.  Returns
     ``(status, content_length, keep_alive, head, status_line, fields)`` or ``0``.
 
-``relay_response(data, pre, post, below)``
+``relay_response(data, pre, post, below, absent)``
     For a ``data`` that ``scan_response`` accepts, whose status line is the canonical
-    ``HTTP/1.1 NNN reason`` and whose status is below ``below``: ``(status, keep_alive,
+    ``HTTP/1.1 NNN reason``, whose status is below ``below`` and none of whose field names
+    starts with ``absent`` (lower case; empty: no such check): ``(status, keep_alive,
     content_length, out)``,
     ``out`` being the whole response as the client gets it when no plugin touches it (the
     status line, the relayed fields, ``pre``, ``Content-Length``, ``post``, the blank line and
@@ -165,12 +166,14 @@ def scan_response(data: bytes) -> Any:
     return status, int(cl), keep, head, status_line, fields
 
 
-def relay_response(data: bytes, pre: bytes, post: bytes, below: int) -> Any:
+def relay_response(data: bytes, pre: bytes, post: bytes, below: int, absent: bytes) -> Any:
     r = scan_response(data)
     if type(r) is int:
         return 0
     status, cl, keep, head, status_line, fields = r
     if status >= below or len(status_line) < 14 or status_line[-1:] in (b" ", b"\t"):
+        return 0
+    if absent and b"\r\n" + absent in head.lower():
         return 0
     out = b"".join((status_line, fields, b"\r\n", pre, b"Content-Length: %d\r\n" % cl, post, b"\r\n",
                     data[len(head) + 2:]))

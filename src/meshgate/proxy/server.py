@@ -57,7 +57,7 @@ class ProxyServer:
         self.scan_request: Callable[[bytes, bytes], Any] = c.scan_request
         self.scan_response: Callable[[bytes], Any] = c.scan_response
         self.resp_fields: Callable[[bytes], Any] = c.resp_fields
-        self.relay_response: Callable[[bytes, bytes, bytes, int], Any] = c.relay_response
+        self.relay_response: Callable[[bytes, bytes, bytes, int, bytes], Any] = c.relay_response
         use_field_finder(c.find_field if c is not codec.PYTHON else None)
         self.real_ip_xff = settings.real_ip_header.strip().lower() == "x-forwarded-for"
         self.connections: set[ClientSide] = set()
