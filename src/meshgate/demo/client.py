@@ -93,12 +93,17 @@ async def http_request(
         lines.append(f"Content-Length: {len(body)}")
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
+    # where a call that times out was (for the log: a slow connect is not a slow answer)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    phase = "connecting"
     try:
         async with asyncio.timeout(timeout):
             try:
                 reader, writer = await asyncio.open_connection(parts.hostname, port)
             except OSError as e:
                 raise ConnectError(f"connect to {parts.hostname}:{port} failed: {e}") from e
+            phase = f"connected after {loop.time() - t0:.2f}s, request sent, no complete response"
             try:
                 writer.write(raw)
                 await writer.drain()
@@ -112,7 +117,7 @@ async def http_request(
                 except OSError:
                     pass
     except TimeoutError:
-        raise UpstreamTimeout(f"{method} {url}: no complete response within {timeout}s") from None
+        raise UpstreamTimeout(f"{method} {url}: no complete response within {timeout}s ({phase})") from None
 
 
 async def _read_response(reader: asyncio.StreamReader, *, head: bool) -> DemoHTTPResponse:
