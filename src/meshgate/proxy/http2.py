@@ -134,11 +134,7 @@ class H2Stream(Downstream):
         self.body_bytes = 0
         self.since = 0.0
 
-    # what the exchange reads through ``conn`` (per connection, not per stream)
-    @property
-    def closing(self) -> bool:
-        return self.reset or self.h2.closing
-
+    # -- the Downstream interface of exchange.py ----------------------------------------------
     def is_closing(self) -> bool:
         return self.reset or self.h2.closing
 
@@ -149,7 +145,6 @@ class H2Stream(Downstream):
             h2.fwd_tail = forwarded_tail(hh, req)
         return h2.fwd_tail
 
-    # -- the Downstream interface of exchange.py ----------------------------------------------
     def write(self, data: bytes) -> None:
         if not data or self.ended:
             return
