@@ -1226,10 +1226,8 @@ class Exchange(CtxBase):
         r = server.relay_response(data, pre, b"" if keep else b"Connection: close\r\n", 500, absent)
         if type(r) is int:
             return False
-        status, conn._ka, cl, out = r
-        conn.bytes_in += len(data)
-        conn.status = status
-        server.fast_responses += 1
+        status, keep_up, cl, out = r
+        conn.took_whole(len(data), status, keep_up)
         server.whole_responses += 1
         self.upstream_status = self.resp_status = status
         up = self.up

@@ -45,8 +45,8 @@ from typing import Any
 import httptools
 
 
-__all__ = ["LITE_MAX", "RESP_DROP", "SKIP_NAMES", "SKIP_PREFIXES", "relay_response", "resp_fields", "scan_request",
-           "scan_response"]
+__all__ = ["LITE_MAX", "RESP_DROP", "SKIP_NAMES", "SKIP_PREFIXES", "relay_response", "relayed_as_sent", "resp_fields",
+           "scan_request", "scan_response"]
 
 LITE_MAX = 4096
 MAX_HEADERS = 100
@@ -166,12 +166,18 @@ def scan_response(data: bytes) -> Any:
     return status, int(cl), keep, head, status_line, fields
 
 
+def relayed_as_sent(status_line: bytes) -> bool:
+    """Whether the gateway relays an upstream's status line as it came: ``HTTP/1.1 NNN reason``
+    with a reason phrase and no trailing whitespace (else it writes its own)."""
+    return status_line[:9] == b"HTTP/1.1 " and len(status_line) >= 14 and status_line[-1:] not in (b" ", b"\t")
+
+
 def relay_response(data: bytes, pre: bytes, post: bytes, below: int, absent: bytes) -> Any:
     r = scan_response(data)
     if type(r) is int:
         return 0
     status, cl, keep, head, status_line, fields = r
-    if status >= below or len(status_line) < 14 or status_line[-1:] in (b" ", b"\t"):
+    if status >= below or not relayed_as_sent(status_line):
         return 0
     if absent and b"\r\n" + absent in head.lower():
         return 0

@@ -35,6 +35,7 @@ from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
                      ProxySettings, date_server_lines, error_body, idle_limit)
 from .exchange import Downstream, Exchange, forwarded_tail
+from .headcodec import relayed_as_sent
 from .tls import TLSConnection, tls_connection
 
 if TYPE_CHECKING:
@@ -589,8 +590,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         each) are the upstream's after filtering; returns (head, chunked body, keep-alive)."""
         chunked = False
         req = ex.req
-        if status != ex.upstream_status or status_line[:9] != b"HTTP/1.1 " or len(status_line) < 14 \
-                or status_line[-1:] in OWS:
+        if status != ex.upstream_status or not relayed_as_sent(status_line):
             # a plugin changed the status, or the upstream's line is not the canonical HTTP/1.1 one
             parts = status_line.split(b" ", 2)
             reason = parts[2].strip(b" \t") if len(parts) == 3 and status == ex.upstream_status else b""

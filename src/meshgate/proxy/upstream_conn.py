@@ -234,15 +234,20 @@ class UpstreamConnection(asyncio.Protocol):
         if type(r) is int:
             return False
         status, cl, keep, head, status_line, fields = r
-        self.bytes_in += len(data)
-        self.status = status
-        server.fast_responses += 1
-        self._ka = keep
+        self.took_whole(len(data), status, keep)
         ex.on_resp_head(self, status, head, cl, False, complete=True, split=(status_line, fields))
         if cl:
             ex.on_resp_body(data[len(head) + 2:])
         ex.on_resp_complete(self)
         return True
+
+    def took_whole(self, n: int, status: int, keep: bool) -> None:
+        """What the llhttp callbacks record of a response, for one the fast path took whole
+        (``n`` bytes): before the exchange completes, which pools by ``_ka``."""
+        self.bytes_in += n
+        self.status = status
+        self._ka = keep
+        self.server.fast_responses += 1
 
     # llhttp callbacks
     def on_message_begin(self) -> None:
