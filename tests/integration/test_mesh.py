@@ -250,6 +250,35 @@ async def test_readiness_waits_for_clusters_and_listeners(tmp_path: Path, ads: A
         assert m.stop() == 0
 
 
+async def test_listener_warms_until_its_route_config_arrives(tmp_path: Path, ads: AdsServer,
+                                                              ups: dict[str, Upstream]) -> None:
+    # Envoy's listener warming: a listener naming an RDS table not received yet neither serves
+    # (no 404 from an empty table) nor counts as ready; it goes live when the table arrives
+    port = free_port()
+    ads.set(CDS, {"a": static_cluster("a", [ups["a"].addr])})
+    ads.set(LDS, {"l": http_listener("l", port, rds="r")})
+    ads.push()
+    m = await _mesh(tmp_path, ads)
+    try:
+        await m.until(lambda: m.xds()["subscriptions"].get(RDS) == ["r"], 10, "RDS subscribed")
+        await asyncio.sleep(0.5)
+        code, body = m.get("/healthz/ready", m.status_port)
+        assert (code, body) == (503, b"not ready: listeners warming, waiting for RDS (l)\n")
+        assert m.get("/ready")[1] == b"PRE_INITIALIZING\n"
+        with pytest.raises(OSError):
+            await http(("127.0.0.1", port), "GET", "/")
+        warming = json.loads(m.get("/config_dump?resource=dynamic_listeners")[1])["configs"][0]
+        assert warming["name"] == "l" and "warming_state" in warming
+        ads.set(RDS, {"r": route_config({"name": "r", "virtual_hosts": [vhost("all", ["*"], [
+            {"match": {"prefix": "/"}, "route": {"cluster": "a"}}])]})})
+        ads.push()
+        await m.settled()
+        r = await http(("127.0.0.1", port), "GET", "/")
+        assert (r.status, r.header("x-backend")) == (200, "a")
+    finally:
+        assert m.stop() == 0
+
+
 async def test_tcp_proxy_and_original_destination_listener(tmp_path: Path, ads: AdsServer) -> None:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):

@@ -253,6 +253,11 @@ class MeshAdmin:
         self.plugins = plugins
         self.plugin_set = plugin_set
 
+    @property
+    def live(self) -> bool:
+        """The first CDS and LDS were applied and their listeners are warm (Envoy's LIVE)."""
+        return self.client.ready and not self.state.initializing
+
     def _versions(self) -> tuple[dict[str, str], dict[str, str]]:
         st = self.client.stats.types
         versions = {t: s.version for t, s in st.items()}
@@ -268,7 +273,7 @@ class MeshAdmin:
                                                   include_eds=req.arg("include_eds") is not None,
                                                   resource=req.arg("resource")))
         if req.path == "/ready":
-            ok = self.client.ready
+            ok = self.live
             return (200 if ok else 503), {"Content-Type": "text/plain"}, b"LIVE\n" if ok else b"PRE_INITIALIZING\n"
         if req.path == "/xds":
             snap = self.sup.snapshot
@@ -282,7 +287,7 @@ class MeshAdmin:
                                        "plugins": self.plugin_set.state.get("plugins") or {},
                                        "sources": self.plugin_set.state.get("sources") or []})
         if req.path == "/server_info":
-            return json_response(200, {"version": "meshgate", "state": "LIVE" if self.client.ready else
+            return json_response(200, {"version": "meshgate", "state": "LIVE" if self.live else
                                        "PRE_INITIALIZING", "node": {"id": getattr(self.client.node, "id", "")}})
         if req.path == "/clusters":
             lines = []
@@ -298,8 +303,11 @@ class MeshAdmin:
 
     async def status(self, req: ApiRequest) -> tuple[int, dict[str, str], bytes]:
         if req.path == "/healthz/ready":
-            if self.client.ready:
+            if self.live:
                 return 200, {"Content-Type": "text/plain"}, b""
+            if self.client.ready:
+                return 503, {"Content-Type": "text/plain"}, \
+                    f"not ready: listeners warming, waiting for RDS ({', '.join(sorted(self.state.warming))})\n".encode()
             return 503, {"Content-Type": "text/plain"}, b"not ready: waiting for the first CDS and LDS\n"
         return 404, {"Content-Type": "text/plain"}, b"not found\n"
 

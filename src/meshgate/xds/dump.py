@@ -163,9 +163,11 @@ def config_dump(state: MeshState, *, node: Any = None, versions: Mapping[str, st
     ls = shared.ListenersConfigDump(version_info=versions.get(LDS, ""))
     for name, a in state.listeners.items():
         dl = ls.dynamic_listeners.add(name=name)
-        dl.active_state.version_info = ver(LDS, a)
-        dl.active_state.listener.Pack(_printable(a.message))
-        dl.active_state.last_updated.CopyFrom(_ts(a.updated))
+        # a listener waiting for its route configurations shows as Envoy shows it: warming
+        st = dl.warming_state if name in state.warming else dl.active_state
+        st.version_info = ver(LDS, a)
+        st.listener.Pack(_printable(a.message))
+        st.last_updated.CopyFrom(_ts(a.updated))
     if errors.get(LDS):
         dl = ls.dynamic_listeners.add(name="")
         dl.error_state.details = errors[LDS]

@@ -14,6 +14,15 @@ as changes of the one model:
   APISIX upstream conf (nodes, balancer, timeouts) plus its ``xds`` facts;
 * a Listener → ``listeners/<name>``; a RouteConfiguration → ``route_configs/<name>``.
 
+A listener whose HTTP connection managers name route configurations not received yet is
+*warming*, as in Envoy: it is accepted (ACKed, its RDS names subscribed) but not handed to
+the workers until every one of them arrived, so that it never answers from an empty route
+table.  Meanwhile the workers keep running the listener's previous version, or nothing for a
+new one.  The RDS config source's ``initial_fetch_timeout`` bounds the wait (Envoy's default
+15 s when unset; istiod sets 0 s, wait for ever); when it expires the listener goes live with
+what it has.  The proxy is not ready (``initializing``) until the listeners of its first LDS
+response are warm, as Envoy's server is not LIVE before its initial listeners warmed.
+
 Only what changed is emitted: an EDS push for one cluster is one upstream put.  The
 messages as received are kept for ``config_dump`` (Envoy's admin shape).  The names the
 session must subscribe to come from here too: EDS for every EDS cluster's service name,
@@ -22,6 +31,7 @@ RDS for every RDS name the listeners' HTTP connection managers use.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
@@ -68,6 +78,11 @@ class MeshState:
 
     def __init__(self, on_change: Callable[[list[ModelChange]], None] | None = None) -> None:
         self.on_change = on_change
+        # warming listener name → the value the workers run meanwhile (None: a new listener)
+        self.warming: dict[str, Mapping[str, Any] | None] = {}
+        self.initializing = True    # the first LDS response's listeners are not warm yet
+        self._lds_seen = False
+        self._warm_timers: dict[str, asyncio.TimerHandle] = {}
         self.clusters: dict[str, Accepted] = {}
         self.endpoints: dict[str, Accepted] = {}
         self.listeners: dict[str, Accepted] = {}
@@ -83,12 +98,7 @@ class MeshState:
             return {a.value["xds"]["eds_service_name"] for a in self.clusters.values()
                     if a.value["xds"].get("type") == "EDS"}
         if type_url == RDS:
-            out = set()
-            for a in self.listeners.values():
-                for ch in (*a.value["chains"], a.value["default_chain"]):
-                    if ch is not None and ch["http"] is not None and ch["http"]["rds"]:
-                        out.add(ch["http"]["rds"])
-            return out
+            return {rds for a in self.listeners.values() for rds, _ in _rds_of(a.value)}
         return set()
 
     def apply(self, type_url: str, updated: Mapping[str, Any], removed: Collection[str],
@@ -113,9 +123,14 @@ class MeshState:
             except Exception as e:   # a translator bug must NACK, never kill the stream
                 errors.append(f"{_TYPE_NAMES[type_url]} {name!r}: cannot translate: {e!r}")
         if errors:
+            if type_url == RDS:
+                # Envoy: a rejected update ends the initial fetch of its tables all the same
+                self.flush_warming([n for n in self.warming
+                                    if {r for r, _ in _rds_of(self.listeners[n].value)} & set(updated)])
             raise XdsRejected("; ".join(errors[:10]) + (f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""))
         changes: list[ModelChange] = []
         gone = [n for n in removed if n in table]
+        prior = {n: self._running(n) for n in fresh} if type_url == LDS else {}
         for n in gone:
             del table[n]
         table.update(fresh)
@@ -134,12 +149,79 @@ class MeshState:
                     changes.append(("upstreams", cn, None))
                 else:
                     changes.append(("upstreams", cn, self._upstream(a.value)))
-        else:
-            kind = "listeners" if type_url == LDS else "route_configs"
+        elif type_url == LDS:
             for n in gone:
-                changes.append((kind, n, None))
+                self._end_warming(n)
+                changes.append(("listeners", n, None))
             for n, a in fresh.items():
-                changes.append((kind, n, a.value))
+                if self._missing_routes(a.value):
+                    self._start_warming(n, prior[n], a.value)
+                else:
+                    self._end_warming(n)
+                    changes.append(("listeners", n, a.value))
+            self._lds_seen = True
+        else:
+            for n in gone:
+                changes.append(("route_configs", n, None))
+            for n, a in fresh.items():
+                changes.append(("route_configs", n, a.value))
+            for n in [n for n in self.warming if not self._missing_routes(self.listeners[n].value)]:
+                self._end_warming(n)
+                changes.append(("listeners", n, self.listeners[n].value))
+        if self._lds_seen and not self.warming:
+            self.initializing = False
+        if changes and self.on_change is not None:
+            self.on_change(changes)
+
+    # -- listener warming ----------------------------------------------------------------
+    def _running(self, name: str) -> Mapping[str, Any] | None:
+        """The version of listener ``name`` the workers run (None: none)."""
+        if name in self.warming:
+            return self.warming[name]
+        a = self.listeners.get(name)
+        return a.value if a is not None else None
+
+    def _missing_routes(self, listener: Mapping[str, Any]) -> set[str]:
+        return {rds for rds, _ in _rds_of(listener) if rds not in self.routes}
+
+    def _start_warming(self, name: str, running: Mapping[str, Any] | None, listener: Mapping[str, Any]) -> None:
+        self.warming[name] = running
+        old = self._warm_timers.pop(name, None)
+        if old is not None:
+            old.cancel()
+        waits = [t for _, t in _rds_of(listener)]
+        timeout = None if None in waits else max((t for t in waits if t is not None), default=None)
+        if timeout is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:   # applied outside an event loop (tools, unit tests): no timer
+            return
+        self._warm_timers[name] = loop.call_later(timeout, self._warming_expired, name)
+
+    def _end_warming(self, name: str) -> None:
+        self.warming.pop(name, None)
+        t = self._warm_timers.pop(name, None)
+        if t is not None:
+            t.cancel()
+
+    def _warming_expired(self, name: str) -> None:
+        """The initial fetch timeout of a warming listener: it goes live with the route
+        configurations it has (a missing one serves as an empty table)."""
+        self._warm_timers.pop(name, None)
+        if name not in self.warming:
+            return
+        self.flush_warming([name])
+
+    def flush_warming(self, names: Collection[str] | None = None) -> None:
+        """Hand warming listeners (all by default) to the workers as they are."""
+        changes: list[ModelChange] = []
+        for n in list(self.warming if names is None else names):
+            if n in self.warming:
+                self._end_warming(n)
+                changes.append(("listeners", n, self.listeners[n].value))
+        if self._lds_seen and not self.warming:
+            self.initializing = False
         if changes and self.on_change is not None:
             self.on_change(changes)
 
@@ -157,7 +239,10 @@ class MeshState:
     def model(self) -> list[ModelChange]:
         """Everything accepted, as model puts (a full re-sync)."""
         out: list[ModelChange] = [("upstreams", n, conf) for n, conf in self.upstream_confs()]
-        out += [("listeners", n, a.value) for n, a in self.listeners.items()]
+        for n, a in self.listeners.items():
+            value = self.warming[n] if n in self.warming else a.value
+            if value is not None:
+                out.append(("listeners", n, value))
         out += [("route_configs", n, a.value) for n, a in self.routes.items()]
         return out
 
@@ -168,6 +253,16 @@ class MeshState:
     def counts(self) -> dict[str, int]:
         return {"clusters": len(self.clusters), "endpoints": len(self.endpoints),
                 "listeners": len(self.listeners), "routes": len(self.routes)}
+
+
+def _rds_of(listener: Mapping[str, Any]) -> list[tuple[str, float | None]]:
+    """(route config name, initial fetch timeout in seconds or None for no limit) of each RDS
+    HTTP connection manager of a translated listener."""
+    out = []
+    for ch in (*listener["chains"], listener["default_chain"]):
+        if ch is not None and ch["http"] is not None and ch["http"]["rds"]:
+            out.append((ch["http"]["rds"], ch["http"].get("rds_timeout", 15.0)))
+    return out
 
 
 _TRANSLATORS: dict[str, Callable[[Any], Any]] = {

@@ -374,7 +374,7 @@ def test_outbound_http_listener_9080() -> None:
     assert chain == {
         "name": "", "match": cmatch(transport="raw_buffer", alpn=["http/1.1", "h2c"]), "kind": "http", "tls": False,
         "unsupported": None, "tcp": None,
-        "http": {"rds": "9080", "routes": None, "websocket": True, "fault": None, "cors": True,
+        "http": {"rds": "9080", "rds_timeout": None, "routes": None, "websocket": True, "fault": None, "cors": True,
                  "stat_prefix": "outbound_0.0.0.0_9080", "use_remote_address": False, "xff_hops": 0,
                  "skip_xff_append": False, "normalize_path": True, "merge_slashes": False,
                  "stream_idle_timeout": 0.0, "request_timeout": None, "idle_timeout": None, "server_name": "envoy",
@@ -477,7 +477,7 @@ def test_gateway_listener_8080() -> None:
         "0.0.0.0_8080", "0.0.0.0", 8080, True, False)
     [c] = out["chains"]
     assert c["match"] == ANY_MATCH
-    assert c["http"] == {"rds": "http.8080", "routes": None, "websocket": True, "fault": None, "cors": True,
+    assert c["http"] == {"rds": "http.8080", "rds_timeout": None, "routes": None, "websocket": True, "fault": None, "cors": True,
                          "stat_prefix": "outbound_0.0.0.0_8080", "use_remote_address": True, "xff_hops": 1,
                          "skip_xff_append": False, "normalize_path": True, "merge_slashes": True,
                          "stream_idle_timeout": 0.0, "request_timeout": 30.0, "idle_timeout": 3600.0,

@@ -137,10 +137,14 @@ def _unpack(name: str, pointer: str, f: Any, msg: Any, url: str) -> Any:
 def _hcm(name: str, chain_name: str, pointer: str, h: hcm_pb2.HttpConnectionManager) -> dict[str, Any]:
     rspec = h.WhichOneof("route_specifier")
     rds = routes = None
+    rds_timeout: float | None = 15.0
     if rspec == "rds":
         rds = h.rds.route_config_name
         if not rds:
             raise _err(name, pointer + "/rds/route_config_name", "RDS without a route_config_name")
+        if h.rds.config_source.HasField("initial_fetch_timeout"):
+            # how long the listener may warm waiting for this table; 0 (istiod's): no limit
+            rds_timeout = h.rds.config_source.initial_fetch_timeout.ToTimedelta().total_seconds() or None
     elif rspec == "route_config":
         try:
             routes = translate_route_config(h.route_config, name=f"{name}/{chain_name}")
@@ -180,7 +184,7 @@ def _hcm(name: str, chain_name: str, pointer: str, h: hcm_pb2.HttpConnectionMana
         raise _err(name, pointer + "/http_filters", "an HTTP connection manager needs the router filter last")
     cho = h.common_http_protocol_options
     return {
-        "rds": rds, "routes": routes,
+        "rds": rds, "rds_timeout": rds_timeout, "routes": routes,
         "websocket": any(u.upgrade_type.lower() == "websocket" and (not u.HasField("enabled") or u.enabled.value)
                          for u in h.upgrade_configs),
         "fault": fault, "cors": cors, "stat_prefix": h.stat_prefix,
