@@ -17,6 +17,7 @@ the cases it is meant to take, so the comparison cannot pass by both runs taking
 
 from __future__ import annotations
 
+import gc
 import re
 import types
 from typing import Any
@@ -352,3 +353,32 @@ async def test_fast_path_keeps_serving_after_a_refused_read() -> None:
     r.respond([RESPONSE])
     assert r.to_upstream.count(b"GET /") == 2
     assert r.to_client.count(b"HTTP/1.1 200 OK") == 2
+
+
+async def test_closed_connections_are_freed_without_the_cyclic_gc() -> None:
+    # A worker serving connection churn must not hold every closed connection (its parser,
+    # buffers, exchange) until CPython's cyclic GC gets round to it: measured, that was 6-8 MB
+    # of a 40 MB worker under wrk.  Closing breaks the cycles; reference counting frees them.
+    from meshgate.proxy.exchange import Exchange
+
+    def ours() -> list[str]:
+        return [type(o).__name__ for o in gc.get_objects()
+                if isinstance(o, (ClientConnection, UpstreamConnection, Exchange))]
+
+    req = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    gc.collect()
+    before = ours()
+    gc.disable()
+    try:
+        for split in (False, True):
+            r = Run()
+            r.send(_split_request(req) if split else [req])            # the codec, then the parser
+            r.respond([RESPONSE[:1], RESPONSE[1:]] if split else [RESPONSE])
+            r.send([req])                                                 # in flight when both go
+            r.client.connection_lost(None)
+            r.upconn.connection_lost(None)
+            r.server.pool.close_all()
+            del r
+        assert ours() == before
+    finally:
+        gc.enable()

@@ -68,7 +68,10 @@ class ClientConnection(asyncio.Protocol, Downstream):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpRequestParser(self)
+        # made when a read first needs it (most never do: the codec takes whole heads), and
+        # dropped at close: it holds this connection's bound methods, a cycle that would
+        # otherwise wait for the cyclic GC with the connection's buffers
+        self.parser: httptools.HttpRequestParser | None = None
         self.state = S_IDLE
         self.since = 0.0
         self.req: Request | None = None
@@ -159,10 +162,12 @@ class ClientConnection(asyncio.Protocol, Downstream):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = S_CLOSED
         self.closing = True
+        self.parser = None
         self.server.connections.discard(self)
         ex = self.active
         if ex is not None:
             ex.on_client_lost()
+            self.active = None   # (the exchange keeps its way to us; we drop ours: no cycle)
         if self.tunnel_to is not None and not self.tunnel_to.closed:
             self.tunnel_to.transport.close()
         for q in self.queue:
@@ -231,8 +236,11 @@ class ClientConnection(asyncio.Protocol, Downstream):
                 return
         in_body = self.head_done and not self.new_message
         n0, b0, c0 = self.requests, self.body_bytes, self.chunks
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._on_parser_upgrade(data, e.args[0])
         except httptools.HttpParserCallbackError as e:
@@ -400,6 +408,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         req = self.req
         assert req is not None
         parser = self.parser
+        assert parser is not None   # it is calling us
         ver = parser.get_http_version()
         if ver not in ("1.1", "1.0"):
             raise ProtocolError(505, "unsupported HTTP version")
@@ -495,8 +504,9 @@ class ClientConnection(asyncio.Protocol, Downstream):
             self.pause_read(P_BUFFER)
             return
         # Not a tunnel (h2c, or websocket not enabled): serve as plain HTTP/1.1 on a fresh
-        # parser.  llhttp handed us the body as "upgrade data", so consume it by length.
-        self.parser = httptools.HttpRequestParser(self)
+        # parser (made on the next read).  llhttp handed us the body as "upgrade data", so
+        # consume it by length.
+        self.parser = None
         req = ex.req if ex is not None else None
         if req is not None and req.chunked:
             self.protocol_error(400, "chunked body on an upgrade request")

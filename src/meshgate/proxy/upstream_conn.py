@@ -102,7 +102,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.server = server
         self.key = key
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpResponseParser(self)
+        # made when a read first needs it, dropped at close (see ClientConnection.parser)
+        self.parser: httptools.HttpResponseParser | None = None
         self.ex: Exchange | None = None
         self.closed = False
         self.requests = 0
@@ -137,6 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None
         if self.tunnel:
             c = self.tunnel_client
             if c is not None:
@@ -178,8 +180,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.bytes_in += len(data)
         if not self.got_headers:
             self.hbuf = self.hbuf + data if self.hbuf else data
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpResponseParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             ex.on_resp_upgrade(self, data[e.args[0]:])
             return
@@ -202,10 +207,10 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.skip_body:
             # Response to HEAD: llhttp cannot be told to skip the body, so the message was
-            # completed by us at headers-complete; start a clean parser for the next one.
+            # completed by us at headers-complete; the next one gets a clean parser.
             self.skip_body = False
             self.got_headers = False
-            self.parser = httptools.HttpResponseParser(self)
+            self.parser = None
         if self.release:
             self._release()
         elif ex.out:
@@ -259,6 +264,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.ex
         parser = self.parser
+        assert parser is not None   # it is calling us
         status = self.status = parser.get_status_code()
         buf = self.hbuf
         start = self.hpos
