@@ -806,11 +806,11 @@ class Exchange(CtxBase):
             h2c = server.h2pool.get(key)
             conn = h2c.stream() if h2c is not None else None
         else:
-            conn = server.pool.get(key, up.pool_idle_timeout, self.now or server.loop.time())
+            conn = server.pool.get(key, up.pool_idle_timeout, self.now or server.clock())
         server.waiting.add(self)
         if up.track_load:
             up.balancer.on_start(node)
-            self.t_connect = self.now or server.loop.time()
+            self.t_connect = self.now or server.clock()
         if conn is not None:
             self._attach(conn, reused=True)
         else:
@@ -835,7 +835,7 @@ class Exchange(CtxBase):
 
     def _connect_later(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
         self.up_phase = 1  # connecting
-        self.deadline = self.server.loop.time() + self.tmo.connect
+        self.deadline = self.server.clock() + self.tmo.connect
         self.server.loop.create_task(self._connect(node, up, key))
 
     async def _connect(self, node: Node, up: UpstreamRuntime, key: tuple[Any, ...]) -> None:
@@ -876,7 +876,7 @@ class Exchange(CtxBase):
         conn.bytes_in = 0
         conn.requests += 1
         self.up_phase = 2
-        now = self.now or self.server.loop.time()
+        now = self.now or self.server.clock()
         self.deadline = now + self.tmo.read
         if not self.t_up_start:
             self.t_up_start = now
@@ -894,7 +894,7 @@ class Exchange(CtxBase):
             data = head + self._framed([], h2)      # the last chunk, once the request is complete
         else:
             data = head
-        conn.transport.write(data)
+        conn.tx(data)
         self.sent_upstream = True
         if h2 and self.req_done:
             conn.transport.write_eof()
@@ -1003,7 +1003,7 @@ class Exchange(CtxBase):
         return b"".join(parts)
 
     def _touch_upstream(self) -> None:
-        self.deadline = self.server.loop.time() + self.tmo.read
+        self.deadline = self.server.clock() + self.tmo.read
 
     def check_upstream_deadline(self, now: float) -> None:
         if self.finished or self.up_phase == 0 or now < self.deadline:
@@ -1036,7 +1036,7 @@ class Exchange(CtxBase):
         # nginx proxy_next_upstream: a non-idempotent request already sent is not replayed.
         safe = not self.sent_upstream or self.req.method in IDEMPOTENT
         if retries_left > 0 and can_replay and safe and not self.conn.is_closing():
-            if up.retry_timeout and self.server.loop.time() - self.first_try_at >= up.retry_timeout:
+            if up.retry_timeout and self.server.clock() - self.first_try_at >= up.retry_timeout:
                 status = 502  # APISIX: retry deadline passed -> 502
             else:
                 self.sent_upstream = False
@@ -1052,7 +1052,7 @@ class Exchange(CtxBase):
         assert up is not None
         if node is not None:
             if up.track_load:
-                up.balancer.on_finish(node, self.server.loop.time() - self.t_connect, failed=True)
+                up.balancer.on_finish(node, self.server.clock() - self.t_connect, failed=True)
             self.tried = [*self.tried, node]
         self.up_phase = 0
         self.upstream = None
@@ -1113,7 +1113,7 @@ class Exchange(CtxBase):
             return False
         if not (self.replay_ok and (self.req_done or not self.body_size)):
             return False
-        return bool(self.server.loop.time() - self.first_try_at < pol.timeout)
+        return bool(self.server.clock() - self.first_try_at < pol.timeout)
 
     def _mesh_failed(self, kind: str) -> None:
         """Envoy's router after a failed try: retry as the route's policy says, else its reply
@@ -1274,7 +1274,7 @@ class Exchange(CtxBase):
         up = self.up
         if up is not None:
             if not complete:
-                self.deadline = self.server.loop.time() + self.tmo.read
+                self.deadline = self.server.clock() + self.tmo.read
             if up.passive and self.node is not None:
                 self._report(self.node, "http", status)
         self.resp_status = status
@@ -1403,7 +1403,7 @@ class Exchange(CtxBase):
         up = self.up
         if up is not None and node is not None:
             if up.track_load:
-                up.balancer.on_finish(node, server.loop.time() - self.t_connect)
+                up.balancer.on_finish(node, server.clock() - self.t_connect)
             if (self.req_done and conn._ka and not conn.until_close and not conn.closed and not conn.dirty
                     and conn.requests < up.pool_requests):
                 # Pooled once the current read is fully parsed (see UpstreamConnection).
@@ -1412,7 +1412,7 @@ class Exchange(CtxBase):
                 conn.transport.close()
         if self.chain is not None or self.gchain is not None or server.access_log_on:
             # upstream_response_time and request_time, for loggers and metrics: one clock read
-            self.t_up_end = self.t_end = server.loop.time()
+            self.t_up_end = self.t_end = server.clock()
             self._log()
         self.conn.exchange_done(self, self.client_keep and self.req_done)
 
@@ -1552,7 +1552,7 @@ class Exchange(CtxBase):
 
     def _log(self) -> None:
         if not self.t_end:
-            self.t_end = self.server.loop.time()
+            self.t_end = self.server.clock()
         gchain = self.gchain
         if gchain is not None and gchain.log:
             gchain.run_filters("log", self)
@@ -1713,14 +1713,14 @@ def _ms(seconds: float) -> float:
 
 
 def _request_time(ex: Exchange) -> float:
-    end = ex.t_end or ex.server.loop.time()
+    end = ex.t_end or ex.server.clock()
     return _ms(end - ex.req.start_time)
 
 
 def _upstream_time(ex: Exchange) -> float | None:
     if not ex.t_up_start:
         return None
-    end = ex.t_up_end or ex.server.loop.time()
+    end = ex.t_up_end or ex.server.clock()
     return _ms(end - ex.t_up_start)
 
 
@@ -1765,5 +1765,5 @@ _EX_VARS: dict[str, Callable[[Exchange], Any]] = {
     "upstream_response_time": _upstream_time,
     "request_length": _request_length,
     "bytes_sent": lambda ex: ex.bytes_sent,
-    "start_time": lambda ex: time.time() - (ex.server.loop.time() - ex.req.start_time),
+    "start_time": lambda ex: time.time() - (ex.server.clock() - ex.req.start_time),
 }

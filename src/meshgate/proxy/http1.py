@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 from collections import deque
-from typing import Any, Final, TYPE_CHECKING
+from typing import Any, Callable, Final, TYPE_CHECKING
 
 import httptools
 
@@ -63,11 +63,12 @@ class ClientConnection(asyncio.Protocol, Downstream):
                  "te", "cl_count", "conn_tokens", "active", "queue", "read_pause", "write_paused", "write_paused_since",
                  "peer_ip", "peer_port", "local_ip", "local_port", "scheme", "requests", "closing", "manual_body",
                  "tunnel_to", "body_bytes", "new_message", "peer_trusted", "peer_real_ip_ok", "fwd_lines", "fwd_host", "fwd_tail", "fwd_drop", "special", "real_ip_xff", "head_done", "head_raw", "chunks", "chunk_excess", "failed", "tls",
-                 "handle", "orig_dst", "server_name", "idle_timeout", "sniff", "early")
+                 "handle", "orig_dst", "server_name", "idle_timeout", "sniff", "early", "tx")
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.tx: Callable[[bytes], None] = _unconnected   # the transport's write, bound once
         # made when a read first needs it (most never do: the codec takes whole heads), and
         # dropped at close: it holds this connection's bound methods, a cycle that would
         # otherwise wait for the cyclic GC with the connection's buffers
@@ -124,6 +125,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tx = self.transport.write
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]
@@ -154,7 +156,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         # APISIX 3.x trusted_addresses: once configured, a client outside it has every
         # forwarding header it sent dropped before routing and plugins see the request
         self.fwd_drop = bool(server.settings._trusted_nets) and not self.peer_trusted
-        self.since = server.loop.time()
+        self.since = server.clock()
         server.connections.add(self)
         if h2:
             self._become_h2(b"")
@@ -176,7 +178,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.write_paused_since = self.server.loop.time()
+        self.write_paused_since = self.server.clock()
         ex = self.active
         up = ex.upstream if ex is not None else self.tunnel_to
         if up is not None and not up.closed:
@@ -322,7 +324,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         req.fields = fields
         req.fwd_fields = fwd_fields   # what goes upstream as is: every field but Host
         self._stamp(req)
-        req.start_time = now = server.loop.time()
+        req.start_time = now = server.clock()
         self.requests += 1
         server.requests_total += 1
         server.fast_requests += 1
@@ -350,7 +352,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         self.url = []
         self.te = self.conn_tokens = None
         self.state = S_HEAD
-        self.since = self.server.loop.time()
+        self.since = self.server.clock()
 
     def on_url(self, url: bytes) -> None:
         self.url.append(url)
@@ -452,7 +454,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
             real = real_ip(req.real_ip)
             if real is not None:
                 req.remote_addr = real
-        req.start_time = server.loop.time()
+        req.start_time = server.clock()
         self.requests += 1
         server.requests_total += 1
         if self.requests >= server.settings.keepalive_requests:
@@ -472,7 +474,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
             self.pause_read(P_QUEUE)
 
     def on_body(self, body: bytes) -> None:
-        self.since = self.server.loop.time()
+        self.since = self.server.clock()
         self.body_bytes += len(body)
         limit = self.server.settings.client_max_body_size
         if limit and self.body_bytes > limit:
@@ -522,7 +524,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
         n = self.manual_body
         chunk, rest = data[:n], data[n:]
         self.manual_body -= len(chunk)
-        self.since = self.server.loop.time()
+        self.since = self.server.clock()
         ex = self.queue[-1] if self.queue else self.active
         if ex is not None and chunk:
             ex.on_req_body(chunk)
@@ -563,7 +565,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
 
     # -- the Downstream interface of exchange.py ----------------------------------------------
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self.tx(data)
 
     def is_closing(self) -> bool:
         return self.closing
@@ -636,12 +638,12 @@ class ClientConnection(asyncio.Protocol, Downstream):
                     % (status, reason.encode(), date_server_lines(self.server_name),
                        b"" if status in (204, 304) else b"Content-Length: 0\r\n", extra,
                        b"Connection: close\r\n" if close else b""))
-            self.transport.write(head)
+            self.tx(head)
             return
         head = (b"HTTP/1.1 %d %s\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n"
                 % (status, reason.encode(), date_server_lines(self.server_name), content_type, len(body), extra,
                    b"Connection: close\r\n" if close else b""))
-        self.transport.write(head if head_only else head + body)
+        self.tx(head if head_only else head + body)
 
     def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
         if self.active is not ex:
@@ -667,7 +669,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
             self.transport.close()
             return
         self.state = S_IDLE
-        self.since = self.server.loop.time()
+        self.since = self.server.clock()
 
     def close(self) -> None:
         if not self.closing:
@@ -709,6 +711,10 @@ _REQ_SPECIAL: dict[bytes, int] = {
     **{h: H_XFWD for h in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")},
 }
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
+
+
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("write before connection_made")
 
 
 def stamp(req: Request, peer_ip: str, peer_port: int, local_ip: str, local_port: int, scheme: str,

@@ -50,6 +50,9 @@ class ProxyServer:
         self.settings = settings
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
+        # the loop's clock as a bound method: read several times per request, and a call
+        # through an attribute of a Python object looks the method up every time
+        self.clock: Callable[[], float] = self.loop.time
         # nginx_config.http.real_ip_header decides which request field carries the real IP
         self.req_special, self.real_ip_extra = header_tables(settings.real_ip_header)
         # the HTTP/1 head codec of the fast paths (native when built; proxy/codec.py)

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import re
 import socket
-from collections import deque
 from typing import Any, Callable, Final, TYPE_CHECKING
 
 import httptools
@@ -35,13 +34,22 @@ _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
 
 
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("write before connection_made")
+
+
+def _never() -> bool:
+    return False
+
+
 class Pool:
     """Idle keep-alive connections per (scheme, host, port, sni)."""
 
     __slots__ = ("idle",)
 
     def __init__(self) -> None:
-        self.idle: dict[tuple[Any, ...], deque[UpstreamConnection]] = {}
+        # a list per key, used as a stack (compiled code pops and appends lists natively)
+        self.idle: dict[tuple[Any, ...], list[UpstreamConnection]] = {}
 
     def get(self, key: tuple[Any, ...], idle_timeout: float, now: float) -> UpstreamConnection | None:
         """The most recently pooled live connection for ``key``; ``now`` is the loop time."""
@@ -50,7 +58,7 @@ class Pool:
             return None
         while q:
             conn = q.pop()
-            if conn.closed or conn.dirty or conn.transport.is_closing():
+            if conn.closed or conn.dirty or conn.tx_closing():
                 continue
             if now - conn.idle_since > idle_timeout:
                 conn.transport.close()
@@ -61,7 +69,7 @@ class Pool:
     def put(self, conn: UpstreamConnection, size: int, now: float) -> None:
         q = self.idle.get(conn.key)
         if q is None:
-            q = self.idle[conn.key] = deque()
+            q = self.idle[conn.key] = []
         if len(q) >= size:
             conn.transport.close()
             return
@@ -71,7 +79,7 @@ class Pool:
     def sweep(self, now: float, idle_timeout_for: Callable[[tuple[Any, ...]], float]) -> None:
         for key, q in list(self.idle.items()):
             limit = idle_timeout_for(key)
-            keep: deque[UpstreamConnection] = deque()
+            keep: list[UpstreamConnection] = []
             for c in q:
                 if c.closed:
                     continue
@@ -96,12 +104,15 @@ class Pool:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("server", "key", "transport", "parser", "ex", "closed", "requests", "idle_since", "reused",
                  "bytes_in", "status", "hbuf", "hpos", "got_headers", "until_close", "tunnel",
-                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "h2")
+                 "tunnel_client", "dirty", "skip_body", "_ka", "release", "h2", "tx", "tx_closing")
 
     def __init__(self, server: ProxyServer, key: tuple[Any, ...]) -> None:
         self.server = server
         self.key = key
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # the transport's write and is_closing, bound once (each is called per request)
+        self.tx: Callable[[bytes], None] = _unconnected
+        self.tx_closing: Callable[[], bool] = _never
         # made when a read first needs it, dropped at close (see ClientConnection.parser)
         self.parser: httptools.HttpResponseParser | None = None
         self.ex: Exchange | None = None
@@ -129,6 +140,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.tx = self.transport.write
+        self.tx_closing = self.transport.is_closing
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -223,7 +236,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.dirty or self.closed:
             self.transport.close()
         else:
-            self.server.pool.put(self, size, self.server.loop.time())
+            self.server.pool.put(self, size, self.server.clock())
 
     def _lite_response(self, ex: Exchange, data: bytes) -> bool:
         """Fast path: the read is exactly one complete HTTP/1.1 response with Content-Length.
