@@ -1226,7 +1226,8 @@ class Exchange(CtxBase):
         r = server.relay_response(data, pre, b"" if keep else b"Connection: close\r\n", 500, absent)
         if type(r) is int:
             return False
-        status, keep_up, cl, out = r
+        whole: tuple[int, bool, int, bytes] = r   # typed: the items come straight out of the tuple
+        status, keep_up, cl, out = whole
         conn.took_whole(len(data), status, keep_up)
         server.whole_responses += 1
         self.upstream_status = self.resp_status = status
