@@ -918,6 +918,16 @@ class Exchange(CtxBase):
         assert node is not None
         vars = self.vars
         target = req.upstream_path if req.query is None else f"{req.upstream_path}?{req.query}"
+        fwd = req.forward_fields()
+        conn = self.conn
+        if (fwd is not None and not vars and conn.handle is None and not conn.peer_trusted and self.fwd_set is None
+                and req.remote_addr == conn.peer_ip and not self.up_extra and not req.chunked
+                and req.content_length is None and not self.wants_tunnel):
+            # the common request (the fast path's fields, nothing set by plugins, no body): what
+            # the general code below writes for it, in one join
+            return b"".join((
+                f"{req.method} {target} HTTP/1.1\r\nHost: {self._upstream_host_for(node)}".encode("latin-1"),
+                fwd, b"\r\n", conn.fwd_lines, conn.fwd_tail_for(req.http_host, req), b"\r\n"))
         host = method = None
         if vars:
             host = vars.get("upstream_host")
@@ -928,7 +938,6 @@ class Exchange(CtxBase):
         parts = [f"{method or req.method} {target} HTTP/1.1\r\nHost: {host}".encode("latin-1")]
         ap = parts.append
         xff_prev = fproto = fhost = fport = None
-        fwd = req.forward_fields()
         if fwd is not None:
             ap(fwd)   # fast path: validated fields, nothing to drop (see _lite_request)
         else:
@@ -951,7 +960,6 @@ class Exchange(CtxBase):
                     continue
                 ap(b"\r\n" + name + b": " + value)
         ap(b"\r\n")
-        conn = self.conn
         # APISIX: X-Forwarded-Host is the Host as sent (port included), X-Forwarded-Port the
         # port it carries, else the port the request came in on
         hh = req.http_host
