@@ -165,9 +165,10 @@ class MeshState:
                 changes.append(("route_configs", n, None))
             for n, a in fresh.items():
                 changes.append(("route_configs", n, a.value))
-            for n in [n for n in self.warming if not self._missing_routes(self.listeners[n].value)]:
-                self._end_warming(n)
-                changes.append(("listeners", n, self.listeners[n].value))
+            changes += self._go_live([n for n in self.warming if not self._missing_routes(self.listeners[n].value)])
+        self._emit(changes)
+
+    def _emit(self, changes: list[ModelChange]) -> None:
         if self._lds_seen and not self.warming:
             self.initializing = False
         if changes and self.on_change is not None:
@@ -213,17 +214,18 @@ class MeshState:
             return
         self.flush_warming([name])
 
-    def flush_warming(self, names: Collection[str] | None = None) -> None:
-        """Hand warming listeners (all by default) to the workers as they are."""
-        changes: list[ModelChange] = []
-        for n in list(self.warming if names is None else names):
+    def _go_live(self, names: Collection[str]) -> list[ModelChange]:
+        """End the warming of listeners ``names``: their current versions, as changes."""
+        out: list[ModelChange] = []
+        for n in list(names):
             if n in self.warming:
                 self._end_warming(n)
-                changes.append(("listeners", n, self.listeners[n].value))
-        if self._lds_seen and not self.warming:
-            self.initializing = False
-        if changes and self.on_change is not None:
-            self.on_change(changes)
+                out.append(("listeners", n, self.listeners[n].value))
+        return out
+
+    def flush_warming(self, names: Collection[str] | None = None) -> None:
+        """Hand warming listeners (all by default) to the workers as they are."""
+        self._emit(self._go_live(self.warming if names is None else names))
 
     def _upstream(self, cluster: Mapping[str, Any]) -> Mapping[str, Any]:
         x = cluster["xds"]
