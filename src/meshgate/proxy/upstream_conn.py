@@ -139,15 +139,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.h2 = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.tx = self.transport.write
-        self.tx_closing = self.transport.is_closing
+        self.use_transport(transport)  # type: ignore[arg-type]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+
+    def use_transport(self, transport: asyncio.Transport) -> None:
+        """Write through ``transport`` (the socket's, or an HTTP/2 stream's), its per-request
+        calls bound once."""
+        self.transport = transport
+        self.tx = transport.write
+        self.tx_closing = transport.is_closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -220,7 +220,7 @@ class H2Upstream(asyncio.Protocol):
         uc = UpstreamConnection(self.server, self.key)
         uc.h2 = True
         uc._ka = False       # never pooled by the exchange: the stream ends with its response
-        uc.transport = StreamTransport(self, uc)  # type: ignore[assignment]
+        uc.use_transport(StreamTransport(self, uc))  # type: ignore[arg-type]
         self.pending += 1
         return uc
 
