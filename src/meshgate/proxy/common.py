@@ -15,7 +15,8 @@ from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
-           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER"]
+           "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER",
+           "unconnected_write"]
 
 SERVER_HEADER: Final = b"Server: APISIX/3.x (meshgate)\r\n"
 
@@ -53,6 +54,11 @@ def idle_limit(own: float, s: ProxySettings) -> float:
 
 
 LINGER: Final = 2.0     # seconds a connection closed on an error still reads (and drops) what comes
+
+
+def unconnected_write(data: bytes) -> None:
+    """What a connection's bound write is until it has a transport (never called in service)."""
+    raise RuntimeError("write before the connection has a transport")
 
 
 def linger_close(transport: Any, loop: Any) -> None:

@@ -33,7 +33,7 @@ import httptools
 from ..errors import ProtocolError
 from ..http import Request, parse_target
 from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
-                     ProxySettings, date_server_lines, error_body, idle_limit)
+                     ProxySettings, date_server_lines, error_body, idle_limit, unconnected_write)
 from .exchange import Downstream, Exchange, forwarded_tail
 from .headcodec import relayed_as_sent
 from .tls import TLSConnection, tls_connection
@@ -68,7 +68,7 @@ class ClientConnection(asyncio.Protocol, Downstream):
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.tx: Callable[[bytes], None] = _unconnected   # the transport's write, bound once
+        self.tx: Callable[[bytes], None] = unconnected_write   # the transport's write, bound once
         # made when a read first needs it (most never do: the codec takes whole heads), and
         # dropped at close: it holds this connection's bound methods, a cycle that would
         # otherwise wait for the cyclic GC with the connection's buffers
@@ -714,10 +714,6 @@ _REQ_SPECIAL: dict[bytes, int] = {
     **{h: H_XFWD for h in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port")},
 }
 _STRIP_IN_PREFIX = (b"x-envoy-", b"x-apisix-", b"x-consumer-")  # x-consumer-username/-id/-groups...
-
-
-def _unconnected(data: bytes) -> None:
-    raise RuntimeError("write before connection_made")
 
 
 def stamp(req: Request, peer_ip: str, peer_port: int, local_ip: str, local_port: int, scheme: str,

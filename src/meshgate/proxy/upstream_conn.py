@@ -17,7 +17,7 @@ from typing import Any, Callable, Final, TYPE_CHECKING
 
 import httptools
 
-from .common import P_UPSTREAM
+from .common import P_UPSTREAM, unconnected_write
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -32,10 +32,6 @@ MAX_RESP_HEAD: Final = 64 * 1024
 _RESP_CL_RE = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]+)", re.I)
 # llhttp: a response is chunked when the last transfer coding is "chunked"
 _RESP_CHUNKED_RE = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r]*chunked[ \t]*(?:\r|$)", re.I)
-
-
-def _unconnected(data: bytes) -> None:
-    raise RuntimeError("write before connection_made")
 
 
 def _never() -> bool:
@@ -111,7 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         # the transport's write and is_closing, bound once (each is called per request)
-        self.tx: Callable[[bytes], None] = _unconnected
+        self.tx: Callable[[bytes], None] = unconnected_write
         self.tx_closing: Callable[[], bool] = _never
         # made when a read first needs it, dropped at close (see ClientConnection.parser)
         self.parser: httptools.HttpResponseParser | None = None

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from .ads import CDS, EDS, LDS, RDS, XdsRejected
 from .translate.cluster import translate_cluster
 from .translate.endpoint import translate_cla
-from .translate.listener import translate_listener
+from .translate.listener import RDS_FETCH_TIMEOUT, translate_listener
 from .translate.route import translate_route_config
 from .translate.upstream import upstream_conf
 
@@ -263,7 +263,7 @@ def _rds_of(listener: Mapping[str, Any]) -> list[tuple[str, float | None]]:
     out = []
     for ch in (*listener["chains"], listener["default_chain"]):
         if ch is not None and ch["http"] is not None and ch["http"]["rds"]:
-            out.append((ch["http"]["rds"], ch["http"].get("rds_timeout", 15.0)))
+            out.append((ch["http"]["rds"], ch["http"].get("rds_timeout", RDS_FETCH_TIMEOUT)))
     return out
 
 

@@ -56,10 +56,11 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from ...errors import ConfigError
 from .route import _Ctx, _fault, duration, translate_route_config
 
-__all__ = ["translate_listener", "HCM", "TCP_PROXY"]
+__all__ = ["translate_listener", "HCM", "TCP_PROXY", "RDS_FETCH_TIMEOUT"]
 
 HCM = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
+RDS_FETCH_TIMEOUT = 15.0   # Envoy's initial_fetch_timeout when the config source sets none (seconds)
 _HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TCP_URL = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 _FAULT_URL = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
@@ -137,7 +138,7 @@ def _unpack(name: str, pointer: str, f: Any, msg: Any, url: str) -> Any:
 def _hcm(name: str, chain_name: str, pointer: str, h: hcm_pb2.HttpConnectionManager) -> dict[str, Any]:
     rspec = h.WhichOneof("route_specifier")
     rds = routes = None
-    rds_timeout: float | None = 15.0
+    rds_timeout: float | None = RDS_FETCH_TIMEOUT
     if rspec == "rds":
         rds = h.rds.route_config_name
         if not rds:
