@@ -117,11 +117,13 @@ class Run:
         for r in reads:
             if r and not self.client_t.closed:
                 self.client.data_received(r)
+                self.server.writes.flush()    # what the loop does when its turn ends
 
     def respond(self, reads: list[bytes]) -> None:
         for r in reads:
             if r and not self.upconn.closed:
                 self.upconn.data_received(r)
+                self.server.writes.flush()
 
     @property
     def to_client(self) -> bytes:

@@ -83,6 +83,30 @@ async def test_pipelined_requests_answered_in_order(tmp_path, up):
         gw.stop()
 
 
+async def test_pipelined_local_and_proxied_answers_keep_their_order(tmp_path, up):
+    """Answers made by the gateway itself (404) between proxied ones, all asked in one write:
+    the writes of one loop turn go out together (common.WriteBatch), in the order made."""
+    gw = start_gateway(tmp_path, route(up, uri="/p/*"))
+    try:
+        paths = ["/p/1", "/none", "/p/2", "/none", "/none", "/p/3", "/p/4", "/none"]
+        reader, writer = await asyncio.open_connection(*gw.addr)
+        writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: a\r\n\r\n".encode() for p in paths))
+        for p in paths:
+            r = await read_response(reader)
+            assert r is not None
+            if p == "/none":
+                assert (r.status, r.body) == (404, b'{"error_msg":"404 Route Not Found"}\n')
+            else:
+                assert r.status == 200 and r.json()["path"] == p
+        writer.write(b"GET /p/last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        r = await read_response(reader)       # the last answer whole, then the close
+        assert r is not None and r.status == 200 and r.json()["path"] == "/p/last"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+    finally:
+        gw.stop()
+
+
 async def test_http10_client(tmp_path, up):
     gw = start_gateway(tmp_path, route(up))
     try:

@@ -6,17 +6,18 @@ the upstream side (``upstream_conn``) so each of those imports only this.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from time import time as _wall
 from dataclasses import dataclass, field
-from typing import Any, Final, Iterable
+from typing import Any, Callable, Final, Iterable
 
 from ..http.dates import imf_fixdate
 
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
            "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER",
-           "unconnected_write"]
+           "unconnected_write", "WriteBatch", "BatchedTransport"]
 
 SERVER_HEADER: Final = b"Server: APISIX/3.x (meshgate)\r\n"
 
@@ -59,6 +60,150 @@ LINGER: Final = 2.0     # seconds a connection closed on an error still reads (a
 def unconnected_write(data: bytes) -> None:
     """What a connection's bound write is until it has a transport (never called in service)."""
     raise RuntimeError("write before the connection has a transport")
+
+
+class WriteBatch:
+    """The HTTP connections' writes of one event-loop turn, sent when the turn ends.
+
+    On loopback and between machines alike, a write to a peer that is asleep wakes it: in the
+    sender's own system call, and across CPUs through an interrupt (on a VM, an exit to the
+    hypervisor).  Written as each request is handled, every response and every upstream request
+    may pay one.  Kept until the loop has handled every event of its turn (all the requests that
+    arrived together), they go out back to back, and a peer woken by the first one is still
+    awake for the rest.  Envoy buffers its writes to the end of the dispatcher's turn for the
+    same reason.  Nothing waits longer than the turn: the flush is the next callback the loop
+    runs, before it polls again.
+    """
+
+    __slots__ = ("waiting", "call_soon")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting: list[BatchedTransport] = []
+        self.call_soon: Callable[..., Any] = loop.call_soon
+
+    def flush(self) -> None:
+        waiting = self.waiting
+        self.waiting = []
+        for t in waiting:
+            t.flush()
+
+
+class BatchedTransport(asyncio.Transport):
+    """A connection's transport whose writes wait for the end of the loop's turn (``WriteBatch``).
+
+    Every use of the connection goes through it, so order holds: writes are sent in the order
+    made, and ``close``, ``write_eof`` and ``abort`` first send (or, for abort, drop) what is
+    waiting.  After those, writes go straight to the socket, as before them.  The rest of the
+    transport's interface is the socket's own."""
+
+    __slots__ = ("raw", "batch", "pend", "more", "direct", "raw_write")
+
+    def __init__(self, raw: asyncio.Transport, batch: WriteBatch) -> None:
+        self.raw = raw
+        self.batch = batch
+        self.pend: bytes | None = None          # the first write waiting, then the others
+        self.more: list[bytes] | None = None
+        self.direct = False                     # closed or half-closed: no more waiting
+        self.raw_write: Callable[[bytes], None] = raw.write
+
+    def write(self, data: Any) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)      # the caller may reuse its buffer once write returns
+        if not data:
+            return
+        p = self.pend
+        if p is not None:
+            more = self.more
+            if more is None:
+                self.more = [data]
+            else:
+                more.append(data)
+        elif self.direct:
+            self.raw_write(data)
+        else:
+            self.pend = data
+            b = self.batch
+            if not b.waiting:
+                b.call_soon(b.flush)
+            b.waiting.append(self)
+
+    def writelines(self, list_of_data: Iterable[Any]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Send what is waiting now."""
+        p = self.pend
+        if p is None:
+            return
+        self.pend = None
+        more = self.more
+        try:
+            if more is None:
+                self.raw_write(p)
+            else:
+                self.more = None
+                more.insert(0, p)
+                self.raw.writelines(more)
+        except RuntimeError:
+            pass    # the socket was closed under it (a reset): what it could not send is lost either way
+
+    def close(self) -> None:
+        self.flush()
+        self.direct = True
+        self.raw.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.direct = True
+        self.raw.write_eof()
+
+    def abort(self) -> None:
+        self.pend = None
+        self.more = None
+        self.direct = True
+        self.raw.abort()
+
+    def get_write_buffer_size(self) -> int:
+        n = self.raw.get_write_buffer_size()
+        p = self.pend
+        if p is not None:
+            n += len(p)
+            more = self.more
+            if more is not None:
+                for d in more:
+                    n += len(d)
+        return n
+
+    def can_write_eof(self) -> bool:
+        return self.raw.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.raw.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self.raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.raw.get_write_buffer_limits()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.raw.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.raw.get_protocol()
 
 
 def linger_close(transport: Any, loop: Any) -> None:

@@ -32,7 +32,7 @@ import httptools
 
 from ..errors import ProtocolError
 from ..http import Request, parse_target
-from .common import (HTML, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
+from .common import (HTML, BatchedTransport, OWS, P_BUFFER, P_QUEUE, REASONS, S_BODY, S_CLOSED, S_HEAD, S_IDLE, S_TUNNEL, S_WAIT,
                      ProxySettings, date_server_lines, error_body, idle_limit, unconnected_write)
 from .exchange import Downstream, Exchange, forwarded_tail
 from .headcodec import relayed_as_sent
@@ -124,8 +124,9 @@ class ClientConnection(asyncio.Protocol, Downstream):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.tx = self.transport.write
+        # every use of the connection goes through the batching transport (common.WriteBatch)
+        self.transport = t = BatchedTransport(transport, self.server.writes)  # type: ignore[arg-type]
+        self.tx = t.write
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer_ip, self.peer_port = peer[0], peer[1]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..http.request import use_field_finder
 from . import codec
-from .common import S_IDLE, ProxySettings, ip_in
+from .common import S_IDLE, ProxySettings, WriteBatch, ip_in
 from .http1 import ClientConnection, header_tables
 from .upstream_conn import Pool
 
@@ -53,6 +53,8 @@ class ProxyServer:
         # the loop's clock as a bound method: read several times per request, and a call
         # through an attribute of a Python object looks the method up every time
         self.clock: Callable[[], float] = self.loop.time
+        # the HTTP connections' writes, sent together at the end of each loop turn (common.WriteBatch)
+        self.writes = WriteBatch(self.loop)
         # nginx_config.http.real_ip_header decides which request field carries the real IP
         self.req_special, self.real_ip_extra = header_tables(settings.real_ip_header)
         # the HTTP/1 head codec of the fast paths (native when built; proxy/codec.py)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Final, TYPE_CHECKING
 
 import httptools
 
-from .common import P_UPSTREAM, unconnected_write
+from .common import P_UPSTREAM, BatchedTransport, unconnected_write
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -135,7 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.h2 = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.use_transport(transport)  # type: ignore[arg-type]
+        # a socket: its writes wait for the end of the loop's turn (common.WriteBatch)
+        self.use_transport(BatchedTransport(transport, self.server.writes))  # type: ignore[arg-type]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
