@@ -63,7 +63,7 @@ Sans-IO, stdlib only, no asyncio.
 from __future__ import annotations
 
 import re
-from typing import Literal, NamedTuple
+from typing import Final, Literal, NamedTuple
 from urllib.parse import quote
 
 from meshgate.errors import ProtocolError
@@ -252,10 +252,10 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
     return path, (query if sep else None)
 
 
-_PATH_CACHE: dict[bytes, tuple[str, str]] = {}
-_PATH_CACHE_MAX = 4096
-_CACHE_LEN = 256
-_TARGET_CACHE: dict[bytes, Target] = {}
+_PATH_CACHE: Final[dict[bytes, tuple[str, str]]] = {}
+_PATH_CACHE_MAX: Final = 4096
+_CACHE_LEN: Final = 256
+_TARGET_CACHE: Final[dict[bytes, Target]] = {}
 
 
 def parse_target(

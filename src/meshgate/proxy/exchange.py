@@ -441,7 +441,8 @@ class Exchange(CtxBase):
         """``set_resp_header`` for each name and value, in one call: for headers a plugin sets on
         every request before the response exists (limit-count's X-RateLimit-*), which then cost
         one search of the upstream's fields and one append when the upstream did not send them."""
-        if not self.in_resp and self.resp_ops is None and self.resp_batch is None and len(names) == len(values):
+        if (not self.in_resp and self.resp_ops is None and self.resp_batch is None and type(values) is tuple
+                and len(names) == len(values)):
             for v in values:
                 if type(v) is not str:
                     break
@@ -1219,15 +1220,17 @@ class Exchange(CtxBase):
             plan = _RELAY_PLANS.get(batch[0])
             if plan is None:
                 plan = _relay_plan(batch[0])
-            absent, names = plan
+            absent, starts = plan
             if not absent:
                 return False    # names without a common prefix: the general path checks them
-            text = ""
+            parts: list[str] = []
             i = 0
-            for v in batch[1]:
-                text += names[i] + (v if isinstance(v, str) else str(v)) + "\r\n"
+            for v in batch[1]:      # all str (set_resp_headers keeps only such a batch)
+                parts.append(starts[i])
+                parts.append(v)
                 i += 1
-            lines = text.encode("latin-1")
+            parts.append("\r\n")
+            lines = "".join(parts).encode("latin-1")
             pre = lines + pre
         keep = self.client_keep and self.req_done and not server.draining
         # an upstream field named like a batch header (``absent``): the general path replaces it
@@ -1659,10 +1662,11 @@ _RELAY_PLANS: Final[dict[tuple[str, ...], tuple[bytes, tuple[str, ...]]]] = {}
 
 def _relay_plan(names: tuple[str, ...]) -> tuple[bytes, tuple[str, ...]]:
     """For relay_whole: the lower-cased name prefix the batch's names share (empty when there is
-    none, or when a name repeats) and each name's "Name: " line start."""
+    none, or when a name repeats) and what goes before each value ("Name: ", after the previous
+    line's CRLF)."""
     # without the CRLF the field keys start with, and the colon a single name's key ends with
     prefix = _batch_plan(names)[0][2:].rstrip(b":")
-    plan = (prefix, tuple([n + ": " for n in names]))
+    plan = (prefix, tuple([("\r\n" if i else "") + n + ": " for i, n in enumerate(names)]))
     if len(_RELAY_PLANS) < 1024:
         _RELAY_PLANS[names] = plan
     return plan
@@ -1745,7 +1749,7 @@ def _upstream_uri(ex: Exchange) -> str:
 
 
 # Variables the exchange knows (after the plugin-set ones, before the request's own).
-_EX_VARS: dict[str, Callable[[Exchange], Any]] = {
+_EX_VARS: Final[dict[str, Callable[[Exchange], Any]]] = {
     "remote_addr": lambda ex: ex.req.remote_addr,     # the limiters' default key: answered here, not by req.var
     "route_id": _route_attr("id"),
     "route_name": _route_attr("name"),

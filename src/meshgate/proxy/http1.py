@@ -761,7 +761,7 @@ def identity_header(req: Request, kind: int, name: bytes, value: bytes, trusted:
                 return False
     return True
 
-_REAL_IP_CACHE: dict[bytes, str | None] = {}
+_REAL_IP_CACHE: Final[dict[bytes, str | None]] = {}
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -798,7 +798,7 @@ _HOST_RE = re.compile(r"[A-Za-z0-9\-._:\[\]]+")
 _HOST_V6 = re.compile(r"\[[0-9a-f:.]+\](?::[0-9]*)?")  # applied to the lower-cased value
 
 
-_HOST_CACHE: dict[str, str] = {}
+_HOST_CACHE: Final[dict[str, str]] = {}
 
 
 def parse_host(host: str) -> str:

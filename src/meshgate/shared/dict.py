@@ -85,7 +85,7 @@ _OFF_LOCK = 28                            # u32 (the header's reserved field): _
 _LOCK_FLOCK, _LOCK_SEM = 0, 1
 _W_HOLDER: Final = 5                      # header word 5: pid of the semaphore's holder (0: none known)
 LOCK_WAIT = 1.0                           # seconds a waiter waits before it looks for a dead holder
-_PID = [os.getpid()]
+_PID: Final = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 _EMPTY: Final = 0                         # slot states (constants: compiled code inlines them)
 _USED: Final = 1
@@ -191,7 +191,7 @@ def _path(ns: str, name: str) -> str:
     return os.path.join(shm_dir(), f"meshgate-{_SAFE.sub('_', ns)}-{_SAFE.sub('_', name)}")
 
 
-_DIGESTS: dict[str | bytes, tuple[int, int]] = {}
+_DIGESTS: Final[dict[str | bytes, tuple[int, int]]] = {}
 
 
 def _digest(key: str | bytes) -> tuple[int, int]:

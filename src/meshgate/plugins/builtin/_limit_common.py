@@ -132,7 +132,7 @@ def fmt_num(x: float) -> str:
     return s
 
 
-_HANDLES: dict[str, SharedDict] = {}
+_HANDLES: Final[dict[str, SharedDict]] = {}
 
 
 def shared(name: str) -> SharedDict:

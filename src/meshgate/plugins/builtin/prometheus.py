@@ -116,6 +116,11 @@ def _model(v: Any) -> str:
 
 
 def _num(v: Any) -> float:
+    t = type(v)
+    if t is float:
+        return v if v == v else 0.0
+    if t is int:
+        return float(v)     # byte counts: the common case, no comparison with ""
     if v is None or v == "":
         return 0.0
     try:
@@ -174,7 +179,11 @@ def log(conf: dict[str, Any], ctx: Any) -> None:
     if row is None or row.meta is not meta:
         row = _row(status_labels, meta)
 
-    row.status_cell = _count(STATUS, row.status, row.status_cell, 1.0)
+    cell = row.status_cell
+    if cell is not None:
+        cell[0] += 1.0
+    else:
+        row.status_cell = _count(STATUS, row.status, None, 1.0)
     # APISIX log-util latency_details_in_ms: the apisix share is what the upstream did not
     # take, never negative (nginx's clocks differ slightly between the two variables).
     latency = (request_time if type(request_time) is float else _num(request_time)) * 1000.0
