@@ -90,12 +90,13 @@ class Run:
     """One gateway worker in process with one pooled upstream connection."""
 
     def __init__(self, *, settings: ProxySettings | None = None, plugins: dict[str, Any] | None = None,
-                 registry: PluginRegistry | None = None, tls: bool = False) -> None:
+                 registry: PluginRegistry | None = None, tls: bool = False,
+                 consumers: dict[str, Any] | None = None) -> None:
         store = ConfigStore()
         store.replace_all({"routes": {
             "1": {"id": "1", "uri": "/*", "plugins": plugins or {},
                   "upstream": {"type": "roundrobin", "nodes": {f"127.0.0.1:{UP_PORT}": 1}}},
-        }})
+        }, **({"consumers": consumers} if consumers else {})})
         reg = registry or PluginRegistry()
         reg.load_builtin()
         rt = build_runtime(store.snapshot, plugins=reg)
@@ -336,6 +337,19 @@ async def test_response_with_plugins_relayed_identically(response: bytes) -> Non
         assert b"X-RateLimit-Limit: 100\r\n" in whole.to_client and logged[0]["x-ratelimit-limit"] == "100"
     if b"atelimit" in response.lower():
         assert whole.server.whole_responses == 0     # the upstream's own X-RateLimit field: general path
+
+
+@pytest.mark.parametrize("raw", VALID[:9], ids=[str(i) for i in range(9)])
+async def test_consumer_lines_forwarded_identically(raw: bytes) -> None:
+    """key-auth identifies a consumer: its X-Consumer-* lines go upstream in the one-join head
+    of the fast path as the general path writes them."""
+    consumers = {"jack": {"username": "jack", "custom_id": "c-7", "plugins": {"key-auth": {"key": "k1"}}}}
+    raw = raw.replace(b"\r\n", b"\r\napikey: k1\r\n", 1)
+    whole, split = both(raw, plugins={"key-auth": {}}, consumers=consumers)
+    assert whole.to_upstream and _fields(whole.to_upstream) == _fields(split.to_upstream)
+    assert b"\r\nX-Consumer-Username: jack\r\n" in whole.to_upstream
+    assert b"\r\nX-Consumer-Custom-ID: c-7\r\n" in whole.to_upstream
+    assert whole.to_client == split.to_client and whole.to_client.startswith(b"HTTP/1.1 200 ")
 
 
 async def test_head_response_goes_through_the_full_parser() -> None:

@@ -922,13 +922,14 @@ class Exchange(CtxBase):
         fwd = req.forward_fields()
         conn = self.conn
         if (fwd is not None and not vars and conn.handle is None and not conn.peer_trusted and self.fwd_set is None
-                and req.remote_addr == conn.peer_ip and not self.up_extra and not req.chunked
+                and req.remote_addr == conn.peer_ip and not req.chunked
                 and req.content_length is None and not self.wants_tunnel):
-            # the common request (the fast path's fields, nothing set by plugins, no body): what
-            # the general code below writes for it, in one join
+            # the common request (the fast path's fields, no variable set by plugins, no body;
+            # an identified consumer's X-Consumer-* lines): what the general code below writes
+            # for it, in one join
             return b"".join((
                 f"{req.method} {target} HTTP/1.1\r\nHost: {self._upstream_host_for(node)}".encode("latin-1"),
-                fwd, b"\r\n", conn.fwd_lines, conn.fwd_tail_for(req.http_host, req), b"\r\n"))
+                fwd, b"\r\n", conn.fwd_lines, conn.fwd_tail_for(req.http_host, req), self.up_extra, b"\r\n"))
         host = method = None
         if vars:
             host = vars.get("upstream_host")

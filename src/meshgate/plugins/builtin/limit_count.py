@@ -344,9 +344,11 @@ def _limit_fast(conf: dict[str, Any], fast: tuple[int, int, str, str, str, str |
     try:
         val = lc.resolve_key(key_type, key, ctx)
         full = scope + val if scope is not None else lc.scope_key(conf["_id"], ctx, val)
-        ok, remaining, reset = _local_fixed(full, count, window, 1)
+        used, reset = lc.shared(_DICT).incr_ttl(full, 1, 0, ttl=window)   # _local_fixed, inlined
     except SharedDictError as e:
         return _failed(conf, e)
+    remaining = count - int(used)
+    ok = remaining >= 0
     if show:
         _set_quota(ctx, _header_names(ctx, None),
                    (count_str, str(remaining) if ok else "0", lc.fmt_num(math.floor(reset * 100) / 100)))
