@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from time import time as _wall
 from dataclasses import dataclass, field
 from typing import Any, Callable, Final, Iterable
@@ -18,6 +19,8 @@ __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "er
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
            "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER",
            "unconnected_write", "WriteBatch", "BatchedTransport"]
+
+log = logging.getLogger("meshgate.proxy")
 
 SERVER_HEADER: Final = b"Server: APISIX/3.x (meshgate)\r\n"
 
@@ -85,7 +88,10 @@ class WriteBatch:
         waiting = self.waiting
         self.waiting = []
         for t in waiting:
-            t.flush()
+            try:
+                t.flush()
+            except Exception:   # one connection's failure never costs the others their writes
+                log.exception("sending a connection's writes failed")
 
 
 class BatchedTransport(asyncio.Transport):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from meshgate.proxy.common import BatchedTransport, WriteBatch
 
 
@@ -129,3 +131,20 @@ async def test_the_rest_of_the_interface_is_the_sockets() -> None:
     assert not ta.is_closing()
     ta.close()
     assert ta.is_closing()
+
+
+async def test_a_failing_connection_never_costs_the_others_their_writes(caplog: pytest.LogCaptureFixture) -> None:
+    batch = WriteBatch(asyncio.get_running_loop())
+    a, b = Raw(), Raw()
+
+    def broken(data: bytes) -> None:
+        raise ValueError("a transport that breaks its contract")
+
+    ta, tb = BatchedTransport(a, batch), BatchedTransport(b, batch)   # type: ignore[arg-type]
+    ta.raw_write = broken
+    ta.write(b"lost")
+    tb.write(b"still sent")
+    with caplog.at_level("ERROR", logger="meshgate.proxy"):
+        await asyncio.sleep(0)
+    assert b.sent == b"still sent"
+    assert "sending a connection's writes failed" in caplog.text
