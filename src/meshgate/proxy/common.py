@@ -18,7 +18,7 @@ from ..http.dates import imf_fixdate
 __all__ = ["ProxySettings", "REASONS", "HTML", "NOT_FOUND", "SERVER_HEADER", "error_body", "http_date",
            "date_server_lines", "ip_in", "OWS", "P_QUEUE", "P_UPSTREAM", "P_BUFFER",
            "S_IDLE", "S_HEAD", "S_BODY", "S_WAIT", "S_TUNNEL", "S_CLOSED", "idle_limit", "linger_close", "LINGER",
-           "unconnected_write", "WriteBatch", "BatchedTransport"]
+           "unconnected_write", "WriteBatch", "BatchedTransport", "FLUSH_AT"]
 
 log = logging.getLogger("meshgate.proxy")
 
@@ -94,6 +94,12 @@ class WriteBatch:
                 log.exception("sending a connection's writes failed")
 
 
+# Waiting bytes from which a connection's writes go out at once: a body streamed through (many
+# reads of one socket in one turn) reaches the socket's buffer, and its flow control
+# (pause_writing, which stops reading the other side), as it would without the batching.
+FLUSH_AT: Final = 64 * 1024
+
+
 class BatchedTransport(asyncio.Transport):
     """A connection's transport whose writes wait for the end of the loop's turn (``WriteBatch``).
 
@@ -102,20 +108,22 @@ class BatchedTransport(asyncio.Transport):
     waiting.  After those, writes go straight to the socket, as before them.  The rest of the
     transport's interface is the socket's own."""
 
-    __slots__ = ("raw", "batch", "pend", "more", "direct", "raw_write")
+    __slots__ = ("raw", "batch", "pend", "more", "size", "direct", "raw_write")
 
     def __init__(self, raw: asyncio.Transport, batch: WriteBatch) -> None:
         self.raw = raw
         self.batch = batch
         self.pend: bytes | None = None          # the first write waiting, then the others
         self.more: list[bytes] | None = None
+        self.size = 0                           # bytes waiting
         self.direct = False                     # closed or half-closed: no more waiting
         self.raw_write: Callable[[bytes], None] = raw.write
 
     def write(self, data: Any) -> None:
         if type(data) is not bytes:
             data = bytes(data)      # the caller may reuse its buffer once write returns
-        if not data:
+        n = len(data)
+        if not n:
             return
         p = self.pend
         if p is not None:
@@ -124,10 +132,14 @@ class BatchedTransport(asyncio.Transport):
                 self.more = [data]
             else:
                 more.append(data)
-        elif self.direct:
-            self.raw_write(data)
+            self.size += n
+            if self.size >= FLUSH_AT:
+                self.flush()        # a stream's bytes: the socket's flow control sees them now
+        elif self.direct or n >= FLUSH_AT:
+            self.raw_write(data)    # nothing waits before it
         else:
             self.pend = data
+            self.size = n
             b = self.batch
             if not b.waiting:
                 b.call_soon(b.flush)
@@ -143,6 +155,7 @@ class BatchedTransport(asyncio.Transport):
         if p is None:
             return
         self.pend = None
+        self.size = 0
         more = self.more
         try:
             if more is None:
@@ -167,19 +180,12 @@ class BatchedTransport(asyncio.Transport):
     def abort(self) -> None:
         self.pend = None
         self.more = None
+        self.size = 0
         self.direct = True
         self.raw.abort()
 
     def get_write_buffer_size(self) -> int:
-        n = self.raw.get_write_buffer_size()
-        p = self.pend
-        if p is not None:
-            n += len(p)
-            more = self.more
-            if more is not None:
-                for d in more:
-                    n += len(d)
-        return n
+        return self.raw.get_write_buffer_size() + self.size
 
     def can_write_eof(self) -> bool:
         return self.raw.can_write_eof()

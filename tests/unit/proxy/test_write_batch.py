@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meshgate.proxy.common import BatchedTransport, WriteBatch
+from meshgate.proxy.common import FLUSH_AT, BatchedTransport, WriteBatch
 
 
 class Raw:
@@ -148,3 +148,24 @@ async def test_a_failing_connection_never_costs_the_others_their_writes(caplog: 
         await asyncio.sleep(0)
     assert b.sent == b"still sent"
     assert "sending a connection's writes failed" in caplog.text
+
+
+async def test_a_streamed_body_reaches_the_socket_without_waiting_for_the_turn() -> None:
+    """Bytes of a body relayed read by read in one turn go out once FLUSH_AT of them wait, so
+    the socket's flow control (pause_writing) sees them as it would without the batching."""
+    batch = WriteBatch(asyncio.get_running_loop())
+    a = Raw()
+    ta = BatchedTransport(a, batch)   # type: ignore[arg-type]
+    ta.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"x" * (16 * 1024)
+    for _ in range(FLUSH_AT // len(chunk)):
+        ta.write(chunk)
+    assert a.sent.startswith(b"HTTP/1.1 200 OK") and len(a.sent) >= FLUSH_AT   # sent within the turn, in order
+    assert ta.get_write_buffer_size() == 7
+    big = b"y" * FLUSH_AT
+    ta.write(big)                      # nothing waits: a large write goes at once
+    assert a.events[-1] == ("write", big)
+    ta.write(b"tail")
+    assert a.events[-1] == ("write", big) and ta.get_write_buffer_size() == 7 + 4
+    await asyncio.sleep(0)
+    assert a.events[-1] == ("write", b"tail")
