@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,13 +97,19 @@ async def http_request(
     # where a call that times out was (for the log: a slow connect is not a slow answer)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    phase = "connecting"
+    phase = "resolving the name"
     try:
         async with asyncio.timeout(timeout):
             try:
-                reader, writer = await asyncio.open_connection(parts.hostname, port)
+                infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
             except OSError as e:
                 raise ConnectError(f"connect to {parts.hostname}:{port} failed: {e}") from e
+            note = ["connecting"]
+            phase_at = loop.time() - t0
+            try:
+                reader, writer = await _open(infos, parts.hostname, port, note)
+            finally:
+                phase = f"name resolved after {phase_at:.2f}s, {note[0]}"
             phase = f"connected after {loop.time() - t0:.2f}s, request sent, no complete response"
             try:
                 writer.write(raw)
@@ -117,7 +124,50 @@ async def http_request(
                 except OSError:
                     pass
     except TimeoutError:
-        raise UpstreamTimeout(f"{method} {url}: no complete response within {timeout}s ({phase})") from None
+        # (how late the timer fired tells a stalled event loop from a slow peer)
+        raise UpstreamTimeout(f"{method} {url}: no complete response within {timeout}s ({phase}; "
+                              f"timed out after {loop.time() - t0:.2f}s)") from None
+
+
+#: how long one TCP handshake may take before a fresh socket tries again (within the call's
+#: timeout).  Under sidecar capture (iptables REDIRECT to one port) the app's new 4-tuple can
+#: meet a TIME_WAIT socket the sidecar still holds for an earlier connection from the same
+#: ephemeral port; the kernel normally sorts that out in milliseconds (challenge ACK, RST), but
+#: when it does not, the SYN waits for its retransmissions (1 s, then 3 s).  A new socket has a
+#: new port.  Only the handshake is retried: nothing has been sent yet.
+CONNECT_ATTEMPT = 1.0
+
+
+async def _open(infos: list[tuple[Any, ...]], host: str, port: int, note: list[str]
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the first address of ``infos`` that accepts (as ``open_connection`` would),
+    each handshake bounded by :data:`CONNECT_ATTEMPT` and retried on a fresh socket (the caller's
+    timeout bounds the whole); ``note[0]`` says where it is, for the caller's timeout message."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    attempts = 0
+    while True:
+        for family, _type, proto, _canon, addr in infos:
+            attempts += 1
+            note[0] = f"connecting, attempt {attempts}"
+            sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            try:
+                sock.setblocking(False)
+                async with asyncio.timeout(CONNECT_ATTEMPT):
+                    await loop.sock_connect(sock, addr)
+            except TimeoutError:
+                sock.close()
+                continue
+            except OSError as e:
+                sock.close()
+                last = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return await asyncio.open_connection(sock=sock)
+        if last is not None:
+            raise ConnectError(f"connect to {host}:{port} failed: {last}")
 
 
 async def _read_response(reader: asyncio.StreamReader, *, head: bool) -> DemoHTTPResponse:

@@ -509,3 +509,76 @@ async def test_demo_client_handles_chunked_and_close_delimited_bodies() -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _listener_that_drops_syns() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose accept queue is full (backlog 0, one connection waiting): the kernel
+    drops every further SYN, as it does when a SYN meets a stale socket it will not answer."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    for _ in range(2):
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(f)
+    return srv, fillers
+
+
+async def test_demo_client_retries_a_handshake_on_a_fresh_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SYN left unanswered is retried on a new socket (new port) after CONNECT_ATTEMPT, not
+    after the kernel's own retransmission (1 s): the listener frees its queue at 0.3 s and the
+    call, bounded at 0.9 s, still gets its answer."""
+    import meshgate.demo.client as client
+    monkeypatch.setattr(client, "CONNECT_ATTEMPT", 0.1)
+    srv, fillers = _listener_that_drops_syns()
+    port = srv.getsockname()[1]
+    srv.setblocking(False)
+    loop = asyncio.get_running_loop()
+
+    async def serve() -> None:
+        await asyncio.sleep(0.3)
+        while True:
+            conn, _ = await loop.sock_accept(srv)
+            conn.setblocking(False)
+            try:
+                async with asyncio.timeout(0.05):
+                    head = await loop.sock_recv(conn, 4096)
+            except TimeoutError:
+                head = b""          # one of the fillers: never sends
+            if head.startswith(b"GET"):
+                await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.close()
+
+    task = asyncio.create_task(serve())
+    try:
+        r = await http_request(f"http://127.0.0.1:{port}/", timeout=0.9)
+        assert r.status == 200 and r.body == b"ok"
+    finally:
+        task.cancel()
+        srv.close()
+        for f in fillers:
+            f.close()
+
+
+async def test_demo_client_timeout_says_where_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    import meshgate.demo.client as client
+    monkeypatch.setattr(client, "CONNECT_ATTEMPT", 0.2)
+    srv, fillers = _listener_that_drops_syns()
+    try:
+        with pytest.raises(UpstreamError) as e:
+            await http_request(f"http://127.0.0.1:{srv.getsockname()[1]}/x", timeout=1.0)
+        msg = str(e.value)
+        assert "no complete response within 1.0s (name resolved after 0.0" in msg, msg
+        attempts = int(msg.split("connecting, attempt ")[1].split(";")[0])
+        assert attempts >= 3, msg
+        assert "timed out after 1.0" in msg, msg
+    finally:
+        srv.close()
+        for f in fillers:
+            f.close()
